@@ -1,0 +1,35 @@
+"""smallfit: find the smallest model that does your job, prove it on your data, and serve it.
+
+Heavy modules (torch, transformers) load on first use of the names that need them, so importing
+``smallfit`` and running ``smallfit --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Classifier": "smallfit.models.base",
+    "ModelInfo": "smallfit.models.base",
+    "load": "smallfit.models.base",
+    "register_backend": "smallfit.models.base",
+    "FitConfig": "smallfit.config",
+    "DataConfig": "smallfit.config",
+    "load_fit_config": "smallfit.config",
+    "load_dataset": "smallfit.data",
+    "fit": "smallfit.pipeline",
+    "FitResult": "smallfit.pipeline",
+    "SmallfitError": "smallfit.errors",
+    "DataError": "smallfit.errors",
+}
+
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'smallfit' has no attribute {name!r}")

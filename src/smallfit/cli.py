@@ -1,0 +1,163 @@
+"""The ``smallfit`` command line: parse, call the library, print. Nothing heavy at import time
+(``smallfit --help`` must not import torch)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Group(click.Group):
+    """Turns user errors into one clear message and exit code 2 (``--debug`` shows tracebacks)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from smallfit.errors import SmallfitError
+
+        try:
+            return super().invoke(ctx)
+        except SmallfitError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted: finished stages are kept; rerun to resume.", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="smallfit")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """smallfit: distil the big model you call today into the smallest model that does the
+    job, measured on your own data."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug or os.environ.get("SMALLFIT_DEBUG") == "1"
+
+
+def _progress(quiet: bool) -> bool:
+    return (not quiet and sys.stderr.isatty()) or os.environ.get("SMALLFIT_PROGRESS") == "1"
+
+
+def _print_fit(result: Any) -> None:
+    click.echo("")
+    click.echo(result.table)
+    click.echo(f"run directory: {result.run_dir}")
+    click.echo(result.selection_json)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="YAML fit config (see docs/config.md).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def fit(config_path: Path, quiet: bool) -> None:
+    """Run the whole chain: data, teacher labels, students, evaluation, selection.
+
+    A rerun skips every stage whose inputs have not changed."""
+    from smallfit.config import load_fit_config
+    from smallfit.pipeline import fit as run_fit
+
+    config = load_fit_config(config_path)
+    _print_fit(run_fit(config, progress=_progress(quiet), log=_log))
+
+
+@main.command()
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Dataset folder with train.jsonl (and test.jsonl), like ../shared/data/banking77.",
+)
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Where to write.")
+@click.option("--quick", is_flag=True, help="A few-minute version on a slice of the data.")
+@click.option("--write-config-only", is_flag=True, help="Write the config and stop.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def demo(
+    data_dir: Path, run_dir: Path | None, quick: bool, write_config_only: bool, quiet: bool
+) -> None:
+    """Write a fit config for a dataset folder and run it."""
+    from smallfit.config import dump_fit_config
+    from smallfit.demo import demo_config
+    from smallfit.pipeline import fit as run_fit
+
+    config = demo_config(data_dir, run_dir=run_dir, quick=quick)
+    Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+    config_file = Path(config.run_dir) / "config.yaml"
+    config_file.write_text(dump_fit_config(config), encoding="utf-8")
+    click.echo(f"config written to {config_file}")
+    if write_config_only:
+        return
+    _print_fit(run_fit(config, progress=_progress(quiet), log=_log))
+
+
+@main.command()
+@click.option(
+    "--data",
+    "train_file",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Training file with gold labels (JSONL, CSV or Parquet).",
+)
+@click.option("--test", "test_file", type=click.Path(path_type=Path), default=None)
+@click.option("--base", default="mpnet-base", show_default=True, help="Zoo alias, dir or hub id.")
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--label-field", default="label", show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Model dir.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def teacher(
+    train_file: Path,
+    test_file: Path | None,
+    base: str,
+    epochs: float,
+    text_field: str,
+    label_field: str,
+    out: Path,
+    quiet: bool,
+) -> None:
+    """Fine-tune a zoo base on gold labels: a stand-in for the big model you run today."""
+    from smallfit.config import DataConfig, FinetuneTeacher, TrainConfig
+    from smallfit.data import load_dataset
+    from smallfit.teach import build_teacher
+
+    dataset = load_dataset(
+        DataConfig(train=train_file, test=test_file, text_field=text_field, label_field=label_field)
+    )
+    config = FinetuneTeacher(base=base, train=TrainConfig(epochs=epochs, lr=3e-5, patience=0))
+    model = build_teacher(config, dataset, out_dir=out, progress=_progress(quiet))
+    assert model is not None
+    accuracy = sum(
+        p == g for p, g in zip(model.predict(dataset.test.texts), dataset.test.labels, strict=True)
+    )
+    click.echo(f"teacher saved to {out}; test accuracy {accuracy / len(dataset.test):.2%}")
+
+
+@main.command()
+def zoo() -> None:
+    """List the model aliases that work offline."""
+    from smallfit.zoo import describe
+
+    click.echo(describe())
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+if __name__ == "__main__":
+    main()

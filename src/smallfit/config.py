@@ -1,0 +1,228 @@
+"""Configs for every stage, as pydantic models with ``extra="forbid"`` (a misspelt key fails
+loudly with its path). A whole ``fit`` run is one :class:`FitConfig` that round-trips to YAML."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from smallfit.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    """Where the data is and how to read it."""
+
+    train: Path
+    test: Path | None = None
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    text_field: str = "text"
+    label_field: str = "label"
+    dev_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    max_train: int | None = Field(None, gt=0, description="use a stratified slice of train")
+    max_test: int | None = Field(None, gt=0, description="use a stratified slice of test")
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=0.5, description="held out of train when there is no test file"
+    )
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    """How a transformer classifier is trained (teacher fine-tuning and distillation alike)."""
+
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    head_lr: float | None = Field(None, gt=0, description="defaults to 20 x lr")
+    weight_decay: float = 0.01
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_length: int = Field(64, gt=4)
+    bf16: bool = True
+    freeze_embeddings: bool = True
+    head_warmstart: bool = True
+    patience: int = Field(2, ge=0, description="evaluations without dev improvement; 0 = off")
+    evals_per_epoch: int = Field(1, gt=0)
+    time_budget: str | None = Field(None, description="e.g. '20m', '1h30m'; stops cleanly")
+    seed: int = 0
+
+    @field_validator("time_budget")
+    @classmethod
+    def _check_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+class KDConfig(Strict):
+    """Knowledge-distillation loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (KL) term")
+
+
+class FinetuneTeacher(Strict):
+    """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
+
+    source: Literal["finetune"] = "finetune"
+    base: str = "mpnet-base"
+    train: TrainConfig = TrainConfig(epochs=1.0, lr=3e-5, patience=0)
+
+
+class ModelTeacher(Strict):
+    """A classifier the user already has: a smallfit model dir or a HF sequence-classifier dir."""
+
+    source: Literal["model"] = "model"
+    path: Path
+
+
+class GoldTeacher(Strict):
+    """No teacher: the gold labels stand in for it (probabilities are one-hot)."""
+
+    source: Literal["gold"] = "gold"
+
+
+TeacherConfig = Annotated[
+    FinetuneTeacher | ModelTeacher | GoldTeacher, Field(discriminator="source")
+]
+
+
+class TransformerStudent(Strict):
+    """A zoo transformer distilled from the teacher's probabilities."""
+
+    kind: Literal["transformer"] = "transformer"
+    name: str = "minilm-l6"
+    base: str = "minilm-l6"
+    train: TrainConfig = TrainConfig(epochs=4.0, lr=1e-4)
+    kd: KDConfig = KDConfig()
+    use_gold: bool = Field(False, description="train on gold labels too (default: teacher only)")
+
+
+class LinearStudent(Strict):
+    """Logistic regression on sparse word and char n-grams (the tiny tier, trains in seconds)."""
+
+    kind: Literal["linear"] = "linear"
+    name: str = "linear"
+    word_ngrams: tuple[int, int] = (1, 2)
+    char_ngrams: tuple[int, int] | None = (2, 5)
+    max_features: int = Field(200_000, gt=0)
+    C: float = Field(10.0, gt=0)
+    soft_labels: bool = Field(True, description="fit the teacher's probabilities, not argmax")
+    min_prob: float = Field(0.01, ge=0, lt=1, description="ignore teacher probs below this")
+    use_gold: bool = False
+    seed: int = 0
+
+
+StudentConfig = Annotated[TransformerStudent | LinearStudent, Field(discriminator="kind")]
+
+
+class EvalConfig(Strict):
+    """What to measure per candidate."""
+
+    latency_queries: int = Field(200, gt=0)
+    warmup: int = Field(20, ge=0)
+    throughput_batch: int = Field(32, gt=0)
+    throughput_batches: int = Field(10, gt=0)
+    threads: list[int | Literal["all"]] = [1, "all"]
+    ece_bins: int = Field(15, gt=1)
+    isolate: bool = Field(True, description="measure speed and memory in a fresh subprocess")
+
+
+class SelectConfig(Strict):
+    """How the winner is chosen: smallest candidate over the floor and under the ceiling."""
+
+    metric: Literal["accuracy", "macro_f1", "teacher_agreement"] = "accuracy"
+    quality_floor: str = Field("0.98 * teacher", description="'0.9' or '0.98 * teacher'")
+    latency_ceiling_ms: float | None = Field(None, gt=0, description="batch-1 p50, 1 thread")
+    size: Literal["bytes_on_disk", "parameters"] = "bytes_on_disk"
+
+    @field_validator("quality_floor")
+    @classmethod
+    def _check_floor(cls, value: str) -> str:
+        parse_floor(value)
+        return value
+
+
+class FitConfig(Strict):
+    """The whole run: data -> teacher labels -> students -> evaluate -> select."""
+
+    run_dir: Path = Path("runs/default")
+    seed: int = 0
+    data: DataConfig
+    teacher: TeacherConfig = FinetuneTeacher()
+    students: list[StudentConfig] = Field(
+        default_factory=lambda: [TransformerStudent(), LinearStudent()]
+    )
+    evaluate: EvalConfig = EvalConfig()
+    select: SelectConfig = SelectConfig()
+
+    @field_validator("students")
+    @classmethod
+    def _unique_names(cls, students: list[Any]) -> list[Any]:
+        names = [s.name for s in students]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"student names must be unique; repeated: {', '.join(dupes)}")
+        if "teacher" in names:
+            raise ValueError("'teacher' is reserved for the teacher candidate")
+        return students
+
+
+_FLOOR = re.compile(r"^\s*(?P<x>\d+(\.\d+)?)\s*(\*\s*teacher)?\s*$")
+
+
+def parse_floor(text: str) -> tuple[float, bool]:
+    """``'0.9'`` -> (0.9, False); ``'0.98 * teacher'`` -> (0.98, True)."""
+    match = _FLOOR.match(text)
+    if not match:
+        raise ValueError(f"quality_floor must look like '0.9' or '0.98 * teacher', got {text!r}")
+    return float(match["x"]), "teacher" in text
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``'1h30m'`` -> 5400.0 seconds; ``'45s'``, ``'20m'`` likewise."""
+    match = _DURATION.match(text)
+    if not match or not any(match.groups()):
+        raise ValueError(f"durations look like '20m', '1h30m' or '45s', got {text!r}")
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    """One line per problem, each naming the dotted key path."""
+    lines = [f"{source}: invalid config"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_fit_config(path: str | Path) -> FitConfig:
+    """Read and validate a fit config YAML (relative paths: from the working directory)."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{file}: no such config file") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level")
+    try:
+        return FitConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=str(file))) from exc
+
+
+def dump_fit_config(config: FitConfig) -> str:
+    """YAML text that :func:`load_fit_config` reads back to an equal config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

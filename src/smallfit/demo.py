@@ -1,0 +1,55 @@
+"""The bundled demo: a fit config for a dataset folder such as ``../shared/data/banking77``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smallfit.config import (
+    DataConfig,
+    EvalConfig,
+    FinetuneTeacher,
+    FitConfig,
+    LinearStudent,
+    TrainConfig,
+    TransformerStudent,
+)
+from smallfit.errors import SmallfitError
+
+
+def demo_config(
+    data_dir: str | Path, *, run_dir: str | Path | None = None, quick: bool = False
+) -> FitConfig:
+    """Defaults that run on 2 CPU cores: full (about 20 minutes on Banking77) or quick."""
+    folder = Path(data_dir)
+    train = folder / "train.jsonl"
+    if not train.is_file():
+        raise SmallfitError(
+            f"{folder}: expected a dataset folder with train.jsonl (and test.jsonl)"
+        )
+    test = folder / "test.jsonl"
+    name = folder.resolve().name + ("-quick" if quick else "")
+    data = DataConfig(
+        train=train.resolve(),
+        test=test.resolve() if test.is_file() else None,
+        max_train=2000 if quick else None,
+        max_test=600 if quick else None,
+    )
+    teacher_epochs = 1.0
+    student_epochs = 2.0 if quick else 3.0
+    return FitConfig(
+        run_dir=Path(run_dir) if run_dir else Path("runs") / name,
+        data=data,
+        teacher=FinetuneTeacher(
+            base="mpnet-base",
+            train=TrainConfig(epochs=teacher_epochs, lr=3e-5, patience=0, evals_per_epoch=2),
+        ),
+        students=[
+            TransformerStudent(
+                name="minilm-l6",
+                base="minilm-l6",
+                train=TrainConfig(epochs=student_epochs, lr=1e-4, patience=2),
+            ),
+            LinearStudent(),
+        ],
+        evaluate=EvalConfig(latency_queries=100 if quick else 200),
+    )

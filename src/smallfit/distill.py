@@ -1,0 +1,136 @@
+"""Students distilled from the teacher's probabilities: one handler per student config type.
+
+By default a student sees only the teacher's labels for the training pool (the user has no gold
+labels there); gold labels are used to evaluate, and to train only when ``use_gold`` is set.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallfit.config import LinearStudent, TransformerStudent
+from smallfit.data import Dataset
+from smallfit.errors import SmallfitError
+from smallfit.models.base import BaseClassifier
+from smallfit.teach import one_hot
+
+StudentHandler = Callable[..., BaseClassifier]
+_HANDLERS: dict[type, StudentHandler] = {}
+
+
+def student_handler(config_type: type) -> Callable[[StudentHandler], StudentHandler]:
+    """Register the function that trains a student from a config of ``config_type``."""
+
+    def decorate(fn: StudentHandler) -> StudentHandler:
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return decorate
+
+
+def distill_student(
+    config: Any,
+    dataset: Dataset,
+    *,
+    train_probs: np.ndarray,
+    dev_probs: np.ndarray,
+    out_dir: Path,
+    teacher_name: str = "teacher",
+    progress: bool = True,
+) -> BaseClassifier:
+    """Train the student described by ``config`` on the teacher's probabilities; save it."""
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        raise SmallfitError(f"no student handler for {type(config).__name__}")
+    targets = train_probs
+    if config.use_gold:
+        targets = 0.5 * train_probs + 0.5 * one_hot(dataset.train.labels, dataset.labels)
+    lineage = {
+        "teacher": teacher_name,
+        "trained_on": "teacher + gold labels" if config.use_gold else "teacher labels only",
+        "train_examples": len(dataset.train),
+    }
+    model = handler(
+        config,
+        dataset,
+        targets=targets,
+        dev_probs=dev_probs,
+        out_dir=Path(out_dir),
+        lineage=lineage,
+        progress=progress,
+    )
+    model.save(out_dir)
+    return model
+
+
+@student_handler(TransformerStudent)
+def _transformer(
+    config: TransformerStudent,
+    dataset: Dataset,
+    *,
+    targets: np.ndarray,
+    dev_probs: np.ndarray,
+    out_dir: Path,
+    lineage: dict[str, Any],
+    progress: bool,
+) -> BaseClassifier:
+    from smallfit import zoo
+    from smallfit.models.transformer import TransformerClassifier
+    from smallfit.train import train_classifier
+
+    model = TransformerClassifier.from_base(
+        zoo.resolve(config.base),
+        labels=dataset.labels,
+        name=config.name,
+        max_length=config.train.max_length,
+        lineage={"base": config.base, **lineage},
+    )
+    work = out_dir.with_name(out_dir.name + ".work")
+    summary = train_classifier(
+        model,
+        (dataset.train.texts, targets, dataset.dev.texts, dev_probs),
+        train=config.train,
+        kd=config.kd,
+        output_dir=work,
+        progress=progress,
+    )
+    model.lineage["training"] = {
+        **summary,
+        "config": config.train.model_dump(),
+        "kd": config.kd.model_dump(),
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    return model
+
+
+@student_handler(LinearStudent)
+def _linear(
+    config: LinearStudent,
+    dataset: Dataset,
+    *,
+    targets: np.ndarray,
+    dev_probs: np.ndarray,
+    out_dir: Path,
+    lineage: dict[str, Any],
+    progress: bool,
+) -> BaseClassifier:
+    from smallfit.models.linear import LinearClassifier
+
+    model = LinearClassifier.fit(
+        dataset.train.texts,
+        targets,
+        labels=dataset.labels,
+        config=config,
+        name=config.name,
+        lineage=lineage,
+    )
+    dev_agree = float(
+        (model.predict_proba(dataset.dev.texts).argmax(1) == dev_probs.argmax(1)).mean()
+    )
+    model.lineage["training"] = {"dev_agreement": dev_agree}
+    return model

@@ -1,0 +1,17 @@
+"""Measuring candidates: quality against gold and teacher, latency, memory, size, environment."""
+
+from smallfit.evaluate.candidate import evaluate_candidate
+from smallfit.evaluate.environment import environment
+from smallfit.evaluate.quality import expected_calibration_error, quality_metrics
+from smallfit.evaluate.results import read_results, write_results
+from smallfit.evaluate.speed import measure_speed
+
+__all__ = [
+    "environment",
+    "evaluate_candidate",
+    "expected_calibration_error",
+    "measure_speed",
+    "quality_metrics",
+    "read_results",
+    "write_results",
+]

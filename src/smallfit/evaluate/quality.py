@@ -1,0 +1,108 @@
+"""Quality of a classifier's probabilities against gold labels and against the teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from smallfit.errors import SmallfitError
+
+
+def quality_metrics(
+    probs: np.ndarray,
+    gold: list[str],
+    labels: list[str],
+    *,
+    teacher_probs: np.ndarray | None = None,
+    ece_bins: int = 15,
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, agreement with the teacher, ECE and per-class scores.
+
+    ``probs`` has shape (len(gold), len(labels)); column ``j`` is the probability of
+    ``labels[j]``. ``teacher_probs``, when given, must use the same columns. A gold label that is
+    not in ``labels`` can never be predicted, so it counts as wrong (and as a class of its own in
+    macro-F1). Macro-F1 averages over the classes present in gold or predicted.
+
+    Returns ``{"accuracy", "macro_f1", "teacher_agreement", "ece", "n", "per_class"}`` where
+    ``teacher_agreement`` is None without ``teacher_probs`` and ``per_class`` maps each averaged
+    class to ``{"precision", "recall", "f1", "support"}``.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(gold)
+    if n == 0:
+        raise SmallfitError("cannot measure quality on an empty test set")
+    if probs.shape != (n, len(labels)):
+        raise SmallfitError(
+            f"probabilities have shape {probs.shape}, expected ({n}, {len(labels)}) "
+            "(one row per text, one column per label)"
+        )
+    pred_idx = probs.argmax(axis=1)
+    index = {label: i for i, label in enumerate(labels)}
+    # unknown gold labels get indices after the model's labels, so they never match a prediction
+    unknown = sorted({g for g in gold if g not in index})
+    all_labels = list(labels) + unknown
+    index.update({label: len(labels) + i for i, label in enumerate(unknown)})
+    gold_idx = np.array([index[g] for g in gold], dtype=np.int64)
+    correct = pred_idx == gold_idx
+
+    agreement = None
+    if teacher_probs is not None:
+        teacher = np.asarray(teacher_probs)
+        if teacher.shape != probs.shape:
+            raise SmallfitError(
+                f"teacher probabilities have shape {teacher.shape}, expected {probs.shape}"
+            )
+        agreement = float(np.mean(pred_idx == teacher.argmax(axis=1)))
+
+    per_class = _per_class(gold_idx, pred_idx, all_labels)
+    macro_f1 = float(np.mean([c["f1"] for c in per_class.values()]))
+    return {
+        "accuracy": float(np.mean(correct)),
+        "macro_f1": macro_f1,
+        "teacher_agreement": agreement,
+        "ece": expected_calibration_error(probs.max(axis=1), correct, bins=ece_bins),
+        "n": n,
+        "per_class": per_class,
+    }
+
+
+def _per_class(
+    gold_idx: np.ndarray, pred_idx: np.ndarray, all_labels: list[str]
+) -> dict[str, dict[str, float | int]]:
+    k = len(all_labels)
+    support = np.bincount(gold_idx, minlength=k)
+    predicted = np.bincount(pred_idx, minlength=k)
+    hits = np.bincount(gold_idx[gold_idx == pred_idx], minlength=k)
+    out: dict[str, dict[str, float | int]] = {}
+    for i, label in enumerate(all_labels):
+        if support[i] == 0 and predicted[i] == 0:
+            continue
+        precision = hits[i] / predicted[i] if predicted[i] else 0.0
+        recall = hits[i] / support[i] if support[i] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[label] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support[i]),
+        }
+    return out
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, *, bins: int = 15
+) -> float:
+    """ECE with ``bins`` equal-width confidence bins ``(i/B, (i+1)/B]``.
+
+    The sum over bins of (share of examples in the bin) x |accuracy - mean confidence| in it.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.size == 0:
+        return 0.0
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    conf_sum = np.bincount(which, weights=confidence, minlength=bins)
+    acc_sum = np.bincount(which, weights=correct, minlength=bins)
+    # |sum(acc) - sum(conf)| / n == (count/n) * |mean acc - mean conf| per bin
+    return float(np.sum(np.abs(acc_sum - conf_sum)) / confidence.size)

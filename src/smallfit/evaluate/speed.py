@@ -1,0 +1,214 @@
+"""Latency, throughput and memory of a saved model directory.
+
+With ``EvalConfig.isolate`` (the default) the measurement runs in a fresh Python process
+(:mod:`smallfit.evaluate.probe`), so the peak RSS is that model's alone and thread settings start
+clean; otherwise it runs in this process (quick, for tests; peak RSS is then the whole process's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallfit.config import EvalConfig
+from smallfit.errors import SmallfitError
+from smallfit.models.base import BaseClassifier, read_manifest
+
+_STDERR_TAIL = 2000
+
+
+def cpu_threads_all() -> int:
+    """How many CPU threads this process may use ("all" in ``EvalConfig.threads``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def thread_counts(config: EvalConfig) -> list[int]:
+    """``config.threads`` with "all" resolved, duplicates dropped, order kept."""
+    out: list[int] = []
+    for t in config.threads:
+        n = cpu_threads_all() if t == "all" else int(t)
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def measure_speed(model_dir: Path, texts: list[str], config: EvalConfig) -> dict[str, Any]:
+    """Batch-1 latency per thread setting, batch throughput with all threads, and memory.
+
+    Returns ``{"threads": {"<n>": {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"}},
+    "throughput_b<B>_per_s": float, "throughput_batch": B, "peak_rss_bytes": int,
+    "load_rss_bytes": int, "cpu_threads_all": int, "isolated": bool}`` (B is
+    ``config.throughput_batch``, 32 by default).
+    """
+    model_dir = Path(model_dir)
+    read_manifest(model_dir)  # a clear error before anything is spawned
+    if not texts:
+        raise SmallfitError(f"{model_dir}: no texts to measure speed on")
+    if not config.isolate:
+        from smallfit.models.base import load
+
+        model = load(model_dir)
+        return measure_loaded(model, texts, config, load_rss_bytes=current_rss(), isolated=False)
+    return _measure_in_subprocess(model_dir, texts, config)
+
+
+def _measure_in_subprocess(model_dir: Path, texts: list[str], config: EvalConfig) -> dict[str, Any]:
+    env = dict(os.environ)
+    # thread pools sized before any library loads; the probe narrows them per setting
+    most = str(max(thread_counts(config)))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = most
+    src_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory(prefix="smallfit-probe-") as tmp:
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps(list(texts)), encoding="utf-8")
+        cmd = [
+            sys.executable,
+            "-m",
+            "smallfit.evaluate.probe",
+            str(model_dir),
+            "--texts-file",
+            str(texts_file),
+            "--config-json",
+            config.model_dump_json(),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr[-_STDERR_TAIL:].strip()
+        raise SmallfitError(
+            f"{model_dir}: speed probe failed with exit code {proc.returncode}:\n{tail}"
+        )
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError) as exc:
+        raise SmallfitError(
+            f"{model_dir}: speed probe printed no JSON result; stdout ends with: "
+            f"{proc.stdout[-_STDERR_TAIL:]!r}"
+        ) from exc
+    if not isinstance(result, dict) or "threads" not in result:
+        raise SmallfitError(f"{model_dir}: speed probe printed an unexpected result: {result!r}")
+    return result
+
+
+def measure_loaded(
+    model: BaseClassifier,
+    texts: Sequence[str],
+    config: EvalConfig,
+    *,
+    load_rss_bytes: int,
+    isolated: bool,
+) -> dict[str, Any]:
+    """Measure an already loaded model (the probe's body; see :func:`measure_speed`)."""
+    if not texts:
+        raise SmallfitError("no texts to measure speed on")
+    texts = list(texts)
+    counts = thread_counts(config)
+    all_threads = cpu_threads_all()
+    per_thread: dict[str, dict[str, float | int]] = {}
+    for n in counts:
+        with limit_threads(n):
+            for i in range(config.warmup):
+                model.predict_proba([texts[i % len(texts)]])
+            per_thread[str(n)] = _latency(model, texts, config.latency_queries)
+    with limit_threads(all_threads):
+        per_s = _throughput(model, texts, config.throughput_batch, config.throughput_batches)
+    return {
+        "threads": per_thread,
+        f"throughput_b{config.throughput_batch}_per_s": per_s,
+        "throughput_batch": config.throughput_batch,
+        # ru_maxrss is updated lazily by the kernel and can trail the current RSS a little
+        "peak_rss_bytes": max(peak_rss(), current_rss(), int(load_rss_bytes)),
+        "load_rss_bytes": int(load_rss_bytes),
+        "cpu_threads_all": all_threads,
+        "isolated": isolated,
+    }
+
+
+def _latency(model: BaseClassifier, texts: list[str], queries: int) -> dict[str, float | int]:
+    times = np.empty(queries, dtype=np.float64)
+    gc.collect()
+    for i in range(queries):
+        one = [texts[i % len(texts)]]
+        start = time.perf_counter_ns()
+        model.predict_proba(one)
+        times[i] = time.perf_counter_ns() - start
+    ms = times / 1e6
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "mean_ms": float(ms.mean()),
+        "n": queries,
+    }
+
+
+def _throughput(model: BaseClassifier, texts: list[str], batch: int, batches: int) -> float:
+    def make(k: int) -> list[str]:
+        return [texts[(k * batch + j) % len(texts)] for j in range(batch)]
+
+    model.predict_proba(make(0))  # warm-up batch
+    gc.collect()
+    elapsed = 0
+    for k in range(1, batches + 1):
+        chunk = make(k)
+        start = time.perf_counter_ns()
+        model.predict_proba(chunk)
+        elapsed += time.perf_counter_ns() - start
+    return float(batch * batches / (max(elapsed, 1) / 1e9))
+
+
+@contextlib.contextmanager
+def limit_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` compute threads: torch (only if already imported) and the
+    BLAS/OpenMP pools that threadpoolctl can reach. Restores the previous settings."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. two OpenMP runtimes loaded: not ours
+                stack.enter_context(threadpool_limits(limits=n))
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            pass
+        if torch is not None:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            if torch is not None and before is not None:
+                torch.set_num_threads(before)
+
+
+def current_rss() -> int:
+    """Resident set size of this process now, in bytes."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

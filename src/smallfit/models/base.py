@@ -1,0 +1,209 @@
+"""The Classifier protocol, model metadata, the backend registry and the on-disk manifest.
+
+Every model (teacher, student, compressed variant, cascade) is a Classifier. A model on disk is a
+directory holding ``smallfit.json`` (the manifest) beside the backend's own files. Backends
+register themselves by kind; :func:`load` reads the manifest and asks the registry, so the core
+never branches on backend names. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+
+from smallfit.errors import SmallfitError
+
+MANIFEST = "smallfit.json"
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is: name, backend, size and where it came from."""
+
+    name: str
+    backend: str
+    parameters: int
+    bytes_on_disk: int
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """A text classifier over a fixed label set."""
+
+    labels: list[str]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities of shape (len(texts), len(labels)); rows sum to 1."""
+        ...
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most probable label of each text."""
+        ...
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+
+class BaseClassifier(ABC):
+    """Shared behaviour of the built-in backends: predict from predict_proba, save with manifest."""
+
+    kind: str = ""
+    labels: list[str]
+    name: str
+    lineage: dict[str, Any]
+
+    @abstractmethod
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        if len(texts) == 0:
+            return []
+        probs = self.predict_proba(texts)
+        return [self.labels[i] for i in probs.argmax(axis=1)]
+
+    @property
+    @abstractmethod
+    def num_parameters(self) -> int: ...
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            backend=self.kind,
+            parameters=self.num_parameters,
+            bytes_on_disk=getattr(self, "bytes_on_disk", 0),
+            lineage=dict(self.lineage),
+        )
+
+    @abstractmethod
+    def save_files(self, path: Path) -> dict[str, Any]:
+        """Write the backend's own files into ``path``; return extra manifest fields."""
+
+    @classmethod
+    @abstractmethod
+    def load_files(cls, path: Path, manifest: dict[str, Any]) -> BaseClassifier:
+        """Rebuild the model from ``path`` given its manifest."""
+
+    def save(self, path: str | Path, *, metrics: dict[str, Any] | None = None) -> Path:
+        """Write the model and its manifest into directory ``path``; returns the path."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        extra = self.save_files(out)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "kind": self.kind,
+            "name": self.name,
+            "labels": list(self.labels),
+            "parameters": self.num_parameters,
+            "lineage": self.lineage,
+            "metrics": metrics or {},
+            **extra,
+        }
+        write_json(out / MANIFEST, manifest)
+        self.bytes_on_disk = dir_bytes(out)
+        return out
+
+
+C = TypeVar("C", bound=type[BaseClassifier])
+
+# kind -> "module:attribute"; built-ins are listed lazily so that loading a linear model never
+# imports torch. Third-party backends call register_backend on import.
+_BUILTIN_BACKENDS = {
+    "transformer": "smallfit.models.transformer:TransformerClassifier",
+    "linear": "smallfit.models.linear:LinearClassifier",
+    "hf-sequence": "smallfit.models.hf_sequence:HFSequenceClassifier",
+}
+_REGISTRY: dict[str, type[BaseClassifier]] = {}
+
+
+def register_backend(kind: str) -> Callable[[C], C]:
+    """Class decorator: make ``kind`` loadable by :func:`load`."""
+
+    def decorate(cls: C) -> C:
+        cls.kind = kind
+        _REGISTRY[kind] = cls
+        return cls
+
+    return decorate
+
+
+def backend_class(kind: str) -> type[BaseClassifier]:
+    """The class registered for ``kind``, importing a built-in backend on first use."""
+    if kind not in _REGISTRY and kind in _BUILTIN_BACKENDS:
+        module, _, attr = _BUILTIN_BACKENDS[kind].partition(":")
+        getattr(importlib.import_module(module), attr)
+    if kind not in _REGISTRY:
+        known = ", ".join(sorted(set(_REGISTRY) | set(_BUILTIN_BACKENDS)))
+        raise SmallfitError(f"unknown model kind '{kind}' (known: {known})")
+    return _REGISTRY[kind]
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the model directory ``path``, with a clear error if absent or corrupt."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise SmallfitError(f"{path}: not a smallfit model directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SmallfitError(f"{file}: corrupt manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or "kind" not in manifest or "labels" not in manifest:
+        raise SmallfitError(f"{file}: manifest lacks 'kind' or 'labels'")
+    return manifest
+
+
+def load(path: str | Path) -> BaseClassifier:
+    """Load any saved smallfit model directory as the right Classifier."""
+    directory = Path(path)
+    manifest = read_manifest(directory)
+    model = backend_class(manifest["kind"]).load_files(directory, manifest)
+    model.bytes_on_disk = dir_bytes(directory)
+    return model
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", "utf-8")
+    tmp.replace(target)
+
+
+def dir_bytes(path: str | Path) -> int:
+    """Total bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def normalise_rows(probs: np.ndarray) -> np.ndarray:
+    """Clip tiny negatives and renormalise rows to sum to 1 (float32)."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 0.0, None)
+    sums = probs.sum(axis=1, keepdims=True)
+    sums[sums == 0] = 1.0
+    return (probs / sums).astype(np.float32)
+
+
+def align_probs(probs: np.ndarray, source: list[str], target: list[str]) -> np.ndarray:
+    """Reorder probability columns from ``source`` label order to ``target`` label order."""
+    if list(source) == list(target):
+        return probs
+    missing = sorted(set(target) - set(source))
+    extra = sorted(set(source) - set(target))
+    if missing or extra:
+        raise SmallfitError(
+            "label sets differ: "
+            f"missing from the source {missing[:10]}, unknown to the target {extra[:10]}"
+        )
+    index = {label: i for i, label in enumerate(source)}
+    return probs[:, [index[label] for label in target]]

@@ -1,0 +1,177 @@
+"""Transformer encoder + mean pooling + linear head, in PyTorch.
+
+The encoders in the zoo are sentence-transformers checkpoints trained for mean pooling, so the
+pooled, L2-normalised embedding is already a strong feature and a linear head warm-started on it
+converges in a fraction of an epoch. Saved as HF files (``config.json``, ``model.safetensors``,
+tokenizer) plus ``head.safetensors``; no pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from smallfit.models.base import BaseClassifier, normalise_rows, register_backend
+
+HEAD_FILE = "head.safetensors"
+
+
+class PooledClassifier(nn.Module):
+    """encoder -> masked mean pooling -> L2 normalisation -> dropout -> linear head."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, *, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any
+    ) -> dict[str, torch.Tensor]:
+        pooled = self.embed(input_ids, attention_mask)
+        return {"logits": self.head(self.dropout(pooled))}
+
+
+@register_backend("transformer")
+class TransformerClassifier(BaseClassifier):
+    """A :class:`PooledClassifier` with its tokenizer and label names."""
+
+    def __init__(
+        self,
+        module: PooledClassifier,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        labels: list[str],
+        name: str,
+        max_length: int = 64,
+        lineage: dict[str, Any] | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.module = module.eval()
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.name = name
+        self.max_length = max_length
+        self.lineage = dict(lineage or {})
+        self.batch_size = batch_size
+        self.autocast_bf16 = False
+        self.bytes_on_disk = 0
+
+    @classmethod
+    def from_base(
+        cls,
+        base_dir: str | Path,
+        *,
+        labels: list[str],
+        name: str,
+        max_length: int = 64,
+        lineage: dict[str, Any] | None = None,
+    ) -> TransformerClassifier:
+        """A fresh classifier on a pretrained encoder directory (head randomly initialised)."""
+        encoder = AutoModel.from_pretrained(str(base_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        module = PooledClassifier(encoder, len(labels))
+        return cls(
+            module, tokenizer, labels=labels, name=name, max_length=max_length, lineage=lineage
+        )
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    @contextlib.contextmanager
+    def bf16(self) -> Iterator[TransformerClassifier]:
+        """Run predictions in bfloat16 autocast (AMX) inside this block: bulk labelling."""
+        previous, self.autocast_bf16 = self.autocast_bf16, True
+        try:
+            yield self
+        finally:
+            self.autocast_bf16 = previous
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, list[str]]]:
+        """Length-sorted batches (less padding), yielding original indices with the texts."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield idx, [texts[i] for i in idx]
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw head outputs (n, len(labels)), float32."""
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        self.module.eval()
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16),
+        ):
+            for idx, batch in self._batches(texts):
+                enc = self.tokenize(batch)
+                logits = self.module(enc["input_ids"], enc["attention_mask"])["logits"]
+                out[idx] = logits.float().numpy()
+        return out
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Pooled, normalised embeddings (n, hidden), float32 (used to warm-start heads)."""
+        hidden = self.module.head.in_features
+        out = np.zeros((len(texts), hidden), dtype=np.float32)
+        self.module.eval()
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16),
+        ):
+            for idx, batch in self._batches(texts):
+                enc = self.tokenize(batch)
+                out[idx] = self.module.embed(enc["input_ids"], enc["attention_mask"]).numpy()
+        return out
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        logits = torch.from_numpy(self.logits(texts))
+        return normalise_rows(torch.softmax(logits, dim=-1).numpy())
+
+    def save_files(self, path: Path) -> dict[str, Any]:
+        self.module.encoder.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
+        head = {k: v.detach().contiguous() for k, v in self.module.head.state_dict().items()}
+        save_file(head, str(path / HEAD_FILE))
+        return {"max_length": self.max_length, "pooling": "mean", "normalize": True}
+
+    @classmethod
+    def load_files(cls, path: Path, manifest: dict[str, Any]) -> TransformerClassifier:
+        encoder = AutoModel.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        labels = list(manifest["labels"])
+        module = PooledClassifier(encoder, len(labels))
+        module.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        return cls(
+            module,
+            tokenizer,
+            labels=labels,
+            name=manifest.get("name", path.name),
+            max_length=int(manifest.get("max_length", 64)),
+            lineage=manifest.get("lineage", {}),
+        )

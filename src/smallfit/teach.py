@@ -1,0 +1,164 @@
+"""Teachers: build one from its config (one handler per config type), and label a text pool.
+
+Labelling writes the teacher's probabilities for a pool of texts into ``labels/``, cached by
+content hash (teacher files + texts + label order), with a ledger line per call, so a rerun
+never labels the same pool twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from smallfit.config import FinetuneTeacher, GoldTeacher, KDConfig, ModelTeacher
+from smallfit.data import Dataset
+from smallfit.errors import SmallfitError
+from smallfit.hashing import hash_dir, hash_json, hash_texts
+from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load
+
+TeacherHandler = Callable[..., BaseClassifier | None]
+_HANDLERS: dict[type, TeacherHandler] = {}
+
+
+def teacher_handler(config_type: type) -> Callable[[TeacherHandler], TeacherHandler]:
+    """Register the function that builds a teacher from a config of ``config_type``."""
+
+    def decorate(fn: TeacherHandler) -> TeacherHandler:
+        _HANDLERS[config_type] = fn
+        return fn
+
+    return decorate
+
+
+def build_teacher(
+    config: Any, dataset: Dataset, *, out_dir: Path, progress: bool = True
+) -> BaseClassifier | None:
+    """The teacher described by ``config``, saved in ``out_dir``; None for the gold teacher."""
+    handler = _HANDLERS.get(type(config))
+    if handler is None:
+        raise SmallfitError(f"no teacher handler for {type(config).__name__}")
+    return handler(config, dataset, out_dir=Path(out_dir), progress=progress)
+
+
+def one_hot(gold: list[str], labels: list[str]) -> np.ndarray:
+    """(len(gold), len(labels)) float32 one-hot matrix."""
+    index = {label: i for i, label in enumerate(labels)}
+    out = np.zeros((len(gold), len(labels)), dtype=np.float32)
+    out[np.arange(len(gold)), [index[g] for g in gold]] = 1.0
+    return out
+
+
+@teacher_handler(FinetuneTeacher)
+def _finetune(
+    config: FinetuneTeacher, dataset: Dataset, *, out_dir: Path, progress: bool
+) -> BaseClassifier:
+    from smallfit import zoo
+    from smallfit.models.transformer import TransformerClassifier
+    from smallfit.train import train_classifier
+
+    model = TransformerClassifier.from_base(
+        zoo.resolve(config.base),
+        labels=dataset.labels,
+        name="teacher",
+        max_length=config.train.max_length,
+        lineage={"base": config.base, "recipe": "fine-tuned on gold labels"},
+    )
+    work = out_dir.with_name(out_dir.name + ".work")
+    summary = train_classifier(
+        model,
+        (
+            dataset.train.texts,
+            one_hot(dataset.train.labels, dataset.labels),
+            dataset.dev.texts,
+            one_hot(dataset.dev.labels, dataset.labels),
+        ),
+        train=config.train,
+        kd=KDConfig(alpha=0.0),
+        output_dir=work,
+        progress=progress,
+    )
+    model.lineage["training"] = {**summary, "config": config.train.model_dump()}
+    model.save(out_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    return model
+
+
+@teacher_handler(ModelTeacher)
+def _user_model(
+    config: ModelTeacher, dataset: Dataset, *, out_dir: Path, progress: bool
+) -> BaseClassifier:
+    path = Path(config.path)
+    if not path.is_dir():
+        raise SmallfitError(f"teacher.path: {path} is not a directory")
+    if (path / MANIFEST).is_file():
+        model = load(path)
+    else:
+        from smallfit.models.hf_sequence import HFSequenceClassifier
+
+        model = HFSequenceClassifier.from_directory(path, name="teacher")
+    align_probs(np.zeros((0, len(model.labels))), model.labels, dataset.labels)  # checks labels
+    model.name = "teacher"
+    model.save(out_dir)
+    return model
+
+
+@teacher_handler(GoldTeacher)
+def _gold(config: GoldTeacher, dataset: Dataset, *, out_dir: Path, progress: bool) -> None:
+    return None
+
+
+def label_pool(
+    teacher: BaseClassifier,
+    texts: list[str],
+    *,
+    labels: list[str],
+    teacher_dir: Path,
+    cache_dir: Path,
+    progress: bool = True,
+    chunk: int = 512,
+) -> np.ndarray:
+    """The teacher's probabilities for ``texts`` (columns in ``labels`` order), cached."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = hash_json(
+        {"teacher": hash_dir(teacher_dir), "texts": hash_texts(texts), "labels": labels}
+    )
+    file = cache_dir / f"probs-{key[:16]}.npy"
+    if file.is_file():
+        return np.load(file, allow_pickle=False)
+    started = time.monotonic()
+    parts = []
+    bulk = getattr(teacher, "bf16", None)
+    with (
+        bulk() if bulk else contextlib.nullcontext(),
+        tqdm(total=len(texts), desc="teacher labelling", unit="text", disable=not progress) as bar,
+    ):
+        for start in range(0, len(texts), chunk):
+            parts.append(teacher.predict_proba(texts[start : start + chunk]))
+            bar.update(min(chunk, len(texts) - start))
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(labels)), np.float32)
+    probs = align_probs(probs, teacher.labels, labels).astype(np.float32)
+    tmp = file.with_suffix(".tmp.npy")
+    np.save(tmp, probs, allow_pickle=False)
+    tmp.replace(file)
+    seconds = time.monotonic() - started
+    with open(cache_dir / "ledger.jsonl", "a", encoding="utf-8") as ledger:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "teacher": teacher.name,
+            "backend": teacher.info.backend,
+            "rows": len(texts),
+            "seconds": round(seconds, 2),
+            "rows_per_s": round(len(texts) / seconds, 1) if seconds > 0 else None,
+            "cache_key": key[:16],
+            "cost_usd": 0.0,
+        }
+        ledger.write(json.dumps(entry) + "\n")
+    return probs

@@ -1,0 +1,265 @@
+"""One training loop for every transformer classifier: transformers' Trainer with a KD loss.
+
+Teacher fine-tuning and distillation differ only in their targets (one-hot gold labels vs the
+teacher's probabilities) and the loss weights (STYLE rule 3): the loss is
+``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, argmax teacher)``.
+Checkpoints go to ``output_dir/checkpoints``; a rerun resumes from the newest one. Early stopping
+watches agreement with the dev targets (the teacher's labels when there is no gold). Because the
+Trainer runs on accelerate, the same code runs distributed under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from smallfit.config import KDConfig, TrainConfig, parse_duration
+from smallfit.models.transformer import TransformerClassifier
+
+log = logging.getLogger(__name__)
+
+
+def kd_loss(
+    logits: torch.Tensor, targets: torch.Tensor, kd: KDConfig, *, eps: float = 1e-8
+) -> torch.Tensor:
+    """Temperature-scaled KL to the target distribution plus CE to its argmax."""
+    temp = kd.temperature
+    loss = logits.new_zeros(())
+    if kd.alpha > 0:
+        soft_targets = F.softmax(torch.log(targets.clamp(min=eps)) / temp, dim=-1)
+        log_student = F.log_softmax(logits / temp, dim=-1)
+        loss = loss + kd.alpha * temp**2 * F.kl_div(
+            log_student, soft_targets, reduction="batchmean"
+        )
+    if kd.alpha < 1:
+        loss = loss + (1 - kd.alpha) * F.cross_entropy(logits, targets.argmax(dim=-1))
+    return loss
+
+
+class _KDTrainer(Trainer):
+    def __init__(self, *args: Any, kd: KDConfig, head_lr: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kd = kd
+        self.head_lr = head_lr
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        targets = inputs.pop("targets")
+        outputs = model(**inputs)
+        loss = kd_loss(outputs["logits"].float(), targets.float(), self.kd)
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            head = [p for n, p in named if n.startswith("head.")]
+            body = [p for n, p in named if not n.startswith("head.")]
+            self.optimizer = torch.optim.AdamW(
+                [
+                    {"params": body, "lr": self.args.learning_rate},
+                    {"params": head, "lr": self.head_lr},
+                ],
+                weight_decay=self.args.weight_decay,
+            )
+        return self.optimizer
+
+
+class _TimeBudget(TrainerCallback):
+    """Stops training cleanly (evaluate, save) once the wall-clock budget is spent."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.hit = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if time.monotonic() - self.start > self.seconds:
+            self.hit = True
+            control.should_training_stop = True
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+class _Encoded(torch.utils.data.Dataset):
+    def __init__(self, model: TransformerClassifier, texts: list[str], targets: np.ndarray):
+        enc = model.tokenizer(list(texts), truncation=True, max_length=model.max_length)
+        self.input_ids = enc["input_ids"]
+        self.targets = targets.astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[i], "targets": self.targets[i]}
+
+
+@dataclass
+class _Collator:
+    pad_id: int
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(x["input_ids"]) for x in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            ids[row, :n] = torch.tensor(item["input_ids"])
+            mask[row, :n] = 1
+        targets = torch.from_numpy(np.stack([x["targets"] for x in items]))
+        return {"input_ids": ids, "attention_mask": mask, "targets": targets}
+
+
+def _agreement(eval_pred: Any) -> dict[str, float]:
+    logits, targets = eval_pred.predictions, eval_pred.label_ids
+    return {"agreement": float((logits.argmax(-1) == targets.argmax(-1)).mean())}
+
+
+def warmstart_head(
+    model: TransformerClassifier,
+    texts: list[str],
+    targets: np.ndarray,
+    *,
+    steps: int = 300,
+    lr: float = 0.05,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    progress: bool = True,
+) -> float:
+    """Fit the linear head on frozen pooled embeddings (full batch); returns train agreement."""
+    torch.manual_seed(seed)
+    with model.bf16():
+        feats = torch.from_numpy(model.embed(texts))
+    target = torch.from_numpy(targets.astype(np.float32))
+    head = model.module.head
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in tqdm(
+        range(steps), desc=f"{model.name}: warm-start head", leave=False, disable=not progress
+    ):
+        optimizer.zero_grad()
+        loss = -(target * F.log_softmax(head(feats), dim=-1)).sum(-1).mean()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        agree = (head(feats).argmax(-1) == target.argmax(-1)).float().mean().item()
+    return agree
+
+
+def train_classifier(
+    model: TransformerClassifier,
+    data: tuple[list[str], np.ndarray, list[str], np.ndarray],
+    *,
+    train: TrainConfig,
+    kd: KDConfig,
+    output_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` in place on (train_texts, train_targets, dev_texts, dev_targets).
+
+    Targets are probability matrices over ``model.labels``. Returns a summary: best dev
+    agreement, steps, epochs, seconds, and why training stopped.
+    """
+    train_texts, train_targets, dev_texts, dev_targets = data
+    output_dir = Path(output_dir)
+    ckpt_dir = output_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    last = get_last_checkpoint(str(ckpt_dir))
+    torch.manual_seed(train.seed)
+
+    summary: dict[str, Any] = {"resumed_from": Path(last).name if last else None}
+    if train.freeze_embeddings:
+        model.module.encoder.get_input_embeddings().weight.requires_grad_(False)
+    if last is None and train.head_warmstart:
+        summary["warmstart_train_agreement"] = warmstart_head(
+            model, train_texts, train_targets, seed=train.seed, progress=progress
+        )
+
+    steps_per_epoch = max(1, -(-len(train_texts) // train.batch_size))
+    eval_steps = max(1, steps_per_epoch // train.evals_per_epoch)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        use_cpu=True,
+        bf16=train.bf16,
+        num_train_epochs=train.epochs,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=64,
+        learning_rate=train.lr,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_ratio,
+        lr_scheduler_type="linear",
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=eval_steps,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="agreement",
+        greater_is_better=True,
+        logging_steps=max(1, eval_steps // 4),
+        logging_strategy="steps",
+        report_to="none",
+        disable_tqdm=not progress,
+        seed=train.seed,
+        data_seed=train.seed,
+        remove_unused_columns=False,
+        label_names=["targets"],
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+    )
+    callbacks: list[TrainerCallback] = []
+    if train.patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.patience))
+    budget = _TimeBudget(parse_duration(train.time_budget)) if train.time_budget else None
+    if budget:
+        callbacks.append(budget)
+
+    trainer = _KDTrainer(
+        model=model.module,
+        args=args,
+        train_dataset=_Encoded(model, train_texts, train_targets),
+        eval_dataset=_Encoded(model, dev_texts, dev_targets),
+        data_collator=_Collator(model.tokenizer.pad_token_id or 0),
+        compute_metrics=_agreement,
+        callbacks=callbacks,
+        kd=kd,
+        head_lr=train.head_lr or 20 * train.lr,
+    )
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=last)
+    model.module.eval()
+    state = trainer.state
+    stopped = "epochs"
+    if budget and budget.hit:
+        stopped = "time_budget"
+    elif state.global_step < state.max_steps:
+        stopped = "early_stopping"
+    summary.update(
+        best_dev_agreement=state.best_metric,
+        steps=state.global_step,
+        epochs=round(float(state.epoch or 0.0), 3),
+        train_loss=float(result.training_loss),
+        seconds=round(time.monotonic() - started, 1),
+        stopped_by=stopped,
+    )
+    return summary

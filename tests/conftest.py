@@ -1,0 +1,50 @@
+"""Shared fixtures: the real datasets in ../shared/data, sliced small, and the real zoo weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SMALLFIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Keep the machine's two cores for the work under test; no hub access, ever.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def shared_dataset(name: str) -> Path:
+    """A dataset folder of ../shared/data; a missing one fails the test (never a silent skip)."""
+    folder = SHARED_DATA / name
+    if not (folder / "train.jsonl").is_file():
+        pytest.fail(f"real dataset missing: {folder} (set SMALLFIT_SHARED_DATA)")
+    return folder
+
+
+def write_slice(src: Path, dst: Path, *, per_label: int, labels: list[str] | None = None) -> Path:
+    """The first ``per_label`` rows of each label (optionally only ``labels``) as a JSONL file."""
+    counts: dict[str, int] = {}
+    out = []
+    for line in src.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if labels is not None and row["label"] not in labels:
+            continue
+        if counts.get(row["label"], 0) < per_label:
+            counts[row["label"]] = counts.get(row["label"], 0) + 1
+            out.append(line)
+    dst.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def snips_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SNIPS (7 intents): 40 train and 12 test rows per label, as a dataset folder."""
+    folder = shared_dataset("snips")
+    out = tmp_path_factory.mktemp("snips")
+    write_slice(folder / "train.jsonl", out / "train.jsonl", per_label=40)
+    write_slice(folder / "test.jsonl", out / "test.jsonl", per_label=12)
+    return out

@@ -1,0 +1,104 @@
+"""The command line as a user meets it: fast help, clear errors, exit code 2, --debug."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "smallfit.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_help_does_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from smallfit.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "Usage:" in out.stdout
+    assert out.stdout.strip().endswith("NO-TORCH")
+
+
+@pytest.mark.parametrize("command", ["fit", "demo", "teacher", "zoo"])
+def test_every_command_has_help(command: str) -> None:
+    out = run_cli(command, "--help")
+    assert out.returncode == 0
+    assert "Usage:" in out.stdout
+
+
+def _bad_data_config(tmp_path: Path) -> Path:
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        '{"text": "hello", "label": "a"}\n{"text": "", "label": "b"}\n', encoding="utf-8"
+    )
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\ndata:\n  train: {train}\n", encoding="utf-8")
+    return config
+
+
+def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path: Path) -> None:
+    out = run_cli("fit", "--config", str(_bad_data_config(tmp_path)))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert f"{tmp_path / 'train.jsonl'}:2" in out.stderr
+    assert "'text'" in out.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    out = run_cli("--debug", "fit", "--config", str(_bad_data_config(tmp_path)))
+    assert out.returncode == 2
+    assert "Traceback" in out.stderr and "DataError" in out.stderr
+
+
+def test_bad_config_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "fit.yaml"
+    config.write_text("data:\n  train: x.jsonl\n  text_feild: body\n", encoding="utf-8")
+    out = run_cli("fit", "--config", str(config))
+    assert out.returncode == 2
+    assert "data.text_feild" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_writes_a_valid_config(tmp_path: Path, snips_slice: Path) -> None:
+    out = run_cli(
+        "demo",
+        "--data",
+        str(snips_slice),
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--write-config-only",
+    )
+    assert out.returncode == 0, out.stderr
+    from smallfit.config import load_fit_config
+
+    config = load_fit_config(tmp_path / "r" / "config.yaml")
+    assert config.data.train == (snips_slice / "train.jsonl").resolve()
+    assert [s.name for s in config.students] == ["minilm-l6", "linear"]
+
+
+def test_demo_on_a_folder_without_data_fails_cleanly(tmp_path: Path) -> None:
+    out = run_cli("demo", "--data", str(tmp_path))
+    assert out.returncode == 2
+    assert "train.jsonl" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_zoo_lists_offline_aliases() -> None:
+    out = run_cli("zoo")
+    assert out.returncode == 0
+    assert "minilm-l6" in out.stdout and "mpnet-base" in out.stdout
+
+
+def test_version() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0 and "0.1.0" in out.stdout

@@ -1,0 +1,270 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import smallfit.evaluate as ev
+from smallfit.config import EvalConfig, LinearStudent
+from smallfit.data import Split
+from smallfit.errors import SmallfitError
+from smallfit.evaluate import (
+    environment,
+    evaluate_candidate,
+    expected_calibration_error,
+    measure_speed,
+    quality_metrics,
+    read_results,
+    write_results,
+)
+
+LABELS = ["a", "b", "c"]
+
+
+def onehot(idx: list[int], k: int = 3) -> np.ndarray:
+    return np.eye(k, dtype=np.float32)[idx]
+
+
+def test_public_api() -> None:
+    assert sorted(ev.__all__) == [
+        "environment",
+        "evaluate_candidate",
+        "expected_calibration_error",
+        "measure_speed",
+        "quality_metrics",
+        "read_results",
+        "write_results",
+    ]
+
+
+def test_accuracy_macro_f1_agreement() -> None:
+    # gold a a b c, predicted a b b b
+    probs = onehot([0, 1, 1, 1]) * 0.7 + 0.1
+    m = quality_metrics(probs, ["a", "a", "b", "c"], LABELS, teacher_probs=onehot([0, 0, 1, 1]))
+    assert m["n"] == 4
+    assert m["accuracy"] == pytest.approx(0.5)
+    # a: P 1, R 1/2, F 2/3; b: P 1/3, R 1, F 1/2; c: never predicted, F 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0) / 3)
+    assert m["per_class"]["a"] == pytest.approx(
+        {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
+    )
+    assert m["per_class"]["b"]["precision"] == pytest.approx(1 / 3)
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["teacher_agreement"] == pytest.approx(0.75)
+    assert quality_metrics(probs, ["a"] * 4, LABELS)["teacher_agreement"] is None
+
+
+def test_macro_f1_skips_absent_labels_and_counts_unknown_gold() -> None:
+    labels = ["a", "b", "c", "d"]  # d is neither gold nor predicted
+    probs = np.array([[0.9, 0.1, 0, 0], [0.1, 0.9, 0, 0], [0.1, 0.9, 0, 0]])
+    m = quality_metrics(probs, ["a", "b", "zzz"], labels)
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    assert set(m["per_class"]) == {"a", "b", "zzz"}
+    # a: F 1; b: P 1/2 R 1 F 2/3; zzz: F 0
+    assert m["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert m["per_class"]["zzz"]["support"] == 1
+
+
+def test_ece_calibrated_and_overconfident() -> None:
+    calibrated = np.array([[0.75, 0.25]] * 4)
+    m = quality_metrics(calibrated, ["a", "a", "a", "b"], ["a", "b"])
+    assert m["ece"] == pytest.approx(0.0, abs=1e-12)
+    overconfident = np.array([[1.0, 0.0]] * 4)
+    assert quality_metrics(overconfident, ["a", "b", "a", "b"], ["a", "b"])["ece"] == 0.5
+    # two bins: conf 0.9 both right (gap 0.1), conf 0.6 one of two right (gap 0.1)
+    conf = np.array([0.9, 0.9, 0.6, 0.6])
+    ok = np.array([True, True, True, False])
+    assert expected_calibration_error(conf, ok, bins=10) == pytest.approx(0.1)
+    # one bin: mean conf 0.75, accuracy 0.75
+    assert expected_calibration_error(conf, ok, bins=1) == pytest.approx(0.0)
+
+
+def test_quality_rejects_bad_shapes() -> None:
+    with pytest.raises(SmallfitError, match="shape"):
+        quality_metrics(np.ones((2, 2)) / 2, ["a", "b"], LABELS)
+    with pytest.raises(SmallfitError, match="teacher"):
+        quality_metrics(onehot([0, 1]), ["a", "b"], LABELS, teacher_probs=np.ones((2, 2)))
+    with pytest.raises(SmallfitError, match="empty"):
+        quality_metrics(np.zeros((0, 3)), [], LABELS)
+
+
+def test_environment_keys() -> None:
+    env = environment()
+    assert set(env) >= {
+        "python",
+        "platform",
+        "cpu_model",
+        "cpu_flags",
+        "logical_cores",
+        "torch_threads",
+        "packages",
+        "timestamp",
+    }
+    assert set(env["cpu_flags"]) >= {"avx512f", "avx512_vnni", "amx_bf16", "amx_int8"}
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["packages"]["smallfit"] is not None
+    assert "onnxruntime" in env["packages"]
+    assert env["timestamp"].endswith("+00:00")
+    if "torch" not in sys.modules:
+        assert env["torch_threads"] is None
+    json.dumps(env)
+
+
+def test_results_roundtrip_and_errors(tmp_path: Path) -> None:
+    path = write_results(tmp_path / "run", [{"name": "x"}], extra={"selection": {"chosen": "x"}})
+    assert path == tmp_path / "run" / "results.json"
+    data = read_results(path)
+    assert data["candidates"] == [{"name": "x"}] and data["selection"] == {"chosen": "x"}
+    assert "environment" in data
+    assert read_results(tmp_path / "run") == data
+    with pytest.raises(SmallfitError, match="no results file"):
+        read_results(tmp_path / "nowhere.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(SmallfitError, match=r"bad\.json"):
+        read_results(bad)
+    bad.write_text("[]", encoding="utf-8")
+    with pytest.raises(SmallfitError, match="candidates"):
+        read_results(bad)
+    with pytest.raises(ValueError):
+        write_results(tmp_path, [], extra={"candidates": []})
+
+
+# --- speed, on the real linear backend ---------------------------------------------------------
+
+TRAIN = [
+    ("my card was charged twice", "billing"),
+    ("refund the double charge please", "billing"),
+    ("why is there an extra fee on my bill", "billing"),
+    ("invoice shows the wrong amount", "billing"),
+    ("the app crashes when I log in", "bug"),
+    ("error message on the settings page", "bug"),
+    ("button does nothing after the update", "bug"),
+    ("screen freezes when uploading a photo", "bug"),
+    ("how do I change my password", "account"),
+    ("I want to delete my account", "account"),
+    ("update my email address", "account"),
+    ("can I add a second user to my account", "account"),
+]
+
+
+@pytest.fixture(scope="module")
+def linear_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from smallfit.models.linear import LinearClassifier
+
+    texts = [t for t, _ in TRAIN]
+    labels = sorted({y for _, y in TRAIN})
+    targets = np.eye(len(labels), dtype=np.float32)[[labels.index(y) for _, y in TRAIN]]
+    config = LinearStudent(name="tiny-linear", char_ngrams=None, max_features=500)
+    model = LinearClassifier.fit(texts, targets, labels=labels, config=config)
+    return model.save(tmp_path_factory.mktemp("models") / "linear")
+
+
+FAST = {"latency_queries": 20, "warmup": 2, "throughput_batch": 8, "throughput_batches": 2}
+
+
+def check_speed(speed: dict, config: EvalConfig) -> None:
+    from smallfit.evaluate.speed import cpu_threads_all
+
+    assert set(speed) == {
+        "threads",
+        "throughput_b8_per_s",
+        "throughput_batch",
+        "peak_rss_bytes",
+        "load_rss_bytes",
+        "cpu_threads_all",
+        "isolated",
+    }
+    assert speed["cpu_threads_all"] == cpu_threads_all()
+    assert set(speed["threads"]) == {"1", str(cpu_threads_all())}
+    one = speed["threads"]["1"]
+    assert set(one) == {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"}
+    assert one["n"] == config.latency_queries
+    assert 0 < one["p50_ms"] <= one["p95_ms"] <= one["p99_ms"]
+    assert speed["throughput_b8_per_s"] > 0
+    assert speed["peak_rss_bytes"] >= speed["load_rss_bytes"] > 1_000_000
+
+
+@pytest.mark.parametrize("isolate", [False, True])
+def test_measure_speed_linear(linear_dir: Path, isolate: bool) -> None:
+    config = EvalConfig(isolate=isolate, **FAST)
+    speed = measure_speed(linear_dir, [t for t, _ in TRAIN][:5], config)
+    check_speed(speed, config)
+    assert speed["isolated"] is isolate
+
+
+def test_evaluate_candidate_linear(linear_dir: Path, tmp_path: Path) -> None:
+    test = Split(
+        texts=["charged twice for one order", "app crashes on start", "change my password"],
+        labels=["billing", "bug", "account"],
+        source="inline",
+    )
+    teacher = np.eye(3, dtype=np.float32)  # the gold labels, columns billing, bug, account
+    config = EvalConfig(isolate=False, **FAST)
+    out = tmp_path / "cand.json"
+    result = evaluate_candidate(
+        linear_dir,
+        test=test,
+        teacher_test_probs=teacher,
+        config=config,
+        out_file=out,
+        teacher_labels=["billing", "bug", "account"],
+    )
+    assert set(result) == {
+        "name",
+        "backend",
+        "model_dir",
+        "parameters",
+        "bytes_on_disk",
+        "lineage",
+        "quality",
+        "speed",
+    }
+    assert (result["name"], result["backend"]) == ("tiny-linear", "linear")
+    assert result["parameters"] > 0 and result["bytes_on_disk"] > 0
+    assert result["quality"]["n"] == 3
+    # the teacher is the gold here, so agreement equals accuracy once columns are aligned
+    assert result["quality"]["teacher_agreement"] == result["quality"]["accuracy"]
+    check_speed(result["speed"], config)
+    assert json.loads(out.read_text(encoding="utf-8"))["name"] == "tiny-linear"
+
+
+def test_speed_errors(tmp_path: Path) -> None:
+    with pytest.raises(SmallfitError, match="not a smallfit model directory"):
+        measure_speed(tmp_path, ["x"], EvalConfig(**FAST))
+    (tmp_path / "smallfit.json").write_text('{"kind": "nope", "labels": ["a"]}', "utf-8")
+    with pytest.raises(SmallfitError, match="unknown model kind 'nope'"):
+        measure_speed(tmp_path, ["x"], EvalConfig(isolate=True, **FAST))
+    with pytest.raises(SmallfitError, match="no texts"):
+        measure_speed(tmp_path, [], EvalConfig(**FAST))
+
+
+def test_probe_never_imports_torch_for_linear(linear_dir: Path, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps(["refund please", "app crashes"]), encoding="utf-8")
+    config = EvalConfig(**FAST).model_dump_json()
+    code = (
+        "import sys, contextlib, io\n"
+        "from smallfit.evaluate.probe import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    rc = main([{str(linear_dir)!r}, '--texts-file', {str(texts)!r}, "
+        f"'--config-json', {config!r}])\n"
+        "print(rc, 'torch' in sys.modules, out.getvalue().count('p50_ms'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    rc, torch_loaded, settings = proc.stdout.split()
+    assert (rc, torch_loaded) == ("0", "False") and int(settings) >= 1
+
+
+def test_limit_threads_sets_and_restores_torch() -> None:
+    torch = pytest.importorskip("torch")
+    from smallfit.evaluate.speed import limit_threads
+
+    before = torch.get_num_threads()
+    with limit_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -1,0 +1,41 @@
+"""The KD loss and the shared training loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smallfit.config import KDConfig
+from smallfit.train import kd_loss
+
+
+def test_kd_loss_is_cross_entropy_when_alpha_is_zero() -> None:
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]])
+    targets = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    loss = kd_loss(logits, targets, KDConfig(alpha=0.0))
+    assert loss.item() == pytest.approx(F.cross_entropy(logits, torch.tensor([0, 2])).item())
+
+
+def test_kd_loss_soft_term_is_scaled_kl() -> None:
+    logits = torch.tensor([[1.0, 0.0, -1.0]])
+    targets = torch.tensor([[0.5, 0.3, 0.2]])
+    temp = 2.0
+    loss = kd_loss(logits, targets, KDConfig(alpha=1.0, temperature=temp)).item()
+    teacher = torch.softmax(torch.log(targets) / temp, -1)[0]
+    student = torch.softmax(logits / temp, -1)[0]
+    expected = temp**2 * sum(
+        t * (math.log(t) - math.log(s))
+        for t, s in zip(teacher.tolist(), student.tolist(), strict=True)
+    )
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_is_zero_soft_when_student_matches_teacher() -> None:
+    targets = torch.tensor([[0.6, 0.3, 0.1]])
+    logits = torch.log(targets)
+    assert kd_loss(logits, targets, KDConfig(alpha=1.0, temperature=1.0)).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
