@@ -197,6 +197,15 @@ def test_measure_speed_linear(linear_dir: Path, isolate: bool) -> None:
     assert speed["isolated"] is isolate
 
 
+def test_isolated_peak_rss_is_the_probes_own(linear_dir: Path) -> None:
+    """A parent holding 800 MB must not leak into the probe's peak (ru_maxrss survives exec)."""
+    ballast = np.ones(100_000_000, dtype=np.float64)  # 800 MB, touched
+    config = EvalConfig(isolate=True, **FAST)
+    speed = measure_speed(linear_dir, [t for t, _ in TRAIN][:5], config)
+    assert ballast.sum() > 0
+    assert speed["peak_rss_bytes"] < 500_000_000
+
+
 def test_evaluate_candidate_linear(linear_dir: Path, tmp_path: Path) -> None:
     test = Split(
         texts=["charged twice for one order", "app crashes on start", "change my password"],

@@ -39,3 +39,17 @@ def test_kd_loss_is_zero_soft_when_student_matches_teacher() -> None:
     assert kd_loss(logits, targets, KDConfig(alpha=1.0, temperature=1.0)).item() == pytest.approx(
         0.0, abs=1e-6
     )
+
+
+def test_fit_temperature_recovers_a_known_temperature() -> None:
+    import numpy as np
+
+    from smallfit.train import fit_temperature
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 5)) * 2.0
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in probs])
+    targets = np.eye(5, dtype=np.float32)[labels]
+    # the model's logits are 3x too confident; the fitted temperature should undo that
+    assert fit_temperature(true_logits * 3.0, targets) == pytest.approx(3.0, rel=0.1)

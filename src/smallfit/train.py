@@ -5,7 +5,8 @@ teacher's probabilities) and the loss weights (STYLE rule 3): the loss is
 ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, argmax teacher)``.
 Checkpoints go to ``output_dir/checkpoints``; a rerun resumes from the newest one. Early stopping
 watches agreement with the dev targets (the teacher's labels when there is no gold). Because the
-Trainer runs on accelerate, the same code runs distributed under ``accelerate launch``.
+Trainer runs on accelerate, the same code runs distributed under ``accelerate launch``. After
+training, a temperature fitted on dev calibrates the probabilities (stored in the manifest).
 """
 
 from __future__ import annotations
@@ -166,6 +167,23 @@ def warmstart_head(
     return agree
 
 
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature T minimising cross-entropy of softmax(logits / T) to ``targets`` (dev)."""
+    z = torch.from_numpy(logits.astype(np.float32))
+    t = torch.from_numpy(targets.astype(np.float32))
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = -(t * F.log_softmax(z / log_t.exp(), dim=-1)).sum(-1).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(np.clip(log_t.exp().item(), 0.05, 20.0))
+
+
 def train_classifier(
     model: TransformerClassifier,
     data: tuple[list[str], np.ndarray, list[str], np.ndarray],
@@ -248,6 +266,7 @@ def train_classifier(
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=last)
     model.module.eval()
+    model.temperature = fit_temperature(model.logits(dev_texts), dev_targets)
     state = trainer.state
     stopped = "epochs"
     if budget and budget.hit:
@@ -261,5 +280,6 @@ def train_classifier(
         train_loss=float(result.training_loss),
         seconds=round(time.monotonic() - started, 1),
         stopped_by=stopped,
+        temperature=round(model.temperature, 4),
     )
     return summary

@@ -71,6 +71,7 @@ class TransformerClassifier(BaseClassifier):
         self.batch_size = batch_size
         self.autocast_bf16 = False
         self.bytes_on_disk = 0
+        self.temperature = 1.0
 
     @classmethod
     def from_base(
@@ -150,7 +151,7 @@ class TransformerClassifier(BaseClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        logits = torch.from_numpy(self.logits(texts))
+        logits = torch.from_numpy(self.logits(texts)) / self.temperature
         return normalise_rows(torch.softmax(logits, dim=-1).numpy())
 
     def save_files(self, path: Path) -> dict[str, Any]:
@@ -158,7 +159,12 @@ class TransformerClassifier(BaseClassifier):
         self.tokenizer.save_pretrained(str(path))
         head = {k: v.detach().contiguous() for k, v in self.module.head.state_dict().items()}
         save_file(head, str(path / HEAD_FILE))
-        return {"max_length": self.max_length, "pooling": "mean", "normalize": True}
+        return {
+            "max_length": self.max_length,
+            "pooling": "mean",
+            "normalize": True,
+            "temperature": self.temperature,
+        }
 
     @classmethod
     def load_files(cls, path: Path, manifest: dict[str, Any]) -> TransformerClassifier:
@@ -167,7 +173,7 @@ class TransformerClassifier(BaseClassifier):
         labels = list(manifest["labels"])
         module = PooledClassifier(encoder, len(labels))
         module.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-        return cls(
+        model = cls(
             module,
             tokenizer,
             labels=labels,
@@ -175,3 +181,5 @@ class TransformerClassifier(BaseClassifier):
             max_length=int(manifest.get("max_length", 64)),
             lineage=manifest.get("lineage", {}),
         )
+        model.temperature = float(manifest.get("temperature", 1.0))
+        return model
