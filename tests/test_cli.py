@@ -102,3 +102,9 @@ def test_zoo_lists_offline_aliases() -> None:
 def test_version() -> None:
     out = run_cli("--version")
     assert out.returncode == 0 and "0.1.0" in out.stdout
+
+
+def test_generated_docs_are_up_to_date() -> None:
+    from smallfit.docs import main as docs_main
+
+    assert docs_main(["--check"]) == 0, "docs/ is stale: run python -m smallfit.docs"

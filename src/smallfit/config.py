@@ -14,43 +14,61 @@ from smallfit.errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DataConfig(Strict):
     """Where the data is and how to read it."""
 
     train: Path
+    """Training file (JSONL, CSV or Parquet): the pool the teacher labels."""
     test: Path | None = None
+    """Test file; without one, `test_fraction` of train is held out."""
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    """File format; `auto` picks by suffix (.jsonl/.json, .csv, .parquet/.pq)."""
     text_field: str = "text"
+    """Field (column) holding the text."""
     label_field: str = "label"
+    """Field (column) holding the gold label."""
     dev_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    """Share of train carved out as the dev split (stratified, seeded)."""
     max_train: int | None = Field(None, gt=0, description="use a stratified slice of train")
     max_test: int | None = Field(None, gt=0, description="use a stratified slice of test")
     test_fraction: float = Field(
         0.2, gt=0.0, lt=0.5, description="held out of train when there is no test file"
     )
     seed: int = 0
+    """Seed of every split and slice."""
 
 
 class TrainConfig(Strict):
     """How a transformer classifier is trained (teacher fine-tuning and distillation alike)."""
 
     epochs: float = Field(3.0, gt=0)
+    """Passes over the training pool (fractions allowed)."""
     batch_size: int = Field(32, gt=0)
+    """Texts per training step."""
     lr: float = Field(5e-5, gt=0)
+    """Learning rate of the encoder (AdamW, linear decay)."""
     head_lr: float | None = Field(None, gt=0, description="defaults to 20 x lr")
     weight_decay: float = 0.01
+    """AdamW weight decay."""
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    """Share of steps spent warming the learning rate up."""
     max_length: int = Field(64, gt=4)
+    """Tokens kept per text."""
     bf16: bool = True
+    """Train in bfloat16 autocast (uses AMX on CPUs that have it)."""
     freeze_embeddings: bool = True
+    """Keep the word-embedding matrix fixed (faster steps, less memory)."""
     head_warmstart: bool = True
+    """Fit the head on frozen pooled embeddings before fine-tuning."""
     patience: int = Field(2, ge=0, description="evaluations without dev improvement; 0 = off")
     evals_per_epoch: int = Field(1, gt=0)
+    """Dev evaluations (and checkpoints) per epoch."""
     time_budget: str | None = Field(None, description="e.g. '20m', '1h30m'; stops cleanly")
     seed: int = 0
+    """Seed of initialisation, dropout and data order."""
 
     @field_validator("time_budget")
     @classmethod
@@ -64,6 +82,7 @@ class KDConfig(Strict):
     """Knowledge-distillation loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
 
     temperature: float = Field(2.0, gt=0)
+    """Softening temperature T of teacher and student distributions."""
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (KL) term")
 
 
@@ -71,21 +90,27 @@ class FinetuneTeacher(Strict):
     """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
 
     source: Literal["finetune"] = "finetune"
+    """Selects this teacher type."""
     base: str = "mpnet-base"
+    """Zoo alias, local HF directory or hub id of the encoder."""
     train: TrainConfig = TrainConfig(epochs=1.0, lr=3e-5, patience=0)
+    """How it is trained."""
 
 
 class ModelTeacher(Strict):
     """A classifier the user already has: a smallfit model dir or a HF sequence-classifier dir."""
 
     source: Literal["model"] = "model"
+    """Selects this teacher type."""
     path: Path
+    """A smallfit model directory, or a HF sequence-classification directory."""
 
 
 class GoldTeacher(Strict):
     """No teacher: the gold labels stand in for it (probabilities are one-hot)."""
 
     source: Literal["gold"] = "gold"
+    """Selects this teacher type."""
 
 
 TeacherConfig = Annotated[
@@ -97,10 +122,15 @@ class TransformerStudent(Strict):
     """A zoo transformer distilled from the teacher's probabilities."""
 
     kind: Literal["transformer"] = "transformer"
+    """Selects this student type."""
     name: str = "minilm-l6"
+    """Candidate name (model directory under `models/`)."""
     base: str = "minilm-l6"
+    """Zoo alias, local HF directory or hub id of the encoder."""
     train: TrainConfig = TrainConfig(epochs=4.0, lr=1e-4)
+    """How it is trained."""
     kd: KDConfig = KDConfig()
+    """The distillation loss."""
     use_gold: bool = Field(False, description="train on gold labels too (default: teacher only)")
 
 
@@ -108,15 +138,23 @@ class LinearStudent(Strict):
     """Logistic regression on sparse word and char n-grams (the tiny tier, trains in seconds)."""
 
     kind: Literal["linear"] = "linear"
+    """Selects this student type."""
     name: str = "linear"
+    """Candidate name (model directory under `models/`)."""
     word_ngrams: tuple[int, int] = (1, 2)
+    """Word n-gram range."""
     char_ngrams: tuple[int, int] | None = (2, 5)
+    """Character n-gram range within word boundaries; null for none."""
     max_features: int = Field(200_000, gt=0)
+    """Vocabulary cap per n-gram family."""
     C: float = Field(10.0, gt=0)
+    """Inverse regularisation strength of the logistic regression."""
     soft_labels: bool = Field(True, description="fit the teacher's probabilities, not argmax")
     min_prob: float = Field(0.01, ge=0, lt=1, description="ignore teacher probs below this")
     use_gold: bool = False
+    """Train on gold labels too (default: teacher only)."""
     seed: int = 0
+    """Seed of the solver."""
 
 
 StudentConfig = Annotated[TransformerStudent | LinearStudent, Field(discriminator="kind")]
@@ -126,11 +164,17 @@ class EvalConfig(Strict):
     """What to measure per candidate."""
 
     latency_queries: int = Field(200, gt=0)
+    """Batch-1 queries timed per thread setting."""
     warmup: int = Field(20, ge=0)
+    """Untimed queries first."""
     throughput_batch: int = Field(32, gt=0)
+    """Batch size of the throughput measurement."""
     throughput_batches: int = Field(10, gt=0)
+    """Batches timed for throughput."""
     threads: list[int | Literal["all"]] = [1, "all"]
+    """Thread settings for latency: numbers, or `all` (every usable core)."""
     ece_bins: int = Field(15, gt=1)
+    """Equal-width confidence bins of the expected calibration error."""
     isolate: bool = Field(True, description="measure speed and memory in a fresh subprocess")
 
 
@@ -138,9 +182,11 @@ class SelectConfig(Strict):
     """How the winner is chosen: smallest candidate over the floor and under the ceiling."""
 
     metric: Literal["accuracy", "macro_f1", "teacher_agreement"] = "accuracy"
+    """Quality metric for the floor and the Pareto front."""
     quality_floor: str = Field("0.98 * teacher", description="'0.9' or '0.98 * teacher'")
     latency_ceiling_ms: float | None = Field(None, gt=0, description="batch-1 p50, 1 thread")
     size: Literal["bytes_on_disk", "parameters"] = "bytes_on_disk"
+    """What 'smallest' means."""
 
     @field_validator("quality_floor")
     @classmethod
@@ -153,14 +199,21 @@ class FitConfig(Strict):
     """The whole run: data -> teacher labels -> students -> evaluate -> select."""
 
     run_dir: Path = Path("runs/default")
+    """Where the run is written (and reused on a rerun)."""
     seed: int = 0
+    """Reserved for stages without their own seed."""
     data: DataConfig
+    """The data."""
     teacher: TeacherConfig = FinetuneTeacher()
+    """The teacher: `source: finetune | model | gold`."""
     students: list[StudentConfig] = Field(
         default_factory=lambda: [TransformerStudent(), LinearStudent()]
     )
+    """The students, each `kind: transformer | linear`."""
     evaluate: EvalConfig = EvalConfig()
+    """What is measured per candidate."""
     select: SelectConfig = SelectConfig()
+    """How the winner is chosen."""
 
     @field_validator("students")
     @classmethod

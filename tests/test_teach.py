@@ -1,0 +1,111 @@
+"""Teachers from every source, and pool labelling cached by content hash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smallfit import zoo
+from smallfit.config import DataConfig, GoldTeacher, ModelTeacher
+from smallfit.data import load_dataset
+from smallfit.errors import SmallfitError
+from smallfit.models import load
+from smallfit.teach import build_teacher, label_pool
+
+
+@pytest.fixture(scope="module")
+def dataset(snips_slice: Path):
+    return load_dataset(
+        DataConfig(train=snips_slice / "train.jsonl", test=snips_slice / "test.jsonl")
+    )
+
+
+def _hf_classifier(out: Path, labels: list[str]) -> Path:
+    """A real HF sequence-classification directory on MiniLM weights (head untrained)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = zoo.resolve("minilm-l6")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    return out
+
+
+def test_user_hf_classifier_is_a_teacher_with_columns_in_data_order(dataset, tmp_path) -> None:
+    reversed_labels = list(reversed(dataset.labels))  # the user's model orders labels its own way
+    hf_dir = _hf_classifier(tmp_path / "hf", reversed_labels)
+    teacher = build_teacher(
+        ModelTeacher(path=hf_dir), dataset, out_dir=tmp_path / "teacher", progress=False
+    )
+    assert teacher is not None and teacher.labels == reversed_labels
+    texts = dataset.dev.texts[:20]
+    probs = label_pool(
+        teacher,
+        texts,
+        labels=dataset.labels,
+        teacher_dir=tmp_path / "teacher",
+        cache_dir=tmp_path / "labels",
+        progress=False,
+    )
+    direct = teacher.predict_proba(texts)
+    assert probs.shape == (20, len(dataset.labels))
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    for j, label in enumerate(dataset.labels):
+        np.testing.assert_allclose(probs[:, j], direct[:, reversed_labels.index(label)], atol=1e-5)
+    # the saved teacher loads back as the same kind of classifier
+    assert load(tmp_path / "teacher").info.backend == "hf-sequence"
+
+
+def test_hf_classifier_without_label_names_is_refused(dataset, tmp_path) -> None:
+    hf_dir = _hf_classifier(tmp_path / "hf", [f"LABEL_{i}" for i in range(len(dataset.labels))])
+    with pytest.raises(SmallfitError, match="id2label"):
+        build_teacher(ModelTeacher(path=hf_dir), dataset, out_dir=tmp_path / "t", progress=False)
+
+
+def test_teacher_with_other_labels_is_refused(dataset, tmp_path) -> None:
+    hf_dir = _hf_classifier(tmp_path / "hf", [*dataset.labels[:-1], "something_else"])
+    with pytest.raises(SmallfitError, match="something_else"):
+        build_teacher(ModelTeacher(path=hf_dir), dataset, out_dir=tmp_path / "t", progress=False)
+
+
+def test_missing_teacher_dir_is_refused(dataset, tmp_path) -> None:
+    with pytest.raises(SmallfitError, match="not a directory"):
+        build_teacher(
+            ModelTeacher(path=tmp_path / "nope"), dataset, out_dir=tmp_path / "t", progress=False
+        )
+
+
+def test_gold_teacher_builds_nothing(dataset, tmp_path) -> None:
+    assert build_teacher(GoldTeacher(), dataset, out_dir=tmp_path / "t", progress=False) is None
+
+
+def test_labelling_is_cached_by_content(dataset, tmp_path) -> None:
+    hf_dir = _hf_classifier(tmp_path / "hf", dataset.labels)
+    teacher = build_teacher(
+        ModelTeacher(path=hf_dir), dataset, out_dir=tmp_path / "teacher", progress=False
+    )
+    kwargs = dict(
+        labels=dataset.labels,
+        teacher_dir=tmp_path / "teacher",
+        cache_dir=tmp_path / "labels",
+        progress=False,
+    )
+    first = label_pool(teacher, dataset.dev.texts, **kwargs)
+    again = label_pool(teacher, dataset.dev.texts, **kwargs)
+    np.testing.assert_array_equal(first, again)
+    ledger = (tmp_path / "labels" / "ledger.jsonl").read_text().splitlines()
+    assert len(ledger) == 1  # the second call was served from the cache
+    assert json.loads(ledger[0])["rows"] == len(dataset.dev)
+    other = label_pool(teacher, dataset.dev.texts[:5], **kwargs)  # new texts: a new entry
+    assert other.shape[0] == 5
+    assert len((tmp_path / "labels" / "ledger.jsonl").read_text().splitlines()) == 2
