@@ -34,6 +34,8 @@ def test_public_api() -> None:
         "environment",
         "evaluate_candidate",
         "expected_calibration_error",
+        "interleaved_latency",
+        "limit_threads",
         "measure_speed",
         "quality_metrics",
         "read_results",
@@ -277,3 +279,15 @@ def test_limit_threads_sets_and_restores_torch() -> None:
     with limit_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_interleaved_latency_times_each_model_every_turn(linear_dir: Path) -> None:
+    from smallfit.evaluate import interleaved_latency
+    from smallfit.models import load
+
+    a, b = load(linear_dir), load(linear_dir)
+    out = interleaved_latency({"a": a, "b": b}, [t for t, _ in TRAIN][:4], queries=15, warmup=2)
+    assert set(out) == {"a", "b"}
+    for stats in out.values():
+        assert stats["n"] == 15
+        assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]

@@ -52,10 +52,11 @@ def test_kill_9_midway_then_resume_finishes_the_schedule(tmp_path: Path, snips_s
     out = tmp_path / "work"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
+    log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, str(script), str(data), str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         env=env,
     )
     deadline = time.monotonic() + 300
@@ -65,9 +66,10 @@ def test_kill_9_midway_then_resume_finishes_the_schedule(tmp_path: Path, snips_s
             break
         time.sleep(0.2)
     assert proc.poll() is None, "training finished before a checkpoint could be interrupted"
-    time.sleep(0.5)  # let the checkpoint finish writing; a torn one must not break resume either
+    time.sleep(0.5)  # the kill may land mid-save: a torn checkpoint must not break resume
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    log.close()
     assert proc.returncode == -signal.SIGKILL
     killed_at = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert killed_at, "no checkpoint on disk after the kill"
@@ -86,3 +88,16 @@ def test_kill_9_midway_then_resume_finishes_the_schedule(tmp_path: Path, snips_s
     steps_per_epoch = -(-140 // 8)
     assert summary["steps"] == 3 * steps_per_epoch
     assert summary["stopped_by"] == "epochs"
+
+
+def test_torn_checkpoints_are_skipped(tmp_path: Path) -> None:
+    from smallfit.train import last_complete_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    for step, state in ((4, "{}"), (8, "{}"), (12, None), (16, '{"truncat')):
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        if state is not None:
+            (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(ckpts) == str(ckpts / "checkpoint-8")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    assert last_complete_checkpoint(tmp_path / "none") is None

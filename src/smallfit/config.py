@@ -61,6 +61,8 @@ class TrainConfig(Strict):
     """Train in bfloat16 autocast (uses AMX on CPUs that have it)."""
     freeze_embeddings: bool = True
     """Keep the word-embedding matrix fixed (faster steps, less memory)."""
+    freeze_layers: int = Field(0, ge=0)
+    """Keep the bottom k encoder layers (and all embeddings) fixed: backward stops above them."""
     head_warmstart: bool = True
     """Fit the head on frozen pooled embeddings before fine-tuning."""
     patience: int = Field(2, ge=0, description="evaluations without dev improvement; 0 = off")

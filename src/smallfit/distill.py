@@ -15,22 +15,11 @@ import numpy as np
 
 from smallfit.config import LinearStudent, TransformerStudent
 from smallfit.data import Dataset
-from smallfit.errors import SmallfitError
 from smallfit.models.base import BaseClassifier
+from smallfit.registry import Registry
 from smallfit.teach import one_hot
 
-StudentHandler = Callable[..., BaseClassifier]
-_HANDLERS: dict[type, StudentHandler] = {}
-
-
-def student_handler(config_type: type) -> Callable[[StudentHandler], StudentHandler]:
-    """Register the function that trains a student from a config of ``config_type``."""
-
-    def decorate(fn: StudentHandler) -> StudentHandler:
-        _HANDLERS[config_type] = fn
-        return fn
-
-    return decorate
+STUDENTS: Registry[Callable[..., Any]] = Registry("student")
 
 
 def distill_student(
@@ -44,9 +33,7 @@ def distill_student(
     progress: bool = True,
 ) -> BaseClassifier:
     """Train the student described by ``config`` on the teacher's probabilities; save it."""
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
-        raise SmallfitError(f"no student handler for {type(config).__name__}")
+    handler = STUDENTS.handler(config)
     targets = train_probs
     if config.use_gold:
         targets = 0.5 * train_probs + 0.5 * one_hot(dataset.train.labels, dataset.labels)
@@ -68,7 +55,7 @@ def distill_student(
     return model
 
 
-@student_handler(TransformerStudent)
+@STUDENTS.register(TransformerStudent)
 def _transformer(
     config: TransformerStudent,
     dataset: Dataset,
@@ -108,7 +95,7 @@ def _transformer(
     return model
 
 
-@student_handler(LinearStudent)
+@STUDENTS.register(LinearStudent)
 def _linear(
     config: LinearStudent,
     dataset: Dataset,

@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 from smallfit.config import FitConfig, GoldTeacher, dump_fit_config
 from smallfit.data import Dataset, load_dataset
 from smallfit.hashing import hash_json, hash_texts
-from smallfit.models.base import write_json
+from smallfit.models.base import BaseClassifier, write_json
 
 TEACHER = "teacher"
 
@@ -71,163 +71,184 @@ class _Stages:
 
 
 def _data_key(dataset: Dataset) -> str:
+    parts = (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))
     return hash_json(
-        {
-            split: [hash_texts(part.texts), hash_texts(part.labels)]
-            for split, part in (
-                ("train", dataset.train),
-                ("dev", dataset.dev),
-                ("test", dataset.test),
-            )
-        }
+        {name: [hash_texts(part.texts), hash_texts(part.labels)] for name, part in parts}
     )
+
+
+@dataclass
+class _Run:
+    """One fit in progress: its config, data, stage records, and the keys stages chain on."""
+
+    config: FitConfig
+    dataset: Dataset
+    stages: _Stages
+    progress: bool
+    log: Callable[[str], None]
+    data_key: str
+    keys: dict[str, str] = field(default_factory=dict)  # candidate name -> model key
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+    def teacher(self) -> BaseClassifier | None:
+        """Build (or reuse) the teacher; None when the gold labels stand in for it."""
+        from smallfit.models.base import load
+        from smallfit.teach import build_teacher
+
+        if isinstance(self.config.teacher, GoldTeacher):
+            return None
+        out = self.dir / "models" / TEACHER
+        key = hash_json(
+            {"teacher": self.config.teacher.model_dump(mode="json"), "data": self.data_key}
+        )
+        self.keys[TEACHER] = key
+        if self.stages.fresh(TEACHER, key, out):
+            return load(out)
+        started = time.monotonic()
+        shutil.rmtree(out, ignore_errors=True)
+        model = build_teacher(
+            self.config.teacher, self.dataset, out_dir=out, progress=self.progress
+        )
+        self.stages.finish(TEACHER, key, started)
+        return model
+
+    def labels(self, teacher: BaseClassifier | None) -> tuple[np.ndarray, np.ndarray, str]:
+        """The teacher's probabilities for the training pool and dev, and their key."""
+        from smallfit.teach import label_pool, one_hot
+
+        data = self.dataset
+        if teacher is None:
+            return (
+                one_hot(data.train.labels, data.labels),
+                one_hot(data.dev.labels, data.labels),
+                hash_json({"gold": self.data_key}),
+            )
+        started = time.monotonic()
+        train, dev = (
+            label_pool(
+                teacher,
+                split.texts,
+                labels=data.labels,
+                teacher_dir=self.dir / "models" / TEACHER,
+                cache_dir=self.dir / "labels",
+                progress=self.progress,
+            )
+            for split in (data.train, data.dev)
+        )
+        gold = np.array([data.labels.index(g) for g in data.train.labels])
+        agreement = float((train.argmax(1) == gold).mean())
+        self.log(f"[labels] teacher agrees with gold on {agreement:.1%} of the training pool")
+        summary = {
+            "train_gold_agreement": agreement,
+            "train": len(train),
+            "dev": len(dev),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        write_json(self.dir / "labels" / "summary.json", summary)
+        return train, dev, hash_json({"teacher": self.keys[TEACHER], "data": self.data_key})
+
+    def students(self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str) -> None:
+        """Distil (or reuse) every student."""
+        from smallfit.distill import distill_student
+
+        for student in self.config.students:
+            out = self.dir / "models" / student.name
+            key = hash_json({"student": student.model_dump(mode="json"), "labels": labels_key})
+            self.keys[student.name] = key
+            if self.stages.fresh(f"student:{student.name}", key, out):
+                continue
+            started = time.monotonic()
+            shutil.rmtree(out, ignore_errors=True)
+            distill_student(
+                student,
+                self.dataset,
+                train_probs=train_probs,
+                dev_probs=dev_probs,
+                out_dir=out,
+                progress=self.progress,
+            )
+            self.stages.finish(f"student:{student.name}", key, started)
+
+    def evaluate(self) -> list[dict[str, Any]]:
+        """Measure (or reuse) every candidate; the teacher first, so the students can be
+        compared with its test answers."""
+        from smallfit.evaluate import evaluate_candidate
+
+        results = self.dir / "results"
+        test = self.dataset.test
+        test_key = hash_json([hash_texts(test.texts), hash_texts(test.labels)])
+        teacher_probs = None
+        candidates = []
+        for name, model_key in self.keys.items():  # insertion order: teacher, then students
+            out_file, probs_file = results / f"{name}.json", results / f"{name}.test_probs.npy"
+            key = hash_json(
+                {
+                    "eval": self.config.evaluate.model_dump(mode="json"),
+                    "model": model_key,
+                    "test": test_key,
+                    "teacher": self.keys.get(TEACHER) if name != TEACHER else None,
+                }
+            )
+            if self.stages.fresh(f"evaluate:{name}", key, out_file, probs_file):
+                result = json.loads(out_file.read_text("utf-8"))
+            else:
+                started = time.monotonic()
+                result = evaluate_candidate(
+                    self.dir / "models" / name,
+                    test=test,
+                    teacher_test_probs=teacher_probs,
+                    config=self.config.evaluate,
+                    out_file=out_file,
+                    probs_file=probs_file,
+                    progress=self.progress,
+                )
+                self.stages.finish(f"evaluate:{name}", key, started)
+            if name == TEACHER:
+                teacher_probs = np.load(probs_file, allow_pickle=False)
+            candidates.append(result)
+        return candidates
 
 
 def fit(
     config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
 ) -> FitResult:
     """Run the whole chain into ``config.run_dir``; returns what was measured and chosen."""
-    from smallfit.distill import distill_student
-    from smallfit.evaluate import evaluate_candidate, write_results
-    from smallfit.models.base import load
+    from smallfit.evaluate import write_results
     from smallfit.select import format_table, select, selection_json
-    from smallfit.teach import build_teacher, label_pool, one_hot
-
-    run = Path(config.run_dir)
-    (run / "models").mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(dump_fit_config(config), encoding="utf-8")
-    stages = _Stages(run, log)
 
     started = time.monotonic()
+    run_dir = Path(config.run_dir)
+    (run_dir / "models").mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_fit_config(config), encoding="utf-8")
     dataset = load_dataset(config.data)
     data_key = _data_key(dataset)
     log(
         f"[data] {len(dataset.train)} train / {len(dataset.dev)} dev / {len(dataset.test)} test, "
         f"{len(dataset.labels)} labels"
     )
-    write_json(
-        run / "data.json",
-        {
-            "train": len(dataset.train),
-            "dev": len(dataset.dev),
-            "test": len(dataset.test),
-            "labels": dataset.labels,
-            "key": data_key,
-            "config": config.data.model_dump(mode="json"),
-        },
-    )
+    summary = {
+        "train": len(dataset.train),
+        "dev": len(dataset.dev),
+        "test": len(dataset.test),
+        "labels": dataset.labels,
+        "key": data_key,
+        "config": config.data.model_dump(mode="json"),
+    }
+    write_json(run_dir / "data.json", summary)
+    run = _Run(config, dataset, _Stages(run_dir, log), progress, log, data_key)
 
-    # teacher
-    teacher_dir = run / "models" / TEACHER
-    teacher_key = hash_json({"teacher": config.teacher.model_dump(mode="json"), "data": data_key})
-    gold_teacher = isinstance(config.teacher, GoldTeacher)
-    teacher = None
-    if not gold_teacher and stages.fresh(TEACHER, teacher_key, teacher_dir):
-        teacher = load(teacher_dir)
-    elif not gold_teacher:
-        t0 = time.monotonic()
-        shutil.rmtree(teacher_dir, ignore_errors=True)
-        teacher = build_teacher(config.teacher, dataset, out_dir=teacher_dir, progress=progress)
-        stages.finish(TEACHER, teacher_key, t0)
-
-    # teacher labels for the training pool and dev (gold teacher: one-hot gold)
-    if teacher is None:
-        train_probs = one_hot(dataset.train.labels, dataset.labels)
-        dev_probs = one_hot(dataset.dev.labels, dataset.labels)
-        labels_key = hash_json({"gold": data_key})
-    else:
-        t0 = time.monotonic()
-        pools = {}
-        for split in ("train", "dev"):
-            pools[split] = label_pool(
-                teacher,
-                getattr(dataset, split).texts,
-                labels=dataset.labels,
-                teacher_dir=teacher_dir,
-                cache_dir=run / "labels",
-                progress=progress,
-            )
-        train_probs, dev_probs = pools["train"], pools["dev"]
-        labels_key = hash_json({"teacher": teacher_key, "data": data_key})
-        agreement = float(
-            (
-                train_probs.argmax(1)
-                == np.array([dataset.labels.index(g) for g in dataset.train.labels])
-            ).mean()
-        )
-        log(f"[labels] teacher agrees with gold on {agreement:.1%} of the training pool")
-        write_json(
-            run / "labels" / "summary.json",
-            {
-                "train_gold_agreement": agreement,
-                "train": len(train_probs),
-                "dev": len(dev_probs),
-                "seconds": round(time.monotonic() - t0, 1),
-            },
-        )
-
-    # students
-    student_keys: dict[str, str] = {}
-    for student in config.students:
-        name = student.name
-        out = run / "models" / name
-        key = hash_json({"student": student.model_dump(mode="json"), "labels": labels_key})
-        student_keys[name] = key
-        if stages.fresh(f"student:{name}", key, out):
-            continue
-        t0 = time.monotonic()
-        shutil.rmtree(out, ignore_errors=True)
-        distill_student(
-            student,
-            dataset,
-            train_probs=train_probs,
-            dev_probs=dev_probs,
-            out_dir=out,
-            progress=progress,
-        )
-        stages.finish(f"student:{name}", key, t0)
-
-    # evaluate: the teacher first, so the students can be compared with its test answers
-    eval_cfg = config.evaluate.model_dump(mode="json")
-    test_key = hash_json([hash_texts(dataset.test.texts), hash_texts(dataset.test.labels)])
-    candidates: list[dict[str, Any]] = []
-    teacher_test_probs = None
-    order = ([TEACHER] if teacher is not None else []) + [s.name for s in config.students]
-    model_keys = {TEACHER: teacher_key, **student_keys}
-    for name in order:
-        out_file = run / "results" / f"{name}.json"
-        probs_file = run / "results" / f"{name}.test_probs.npy"
-        key = hash_json(
-            {
-                "eval": eval_cfg,
-                "model": model_keys[name],
-                "test": test_key,
-                "teacher": teacher_key if name != TEACHER else None,
-            }
-        )
-        if stages.fresh(f"evaluate:{name}", key, out_file, probs_file):
-            result = json.loads(out_file.read_text("utf-8"))
-        else:
-            t0 = time.monotonic()
-            (run / "results").mkdir(exist_ok=True)
-            result = evaluate_candidate(
-                run / "models" / name,
-                test=dataset.test,
-                teacher_test_probs=teacher_test_probs,
-                config=config.evaluate,
-                out_file=out_file,
-                probs_file=probs_file,
-            )
-            stages.finish(f"evaluate:{name}", key, t0)
-        if name == TEACHER:
-            teacher_test_probs = np.load(probs_file, allow_pickle=False)
-        candidates.append(result)
+    teacher = run.teacher()
+    run.students(*run.labels(teacher))
+    del teacher  # free its memory before the measurements
+    candidates = run.evaluate()
 
     selection = select(candidates, config.select, teacher_name=TEACHER)
-    table = format_table(candidates, selection, metric=config.select.metric)
     line = selection_json(candidates, selection)
     results = write_results(
-        run,
+        run_dir,
         candidates,
         extra={
             "selection": json.loads(line),
@@ -236,11 +257,11 @@ def fit(
         },
     )
     return FitResult(
-        run_dir=run,
+        run_dir=run_dir,
         results=json.loads(Path(results).read_text("utf-8")),
-        table=table,
+        table=format_table(candidates, selection, metric=config.select.metric),
         selection_json=line,
         chosen=selection.chosen,
-        stages_run=stages.ran,
-        stages_skipped=stages.skipped,
+        stages_run=run.stages.ran,
+        stages_skipped=run.stages.skipped,
     )

@@ -23,28 +23,16 @@ from smallfit.data import Dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load
+from smallfit.registry import Registry
 
-TeacherHandler = Callable[..., BaseClassifier | None]
-_HANDLERS: dict[type, TeacherHandler] = {}
-
-
-def teacher_handler(config_type: type) -> Callable[[TeacherHandler], TeacherHandler]:
-    """Register the function that builds a teacher from a config of ``config_type``."""
-
-    def decorate(fn: TeacherHandler) -> TeacherHandler:
-        _HANDLERS[config_type] = fn
-        return fn
-
-    return decorate
+TEACHERS: Registry[Callable[..., Any]] = Registry("teacher")
 
 
 def build_teacher(
     config: Any, dataset: Dataset, *, out_dir: Path, progress: bool = True
 ) -> BaseClassifier | None:
     """The teacher described by ``config``, saved in ``out_dir``; None for the gold teacher."""
-    handler = _HANDLERS.get(type(config))
-    if handler is None:
-        raise SmallfitError(f"no teacher handler for {type(config).__name__}")
+    handler = TEACHERS.handler(config)
     return handler(config, dataset, out_dir=Path(out_dir), progress=progress)
 
 
@@ -56,7 +44,7 @@ def one_hot(gold: list[str], labels: list[str]) -> np.ndarray:
     return out
 
 
-@teacher_handler(FinetuneTeacher)
+@TEACHERS.register(FinetuneTeacher)
 def _finetune(
     config: FinetuneTeacher, dataset: Dataset, *, out_dir: Path, progress: bool
 ) -> BaseClassifier:
@@ -91,7 +79,7 @@ def _finetune(
     return model
 
 
-@teacher_handler(ModelTeacher)
+@TEACHERS.register(ModelTeacher)
 def _user_model(
     config: ModelTeacher, dataset: Dataset, *, out_dir: Path, progress: bool
 ) -> BaseClassifier:
@@ -110,7 +98,7 @@ def _user_model(
     return model
 
 
-@teacher_handler(GoldTeacher)
+@TEACHERS.register(GoldTeacher)
 def _gold(config: GoldTeacher, dataset: Dataset, *, out_dir: Path, progress: bool) -> None:
     return None
 

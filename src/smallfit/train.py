@@ -11,7 +11,9 @@ training, a temperature fitted on dev calibrates the probabilities (stored in th
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,9 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from smallfit.config import KDConfig, TrainConfig, parse_duration
+from smallfit.errors import SmallfitError
 from smallfit.models.transformer import TransformerClassifier
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,21 @@ def _agreement(eval_pred: Any) -> dict[str, float]:
     return {"agreement": float((logits.argmax(-1) == targets.argmax(-1)).mean())}
 
 
+def freeze(model: TransformerClassifier, *, embeddings: bool, layers: int) -> None:
+    """Fix the word embeddings and/or the bottom ``layers`` encoder layers (with all embeddings)."""
+    encoder = model.module.encoder
+    if embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    if layers == 0:
+        return
+    stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if stack is None or layers > len(stack):
+        have = "no layer stack" if stack is None else f"{len(stack)} layers"
+        raise SmallfitError(f"train.freeze_layers={layers}, but the encoder has {have}")
+    for module in [encoder.embeddings, *stack[:layers]]:
+        module.requires_grad_(False)
+
+
 def warmstart_head(
     model: TransformerClassifier,
     texts: list[str],
@@ -165,6 +182,26 @@ def warmstart_head(
     with torch.no_grad():
         agree = (head(feats).argmax(-1) == target.argmax(-1)).float().mean().item()
     return agree
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest checkpoint whose ``trainer_state.json`` (written last) exists and parses.
+
+    A kill during a save leaves a torn ``checkpoint-N``: it is removed, and training resumes
+    from the one before it."""
+    found = []
+    for path in Path(ckpt_dir).glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            found.append((int(suffix), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(path)
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s (interrupted while saving)", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -202,12 +239,11 @@ def train_classifier(
     output_dir = Path(output_dir)
     ckpt_dir = output_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    last = get_last_checkpoint(str(ckpt_dir))
+    last = last_complete_checkpoint(ckpt_dir)
     torch.manual_seed(train.seed)
 
     summary: dict[str, Any] = {"resumed_from": Path(last).name if last else None}
-    if train.freeze_embeddings:
-        model.module.encoder.get_input_embeddings().weight.requires_grad_(False)
+    freeze(model, embeddings=train.freeze_embeddings, layers=train.freeze_layers)
     if last is None and train.head_warmstart:
         summary["warmstart_train_agreement"] = warmstart_head(
             model, train_texts, train_targets, seed=train.seed, progress=progress

@@ -4,12 +4,14 @@ from smallfit.evaluate.candidate import evaluate_candidate
 from smallfit.evaluate.environment import environment
 from smallfit.evaluate.quality import expected_calibration_error, quality_metrics
 from smallfit.evaluate.results import read_results, write_results
-from smallfit.evaluate.speed import measure_speed
+from smallfit.evaluate.speed import interleaved_latency, limit_threads, measure_speed
 
 __all__ = [
     "environment",
     "evaluate_candidate",
     "expected_calibration_error",
+    "interleaved_latency",
+    "limit_threads",
     "measure_speed",
     "quality_metrics",
     "read_results",

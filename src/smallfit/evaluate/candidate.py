@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from smallfit.config import EvalConfig
 from smallfit.data import Split
@@ -27,6 +28,7 @@ def evaluate_candidate(
     out_file: Path | None = None,
     probs_file: Path | None = None,
     teacher_labels: list[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Measure the model saved in ``model_dir`` on ``test``.
 
@@ -39,7 +41,7 @@ def evaluate_candidate(
     """
     model_dir = Path(model_dir)
     model = load(model_dir)
-    probs = predict_in_batches(model, test.texts)
+    probs = predict_in_batches(model, test.texts, progress=progress)
     if probs_file is not None:
         Path(probs_file).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(probs_file).with_suffix(".tmp.npy")
@@ -73,10 +75,20 @@ def evaluate_candidate(
 
 
 def predict_in_batches(
-    model: BaseClassifier, texts: Sequence[str], *, batch: int = PREDICT_BATCH
+    model: BaseClassifier,
+    texts: Sequence[str],
+    *,
+    batch: int = PREDICT_BATCH,
+    progress: bool = False,
 ) -> np.ndarray:
     """``model.predict_proba`` over ``texts`` in chunks of ``batch``; shape (n, len(labels))."""
     if len(texts) == 0:
         return np.zeros((0, len(model.labels)), dtype=np.float32)
-    parts = [model.predict_proba(list(texts[i : i + batch])) for i in range(0, len(texts), batch)]
+    parts = []
+    with tqdm(
+        total=len(texts), desc=f"{model.name}: test predictions", unit="text", disable=not progress
+    ) as bar:
+        for i in range(0, len(texts), batch):
+            parts.append(model.predict_proba(list(texts[i : i + batch])))
+            bar.update(len(parts[-1]))
     return np.concatenate(parts, axis=0)

@@ -9,7 +9,7 @@ tokenizer) plus ``head.safetensors``; no pickle.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,25 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from smallfit.models.base import BaseClassifier, normalise_rows, register_backend
 
 HEAD_FILE = "head.safetensors"
+
+# Our own progress bars and messages say what is happening; keep transformers' load reports
+# (e.g. "pooler weights unexpected", which is the point) and per-file bars out of the output.
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+
+def load_encoder(path: str | Path) -> nn.Module:
+    """The bare encoder, without the pooler layer that mean pooling never uses (BERT, MPNet
+    and most encoders accept ``add_pooling_layer``; others load as they are)."""
+    try:
+        return AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_pretrained(str(path))
 
 
 class PooledClassifier(nn.Module):
@@ -35,7 +50,9 @@ class PooledClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # A single unpadded text needs no attention mask; without one, attention skips masking.
+        encoder_mask = None if input_ids.shape[0] == 1 else attention_mask
+        hidden = self.encoder(input_ids=input_ids, attention_mask=encoder_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return F.normalize(pooled.float(), dim=-1)
@@ -84,7 +101,7 @@ class TransformerClassifier(BaseClassifier):
         lineage: dict[str, Any] | None = None,
     ) -> TransformerClassifier:
         """A fresh classifier on a pretrained encoder directory (head randomly initialised)."""
-        encoder = AutoModel.from_pretrained(str(base_dir))
+        encoder = load_encoder(base_dir)
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
         module = PooledClassifier(encoder, len(labels))
         return cls(
@@ -120,33 +137,38 @@ class TransformerClassifier(BaseClassifier):
             idx = order[start : start + self.batch_size]
             yield idx, [texts[i] for i in idx]
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw head outputs (n, len(labels)), float32."""
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+    def _run(
+        self,
+        texts: Sequence[str],
+        width: int,
+        fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    ) -> np.ndarray:
+        """``fn`` over length-sorted batches of ``texts`` in eval mode; rows in input order."""
+        out = np.zeros((len(texts), width), dtype=np.float32)
         self.module.eval()
         with (
             torch.inference_mode(),
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16),
         ):
             for idx, batch in self._batches(texts):
-                enc = self.tokenize(batch)
-                logits = self.module(enc["input_ids"], enc["attention_mask"])["logits"]
-                out[idx] = logits.float().numpy()
+                out[idx] = fn(self.tokenize(batch)).float().numpy()
         return out
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw head outputs (n, len(labels)), float32."""
+        return self._run(
+            texts,
+            len(self.labels),
+            lambda enc: self.module(enc["input_ids"], enc["attention_mask"])["logits"],
+        )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled, normalised embeddings (n, hidden), float32 (used to warm-start heads)."""
-        hidden = self.module.head.in_features
-        out = np.zeros((len(texts), hidden), dtype=np.float32)
-        self.module.eval()
-        with (
-            torch.inference_mode(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16),
-        ):
-            for idx, batch in self._batches(texts):
-                enc = self.tokenize(batch)
-                out[idx] = self.module.embed(enc["input_ids"], enc["attention_mask"]).numpy()
-        return out
+        return self._run(
+            texts,
+            self.module.head.in_features,
+            lambda enc: self.module.embed(enc["input_ids"], enc["attention_mask"]),
+        )
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
@@ -168,7 +190,7 @@ class TransformerClassifier(BaseClassifier):
 
     @classmethod
     def load_files(cls, path: Path, manifest: dict[str, Any]) -> TransformerClassifier:
-        encoder = AutoModel.from_pretrained(str(path))
+        encoder = load_encoder(path)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         labels = list(manifest["labels"])
         module = PooledClassifier(encoder, len(labels))

@@ -1,0 +1,72 @@
+"""The transformer backend on real MiniLM weights: shapes, padded batches, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smallfit import zoo
+from smallfit.models import load
+from smallfit.models.transformer import TransformerClassifier
+
+TEXTS = [
+    "I lost my card",
+    "how do I top up my account with a bank transfer from abroad, and how long does it take?",
+    "card not working",
+    "why was I charged a fee for withdrawing cash at an ATM in another country last week",
+    "hi",
+]
+LABELS = ["card_lost", "top_up", "fee", "other"]
+
+
+@pytest.fixture(scope="module")
+def model() -> TransformerClassifier:
+    import torch
+
+    torch.manual_seed(0)
+    return TransformerClassifier.from_base(zoo.resolve("minilm-l6"), labels=LABELS, name="t")
+
+
+def test_probabilities_have_the_right_shape(model: TransformerClassifier) -> None:
+    probs = model.predict_proba(TEXTS)
+    assert probs.shape == (len(TEXTS), len(LABELS)) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert model.predict(TEXTS) == [LABELS[i] for i in probs.argmax(axis=1)]
+    assert model.predict_proba([]).shape == (0, len(LABELS))
+
+
+def test_padded_batches_match_single_texts(model: TransformerClassifier) -> None:
+    batch = model.predict_proba(TEXTS)  # very different lengths: heavy padding
+    single = np.concatenate([model.predict_proba([t]) for t in TEXTS])
+    np.testing.assert_allclose(batch, single, atol=1e-5)
+
+
+def test_no_pooler_is_loaded(model: TransformerClassifier) -> None:
+    names = [n for n, _ in model.module.named_parameters()]
+    assert not any("pooler" in n for n in names)
+
+
+def test_save_and_load_round_trip(model: TransformerClassifier, tmp_path: Path) -> None:
+    model.temperature = 1.7
+    try:
+        out = model.save(tmp_path / "m", metrics={"note": "x"})
+        again = load(out)
+    finally:
+        model.temperature = 1.0
+    assert isinstance(again, TransformerClassifier)
+    assert again.labels == LABELS and again.temperature == pytest.approx(1.7)
+    model.temperature = 1.7
+    try:
+        np.testing.assert_allclose(
+            again.predict_proba(TEXTS), model.predict_proba(TEXTS), atol=1e-6
+        )
+    finally:
+        model.temperature = 1.0
+    files = {p.name for p in out.iterdir()}
+    assert {"smallfit.json", "model.safetensors", "head.safetensors", "config.json"} <= files
+    assert not {p for p in files if p.endswith((".bin", ".pkl", ".pt", ".joblib"))}
+    info = again.info
+    assert info.backend == "transformer" and info.bytes_on_disk > 80_000_000
+    assert info.parameters == model.num_parameters
