@@ -108,3 +108,24 @@ def test_generated_docs_are_up_to_date() -> None:
     from smallfit.docs import main as docs_main
 
     assert docs_main(["--check"]) == 0, "docs/ is stale: run python -m smallfit.docs"
+
+
+@pytest.mark.slow
+def test_teacher_command_fine_tunes_mpnet_base(tmp_path: Path) -> None:
+    from conftest import shared_dataset, write_slice
+
+    folder = shared_dataset("sms_spam")
+    train = write_slice(folder / "train.jsonl", tmp_path / "train.jsonl", per_label=40)
+    test = write_slice(folder / "test.jsonl", tmp_path / "test.jsonl", per_label=15)
+    out = run_cli(
+        "teacher", "--data", str(train), "--test", str(test), "--base", "mpnet-base",
+        "--epochs", "0.5", "-o", str(tmp_path / "teacher"), "-q",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    accuracy = float(out.stdout.split("test accuracy ")[1].rstrip("%\n")) / 100
+    assert accuracy >= 0.8  # 30 test messages, ham/spam; chance is 0.5
+    from smallfit.models import load
+
+    model = load(tmp_path / "teacher")
+    assert model.info.parameters > 100_000_000  # mpnet-base, not a stand-in
+    assert model.lineage["base"] == "mpnet-base"
