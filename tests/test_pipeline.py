@@ -125,3 +125,17 @@ def test_rerun_skips_every_stage_and_reruns_only_what_changed(first_run, snips_s
     third = fit(changed, progress=False, log=logs.append)
     assert third.stages_run == ["student:student", "evaluate:student"]
     assert "teacher" in third.stages_skipped and "student:linear" in third.stages_skipped
+
+
+def test_checkpoints_of_a_changed_config_are_not_resumed(tmp_path: Path) -> None:
+    from smallfit.pipeline import _Stages
+
+    out = tmp_path / "models" / "student"
+    _Stages.claim_work_dir(out, "key-a")
+    ckpt = out.with_name("student.work") / "checkpoints" / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    _Stages.claim_work_dir(out, "key-a")  # same config: an interrupted run resumes
+    assert ckpt.is_dir()
+    _Stages.claim_work_dir(out, "key-b")  # the config changed: start afresh
+    assert not ckpt.exists()
+    assert (out.with_name("student.work") / "stage-key").read_text() == "key-b"

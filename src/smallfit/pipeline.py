@@ -62,6 +62,17 @@ class _Stages:
         self.log(f"[{name}] running")
         return False
 
+    @staticmethod
+    def claim_work_dir(out: Path, key: str) -> None:
+        """Keep ``out``'s checkpoints (``<out>.work``) only if they were made for this key:
+        an interrupted stage resumes, but one whose config changed starts afresh."""
+        work = out.with_name(out.name + ".work")
+        marker = work / "stage-key"
+        if work.exists() and (not marker.is_file() or marker.read_text("utf-8") != key):
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text(key, encoding="utf-8")
+
     def finish(self, name: str, key: str, started: float) -> None:
         seconds = round(time.monotonic() - started, 1)
         self.done[name] = {"key": key, "seconds": seconds, "finished": time.time()}
@@ -109,6 +120,7 @@ class _Run:
             return load(out)
         started = time.monotonic()
         shutil.rmtree(out, ignore_errors=True)
+        self.stages.claim_work_dir(out, key)
         model = build_teacher(
             self.config.teacher, self.dataset, out_dir=out, progress=self.progress
         )
@@ -162,6 +174,7 @@ class _Run:
                 continue
             started = time.monotonic()
             shutil.rmtree(out, ignore_errors=True)
+            self.stages.claim_work_dir(out, key)
             distill_student(
                 student,
                 self.dataset,
