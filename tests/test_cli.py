@@ -129,3 +129,15 @@ def test_teacher_command_fine_tunes_mpnet_base(tmp_path: Path) -> None:
     model = load(tmp_path / "teacher")
     assert model.info.parameters > 100_000_000  # mpnet-base, not a stand-in
     assert model.lineage["base"] == "mpnet-base"
+
+
+def test_compress_refuses_an_unknown_step_with_exit_code_2(
+    tmp_path: Path, snips_slice: Path
+) -> None:
+    out = run_cli(
+        "compress", str(tmp_path), "--step", "prune-everything", "--check-data",
+        str(snips_slice / "train.jsonl"), "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "prune-everything" in out.stderr and "known methods" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -148,6 +148,48 @@ def teacher(
 
 
 @main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--step",
+    "steps",
+    multiple=True,
+    required=True,
+    help="A step, in order: 'onnx', 'int8-dynamic' or 'int8-dynamic:per_channel=false'.",
+)
+@click.option(
+    "--check-data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A data file as for fit (JSONL/CSV/Parquet); each step is checked on its texts.",
+)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--label-field", default="label", show_default=True)
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output dir.")
+def compress(
+    model_dir: Path,
+    steps: tuple[str, ...],
+    check_data: Path,
+    text_field: str,
+    label_field: str,
+    out: Path,
+) -> None:
+    """Compress a saved model: apply steps in order, each checked on your data.
+
+    Every step is checked against the model it will meet before any work starts."""
+    from smallfit.compress import compress as run_compress
+    from smallfit.compress import parse_step
+    from smallfit.data import read_split
+
+    parsed = [parse_step(s) for s in steps]
+    texts = read_split(check_data, text_field=text_field, label_field=label_field).texts
+    model = run_compress(model_dir, parsed, out_dir=out, check_texts=texts[:512])
+    info = model.info
+    click.echo(f"saved {out}: {info.backend}, {info.bytes_on_disk / 1e6:.1f} MB")
+    for step in model.lineage.get("compression", []):
+        click.echo(f"  {step['method']}: {step['metrics']}")
+
+
+@main.command()
 def zoo() -> None:
     """List the model aliases that work offline."""
     from smallfit.zoo import describe

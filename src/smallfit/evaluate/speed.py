@@ -124,10 +124,14 @@ def measure_loaded(
     per_thread: dict[str, dict[str, float | int]] = {}
     for n in counts:
         with limit_threads(n):
+            if hasattr(model, "set_num_threads"):  # backends with their own thread pools
+                model.set_num_threads(n)
             for i in range(config.warmup):
                 model.predict_proba([texts[i % len(texts)]])
             per_thread[str(n)] = _latency(model, texts, config.latency_queries)
     with limit_threads(all_threads):
+        if hasattr(model, "set_num_threads"):
+            model.set_num_threads(all_threads)
         per_s = _throughput(model, texts, config.throughput_batch, config.throughput_batches)
     return {
         "threads": per_thread,

@@ -124,6 +124,7 @@ _BUILTIN_BACKENDS = {
     "transformer": "smallfit.models.transformer:TransformerClassifier",
     "linear": "smallfit.models.linear:LinearClassifier",
     "hf-sequence": "smallfit.models.hf_sequence:HFSequenceClassifier",
+    "onnx": "smallfit.models.onnx:OnnxClassifier",
 }
 _REGISTRY: dict[str, type[BaseClassifier]] = {}
 

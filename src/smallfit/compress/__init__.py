@@ -1,0 +1,10 @@
+"""Compression: each method is a config plus one registered handler (STYLE rule 1).
+
+``compress(model_dir, steps, out_dir=...)`` checks every step against the model it will meet
+before any work starts, applies them in order and records each in the output's lineage.
+"""
+
+from smallfit.compress.core import CompressionStep, compress, parse_step
+from smallfit.compress.steps import OnnxExport, OrtDynamicInt8
+
+__all__ = ["CompressionStep", "OnnxExport", "OrtDynamicInt8", "compress", "parse_step"]

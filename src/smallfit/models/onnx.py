@@ -1,0 +1,139 @@
+"""A classifier exported to ONNX, run by ONNX Runtime: no torch at inference time.
+
+The graph maps (input_ids, attention_mask) to logits, pooling and head included. Texts are
+tokenized with the ``tokenizers`` library from the exported ``tokenizer.json``, so loading an
+ONNX model imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallfit.errors import SmallfitError
+from smallfit.models.base import BaseClassifier, normalise_rows, register_backend
+
+ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _pad_token(path: Path) -> str:
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        token = json.loads(config.read_text("utf-8")).get("pad_token")
+        if isinstance(token, dict):  # older files store an AddedToken
+            token = token.get("content")
+        if token:
+            return str(token)
+    return "[PAD]"
+
+
+@register_backend("onnx")
+class OnnxClassifier(BaseClassifier):
+    """ONNX Runtime session + fast tokenizer + label names."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        labels: list[str],
+        name: str,
+        max_length: int,
+        temperature: float = 1.0,
+        parameters: int = 0,
+        quantization: str | None = None,
+        lineage: dict[str, Any] | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        self.labels = list(labels)
+        self.name = name
+        self.max_length = max_length
+        self.temperature = temperature
+        self.parameters = parameters
+        self.quantization = quantization
+        self.lineage = dict(lineage or {})
+        self.batch_size = batch_size
+        self.bytes_on_disk = 0
+        self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
+        pad = _pad_token(self.path)
+        pad_id = self.tokenizer.token_to_id(pad)
+        if pad_id is None:
+            raise SmallfitError(f"{self.path / TOKENIZER_FILE}: pad token {pad!r} not in vocab")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
+        self.tokenizer.enable_truncation(max_length=max_length)
+        self._sessions: dict[int, Any] = {}
+        self._threads = 0  # 0: ONNX Runtime's default (all cores)
+
+    def set_num_threads(self, threads: int) -> None:
+        """Run later predictions with ``threads`` intra-op threads (a session per setting)."""
+        self._threads = threads
+
+    def _session(self) -> Any:
+        if self._threads not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._sessions[self._threads] = ort.InferenceSession(
+                str(self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+            )
+        return self._sessions[self._threads]
+
+    @property
+    def num_parameters(self) -> int:
+        return self.parameters
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        session = self._session()
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            encoded = self.tokenizer.encode_batch([texts[i] for i in idx])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return out
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        z = self.logits(texts).astype(np.float64) / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return normalise_rows(e / e.sum(axis=1, keepdims=True))
+
+    def save_files(self, path: Path) -> dict[str, Any]:
+        import shutil
+
+        if path.resolve() != self.path.resolve():
+            for file in self.path.iterdir():
+                if file.is_file() and file.name != "smallfit.json":
+                    shutil.copy2(file, path / file.name)
+        return {
+            "max_length": self.max_length,
+            "temperature": self.temperature,
+            "quantization": self.quantization,
+        }
+
+    @classmethod
+    def load_files(cls, path: Path, manifest: dict[str, Any]) -> OnnxClassifier:
+        return cls(
+            path,
+            labels=list(manifest["labels"]),
+            name=manifest.get("name", path.name),
+            max_length=int(manifest.get("max_length", 64)),
+            temperature=float(manifest.get("temperature", 1.0)),
+            parameters=int(manifest.get("parameters", 0)),
+            quantization=manifest.get("quantization"),
+            lineage=manifest.get("lineage", {}),
+        )

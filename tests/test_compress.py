@@ -1,0 +1,118 @@
+"""Compression steps on a real MiniLM classifier: ONNX export parity on padded batches, int8,
+lineage, and refusal of inapplicable steps before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smallfit import zoo
+from smallfit.compress import OnnxExport, OrtDynamicInt8, compress, parse_step
+from smallfit.config import LinearStudent
+from smallfit.data import read_split
+from smallfit.errors import SmallfitError
+from smallfit.models import load
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def texts(snips_slice: Path) -> list[str]:
+    return read_split(snips_slice / "train.jsonl").texts
+
+
+@pytest.fixture(scope="module")
+def trained_dir(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MiniLM classifier with its head fitted on SNIPS (a few seconds), saved."""
+    import torch
+
+    from smallfit.models.transformer import TransformerClassifier
+    from smallfit.teach import one_hot
+    from smallfit.train import warmstart_head
+
+    torch.manual_seed(0)
+    split = read_split(snips_slice / "train.jsonl")
+    labels = sorted(set(split.labels))
+    model = TransformerClassifier.from_base(
+        zoo.resolve("minilm-l6"), labels=labels, name="s", max_length=32
+    )
+    warmstart_head(model, split.texts, one_hot(split.labels, labels), progress=False)
+    return model.save(tmp_path_factory.mktemp("m") / "student")
+
+
+@pytest.fixture(scope="module")
+def int8_dir(trained_dir: Path, texts: list[str], tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("c") / "int8"
+    compress(trained_dir, [OnnxExport(), OrtDynamicInt8()], out_dir=out, check_texts=texts)
+    return out
+
+
+def test_onnx_export_matches_pytorch_on_padded_batches(trained_dir, texts, tmp_path) -> None:
+    onnx_model = compress(trained_dir, [OnnxExport()], out_dir=tmp_path / "o", check_texts=texts)
+    torch_model = load(trained_dir)
+    mixed = [t for t in texts[:40]] + ["hi", "play the latest album by the beatles on spotify now"]
+    diff = np.abs(onnx_model.predict_proba(mixed) - torch_model.predict_proba(mixed)).max()
+    assert diff < 1e-4
+    step = onnx_model.lineage["compression"][0]
+    assert step["method"] == "onnx" and step["metrics"]["max_abs_logit_diff"] < 1e-3
+    assert onnx_model.info.backend == "onnx"
+    assert (tmp_path / "o" / "model.onnx").is_file()
+
+
+def test_int8_is_smaller_and_agrees_with_float(int8_dir, trained_dir, texts) -> None:
+    int8 = load(int8_dir)
+    assert int8.quantization == "int8-dynamic (per-channel)"
+    assert [s["method"] for s in int8.lineage["compression"]] == ["onnx", "int8-dynamic"]
+    assert int8.info.bytes_on_disk < 0.35 * load(trained_dir).info.bytes_on_disk
+    float_pred = load(trained_dir).predict(texts)
+    agreement = np.mean([a == b for a, b in zip(int8.predict(texts), float_pred, strict=True)])
+    assert agreement >= 0.97
+    np.testing.assert_allclose(int8.predict_proba(texts[:5]).sum(1), 1.0, atol=1e-5)
+
+
+def test_onnx_models_load_without_torch(int8_dir) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom smallfit.models import load\n"
+        f"m = load({str(int8_dir)!r})\nprint(m.predict(['play some jazz'])[0])\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("NO-TORCH")
+
+
+def test_inapplicable_steps_are_refused_before_any_work(int8_dir, trained_dir, texts, tmp_path):
+    from smallfit.models.linear import LinearClassifier
+
+    cases = [
+        (int8_dir, [OrtDynamicInt8()], "already quantized"),
+        (trained_dir, [OrtDynamicInt8()], "put an 'onnx' step before it"),
+        (trained_dir, [OnnxExport(), OnnxExport()], r"step 2 \(onnx\).*this one is .onnx."),
+    ]
+    labels = ["a", "b"]
+    linear = LinearClassifier.fit(
+        ["play music", "book a table", "play jazz", "book dinner"],
+        np.eye(2, dtype=np.float32)[[0, 1, 0, 1]],
+        labels=labels,
+        config=LinearStudent(char_ngrams=None),
+    ).save(tmp_path / "linear")
+    cases.append((linear, [OnnxExport()], "transformer models; this one is 'linear'"))
+    for source, steps, message in cases:
+        out = tmp_path / "never"
+        with pytest.raises(SmallfitError, match=message):
+            compress(source, steps, out_dir=out, check_texts=texts)
+        assert not out.exists()
+
+
+def test_step_specs_parse_and_unknown_ones_are_refused() -> None:
+    assert parse_step("onnx") == OnnxExport()
+    assert parse_step("int8-dynamic:per_channel=false") == OrtDynamicInt8(per_channel=False)
+    with pytest.raises(SmallfitError, match="known methods"):
+        parse_step("prune-heads")
+    with pytest.raises(SmallfitError, match="key=value"):
+        parse_step("int8-dynamic:per_channel")
