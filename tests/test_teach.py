@@ -109,3 +109,31 @@ def test_labelling_is_cached_by_content(dataset, tmp_path) -> None:
     other = label_pool(teacher, dataset.dev.texts[:5], **kwargs)  # new texts: a new entry
     assert other.shape[0] == 5
     assert len((tmp_path / "labels" / "ledger.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_teacher_retrained_in_place_is_a_new_teacher(snips_slice, dataset, tmp_path) -> None:
+    from smallfit.config import EvalConfig, FitConfig, LinearStudent, SelectConfig
+    from smallfit.pipeline import fit
+
+    hf_dir = _hf_classifier(tmp_path / "hf", dataset.labels)
+    config = FitConfig(
+        run_dir=tmp_path / "run",
+        data=DataConfig(train=snips_slice / "train.jsonl", test=snips_slice / "test.jsonl"),
+        teacher=ModelTeacher(path=hf_dir),
+        students=[LinearStudent()],
+        evaluate=EvalConfig(latency_queries=5, warmup=1, throughput_batches=1, isolate=False),
+        select=SelectConfig(quality_floor="0.0"),
+    )
+    quiet = dict(progress=False, log=lambda _: None)
+    assert "teacher" in fit(config, **quiet).stages_run
+    assert "teacher" in fit(config, **quiet).stages_skipped
+    # the user retrains their model and saves it over the old one, same path
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir))
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1.0)
+    model.save_pretrained(str(hf_dir))
+    third = fit(config, **quiet)
+    assert "teacher" in third.stages_run and "student:linear" in third.stages_run

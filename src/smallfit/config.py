@@ -88,7 +88,13 @@ class KDConfig(Strict):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (KL) term")
 
 
-class FinetuneTeacher(Strict):
+class _Teacher(Strict):
+    def identity(self) -> dict[str, Any]:
+        """What identifies this teacher for stage reuse (a rerun rebuilds when it changes)."""
+        return self.model_dump(mode="json")
+
+
+class FinetuneTeacher(_Teacher):
     """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
 
     source: Literal["finetune"] = "finetune"
@@ -99,7 +105,7 @@ class FinetuneTeacher(Strict):
     """How it is trained."""
 
 
-class ModelTeacher(Strict):
+class ModelTeacher(_Teacher):
     """A classifier the user already has: a smallfit model dir or a HF sequence-classifier dir."""
 
     source: Literal["model"] = "model"
@@ -107,8 +113,16 @@ class ModelTeacher(Strict):
     path: Path
     """A smallfit model directory, or a HF sequence-classification directory."""
 
+    def identity(self) -> dict[str, Any]:
+        """The directory's contents count, not just its path: a teacher retrained in place is
+        a new teacher."""
+        from smallfit.hashing import hash_dir
 
-class GoldTeacher(Strict):
+        content = hash_dir(self.path) if Path(self.path).is_dir() else None
+        return {**self.model_dump(mode="json"), "content": content}
+
+
+class GoldTeacher(_Teacher):
     """No teacher: the gold labels stand in for it (probabilities are one-hot)."""
 
     source: Literal["gold"] = "gold"

@@ -112,9 +112,7 @@ class _Run:
         if isinstance(self.config.teacher, GoldTeacher):
             return None
         out = self.dir / "models" / TEACHER
-        key = hash_json(
-            {"teacher": self.config.teacher.model_dump(mode="json"), "data": self.data_key}
-        )
+        key = hash_json({"teacher": self.config.teacher.identity(), "data": self.data_key})
         self.keys[TEACHER] = key
         if self.stages.fresh(TEACHER, key, out):
             return load(out)
