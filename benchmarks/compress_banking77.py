@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import save_and_report
 
 from smallfit.compress import OnnxExport, OrtDynamicInt8, compress
 from smallfit.config import EvalConfig
@@ -117,16 +118,11 @@ def main() -> int:
         "int8_candidate": result,
         "environment": environment(),
     }
-    dest = HERE / "results" / "compress_banking77.json"
-    dest.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     for name, stats in one.items():
         print(
             f"{name:>18}: p50 {stats['p50_ms']:7.3f} ms  p99 {stats['p99_ms']:7.3f} ms (1 thread)"
         )
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'MISS'}  {name}")
-    print(f"saved {dest}")
-    print(json.dumps({"benchmark": record["benchmark"], "figures": figures, "passed": checks}))
+    save_and_report(record)
     return 0
 
 

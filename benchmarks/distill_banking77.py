@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _report import save_and_report
+
 from smallfit.demo import demo_config
 from smallfit.pipeline import fit
 
@@ -105,7 +107,6 @@ def main() -> int:
         "targets": TARGETS,
         "figures": figures,
         "passed": checks,
-        "all_passed": all(checks.values()),
         "interleaved_latency_ms": interleaved,
         "stage_seconds": {name: entry["seconds"] for name, entry in stages.items()},
         "wall_seconds_this_invocation": round(wall, 1),
@@ -128,14 +129,8 @@ def main() -> int:
         },
         "environment": result.results["environment"],
     }
-    dest = HERE / "results" / f"{out['benchmark']}.json"
-    dest.parent.mkdir(exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(result.table)
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'MISS'}  {name}: {figures[name]:.4g}")
-    print(f"saved {dest}")
-    print(json.dumps({"benchmark": out["benchmark"], "figures": figures, "passed": checks}))
+    save_and_report(out)
     return 0
 
 

@@ -1,0 +1,25 @@
+"""What every benchmark does last: save its JSON record, print the verdicts and one JSON line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_and_report(record: dict[str, Any]) -> Path:
+    """Write ``results/<benchmark>.json``; print PASS/MISS per check, then one JSON line.
+
+    ``record`` holds at least ``benchmark``, ``figures`` and ``passed`` (check -> bool)."""
+    record = {**record, "all_passed": all(record["passed"].values())}
+    dest = RESULTS / f"{record['benchmark']}.json"
+    dest.parent.mkdir(exist_ok=True)
+    dest.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    for name, ok in record["passed"].items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    print(f"saved {dest}")
+    summary = {k: record[k] for k in ("benchmark", "figures", "passed")}
+    print(json.dumps(summary))
+    return dest
