@@ -67,10 +67,7 @@ def main() -> int:
     }
     interleaved = {}
     for threads in (1, result["speed"]["cpu_threads_all"]):
-        with limit_threads(threads):
-            for model in models.values():
-                if hasattr(model, "set_num_threads"):
-                    model.set_num_threads(threads)
+        with limit_threads(threads, *models.values()):
             interleaved[str(threads)] = interleaved_latency(
                 models, data.test.texts[:300], queries=300, warmup=30
             )

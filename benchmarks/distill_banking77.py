@@ -43,7 +43,7 @@ def _interleaved(run_dir: Path, teacher: dict, student: dict, args: argparse.Nam
     models = {"teacher": load(teacher["model_dir"]), args.student: load(student["model_dir"])}
     out = {}
     for threads in (1, teacher["speed"]["cpu_threads_all"]):
-        with limit_threads(threads):
+        with limit_threads(threads, *models.values()):
             out[str(threads)] = interleaved_latency(models, texts, queries=300, warmup=30)
     return out
 

@@ -15,8 +15,8 @@ import numpy as np
 from smallfit.compress.core import HANDLERS, PRECONDITIONS
 from smallfit.compress.steps import OnnxExport, OrtDynamicInt8
 from smallfit.errors import SmallfitError
-from smallfit.models.base import MANIFEST, load, write_json
-from smallfit.models.onnx import ONNX_FILE
+from smallfit.models.base import load
+from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -42,22 +42,19 @@ def _int8_can_apply(step: OrtDynamicInt8, manifest: dict[str, Any]) -> dict[str,
     return {**manifest, "quantization": "int8-dynamic"}
 
 
-class _Logits:
-    """(input_ids, attention_mask) -> logits, the graph that is exported."""
+def _logits_graph(module: Any) -> Any:
+    """(input_ids, attention_mask) -> logits: the graph that is exported."""
+    import torch
 
-    @staticmethod
-    def wrap(module: Any) -> Any:
-        import torch
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = module
 
-        class Logits(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = module
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids, attention_mask)["logits"]
 
-            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-                return self.inner(input_ids, attention_mask)["logits"]
-
-        return Logits().eval()
+    return Logits().eval()
 
 
 @HANDLERS.register(OnnxExport)
@@ -65,7 +62,7 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, texts: list[str]) -> d
     import torch
 
     model = load(model_dir)
-    graph = _Logits.wrap(model.module)
+    graph = _logits_graph(model.module)
     out.mkdir(parents=True)
     sample = model.tokenize(texts[:4] if len(texts) > 1 else texts * 2)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
@@ -88,31 +85,29 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, texts: list[str]) -> d
     for file in _TOKENIZER_FILES:
         if (model_dir / file).is_file():
             shutil.copy2(model_dir / file, out / file)
-    manifest = {
-        "format": 1,
-        "kind": "onnx",
-        "name": model.name,
-        "labels": model.labels,
-        "parameters": model.num_parameters,
-        "lineage": model.lineage,
-        "max_length": model.max_length,
-        "temperature": model.temperature,
-        "quantization": None,
-    }
-    write_json(out / MANIFEST, manifest)
+    exported = OnnxClassifier(
+        out,
+        labels=model.labels,
+        name=model.name,
+        max_length=model.max_length,
+        temperature=model.temperature,
+        parameters=model.num_parameters,
+        lineage=model.lineage,
+    )
+    exported.save(out)
     # Parity on padded batches (the known trap of the legacy exporter): the user's texts,
     # length-mixed so that most rows are padded.
-    exported = load(out)
     check = texts[:256]
     with torch.inference_mode():
         reference = model.logits(check)
-    diff = float(np.abs(exported.logits(check) - reference).max())
+    got = exported.logits(check)
+    diff = float(np.abs(got - reference).max())
     if not diff <= step.tolerance:
         raise SmallfitError(
             f"ONNX export differs from PyTorch by {diff:.3g} in logits on padded batches "
             f"(tolerance {step.tolerance:g}); the export is wrong, not saved"
         )
-    agreement = float((exported.logits(check).argmax(1) == reference.argmax(1)).mean())
+    agreement = float((got.argmax(1) == reference.argmax(1)).mean())
     return {"max_abs_logit_diff": diff, "argmax_agreement": agreement, "check_texts": len(check)}
 
 
@@ -132,12 +127,10 @@ def _int8(step: OrtDynamicInt8, model_dir: Path, out: Path, texts: list[str]) ->
             weight_type=QuantType.QInt8,
             per_channel=step.per_channel,
         )
-    manifest = {
-        **_read(out),
-        "quantization": f"int8-dynamic ({'per-channel' if step.per_channel else 'per-tensor'})",
-    }
-    write_json(out / MANIFEST, manifest)
-    quantized = load(out)
+    quantized = load(out)  # the source's manifest, copied above
+    granularity = "per-channel" if step.per_channel else "per-tensor"
+    quantized.quantization = f"int8-dynamic ({granularity})"
+    quantized.save(out)
     check = texts[:256]
     agreement = float((quantized.logits(check).argmax(1) == source.logits(check).argmax(1)).mean())
     if agreement < step.min_agreement:
@@ -159,9 +152,3 @@ def _quiet(*loggers: str) -> Iterator[None]:
     finally:
         for logger, level in saved:
             logger.setLevel(level)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((path / MANIFEST).read_text("utf-8"))

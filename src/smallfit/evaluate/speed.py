@@ -123,15 +123,11 @@ def measure_loaded(
     all_threads = cpu_threads_all()
     per_thread: dict[str, dict[str, float | int]] = {}
     for n in counts:
-        with limit_threads(n):
-            if hasattr(model, "set_num_threads"):  # backends with their own thread pools
-                model.set_num_threads(n)
+        with limit_threads(n, model):
             for i in range(config.warmup):
                 model.predict_proba([texts[i % len(texts)]])
             per_thread[str(n)] = _latency(model, texts, config.latency_queries)
-    with limit_threads(all_threads):
-        if hasattr(model, "set_num_threads"):
-            model.set_num_threads(all_threads)
+    with limit_threads(all_threads, model):
         per_s = _throughput(model, texts, config.throughput_batch, config.throughput_batches)
     return {
         "threads": per_thread,
@@ -200,9 +196,13 @@ def _throughput(model: BaseClassifier, texts: list[str], batch: int, batches: in
 
 
 @contextlib.contextmanager
-def limit_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` compute threads: torch (only if already imported) and the
-    BLAS/OpenMP pools that threadpoolctl can reach. Restores the previous settings."""
+def limit_threads(n: int, *models: object) -> Iterator[None]:
+    """Run the block with ``n`` compute threads: torch (only if already imported), the
+    BLAS/OpenMP pools that threadpoolctl can reach, and any of ``models`` that keep a pool of
+    their own (``set_num_threads``, e.g. ONNX Runtime). Restores torch's previous setting."""
+    for model in models:
+        if hasattr(model, "set_num_threads"):
+            model.set_num_threads(n)
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     with contextlib.ExitStack() as stack:

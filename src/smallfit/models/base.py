@@ -195,6 +195,14 @@ def normalise_rows(probs: np.ndarray) -> np.ndarray:
     return (probs / sums).astype(np.float32)
 
 
+def softmax(logits: np.ndarray, *, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (float32, rows sum to 1)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return normalise_rows(e / e.sum(axis=1, keepdims=True))
+
+
 def align_probs(probs: np.ndarray, source: list[str], target: list[str]) -> np.ndarray:
     """Reorder probability columns from ``source`` label order to ``target`` label order."""
     if list(source) == list(target):

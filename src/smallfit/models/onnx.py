@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from smallfit.errors import SmallfitError
-from smallfit.models.base import BaseClassifier, normalise_rows, register_backend
+from smallfit.models.base import MANIFEST, BaseClassifier, register_backend, softmax
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -107,17 +107,14 @@ class OnnxClassifier(BaseClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        z = self.logits(texts).astype(np.float64) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return normalise_rows(e / e.sum(axis=1, keepdims=True))
+        return softmax(self.logits(texts), temperature=self.temperature)
 
     def save_files(self, path: Path) -> dict[str, Any]:
         import shutil
 
         if path.resolve() != self.path.resolve():
             for file in self.path.iterdir():
-                if file.is_file() and file.name != "smallfit.json":
+                if file.is_file() and file.name != MANIFEST:
                     shutil.copy2(file, path / file.name)
         return {
             "max_length": self.max_length,

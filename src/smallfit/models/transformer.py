@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from smallfit.models.base import BaseClassifier, normalise_rows, register_backend
+from smallfit.models.base import BaseClassifier, register_backend, softmax
 
 HEAD_FILE = "head.safetensors"
 
@@ -78,6 +78,7 @@ class TransformerClassifier(BaseClassifier):
         max_length: int = 64,
         lineage: dict[str, Any] | None = None,
         batch_size: int = 64,
+        temperature: float = 1.0,
     ) -> None:
         self.module = module.eval()
         self.tokenizer = tokenizer
@@ -88,7 +89,7 @@ class TransformerClassifier(BaseClassifier):
         self.batch_size = batch_size
         self.autocast_bf16 = False
         self.bytes_on_disk = 0
-        self.temperature = 1.0
+        self.temperature = temperature
 
     @classmethod
     def from_base(
@@ -173,8 +174,7 @@ class TransformerClassifier(BaseClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        logits = torch.from_numpy(self.logits(texts)) / self.temperature
-        return normalise_rows(torch.softmax(logits, dim=-1).numpy())
+        return softmax(self.logits(texts), temperature=self.temperature)
 
     def save_files(self, path: Path) -> dict[str, Any]:
         self.module.encoder.save_pretrained(str(path))
@@ -195,13 +195,12 @@ class TransformerClassifier(BaseClassifier):
         labels = list(manifest["labels"])
         module = PooledClassifier(encoder, len(labels))
         module.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-        model = cls(
+        return cls(
             module,
             tokenizer,
             labels=labels,
             name=manifest.get("name", path.name),
             max_length=int(manifest.get("max_length", 64)),
             lineage=manifest.get("lineage", {}),
+            temperature=float(manifest.get("temperature", 1.0)),
         )
-        model.temperature = float(manifest.get("temperature", 1.0))
-        return model
