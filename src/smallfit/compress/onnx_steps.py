@@ -1,4 +1,4 @@
-"""ONNX export (dynamo exporter, checked on padded batches) and ONNX Runtime int8."""
+"""ONNX export with the dynamo exporter, checked against PyTorch on padded batches."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.compress.core import HANDLERS, PRECONDITIONS
-from smallfit.compress.steps import OnnxExport, OrtDynamicInt8
+from smallfit.compress.core import HANDLERS, PRECONDITIONS, StepContext
+from smallfit.compress.steps import OnnxExport
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load
 from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
@@ -28,18 +28,6 @@ def _onnx_can_apply(step: OnnxExport, manifest: dict[str, Any]) -> dict[str, Any
             f"ONNX export applies to transformer models; this one is '{manifest['kind']}'"
         )
     return {**manifest, "kind": "onnx", "quantization": None}
-
-
-@PRECONDITIONS.register(OrtDynamicInt8)
-def _int8_can_apply(step: OrtDynamicInt8, manifest: dict[str, Any]) -> dict[str, Any]:
-    if manifest["kind"] != "onnx":
-        raise SmallfitError(
-            f"int8-dynamic quantizes ONNX models; this one is '{manifest['kind']}' "
-            "(put an 'onnx' step before it)"
-        )
-    if manifest.get("quantization"):
-        raise SmallfitError(f"the model is already quantized ({manifest['quantization']})")
-    return {**manifest, "quantization": "int8-dynamic"}
 
 
 def _logits_graph(module: Any) -> Any:
@@ -58,8 +46,10 @@ def _logits_graph(module: Any) -> Any:
 
 
 @HANDLERS.register(OnnxExport)
-def _export(step: OnnxExport, model_dir: Path, out: Path, texts: list[str]) -> dict[str, Any]:
+def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
     import torch
+
+    texts = ctx.check_texts
 
     model = load(model_dir)
     graph = _logits_graph(model.module)
@@ -68,7 +58,7 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, texts: list[str]) -> d
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     # The exporter's own warnings and log lines (deprecations, optional torchvision ops) are not
     # actionable for a user; what matters is checked below: parity with PyTorch.
-    with torch.inference_mode(), warnings.catch_warnings(), _quiet("torch.onnx", "onnxscript"):
+    with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             graph,
@@ -93,6 +83,7 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, texts: list[str]) -> d
         temperature=model.temperature,
         parameters=model.num_parameters,
         lineage=model.lineage,
+        architecture=model.architecture(),
     )
     exported.save(out)
     # Parity on padded batches (the known trap of the legacy exporter): the user's texts,
@@ -111,38 +102,8 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, texts: list[str]) -> d
     return {"max_abs_logit_diff": diff, "argmax_agreement": agreement, "check_texts": len(check)}
 
 
-@HANDLERS.register(OrtDynamicInt8)
-def _int8(step: OrtDynamicInt8, model_dir: Path, out: Path, texts: list[str]) -> dict[str, Any]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source = load(model_dir)
-    out.mkdir(parents=True)
-    for file in model_dir.iterdir():
-        if file.is_file() and file.name != ONNX_FILE:
-            shutil.copy2(file, out / file.name)
-    with _quiet(""):  # quantize_dynamic logs a pre-processing hint to the root logger
-        quantize_dynamic(
-            str(model_dir / ONNX_FILE),
-            str(out / ONNX_FILE),
-            weight_type=QuantType.QInt8,
-            per_channel=step.per_channel,
-        )
-    quantized = load(out)  # the source's manifest, copied above
-    granularity = "per-channel" if step.per_channel else "per-tensor"
-    quantized.quantization = f"int8-dynamic ({granularity})"
-    quantized.save(out)
-    check = texts[:256]
-    agreement = float((quantized.logits(check).argmax(1) == source.logits(check).argmax(1)).mean())
-    if agreement < step.min_agreement:
-        raise SmallfitError(
-            f"int8 agrees with the float model on {agreement:.1%} of {len(check)} of your texts "
-            f"(min_agreement {step.min_agreement:.0%}); not saved"
-        )
-    return {"argmax_agreement": agreement, "check_texts": len(check)}
-
-
 @contextlib.contextmanager
-def _quiet(*loggers: str) -> Iterator[None]:
+def quiet(*loggers: str) -> Iterator[None]:
     """Raise the named loggers ("" = root) to ERROR for the block."""
     saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
     for logger, _ in saved:

@@ -29,4 +29,75 @@ class OrtDynamicInt8(_Step):
     per_channel: bool = True
     """One scale per output channel (per-tensor breaks models with outlier channels, e.g. mpnet)."""
     min_agreement: float = Field(0.97, ge=0, le=1)
-    """Least argmax agreement with the float model on the check texts; below it the step fails."""
+    """Least argmax agreement with the float model on the check texts."""
+    fallback: bool = True
+    """Below ``min_agreement``, find the matrix multiplications whose quantization hurts most
+    and leave them in float until it is met; off: the step fails instead."""
+
+
+class OrtStaticInt8(_Step):
+    """ONNX Runtime static int8 (QDQ): activation ranges calibrated on your own texts."""
+
+    method: Literal["int8-static"] = "int8-static"
+    per_channel: bool = True
+    """One weight scale per output channel."""
+    calibration_texts: int = Field(256, gt=0)
+    """How many of your texts calibrate the activation ranges."""
+    calibrate_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    min_agreement: float = Field(0.97, ge=0, le=1)
+    """Least argmax agreement with the float model on the check texts."""
+    fallback: bool = True
+    """Below ``min_agreement``, leave the most harmful matrix multiplications in float."""
+
+
+class HealConfig(_Step):
+    """A short distillation against the teacher's probabilities after a step that removes
+    weights; ``epochs: 0`` skips it."""
+
+    epochs: float = Field(1.0, ge=0)
+    """Passes over the healing texts (the training pool in ``fit``); 0 = no healing."""
+    lr: float = Field(1e-4, gt=0)
+    """Learning rate of the encoder (the head gets 20x)."""
+    batch_size: int = Field(32, gt=0)
+    max_examples: int | None = Field(None, gt=0)
+    """Heal on at most this many texts (a seeded sample); None = all of them."""
+    time_budget: str | None = None
+    """Stop healing cleanly after this long, e.g. '5m'."""
+    seed: int = 0
+
+
+class DropLayers(_Step):
+    """Keep ``keep`` of the encoder's layers, then heal."""
+
+    method: Literal["drop-layers"] = "drop-layers"
+    keep: int = Field(..., ge=1)
+    """How many layers remain."""
+    strategy: Literal["alternate", "bottom", "top", "importance"] = "alternate"
+    """Which layers remain: evenly spaced (first and last kept), the lowest, the highest, or
+    those whose removal alone changes the output most (measured on your texts)."""
+    heal: HealConfig = HealConfig()
+
+
+class PruneStructured(_Step):
+    """Remove the least important attention heads and FFN neurons (physically: the matrices
+    shrink), then heal. Importance is first-order (|weight x gradient| of the distillation loss
+    summed over each head's or neuron's weights), measured on your texts."""
+
+    method: Literal["prune"] = "prune"
+    heads: float = Field(0.0, ge=0, lt=1)
+    """Share of all attention heads removed (at least one head stays in every layer)."""
+    ffn: float = Field(0.0, ge=0, lt=1)
+    """Share of FFN neurons removed in every layer."""
+    importance_texts: int = Field(512, gt=0)
+    """How many of your texts the importance is measured on."""
+    heal: HealConfig = HealConfig()
+
+
+class PruneMagnitude(_Step):
+    """Zero the smallest-magnitude encoder weights. Honest note: the matrices stay dense, so
+    CPU kernels run no faster and the file is no smaller; only a compressed copy shrinks."""
+
+    method: Literal["magnitude"] = "magnitude"
+    sparsity: float = Field(0.5, gt=0, lt=1)
+    """Share of the encoder's linear-layer weights set to zero (per matrix)."""
+    heal: HealConfig = HealConfig(epochs=0)

@@ -48,6 +48,7 @@ class OnnxClassifier(BaseClassifier):
         quantization: str | None = None,
         lineage: dict[str, Any] | None = None,
         batch_size: int = 64,
+        architecture: dict[str, Any] | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -61,6 +62,7 @@ class OnnxClassifier(BaseClassifier):
         self.lineage = dict(lineage or {})
         self.batch_size = batch_size
         self.bytes_on_disk = 0
+        self.arch = architecture
         self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
         pad = _pad_token(self.path)
         pad_id = self.tokenizer.token_to_id(pad)
@@ -120,6 +122,7 @@ class OnnxClassifier(BaseClassifier):
             "max_length": self.max_length,
             "temperature": self.temperature,
             "quantization": self.quantization,
+            "architecture": self.arch,
         }
 
     @classmethod
@@ -133,4 +136,5 @@ class OnnxClassifier(BaseClassifier):
             parameters=int(manifest.get("parameters", 0)),
             quantization=manifest.get("quantization"),
             lineage=manifest.get("lineage", {}),
+            architecture=manifest.get("architecture"),
         )

@@ -31,13 +31,87 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
 
-def load_encoder(path: str | Path) -> nn.Module:
+# Where each encoder family keeps its attention projections and FFN, relative to a layer:
+# (query, key, value, attention output, FFN in, FFN out).
+LAYER_PARTS = {
+    "bert": (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ),
+    "mpnet": (
+        "attention.attn.q",
+        "attention.attn.k",
+        "attention.attn.v",
+        "attention.attn.o",
+        "intermediate.dense",
+        "output.dense",
+    ),
+}
+
+
+def load_encoder(path: str | Path, *, resized: bool = False) -> nn.Module:
     """The bare encoder, without the pooler layer that mean pooling never uses (BERT, MPNet
-    and most encoders accept ``add_pooling_layer``; others load as they are)."""
+    and most encoders accept ``add_pooling_layer``; others load as they are).
+
+    ``resized``: the checkpoint's linear layers may be smaller than its config says (heads or
+    FFN neurons were pruned away); each is rebuilt at the saved shape before loading."""
+    if not resized:
+        try:
+            return AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+        except TypeError:
+            return AutoModel.from_pretrained(str(path))
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
     try:
-        return AutoModel.from_pretrained(str(path), add_pooling_layer=False)
+        encoder = AutoModel.from_config(config, add_pooling_layer=False)
     except TypeError:
-        return AutoModel.from_pretrained(str(path))
+        encoder = AutoModel.from_config(config)
+    weights = Path(path) / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    for name, module in list(encoder.named_modules()):
+        shape = shapes.get(f"{name}.weight")
+        if isinstance(module, nn.Linear) and shape and shape != tuple(module.weight.shape):
+            parent, _, leaf = name.rpartition(".")
+            setattr(encoder.get_submodule(parent), leaf, nn.Linear(shape[1], shape[0]))
+    encoder.load_state_dict(load_file(str(weights)), strict=True)
+    return encoder.eval()
+
+
+def encoder_layers(module: PooledClassifier) -> nn.ModuleList:
+    """The encoder's list of transformer layers."""
+    return module.encoder.encoder.layer
+
+
+def architecture(module: PooledClassifier) -> dict[str, Any]:
+    """Shapes that decide the cost of a query: layer count, widths of every layer's attention
+    and FFN (they differ after structured pruning), vocabulary and label count."""
+    config = module.encoder.config
+    parts = LAYER_PARTS.get(config.model_type)
+    attention, ffn = [], []
+    for layer in encoder_layers(module):
+        if parts is None:
+            attention.append(config.hidden_size)
+            ffn.append(config.intermediate_size)
+            continue
+        attention.append(layer.get_submodule(parts[0]).out_features)
+        ffn.append(layer.get_submodule(parts[4]).out_features)
+    return {
+        "model_type": config.model_type,
+        "layers": len(attention),
+        "hidden": config.hidden_size,
+        "head_dim": config.hidden_size // config.num_attention_heads,
+        "attention": attention,
+        "ffn": ffn,
+        "vocab": config.vocab_size,
+        "num_labels": module.head.out_features,
+    }
 
 
 class PooledClassifier(nn.Module):
@@ -113,6 +187,9 @@ class TransformerClassifier(BaseClassifier):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
+    def architecture(self) -> dict[str, Any]:
+        return architecture(self.module)
+
     @contextlib.contextmanager
     def bf16(self) -> Iterator[TransformerClassifier]:
         """Run predictions in bfloat16 autocast (AMX) inside this block: bulk labelling."""
@@ -181,16 +258,21 @@ class TransformerClassifier(BaseClassifier):
         self.tokenizer.save_pretrained(str(path))
         head = {k: v.detach().contiguous() for k, v in self.module.head.state_dict().items()}
         save_file(head, str(path / HEAD_FILE))
+        arch = self.architecture()
+        config = self.module.encoder.config
         return {
             "max_length": self.max_length,
             "pooling": "mean",
             "normalize": True,
             "temperature": self.temperature,
+            "architecture": arch,
+            "resized": any(a != config.hidden_size for a in arch["attention"])
+            or any(f != config.intermediate_size for f in arch["ffn"]),
         }
 
     @classmethod
     def load_files(cls, path: Path, manifest: dict[str, Any]) -> TransformerClassifier:
-        encoder = load_encoder(path)
+        encoder = load_encoder(path, resized=bool(manifest.get("resized")))
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         labels = list(manifest["labels"])
         module = PooledClassifier(encoder, len(labels))
