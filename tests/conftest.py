@@ -48,3 +48,31 @@ def snips_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_slice(folder / "train.jsonl", out / "train.jsonl", per_label=40)
     write_slice(folder / "test.jsonl", out / "test.jsonl", per_label=12)
     return out
+
+
+@pytest.fixture(scope="session")
+def snips_texts(snips_slice: Path) -> list[str]:
+    from smallfit.data import read_split
+
+    return read_split(snips_slice / "train.jsonl").texts
+
+
+@pytest.fixture(scope="session")
+def snips_minilm(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MiniLM classifier with its head fitted on the SNIPS slice (a few seconds), saved."""
+    import torch
+
+    from smallfit import zoo
+    from smallfit.data import read_split
+    from smallfit.models.transformer import TransformerClassifier
+    from smallfit.teach import one_hot
+    from smallfit.train import warmstart_head
+
+    torch.manual_seed(0)
+    split = read_split(snips_slice / "train.jsonl")
+    labels = sorted(set(split.labels))
+    model = TransformerClassifier.from_base(
+        zoo.resolve("minilm-l6"), labels=labels, name="s", max_length=32
+    )
+    warmstart_head(model, split.texts, one_hot(split.labels, labels), progress=False)
+    return model.save(tmp_path_factory.mktemp("minilm") / "student")

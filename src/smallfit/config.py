@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from smallfit.compress.steps import CompressionStep, HealConfig
 from smallfit.errors import ConfigError
 
 
@@ -211,6 +212,84 @@ class SelectConfig(Strict):
         return value
 
 
+class CompressCandidate(Strict):
+    """One compressed candidate, spelled out: a name and its steps in order."""
+
+    name: str
+    """Suffix of the candidate's name: `<student>-<name>`."""
+    steps: list[CompressionStep] = Field(min_length=1)
+    """The steps, each `method: drop-layers | prune | magnitude | onnx | int8-dynamic |
+    int8-static` with its options."""
+
+
+class CompressGrid(Strict):
+    """A grid of candidates: every combination of layers x pruning x quantization."""
+
+    layers: list[int | None] = [None, 3]
+    """Layers kept (`drop-layers`, alternate); null keeps them all."""
+    prune: list[float] = [0.0]
+    """Share of attention heads and of FFN neurons removed (`prune`); 0 prunes nothing."""
+    quantize: list[Literal["torch", "onnx", "int8-dynamic", "int8-static"]] = ["int8-dynamic"]
+    """How the result runs: PyTorch fp32, float ONNX, or ONNX int8 (dynamic or static)."""
+    heal: HealConfig = HealConfig()
+    """Healing after dropping layers or pruning."""
+
+    def expand(self) -> list[CompressCandidate]:
+        """The candidates in build order (least compressed first, so prefixes are shared)."""
+        from smallfit.compress.steps import DropLayers, OnnxExport, PruneStructured, parse_quant
+
+        out = []
+        for layers in self.layers:
+            for share in sorted(self.prune):
+                for quant in self.quantize:
+                    steps: list[Any] = []
+                    parts = []
+                    if layers is not None:
+                        steps.append(DropLayers(keep=layers, heal=self.heal))
+                        parts.append(f"l{layers}")
+                    if share > 0:
+                        steps.append(PruneStructured(heads=share, ffn=share, heal=self.heal))
+                        parts.append(f"p{round(share * 100)}")
+                    if quant != "torch":
+                        steps.append(OnnxExport())
+                    if quant not in ("torch", "onnx"):
+                        steps.append(parse_quant(quant))
+                    parts.append({"int8-dynamic": "int8", "int8-static": "int8s"}.get(quant, quant))
+                    if len(steps) > 0:
+                        out.append(CompressCandidate(name="-".join(parts), steps=steps))
+        return out
+
+
+class CompressConfig(Strict):
+    """Compressed candidates built from the transformer students, measured like the others."""
+
+    students: list[str] | None = None
+    """Names of the students to compress; null: every transformer student."""
+    grid: CompressGrid | None = CompressGrid()
+    """A grid of candidates; null for none."""
+    candidates: list[CompressCandidate] = []
+    """Candidates spelled out step by step, built after the grid's."""
+    budget: str | None = Field("30m", description="stop building new candidates after this long")
+    check_texts: int = Field(512, gt=0)
+    """Texts each step checks itself on: dev first, then training texts (never test)."""
+
+    @field_validator("budget")
+    @classmethod
+    def _check_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+    def expand(self) -> list[CompressCandidate]:
+        grid = self.grid.expand() if self.grid else []
+        everything = [*grid, *self.candidates]
+        names = [c.name for c in everything]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"compressed candidate names must be unique; repeated: {dupes}")
+        return everything
+
+
 class FitConfig(Strict):
     """The whole run: data -> teacher labels -> students -> evaluate -> select."""
 
@@ -226,6 +305,9 @@ class FitConfig(Strict):
         default_factory=lambda: [TransformerStudent(), LinearStudent()]
     )
     """The students, each `kind: transformer | linear`."""
+    compress: CompressConfig | None = None
+    """Compressed variants of the transformer students (layer dropping, pruning, ONNX, int8);
+    null for none."""
     evaluate: EvalConfig = EvalConfig()
     """What is measured per candidate."""
     select: SelectConfig = SelectConfig()
@@ -241,6 +323,13 @@ class FitConfig(Strict):
         if "teacher" in names:
             raise ValueError("'teacher' is reserved for the teacher candidate")
         return students
+
+    @field_validator("compress")
+    @classmethod
+    def _expandable(cls, compress: CompressConfig | None) -> CompressConfig | None:
+        if compress is not None:
+            compress.expand()
+        return compress
 
 
 _FLOOR = re.compile(r"^\s*(?P<x>\d+(\.\d+)?)\s*(\*\s*teacher)?\s*$")

@@ -1,4 +1,5 @@
-"""``fit``: data -> teacher -> labels -> students -> evaluate -> select, with stage reuse.
+"""``fit``: data -> teacher -> labels -> students -> evaluate -> compress -> select, with
+stage reuse.
 
 Each stage has a key: the hash of its config and of its inputs' keys. A stage whose key matches
 the one recorded in ``stages.json`` and whose outputs exist is skipped, so a rerun after a crash
@@ -53,13 +54,15 @@ class _Stages:
         self.ran: list[str] = []
         self.skipped: list[str] = []
 
-    def fresh(self, name: str, key: str, *outputs: Path) -> bool:
+    def fresh(self, name: str, key: str, *outputs: Path, announce: bool = True) -> bool:
+        """Whether the stage is done for ``key``; if not, says it is running (``announce``)."""
         entry = self.done.get(name)
         if entry and entry.get("key") == key and all(p.exists() for p in outputs):
             self.skipped.append(name)
             self.log(f"[{name}] up to date, skipped")
             return True
-        self.log(f"[{name}] running")
+        if announce:
+            self.log(f"[{name}] running")
         return False
 
     @staticmethod
@@ -99,6 +102,7 @@ class _Run:
     log: Callable[[str], None]
     data_key: str
     keys: dict[str, str] = field(default_factory=dict)  # candidate name -> model key
+    teacher_test_probs: np.ndarray | None = None
 
     @property
     def dir(self) -> Path:
@@ -183,44 +187,106 @@ class _Run:
             )
             self.stages.finish(f"student:{student.name}", key, started)
 
-    def evaluate(self) -> list[dict[str, Any]]:
-        """Measure (or reuse) every candidate; the teacher first, so the students can be
+    def evaluate(self, name: str) -> dict[str, Any]:
+        """Measure (or reuse) one candidate; the teacher must come first, so the others can be
         compared with its test answers."""
         from smallfit.evaluate import evaluate_candidate
 
         results = self.dir / "results"
         test = self.dataset.test
         test_key = hash_json([hash_texts(test.texts), hash_texts(test.labels)])
-        teacher_probs = None
-        candidates = []
-        for name, model_key in self.keys.items():  # insertion order: teacher, then students
-            out_file, probs_file = results / f"{name}.json", results / f"{name}.test_probs.npy"
-            key = hash_json(
-                {
-                    "eval": self.config.evaluate.model_dump(mode="json"),
-                    "model": model_key,
-                    "test": test_key,
-                    "teacher": self.keys.get(TEACHER) if name != TEACHER else None,
-                }
+        out_file, probs_file = results / f"{name}.json", results / f"{name}.test_probs.npy"
+        key = hash_json(
+            {
+                "eval": self.config.evaluate.model_dump(mode="json"),
+                "model": self.keys[name],
+                "test": test_key,
+                "teacher": self.keys.get(TEACHER) if name != TEACHER else None,
+            }
+        )
+        if self.stages.fresh(f"evaluate:{name}", key, out_file, probs_file):
+            result = json.loads(out_file.read_text("utf-8"))
+        else:
+            started = time.monotonic()
+            result = evaluate_candidate(
+                self.dir / "models" / name,
+                test=test,
+                teacher_test_probs=self.teacher_test_probs,
+                config=self.config.evaluate,
+                out_file=out_file,
+                probs_file=probs_file,
+                progress=self.progress,
             )
-            if self.stages.fresh(f"evaluate:{name}", key, out_file, probs_file):
-                result = json.loads(out_file.read_text("utf-8"))
-            else:
-                started = time.monotonic()
-                result = evaluate_candidate(
-                    self.dir / "models" / name,
-                    test=test,
-                    teacher_test_probs=teacher_probs,
-                    config=self.config.evaluate,
-                    out_file=out_file,
-                    probs_file=probs_file,
-                    progress=self.progress,
-                )
-                self.stages.finish(f"evaluate:{name}", key, started)
-            if name == TEACHER:
-                teacher_probs = np.load(probs_file, allow_pickle=False)
-            candidates.append(result)
-        return candidates
+            self.stages.finish(f"evaluate:{name}", key, started)
+        if name == TEACHER:
+            self.teacher_test_probs = np.load(probs_file, allow_pickle=False)
+        return result
+
+    def compress(
+        self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Build and measure the compressed candidates, in order, until the budget is spent.
+        Returns (measured results, candidates not built with the reason)."""
+        from smallfit.compress import HealData, compress
+        from smallfit.config import TransformerStudent, parse_duration
+        from smallfit.errors import SmallfitError
+
+        config = self.config.compress
+        if config is None:
+            return [], []
+        sources = [
+            s.name
+            for s in self.config.students
+            if isinstance(s, TransformerStudent)
+            and (config.students is None or s.name in config.students)
+        ]
+        data = self.dataset
+        heal = HealData(
+            train_texts=data.train.texts,
+            train_probs=train_probs,
+            dev_texts=data.dev.texts,
+            dev_probs=dev_probs,
+            source=labels_key,
+        )
+        # Steps check themselves on dev texts, then training texts when dev is small; never test.
+        check_texts = [*data.dev.texts, *data.train.texts][: config.check_texts]
+        budget = parse_duration(config.budget) if config.budget else float("inf")
+        started = time.monotonic()
+        measured, missed = [], []
+        for source in sources:
+            for candidate in config.expand():
+                name = f"{source}-{candidate.name}"
+                steps = [s.model_dump(mode="json") for s in candidate.steps]
+                steps_text = [s.method for s in candidate.steps]
+                key = hash_json({"from": self.keys[source], "steps": steps, "heal": labels_key})
+                out = self.dir / "models" / name
+                fresh = self.stages.fresh(f"compress:{name}", key, out, announce=False)
+                if not fresh and time.monotonic() - started > budget:
+                    self.log(f"[compress:{name}] not built: the budget ({config.budget}) is spent")
+                    missed.append({"name": name, "reason": f"budget {config.budget} spent"})
+                    continue
+                if not fresh:
+                    self.log(f"[compress:{name}] running: {' -> '.join(steps_text)}")
+                    begun = time.monotonic()
+                    try:
+                        compress(
+                            self.dir / "models" / source,
+                            list(candidate.steps),
+                            out_dir=out,
+                            check_texts=check_texts,
+                            heal=heal,
+                            name=name,
+                            progress=self.progress,
+                            cache=(self.dir / "compress-cache", self.keys[source]),
+                        )
+                    except SmallfitError as exc:
+                        self.log(f"[compress:{name}] failed: {exc}")
+                        missed.append({"name": name, "reason": str(exc)})
+                        continue
+                    self.stages.finish(f"compress:{name}", key, begun)
+                self.keys[name] = key
+                measured.append(self.evaluate(name))
+        return measured, missed
 
 
 def fit(
@@ -252,9 +318,12 @@ def fit(
     run = _Run(config, dataset, _Stages(run_dir, log), progress, log, data_key)
 
     teacher = run.teacher()
-    run.students(*run.labels(teacher))
+    labels = run.labels(teacher)
+    run.students(*labels)
     del teacher  # free its memory before the measurements
-    candidates = run.evaluate()
+    candidates = [run.evaluate(name) for name in list(run.keys)]  # the teacher first
+    compressed, not_built = run.compress(*labels)
+    candidates += compressed
 
     selection = select(candidates, config.select, teacher_name=TEACHER)
     line = selection_json(candidates, selection)
@@ -263,6 +332,7 @@ def fit(
         candidates,
         extra={
             "selection": json.loads(line),
+            "not_built": not_built,
             "config": config.model_dump(mode="json"),
             "seconds": round(time.monotonic() - started, 1),
         },

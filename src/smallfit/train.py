@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     EarlyStoppingCallback,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -299,6 +300,8 @@ def train_classifier(
         kd=kd,
         head_lr=train.head_lr or 20 * train.lr,
     )
+    if not progress:  # without bars, Trainer prints every log dict: keep quiet output quiet
+        trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=last)
     model.module.eval()

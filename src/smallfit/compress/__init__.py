@@ -4,7 +4,28 @@
 before any work starts, applies them in order and records each in the output's lineage.
 """
 
-from smallfit.compress.core import CompressionStep, compress, parse_step
-from smallfit.compress.steps import OnnxExport, OrtDynamicInt8
+from smallfit.compress.core import HealData, compress, parse_step
+from smallfit.compress.steps import (
+    CompressionStep,
+    DropLayers,
+    HealConfig,
+    OnnxExport,
+    OrtDynamicInt8,
+    OrtStaticInt8,
+    PruneMagnitude,
+    PruneStructured,
+)
 
-__all__ = ["CompressionStep", "OnnxExport", "OrtDynamicInt8", "compress", "parse_step"]
+__all__ = [
+    "CompressionStep",
+    "DropLayers",
+    "HealConfig",
+    "HealData",
+    "OnnxExport",
+    "OrtDynamicInt8",
+    "OrtStaticInt8",
+    "PruneMagnitude",
+    "PruneStructured",
+    "compress",
+    "parse_step",
+]

@@ -8,28 +8,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from smallfit.compress.steps import (
-    DropLayers,
-    OnnxExport,
-    OrtDynamicInt8,
-    OrtStaticInt8,
-    PruneMagnitude,
-    PruneStructured,
-)
+from smallfit.compress.steps import CompressionStep
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json
 from smallfit.models.base import BaseClassifier, load, read_manifest
 from smallfit.registry import Registry
 
-CompressionStep = Annotated[
-    DropLayers | PruneStructured | PruneMagnitude | OnnxExport | OrtDynamicInt8 | OrtStaticInt8,
-    Field(discriminator="method"),
-]
 _STEP = TypeAdapter(CompressionStep)
 METHODS = ("drop-layers", "prune", "magnitude", "onnx", "int8-dynamic", "int8-static")
 
@@ -130,8 +119,11 @@ def check_steps(manifest: dict[str, Any], steps: list[Any]) -> dict[str, Any]:
 def step_key(source_key: str, steps: list[Any], heal_source: str | None) -> str:
     """The identity of the model made by ``steps`` from the model identified by ``source_key``."""
     return hash_json(
-        {"source": source_key, "steps": [s.model_dump(mode="json") for s in steps],
-         "heal": heal_source}
+        {
+            "source": source_key,
+            "steps": [s.model_dump(mode="json") for s in steps],
+            "heal": heal_source,
+        }
     )
 
 

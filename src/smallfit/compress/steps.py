@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -101,3 +101,15 @@ class PruneMagnitude(_Step):
     sparsity: float = Field(0.5, gt=0, lt=1)
     """Share of the encoder's linear-layer weights set to zero (per matrix)."""
     heal: HealConfig = HealConfig(epochs=0)
+
+
+CompressionStep = Annotated[
+    DropLayers | PruneStructured | PruneMagnitude | OnnxExport | OrtDynamicInt8 | OrtStaticInt8,
+    Field(discriminator="method"),
+]
+"""One step; ``method`` picks the type."""
+
+
+def parse_quant(method: str) -> OrtDynamicInt8 | OrtStaticInt8:
+    """The int8 step called ``method`` with its defaults."""
+    return OrtStaticInt8() if method == "int8-static" else OrtDynamicInt8()

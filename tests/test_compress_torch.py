@@ -1,0 +1,149 @@
+"""Layer dropping, structured pruning and magnitude pruning on a real MiniLM classifier:
+shapes, lineage, quality within a stated bound of the uncompressed model, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smallfit.compress import (
+    DropLayers,
+    HealConfig,
+    OnnxExport,
+    PruneMagnitude,
+    PruneStructured,
+    compress,
+    parse_step,
+)
+from smallfit.compress.core import check_steps
+from smallfit.compress.torch_steps import layers_to_keep
+from smallfit.errors import SmallfitError
+from smallfit.models import load
+from smallfit.models.base import read_manifest
+
+HEAL = HealConfig(epochs=1.0, batch_size=16)
+
+
+def _agreement(a, b, texts: list[str]) -> float:
+    return float(np.mean(np.array(a.predict(texts)) == np.array(b.predict(texts))))
+
+
+def test_layer_choices() -> None:
+    assert layers_to_keep(DropLayers(keep=3), 6) == [0, 2, 5]
+    assert layers_to_keep(DropLayers(keep=4), 12) == [0, 4, 7, 11]
+    assert layers_to_keep(DropLayers(keep=1), 6) == [5]
+    assert layers_to_keep(DropLayers(keep=2, strategy="bottom"), 6) == [0, 1]
+    assert layers_to_keep(DropLayers(keep=2, strategy="top"), 6) == [4, 5]
+    scores = [0.1, 0.5, 0.0, 0.3, 0.2, 0.9]
+    assert layers_to_keep(DropLayers(keep=3, strategy="importance"), 6, scores) == [1, 3, 5]
+
+
+def test_step_specs_parse_nested_heal_options() -> None:
+    step = parse_step("drop-layers:keep=3,strategy=top,heal.epochs=0.5")
+    assert step == DropLayers(keep=3, strategy="top", heal=HealConfig(epochs=0.5))
+    assert parse_step("prune:heads=0.25,ffn=0.4") == PruneStructured(heads=0.25, ffn=0.4)
+
+
+@pytest.mark.slow
+def test_drop_layers_heals_and_stays_close(snips_minilm: Path, snips_texts, tmp_path) -> None:
+    model = compress(
+        snips_minilm,
+        [DropLayers(keep=3, heal=HEAL)],
+        out_dir=tmp_path / "l3",
+        check_texts=snips_texts,
+    )
+    source = load(snips_minilm)
+    assert len(model.module.encoder.encoder.layer) == 3
+    assert model.architecture()["layers"] == 3
+    assert model.num_parameters < source.num_parameters - 5_000_000
+    step = model.lineage["compression"][0]
+    assert step["method"] == "drop-layers" and step["metrics"]["kept_layers"] == [0, 2, 5]
+    assert step["metrics"]["heal"]["steps"] > 0
+    # Bound: the healed 3-layer model keeps >= 85% of the 6-layer model's answers.
+    assert _agreement(model, source, snips_texts) >= 0.85
+    # It reloads, and exports to ONNX with parity.
+    onnx = compress(
+        tmp_path / "l3", [OnnxExport()], out_dir=tmp_path / "o", check_texts=snips_texts
+    )
+    assert onnx.lineage["compression"][-1]["metrics"]["max_abs_logit_diff"] < 1e-3
+    assert [s["method"] for s in onnx.lineage["compression"]] == ["drop-layers", "onnx"]
+
+
+@pytest.mark.slow
+def test_importance_strategy_measures_every_layer(snips_minilm: Path, snips_texts, tmp_path):
+    step = DropLayers(keep=4, strategy="importance", heal=HealConfig(epochs=0))
+    model = compress(snips_minilm, [step], out_dir=tmp_path / "m", check_texts=snips_texts[:64])
+    metrics = model.lineage["compression"][0]["metrics"]
+    scores = metrics["layer_importance"]
+    assert len(scores) == 6 and all(s >= 0 for s in scores)
+    top4 = sorted(np.argsort(scores)[::-1][:4].tolist())
+    assert metrics["kept_layers"] == top4
+
+
+@pytest.mark.slow
+def test_structured_pruning_removes_weights_physically(snips_minilm, snips_texts, tmp_path):
+    step = PruneStructured(heads=0.25, ffn=0.3, importance_texts=64, heal=HEAL)
+    model = compress(snips_minilm, [step], out_dir=tmp_path / "p", check_texts=snips_texts)
+    metrics = model.lineage["compression"][0]["metrics"]
+    assert metrics["heads_removed"] == 18 and metrics["heads_total"] == 72
+    assert all(h >= 1 for h in metrics["heads_per_layer"])
+    assert metrics["ffn_per_layer"] == [1075] * 6  # 1536 - round(0.3 * 1536)
+    layer = model.module.encoder.encoder.layer[0]
+    assert layer.intermediate.dense.weight.shape == (1075, 384)
+    assert layer.output.dense.weight.shape == (384, 1075)
+    heads0 = metrics["heads_per_layer"][0]
+    assert layer.attention.self.query.weight.shape == (heads0 * 32, 384)
+    assert layer.attention.output.dense.weight.shape == (384, heads0 * 32)
+    assert model.num_parameters < load(snips_minilm).num_parameters * 0.9
+    assert read_manifest(tmp_path / "p")["resized"] is True
+    # Saved and reloaded at the pruned shapes, it answers the same.
+    again = load(tmp_path / "p")
+    texts = snips_texts[:32]
+    np.testing.assert_allclose(again.predict_proba(texts), model.predict_proba(texts), atol=1e-5)
+    assert _agreement(model, load(snips_minilm), snips_texts) >= 0.85
+    onnx = compress(tmp_path / "p", [OnnxExport()], out_dir=tmp_path / "o", check_texts=texts)
+    assert onnx.lineage["compression"][-1]["metrics"]["max_abs_logit_diff"] < 1e-3
+
+
+@pytest.mark.slow
+def test_magnitude_pruning_is_reported_honestly(snips_minilm, snips_texts, tmp_path) -> None:
+    model = compress(
+        snips_minilm,
+        [PruneMagnitude(sparsity=0.5)],
+        out_dir=tmp_path / "m",
+        check_texts=snips_texts,
+    )
+    metrics = model.lineage["compression"][0]["metrics"]
+    assert abs(metrics["encoder_linear_sparsity"] - 0.5) < 0.01
+    assert metrics["weights_bytes_compressed"] < 0.9 * metrics["source_weights_bytes_compressed"]
+    assert "no faster" in metrics["note"]
+    weight = load(tmp_path / "m").module.encoder.encoder.layer[2].intermediate.dense.weight
+    assert abs(float((weight == 0).float().mean()) - 0.5) < 0.01
+    assert metrics["argmax_agreement"] >= 0.8
+
+
+def test_inapplicable_torch_steps_are_refused() -> None:
+    bert = {
+        "kind": "transformer",
+        "architecture": {
+            "model_type": "bert",
+            "layers": 6,
+            "attention": [384] * 6,
+            "ffn": [1536] * 6,
+        },
+    }
+    mpnet = {**bert, "architecture": {**bert["architecture"], "model_type": "mpnet"}}
+    cases = [
+        (bert, [DropLayers(keep=6)], "only 6 layers"),
+        (bert, [DropLayers(keep=3), DropLayers(keep=3)], r"step 2 \(drop-layers\).*only 3"),
+        (bert, [PruneStructured()], "nothing to prune"),
+        (mpnet, [PruneStructured(heads=0.2)], "pruning heads supports bert"),
+        ({"kind": "linear"}, [PruneStructured(ffn=0.2)], "this one is 'linear'"),
+        (bert, [OnnxExport(), PruneMagnitude()], r"step 2 \(magnitude\).*before 'onnx'"),
+    ]
+    for manifest, steps, message in cases:
+        with pytest.raises(SmallfitError, match=message):
+            check_steps(manifest, steps)
+    assert check_steps(mpnet, [PruneStructured(ffn=0.2)])["kind"] == "transformer"
