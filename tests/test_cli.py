@@ -31,7 +31,7 @@ def test_help_does_not_import_torch() -> None:
     assert out.stdout.strip().endswith("NO-TORCH")
 
 
-@pytest.mark.parametrize("command", ["fit", "demo", "teacher", "zoo"])
+@pytest.mark.parametrize("command", ["fit", "demo", "teacher", "compress", "zoo"])
 def test_every_command_has_help(command: str) -> None:
     out = run_cli(command, "--help")
     assert out.returncode == 0
@@ -141,3 +141,37 @@ def test_compress_refuses_an_unknown_step_with_exit_code_2(
     assert out.returncode == 2
     assert "prune-everything" in out.stderr and "known methods" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_compress_chains_steps_and_heals_against_a_teacher(
+    tmp_path: Path, snips_slice: Path, snips_minilm: Path
+) -> None:
+    out = run_cli(
+        "compress", str(snips_minilm), "--step", "drop-layers:keep=2,heal.epochs=0.5",
+        "--step", "onnx", "--step", "int8-dynamic:min_agreement=0.8",
+        "--check-data", str(snips_slice / "train.jsonl"), "--teacher", str(snips_minilm),
+        "-o", str(tmp_path / "out"), "-q",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"healing against {snips_minilm} on 280 texts" in out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"saved {tmp_path / 'out'}: onnx")
+    assert [line.split()[0] for line in lines[1:]] == ["drop-layers", "onnx", "int8-dynamic"]
+    from smallfit.models.base import read_manifest
+
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["architecture"]["layers"] == 2
+    assert manifest["quantization"].startswith("int8-dynamic")
+
+
+def test_compress_refuses_a_step_in_the_wrong_order_before_any_work(
+    tmp_path: Path, snips_slice: Path, snips_minilm: Path
+) -> None:
+    out = run_cli(
+        "compress", str(snips_minilm), "--step", "onnx", "--step", "drop-layers:keep=3",
+        "--check-data", str(snips_slice / "train.jsonl"), "-o", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "step 2 (drop-layers)" in out.stderr and "before 'onnx'" in out.stderr
+    assert not (tmp_path / "out").exists()

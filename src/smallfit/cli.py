@@ -154,39 +154,65 @@ def teacher(
     "steps",
     multiple=True,
     required=True,
-    help="A step, in order: 'onnx', 'int8-dynamic' or 'int8-dynamic:per_channel=false'.",
+    help="A step, in order: 'drop-layers:keep=3', 'prune:heads=0.25,ffn=0.3', "
+    "'magnitude:sparsity=0.5', 'onnx', 'int8-dynamic', 'int8-static' (options after ':'; "
+    "healing options as 'heal.epochs=2').",
 )
 @click.option(
     "--check-data",
     type=click.Path(path_type=Path),
     required=True,
-    help="A data file as for fit (JSONL/CSV/Parquet); each step is checked on its texts.",
+    help="A data file as for fit (JSONL/CSV/Parquet): each step checks itself on its first "
+    "512 texts, and steps that remove weights heal on all of them.",
+)
+@click.option(
+    "--teacher",
+    type=click.Path(path_type=Path),
+    help="Heal against this model's probabilities (a smallfit model dir, e.g. a run's "
+    "models/teacher); default: the model being compressed, as it was before.",
 )
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--label-field", default="label", show_default=True)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Output dir.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def compress(
     model_dir: Path,
     steps: tuple[str, ...],
     check_data: Path,
+    teacher: Path | None,
     text_field: str,
     label_field: str,
     out: Path,
+    quiet: bool,
 ) -> None:
     """Compress a saved model: apply steps in order, each checked on your data.
 
     Every step is checked against the model it will meet before any work starts."""
+    from smallfit.compress import HealData, parse_step
     from smallfit.compress import compress as run_compress
-    from smallfit.compress import parse_step
+    from smallfit.compress.core import check_steps, manifest_with_architecture
     from smallfit.data import read_split
 
     parsed = [parse_step(s) for s in steps]
+    check_steps(manifest_with_architecture(model_dir), parsed)
     texts = read_split(check_data, text_field=text_field, label_field=label_field).texts
-    model = run_compress(model_dir, parsed, out_dir=out, check_texts=texts[:512])
+    heal = None
+    if any(getattr(s, "heal", None) and s.heal.epochs > 0 for s in parsed):
+        _log(f"healing against {teacher or model_dir} on {len(texts)} texts")
+        heal = HealData.from_model(teacher or model_dir, texts)
+    model = run_compress(
+        model_dir,
+        parsed,
+        out_dir=out,
+        check_texts=texts[:512],
+        heal=heal,
+        progress=_progress(quiet),
+    )
     info = model.info
     click.echo(f"saved {out}: {info.backend}, {info.bytes_on_disk / 1e6:.1f} MB")
     for step in model.lineage.get("compression", []):
-        click.echo(f"  {step['method']}: {step['metrics']}")
+        shown = {k: v for k, v in step["metrics"].items() if not isinstance(v, dict | list)}
+        click.echo(f"  {step['method']} ({step['seconds']:.0f}s): {shown}")
 
 
 @main.command()

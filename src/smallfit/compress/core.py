@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -116,6 +117,28 @@ def check_steps(manifest: dict[str, Any], steps: list[Any]) -> dict[str, Any]:
     return manifest
 
 
+def manifest_with_architecture(model_dir: str | Path) -> dict[str, Any]:
+    """The manifest; a transformer saved before manifests recorded the architecture gets it
+    from its ``config.json`` (unpruned then: every layer at the configured widths)."""
+    manifest = read_manifest(model_dir)
+    config_file = Path(model_dir) / "config.json"
+    legacy = manifest["kind"] == "transformer" and not manifest.get("architecture")
+    if legacy and config_file.is_file():
+        config = json.loads(config_file.read_text("utf-8"))
+        layers = int(config["num_hidden_layers"])
+        manifest["architecture"] = {
+            "model_type": config["model_type"],
+            "layers": layers,
+            "hidden": config["hidden_size"],
+            "head_dim": config["hidden_size"] // config["num_attention_heads"],
+            "attention": [config["hidden_size"]] * layers,
+            "ffn": [config["intermediate_size"]] * layers,
+            "vocab": config["vocab_size"],
+            "num_labels": len(manifest["labels"]),
+        }
+    return manifest
+
+
 def step_key(source_key: str, steps: list[Any], heal_source: str | None) -> str:
     """The identity of the model made by ``steps`` from the model identified by ``source_key``."""
     return hash_json(
@@ -151,7 +174,7 @@ def compress(
         raise SmallfitError("no compression steps given")
     if not check_texts:
         raise SmallfitError("compression needs some of your texts to check each step against")
-    check_steps(read_manifest(model_dir), steps)
+    check_steps(manifest_with_architecture(model_dir), steps)
 
     out = Path(out_dir)
     lineage_steps: list[dict[str, Any]] = []
