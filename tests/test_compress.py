@@ -116,3 +116,25 @@ def test_step_specs_parse_and_unknown_ones_are_refused() -> None:
         parse_step("prune-heads")
     with pytest.raises(SmallfitError, match="key=value"):
         parse_step("int8-dynamic:per_channel")
+
+
+def test_int4_weights_are_smallest_and_agree(int8_dir, trained_dir, texts, tmp_path) -> None:
+    from smallfit.compress.steps import OrtInt4Weight
+
+    int4 = compress(
+        trained_dir, [OnnxExport(), OrtInt4Weight()], out_dir=tmp_path / "i4", check_texts=texts
+    )
+    metrics = int4.lineage["compression"][-1]["metrics"]
+    assert metrics["matmul_nbits_nodes"] == 36 and metrics["embedding_4bit"] is True
+    assert int4.quantization == "int4-weight (block 128)"
+    assert int4.info.bytes_on_disk < 0.6 * load(int8_dir).info.bytes_on_disk
+    float_pred = load(trained_dir).predict(texts)
+    agreement = np.mean([a == b for a, b in zip(int4.predict(texts), float_pred, strict=True)])
+    assert agreement >= 0.97
+    # Activations are quantized per block of a row, not per batch: batch-mates barely matter.
+    one_by_one = np.concatenate([int4.predict_proba([t]) for t in texts[:40]])
+    batched = int4.predict_proba(texts[:40])
+    assert np.abs(one_by_one - batched).max() < 0.01
+    assert (one_by_one.argmax(1) == batched.argmax(1)).all()
+    with pytest.raises(SmallfitError, match="already quantized"):
+        compress(int8_dir, [OrtInt4Weight()], out_dir=tmp_path / "x", check_texts=texts)

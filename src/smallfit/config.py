@@ -222,6 +222,9 @@ class CompressCandidate(Strict):
     int8-static` with its options."""
 
 
+_SHORT = {"int8-dynamic": "int8", "int8-static": "int8s", "int4-weight": "int4"}
+
+
 class CompressGrid(Strict):
     """A grid of candidates: every combination of layers x pruning x quantization."""
 
@@ -229,8 +232,11 @@ class CompressGrid(Strict):
     """Layers kept (`drop-layers`, alternate); null keeps them all."""
     prune: list[float] = [0.0]
     """Share of attention heads and of FFN neurons removed (`prune`); 0 prunes nothing."""
-    quantize: list[Literal["torch", "onnx", "int8-dynamic", "int8-static"]] = ["int8-dynamic"]
-    """How the result runs: PyTorch fp32, float ONNX, or ONNX int8 (dynamic or static)."""
+    quantize: list[Literal["torch", "onnx", "int8-dynamic", "int8-static", "int4-weight"]] = [
+        "int8-dynamic"
+    ]
+    """How the result runs: PyTorch fp32, float ONNX, ONNX int8 (dynamic or static) or ONNX
+    with 4-bit weights."""
     heal: HealConfig = HealConfig()
     """Healing after dropping layers or pruning."""
 
@@ -254,7 +260,7 @@ class CompressGrid(Strict):
                         steps.append(OnnxExport())
                     if quant not in ("torch", "onnx"):
                         steps.append(parse_quant(quant))
-                    parts.append({"int8-dynamic": "int8", "int8-static": "int8s"}.get(quant, quant))
+                    parts.append(_SHORT.get(quant, quant))
                     if len(steps) > 0:
                         out.append(CompressCandidate(name="-".join(parts), steps=steps))
         return out

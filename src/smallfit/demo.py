@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from smallfit.config import (
+    CompressConfig,
+    CompressGrid,
     DataConfig,
     EvalConfig,
     FinetuneTeacher,
@@ -55,5 +57,9 @@ def demo_config(
             ),
             LinearStudent(),
         ],
+        # The distilled MiniLM as ONNX int8, and cut to 3 layers (healed) as ONNX int8.
+        compress=CompressConfig(
+            grid=CompressGrid(layers=[None, 3], quantize=["int8-dynamic"]), budget="10m"
+        ),
         evaluate=EvalConfig(latency_queries=100 if quick else 200),
     )

@@ -21,7 +21,15 @@ from smallfit.models.base import BaseClassifier, load, read_manifest
 from smallfit.registry import Registry
 
 _STEP = TypeAdapter(CompressionStep)
-METHODS = ("drop-layers", "prune", "magnitude", "onnx", "int8-dynamic", "int8-static")
+METHODS = (
+    "drop-layers",
+    "prune",
+    "magnitude",
+    "onnx",
+    "int8-dynamic",
+    "int8-static",
+    "int4-weight",
+)
 
 
 @dataclass(frozen=True)
@@ -215,5 +223,6 @@ def compress(
 
 # Built-in steps register themselves on import.
 from smallfit.compress import onnx_steps as _onnx_steps  # noqa: E402, F401
+from smallfit.compress import ort_int4 as _ort_int4  # noqa: E402, F401
 from smallfit.compress import ort_quantize as _ort_quantize  # noqa: E402, F401
 from smallfit.compress import torch_steps as _torch_steps  # noqa: E402, F401
