@@ -37,6 +37,7 @@ def test_public_api() -> None:
         "interleaved_latency",
         "limit_threads",
         "measure_speed",
+        "peak_rates",
         "quality_metrics",
         "read_results",
         "write_results",
@@ -234,7 +235,9 @@ def test_evaluate_candidate_linear(linear_dir: Path, tmp_path: Path) -> None:
         "lineage",
         "quality",
         "speed",
+        "roofline",
     }
+    assert result["roofline"] is None  # a linear model has no architecture
     assert (result["name"], result["backend"]) == ("tiny-linear", "linear")
     assert result["parameters"] > 0 and result["bytes_on_disk"] > 0
     assert result["quality"]["n"] == 3

@@ -190,8 +190,9 @@ def compress(
     Every step is checked against the model it will meet before any work starts."""
     from smallfit.compress import HealData, parse_step
     from smallfit.compress import compress as run_compress
-    from smallfit.compress.core import check_steps, manifest_with_architecture
+    from smallfit.compress.core import check_steps
     from smallfit.data import read_split
+    from smallfit.models.base import manifest_with_architecture
 
     parsed = [parse_step(s) for s in steps]
     check_steps(manifest_with_architecture(model_dir), parsed)

@@ -3,7 +3,8 @@ over the quality floor and under the latency ceiling.
 
 A candidate is a dict as written by :func:`smallfit.evaluate.evaluate_candidate`: it has
 ``name``, ``backend``, ``bytes_on_disk``, ``parameters``, ``quality`` (accuracy, macro_f1,
-teacher_agreement, ece) and ``speed`` (``threads["1"]["p50_ms"]`` and friends).
+teacher_agreement, ece), ``speed`` (``threads["1"]["p50_ms"]`` and friends) and, optionally,
+``roofline`` (``share_of_peak``).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def format_table(
     head = [
         "", "name", "backend", "acc%", "F1%", "agree%", "ECE",
         "p50@1t", "p95@1t", "p99@1t", f"p50@{all_t}t", f"b{batch}/s",
-        "RSS MB", "size MB", "params M", "x faster", "x smaller", "%teacher",
+        "RSS MB", "size MB", "params M", "x faster", "x smaller", "%teacher", "%peak",
     ]  # fmt: skip
     rows = []
     for c in candidates:
@@ -210,6 +211,7 @@ def format_table(
             _fmt(c.get("bytes_on_disk"), ".2f", 1e-6), _fmt(c.get("parameters"), ".3f", 1e-6),
             _fmt(ratios["speedup_p50_1t"], ".1f"), _fmt(ratios["size_ratio"], ".1f"),
             _fmt(ratios["quality_pct"], ".1f"),
+            _fmt((c.get("roofline") or {}).get("share_of_peak"), ".1f", 100),
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
@@ -226,6 +228,8 @@ def format_table(
         f"latency: batch-1 ms at 1 thread and at {all_t} threads; throughput texts/s at batch "
         f"{batch} with {all_t} threads; MB = 1e6 bytes; ratios vs '{teacher_name}' "
         f"(%teacher: {metric} as % of the teacher's)",
+        "%peak: FLOPs per query / p50@1t as % of this machine's 1-thread matrix-multiply peak "
+        "at the candidate's precision (fp32, bf16 or int8)",
         f"* Pareto front ({metric}, p50@1t, size)   >> chosen   floor {metric} "
         f">= {selection.floor:.4f}, ceiling {ceiling}",
         f"selection: {selection.reason}",

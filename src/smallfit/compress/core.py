@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from smallfit.compress.steps import CompressionStep
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json
-from smallfit.models.base import BaseClassifier, load, read_manifest
+from smallfit.models.base import BaseClassifier, load, manifest_with_architecture, read_manifest
 from smallfit.registry import Registry
 
 _STEP = TypeAdapter(CompressionStep)
@@ -122,28 +121,6 @@ def check_steps(manifest: dict[str, Any], steps: list[Any]) -> dict[str, Any]:
             manifest = PRECONDITIONS.handler(step)(step, manifest)
         except SmallfitError as exc:
             raise SmallfitError(f"step {i} ({step.method}): {exc}") from None
-    return manifest
-
-
-def manifest_with_architecture(model_dir: str | Path) -> dict[str, Any]:
-    """The manifest; a transformer saved before manifests recorded the architecture gets it
-    from its ``config.json`` (unpruned then: every layer at the configured widths)."""
-    manifest = read_manifest(model_dir)
-    config_file = Path(model_dir) / "config.json"
-    legacy = manifest["kind"] == "transformer" and not manifest.get("architecture")
-    if legacy and config_file.is_file():
-        config = json.loads(config_file.read_text("utf-8"))
-        layers = int(config["num_hidden_layers"])
-        manifest["architecture"] = {
-            "model_type": config["model_type"],
-            "layers": layers,
-            "hidden": config["hidden_size"],
-            "head_dim": config["hidden_size"] // config["num_attention_heads"],
-            "attention": [config["hidden_size"]] * layers,
-            "ffn": [config["intermediate_size"]] * layers,
-            "vocab": config["vocab_size"],
-            "num_labels": len(manifest["labels"]),
-        }
     return manifest
 
 

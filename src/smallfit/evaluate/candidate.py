@@ -12,11 +12,20 @@ from tqdm.auto import tqdm
 from smallfit.config import EvalConfig
 from smallfit.data import Split
 from smallfit.evaluate.quality import quality_metrics
+from smallfit.evaluate.roofline import mean_query_tokens, peak_rates, precision_of, roofline
 from smallfit.evaluate.speed import measure_speed
-from smallfit.models.base import BaseClassifier, align_probs, dir_bytes, load, write_json
+from smallfit.models.base import (
+    BaseClassifier,
+    align_probs,
+    dir_bytes,
+    load,
+    manifest_with_architecture,
+    write_json,
+)
 
 PREDICT_BATCH = 64
 SPEED_TEXTS = 256
+PEAKS_FILE = "peak_rates.json"
 
 
 def evaluate_candidate(
@@ -29,6 +38,7 @@ def evaluate_candidate(
     probs_file: Path | None = None,
     teacher_labels: list[str] | None = None,
     progress: bool = False,
+    peaks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure the model saved in ``model_dir`` on ``test``.
 
@@ -36,8 +46,14 @@ def evaluate_candidate(
     ``teacher_labels`` when given (its columns are then reordered to the model's labels).
 
     Returns ``{"name", "backend", "model_dir", "parameters", "bytes_on_disk", "lineage",
-    "quality": quality_metrics(...), "speed": measure_speed(...)}`` and, when ``out_file`` is
-    given, also writes it there as JSON; ``probs_file`` receives the test probabilities (.npy).
+    "quality": quality_metrics(...), "speed": measure_speed(...), "roofline": roofline(...)}``
+    and, when ``out_file`` is given, also writes it there as JSON; ``probs_file`` receives the
+    test probabilities (.npy).
+
+    ``roofline`` relates the batch-1 p50 at 1 thread to ``peaks`` (:func:`peak_rates` at 1
+    thread); it is None for models without an ``architecture`` in their manifest (linear models)
+    or without a 1-thread latency. When ``peaks`` is None they are measured once per process,
+    and kept in ``peak_rates.json`` beside the results directory when ``out_file`` is given.
     """
     model_dir = Path(model_dir)
     model = load(model_dir)
@@ -56,8 +72,15 @@ def evaluate_candidate(
         probs, list(test.labels), model.labels, teacher_probs=teacher, ece_bins=config.ece_bins
     )
     info = model.info.to_dict()
+    speed_texts = list(test.texts[:SPEED_TEXTS])
+    manifest = manifest_with_architecture(model_dir)
+    tokens = None
+    if manifest.get("architecture") and speed_texts:
+        # the texts the batch-1 latency loop sends, in its order (see speed.interleaved_latency)
+        sent = [speed_texts[i % len(speed_texts)] for i in range(config.latency_queries)]
+        tokens = mean_query_tokens(model, sent)
     del model  # the speed probe loads its own copy
-    speed = measure_speed(model_dir, list(test.texts[:SPEED_TEXTS]), config)
+    speed = measure_speed(model_dir, speed_texts, config)
     result = {
         "name": info["name"],
         "backend": info["backend"],
@@ -67,11 +90,35 @@ def evaluate_candidate(
         "lineage": info["lineage"],
         "quality": quality,
         "speed": speed,
+        "roofline": _roofline(manifest, tokens, speed=speed, peaks=peaks, out_file=out_file),
     }
     if out_file is not None:
         Path(out_file).parent.mkdir(parents=True, exist_ok=True)
         write_json(out_file, result)
     return result
+
+
+def _roofline(
+    manifest: dict[str, Any],
+    tokens: float | None,
+    *,
+    speed: dict[str, Any],
+    peaks: dict[str, Any] | None,
+    out_file: Path | None,
+) -> dict[str, Any] | None:
+    one = speed.get("threads", {}).get("1")
+    if not manifest.get("architecture") or tokens is None or not one:
+        return None
+    if peaks is None:
+        cache = None if out_file is None else Path(out_file).parent.parent / PEAKS_FILE
+        peaks = peak_rates(1, cache_file=cache)
+    return roofline(
+        manifest["architecture"],
+        tokens,
+        p50_ms=float(one["p50_ms"]),
+        precision=precision_of(manifest),
+        peaks=peaks,
+    )
 
 
 def predict_in_batches(

@@ -165,6 +165,28 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def manifest_with_architecture(model_dir: str | Path) -> dict[str, Any]:
+    """The manifest; a transformer saved before manifests recorded the architecture gets it
+    from its ``config.json`` (unpruned then: every layer at the configured widths)."""
+    manifest = read_manifest(model_dir)
+    config_file = Path(model_dir) / "config.json"
+    legacy = manifest["kind"] == "transformer" and not manifest.get("architecture")
+    if legacy and config_file.is_file():
+        config = json.loads(config_file.read_text("utf-8"))
+        layers = int(config["num_hidden_layers"])
+        manifest["architecture"] = {
+            "model_type": config["model_type"],
+            "layers": layers,
+            "hidden": config["hidden_size"],
+            "head_dim": config["hidden_size"] // config["num_attention_heads"],
+            "attention": [config["hidden_size"]] * layers,
+            "ffn": [config["intermediate_size"]] * layers,
+            "vocab": config["vocab_size"],
+            "num_labels": len(manifest["labels"]),
+        }
+    return manifest
+
+
 def load(path: str | Path) -> BaseClassifier:
     """Load any saved smallfit model directory as the right Classifier."""
     directory = Path(path)
