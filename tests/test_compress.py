@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smallfit import zoo
 from smallfit.compress import OnnxExport, OrtDynamicInt8, compress, parse_step
 from smallfit.config import LinearStudent
-from smallfit.data import read_split
 from smallfit.errors import SmallfitError
 from smallfit.models import load
 
@@ -19,27 +17,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def texts(snips_slice: Path) -> list[str]:
-    return read_split(snips_slice / "train.jsonl").texts
+def texts(snips_texts: list[str]) -> list[str]:
+    return snips_texts
 
 
 @pytest.fixture(scope="module")
-def trained_dir(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A MiniLM classifier with its head fitted on SNIPS (a few seconds), saved."""
-    import torch
-
-    from smallfit.models.transformer import TransformerClassifier
-    from smallfit.teach import one_hot
-    from smallfit.train import warmstart_head
-
-    torch.manual_seed(0)
-    split = read_split(snips_slice / "train.jsonl")
-    labels = sorted(set(split.labels))
-    model = TransformerClassifier.from_base(
-        zoo.resolve("minilm-l6"), labels=labels, name="s", max_length=32
-    )
-    warmstart_head(model, split.texts, one_hot(split.labels, labels), progress=False)
-    return model.save(tmp_path_factory.mktemp("m") / "student")
+def trained_dir(snips_minilm: Path) -> Path:
+    return snips_minilm
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,9 @@ class OrtStaticInt8(_Step):
     """One weight scale per output channel."""
     calibration_texts: int = Field(256, gt=0)
     """How many of your texts calibrate the activation ranges."""
-    calibrate_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    calibrate_method: Literal["minmax", "percentile"] = "minmax"
+    """How activation ranges are set: min/max seen, or the 99.999th percentile. (ONNX Runtime's
+    'entropy' is left out: through quantize_static it gives exactly minmax's ranges.)"""
     min_agreement: float = Field(0.97, ge=0, le=1)
     """Least argmax agreement with the float model on the check texts."""
     fallback: bool = True
