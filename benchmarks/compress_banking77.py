@@ -33,7 +33,9 @@ TARGETS = {
     "selected_size_ratio_min": 15.0,
     "minilm_l3_int8_accuracy_vs_teacher_min": 0.96,
 }
-GRID = CompressGrid(layers=[None, 4, 3], prune=[0.0, 0.3], quantize=["int8-dynamic", "int8-static"])
+GRID = CompressGrid(
+    layers=[None, 3], prune=[0.0, 0.3], quantize=["int8-dynamic", "int8-static", "int4-weight"]
+)
 
 
 def main() -> int:

@@ -110,7 +110,7 @@ def test_int4_weights_are_smallest_and_agree(int8_dir, trained_dir, texts, tmp_p
     )
     metrics = int4.lineage["compression"][-1]["metrics"]
     assert metrics["matmul_nbits_nodes"] == 36 and metrics["embedding_4bit"] is True
-    assert int4.quantization == "int4-weight (block 128)"
+    assert int4.quantization == "int4-weight (block 128, int8 compute)"
     assert int4.info.bytes_on_disk < 0.6 * load(int8_dir).info.bytes_on_disk
     float_pred = load(trained_dir).predict(texts)
     agreement = np.mean([a == b for a, b in zip(int4.predict(texts), float_pred, strict=True)])

@@ -219,7 +219,7 @@ class CompressCandidate(Strict):
     """Suffix of the candidate's name: `<student>-<name>`."""
     steps: list[CompressionStep] = Field(min_length=1)
     """The steps, each `method: drop-layers | prune | magnitude | onnx | int8-dynamic |
-    int8-static` with its options."""
+    int8-static | int4-weight` with its options."""
 
 
 _SHORT = {"int8-dynamic": "int8", "int8-static": "int8s", "int4-weight": "int4"}

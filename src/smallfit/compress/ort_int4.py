@@ -55,7 +55,8 @@ def _int4(step: OrtInt4Weight, model_dir: Path, out: Path, ctx: StepContext) -> 
         quantizer.process()
         quantizer.model.save_model_to_file(str(out / ONNX_FILE), use_external_data_format=False)
     quantized = load(out)
-    quantized.quantization = f"int4-weight (block {step.block_size})"
+    compute = {4: "int8 compute", 1: "fp32 compute"}.get(step.accuracy_level, "default compute")
+    quantized.quantization = f"int4-weight (block {step.block_size}, {compute})"
     quantized.save(out)
     check = ctx.check_texts[:256]
     agreement = float((quantized.logits(check).argmax(1) == source.logits(check).argmax(1)).mean())

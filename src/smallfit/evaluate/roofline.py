@@ -83,8 +83,9 @@ def mean_query_tokens(model: Any, texts: Sequence[str]) -> float | None:
 def precision_of(result_or_manifest: dict[str, Any]) -> str:
     """``"int8"``, ``"bf16"`` or ``"fp32"``: the arithmetic a candidate's matrix multiplies run
     in. Reads an explicit ``precision`` (also inside ``roofline``), else a manifest's
-    ``quantization`` (``"int8-dynamic (per-channel)"`` and the like) or ``autocast_bf16``; PyTorch
-    fp32 and float ONNX models are ``"fp32"``."""
+    ``quantization`` (``"int8-dynamic (per-channel)"``, ``"int4-weight (block 128, int8
+    compute)"`` and the like) or ``autocast_bf16``; PyTorch fp32 and float ONNX models are
+    ``"fp32"``."""
     d = result_or_manifest
     for found in (d.get("precision"), (d.get("roofline") or {}).get("precision")):
         if found in PRECISIONS:
