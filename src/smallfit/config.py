@@ -59,7 +59,7 @@ class TrainConfig(Strict):
     max_length: int = Field(64, gt=4)
     """Tokens kept per text."""
     bf16: bool = True
-    """Train in bfloat16 autocast (uses AMX on CPUs that have it)."""
+    """Train in bfloat16 autocast (AVX512-BF16 or AMX units, where the CPU has them)."""
     freeze_embeddings: bool = True
     """Keep the word-embedding matrix fixed (faster steps, less memory)."""
     freeze_layers: int = Field(0, ge=0)

@@ -9,22 +9,13 @@ from typing import Any
 
 from smallfit.compress.core import HANDLERS, PRECONDITIONS, StepContext
 from smallfit.compress.onnx_steps import quiet
+from smallfit.compress.ort_quantize import quantizable
 from smallfit.compress.steps import OrtInt4Weight
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load
 from smallfit.models.onnx import ONNX_FILE
 
-
-@PRECONDITIONS.register(OrtInt4Weight)
-def _int4_can_apply(step: OrtInt4Weight, manifest: dict[str, Any]) -> dict[str, Any]:
-    if manifest["kind"] != "onnx":
-        raise SmallfitError(
-            f"int4-weight quantizes ONNX models; this one is '{manifest['kind']}' "
-            "(put an 'onnx' step before it)"
-        )
-    if manifest.get("quantization"):
-        raise SmallfitError(f"the model is already quantized ({manifest['quantization']})")
-    return {**manifest, "quantization": "int4-weight"}
+PRECONDITIONS.register(OrtInt4Weight)(quantizable)
 
 
 @HANDLERS.register(OrtInt4Weight)

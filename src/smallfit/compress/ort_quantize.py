@@ -39,11 +39,9 @@ CALIBRATION_BATCH = 16
 
 @PRECONDITIONS.register(OrtDynamicInt8)
 @PRECONDITIONS.register(OrtStaticInt8)
-def _int8_can_apply(
-    step: OrtDynamicInt8 | OrtStaticInt8, manifest: dict[str, Any]
-) -> dict[str, Any]:
-    """ONNX only (the quantizers rewrite an ONNX graph), and never twice: int8 of an int8
-    model would quantize the dequantized weights again and only lose accuracy."""
+def quantizable(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """ONNX only (the quantizers rewrite an ONNX graph), and never twice: quantizing a
+    quantized model would quantize the dequantized weights again and only lose accuracy."""
     if manifest["kind"] != "onnx":
         raise SmallfitError(
             f"{step.method} quantizes ONNX models; this one is '{manifest['kind']}' "

@@ -192,7 +192,8 @@ class TransformerClassifier(BaseClassifier):
 
     @contextlib.contextmanager
     def bf16(self) -> Iterator[TransformerClassifier]:
-        """Run predictions in bfloat16 autocast (AMX) inside this block: bulk labelling."""
+        """Run predictions in bfloat16 autocast (AVX512-BF16 or AMX units) inside this block:
+        bulk labelling."""
         previous, self.autocast_bf16 = self.autocast_bf16, True
         try:
             yield self
