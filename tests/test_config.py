@@ -86,3 +86,47 @@ def test_parsers() -> None:
     assert parse_duration("20m") == 1200.0
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_compress_section_round_trips_and_expands(tmp_path: Path) -> None:
+    file = tmp_path / "fit.yaml"
+    file.write_text(
+        "data:\n  train: a.jsonl\n"
+        "compress:\n  budget: 20m\n"
+        "  grid:\n    layers: [null, 4]\n    prune: [0.0, 0.25]\n"
+        "    quantize: [torch, int4-weight]\n    heal: {epochs: 2}\n"
+        "  candidates:\n    - name: l2-int8s\n"
+        "      steps: [{method: drop-layers, keep: 2}, {method: onnx},"
+        " {method: int8-static, calibrate_method: percentile}]\n",
+        encoding="utf-8",
+    )
+    config = load_fit_config(file)
+    again_file = tmp_path / "again.yaml"
+    again_file.write_text(dump_fit_config(config), encoding="utf-8")
+    assert load_fit_config(again_file) == config
+    candidates = config.compress.expand()
+    assert [c.name for c in candidates] == [
+        "int4", "p25-torch", "p25-int4", "l4-torch", "l4-int4", "l4-p25-torch", "l4-p25-int4",
+        "l2-int8s",
+    ]  # fmt: skip
+    steps = {c.name: [s.method for s in c.steps] for c in candidates}
+    assert steps["l4-p25-int4"] == ["drop-layers", "prune", "onnx", "int4-weight"]
+    assert steps["l2-int8s"] == ["drop-layers", "onnx", "int8-static"]
+    l4 = candidates[3].steps[0]
+    assert l4.keep == 4 and l4.heal.epochs == 2
+    assert candidates[-1].steps[2].calibrate_method == "percentile"
+
+
+def test_compress_section_errors_name_their_path(tmp_path: Path) -> None:
+    file = tmp_path / "fit.yaml"
+    bad = {
+        "  budget: soon\n": "compress.budget",
+        "  candidates:\n    - name: x\n      steps: [{method: shrink}]\n": "compress.candidates.0",
+        "  candidates:\n    - name: x\n      steps: [{method: drop-layers, kep: 2}]\n": "kep",
+        "  grid: {quantize: [int8-dynamic]}\n  candidates:\n    - name: int8\n"
+        "      steps: [{method: onnx}]\n": "names must be unique",
+    }
+    for body, where in bad.items():
+        file.write_text("data:\n  train: a.jsonl\ncompress:\n" + body, encoding="utf-8")
+        with pytest.raises(ConfigError, match=where):
+            load_fit_config(file)
