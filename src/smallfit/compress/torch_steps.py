@@ -15,6 +15,7 @@ from smallfit.compress.steps import DropLayers, HealConfig, PruneMagnitude, Prun
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load
 
+CHECK_TEXTS = 256  # agreement with the uncompressed model is measured on this many texts
 HEAD_PRUNING_FAMILIES = ("bert",)  # attention reshapes with -1 heads: narrower q/k/v just work
 
 
@@ -112,17 +113,24 @@ def _agreement(model: Any, texts: list[str], reference: np.ndarray) -> float:
     return float((model.predict_proba(texts).argmax(1) == reference.argmax(1)).mean())
 
 
+def _source(model_dir: Path, ctx: StepContext) -> tuple[Any, np.ndarray]:
+    """The model to compress, and its answers on the check texts before any change."""
+    model = load(model_dir)
+    return model, model.predict_proba(ctx.check_texts[:CHECK_TEXTS])
+
+
 def _finish(
     model: Any,
     step: Any,
     out: Path,
     ctx: StepContext,
-    source_dir: Path,
+    source: tuple[Path, np.ndarray],
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """Agreement before healing, heal, agreement after; save; return the step's metrics."""
-    check = ctx.check_texts[:256]
-    reference = load(source_dir).predict_proba(check)
+    """Agreement before healing, heal, agreement after; save; return the step's metrics.
+    ``source``: the uncompressed model's directory and its answers from :func:`_source`."""
+    source_dir, reference = source
+    check = ctx.check_texts[:CHECK_TEXTS]
     metrics["agreement_before_heal"] = _agreement(model, check, reference)
     healing = heal(model, step.heal, ctx.heal_data(source_dir), ctx.work_dir, progress=ctx.progress)
     if healing is not None:
@@ -134,12 +142,12 @@ def _finish(
     return metrics
 
 
-def _layer_importance(model: Any, texts: list[str]) -> list[float]:
-    """How much the output moves (mean KL from the full model) when each layer alone is gone."""
+def _layer_importance(model: Any, texts: list[str], full: np.ndarray) -> list[float]:
+    """How much the output moves (mean KL from ``full``, the whole model's answers on
+    ``texts``) when each layer alone is gone."""
     from torch import nn
 
     layers = model.module.encoder.encoder.layer
-    full = model.predict_proba(texts)
     scores = []
     for i in range(len(layers)):
         model.module.encoder.encoder.layer = nn.ModuleList(
@@ -171,11 +179,11 @@ def layers_to_keep(step: DropLayers, n: int, importance: list[float] | None = No
 def _drop_layers(step: DropLayers, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
     from torch import nn
 
-    model = load(model_dir)
+    model, reference = _source(model_dir, ctx)
     layers = model.module.encoder.encoder.layer
     importance = None
     if step.strategy == "importance":
-        importance = _layer_importance(model, ctx.check_texts[:256])
+        importance = _layer_importance(model, ctx.check_texts[:CHECK_TEXTS], reference)
     kept = layers_to_keep(step, len(layers), importance)
     model.module.encoder.encoder.layer = nn.ModuleList([layers[i] for i in kept])
     model.module.encoder.config.num_hidden_layers = len(kept)
@@ -186,7 +194,7 @@ def _drop_layers(step: DropLayers, model_dir: Path, out: Path, ctx: StepContext)
     metrics: dict[str, Any] = {"kept_layers": kept, "of": len(layers)}
     if importance is not None:
         metrics["layer_importance"] = [round(s, 5) for s in importance]
-    return _finish(model, step, out, ctx, model_dir, metrics)
+    return _finish(model, step, out, ctx, (model_dir, reference), metrics)
 
 
 def _importance(model: Any, data: HealData, n_texts: int, parts: tuple[str, ...]) -> Any:
@@ -247,7 +255,8 @@ def _prune(step: PruneStructured, model_dir: Path, out: Path, ctx: StepContext) 
 
     from smallfit.models.transformer import LAYER_PARTS
 
-    model = load(model_dir)
+    model, reference = _source(model_dir, ctx)
+    parameters_before = model.num_parameters
     arch = model.architecture()
     parts = LAYER_PARTS.get(arch["model_type"])
     if parts is None:
@@ -294,9 +303,9 @@ def _prune(step: PruneStructured, model_dir: Path, out: Path, ctx: StepContext) 
         "ffn_neurons_total": sum(arch["ffn"]),
         "heads_per_layer": [a // head_dim for a in after["attention"]],
         "ffn_per_layer": after["ffn"],
-        "parameters_before": sum(p.numel() for p in load(model_dir).module.parameters()),
+        "parameters_before": parameters_before,
     }
-    return _finish(model, step, out, ctx, model_dir, metrics)
+    return _finish(model, step, out, ctx, (model_dir, reference), metrics)
 
 
 def _mask_gradients(masks: dict[Any, Any]) -> list[Any]:
@@ -310,7 +319,7 @@ def _magnitude(
 ) -> dict[str, Any]:
     import torch
 
-    model = load(model_dir)
+    model, reference = _source(model_dir, ctx)
     masks = {}
     with torch.no_grad():
         for _, linear in _linears(model):
@@ -325,7 +334,7 @@ def _magnitude(
     total = sum(m.numel() for m in masks.values())
     metrics: dict[str, Any] = {"encoder_linear_sparsity": zeros / total}
     try:
-        metrics = _finish(model, step, out, ctx, model_dir, metrics)
+        metrics = _finish(model, step, out, ctx, (model_dir, reference), metrics)
     finally:
         for hook in hooks:
             hook.remove()
