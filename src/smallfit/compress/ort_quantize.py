@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from smallfit.compress.core import HANDLERS, PRECONDITIONS, StepContext
 from smallfit.compress.onnx_steps import quiet
@@ -193,7 +194,8 @@ def _quantize_checked(
         tried: list[tuple[int, float]] = [(0, agreement(excluded))]
         if tried[-1][1] < step.min_agreement and step.fallback:
             probe = check[:SENSITIVITY_TEXTS]
-            harm = {n: _kl(reference[: len(probe)], logits(probe, [n], [])) for n in nodes}
+            bar = tqdm(nodes, desc=f"{step.method}: probing matmuls", disable=not ctx.progress)
+            harm = {n: _kl(reference[: len(probe)], logits(probe, [n], [])) for n in bar}
             ranked = sorted(nodes, key=harm.__getitem__, reverse=True)
             limit, size = min(len(nodes), max(1, len(nodes) // 2)), 1
             while tried[-1][1] < step.min_agreement and len(excluded) < limit:
