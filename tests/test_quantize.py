@@ -138,3 +138,20 @@ def test_static_step_specs_parse() -> None:
     )
     with pytest.raises(SmallfitError, match="calibrate_method"):
         parse_step("int8-static:calibrate_method=mse")
+
+
+def test_a_failed_step_never_looks_built_in_the_cache(onnx_dir, borderline, tmp_path) -> None:
+    step = OrtDynamicInt8(per_channel=False, min_agreement=1.0, fallback=False)
+    cache = tmp_path / "cache"
+    with pytest.raises(SmallfitError, match="fallback is off"):
+        compress(
+            onnx_dir, [step], out_dir=tmp_path / "never", check_texts=borderline,
+            cache=(cache, "source-key"),
+        )  # fmt: skip
+    assert not list(cache.glob("*/smallfit.json"))
+    # A second try runs the step again (and fails again) instead of reusing a half-made model.
+    with pytest.raises(SmallfitError, match="fallback is off"):
+        compress(
+            onnx_dir, [step], out_dir=tmp_path / "never", check_texts=borderline,
+            cache=(cache, "source-key"),
+        )  # fmt: skip

@@ -228,6 +228,7 @@ class _Run:
         """Build and measure the compressed candidates, in order, until the budget is spent.
         Returns (measured results, candidates not built with the reason)."""
         from smallfit.compress import HealData, compress
+        from smallfit.compress.core import step_key
         from smallfit.config import TransformerStudent, parse_duration
         from smallfit.errors import SmallfitError
 
@@ -256,9 +257,8 @@ class _Run:
         for source in sources:
             for candidate in config.expand():
                 name = f"{source}-{candidate.name}"
-                steps = [s.model_dump(mode="json") for s in candidate.steps]
                 steps_text = [s.method for s in candidate.steps]
-                key = hash_json({"from": self.keys[source], "steps": steps, "heal": labels_key})
+                key = step_key(self.keys[source], list(candidate.steps), labels_key)
                 out = self.dir / "models" / name
                 fresh = self.stages.fresh(f"compress:{name}", key, out, announce=False)
                 if not fresh and time.monotonic() - started > budget:

@@ -16,7 +16,13 @@ from pydantic import TypeAdapter, ValidationError
 from smallfit.compress.steps import CompressionStep
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json
-from smallfit.models.base import BaseClassifier, load, manifest_with_architecture, read_manifest
+from smallfit.models.base import (
+    MANIFEST,
+    BaseClassifier,
+    load,
+    manifest_with_architecture,
+    read_manifest,
+)
 from smallfit.registry import Registry
 
 _STEP = TypeAdapter(CompressionStep)
@@ -167,24 +173,27 @@ def compress(
         context = StepContext(list(check_texts), heal, Path(tmp), progress)
         current = Path(model_dir)
         for i, step in enumerate(steps, start=1):
-            target = Path(tmp) / f"step{i}"
+            cached = None
             if cache is not None:
                 key = step_key(cache[1], steps[:i], heal.source if heal else None)
-                target = cache[0] / key[:16]
-                if (target / "smallfit.json").is_file():
-                    lineage_steps.append(read_manifest(target)["lineage"]["compression"][-1])
-                    current = target
+                cached = cache[0] / key[:16]
+                if (cached / MANIFEST).is_file():
+                    lineage_steps.append(read_manifest(cached)["lineage"]["compression"][-1])
+                    current = cached
                     continue
-                shutil.rmtree(target, ignore_errors=True)
+            # A step writes into scratch space; only a finished one reaches the cache, so a
+            # failed or killed step never looks built on the next run.
+            target = Path(tmp) / f"step{i}"
             started = time.monotonic()
             metrics = HANDLERS.handler(step)(step, current, target, context)
             seconds = round(time.monotonic() - started, 2)
             record = {**step.model_dump(mode="json"), "metrics": metrics, "seconds": seconds}
             lineage_steps.append(record)
-            if cache is not None:  # the cached model carries its own last step
-                cached = load(target)
-                cached.lineage["compression"] = [record]
-                cached.save(target)
+            if cached is not None:  # the cached model carries its own last step
+                built = load(target)
+                built.lineage["compression"] = [record]
+                built.save(target)
+                target = _publish(target, cached)
             current = target
         model = load(current)
         previous = read_manifest(model_dir).get("lineage", {}).get("compression", [])
@@ -196,6 +205,18 @@ def compress(
             shutil.rmtree(out)
         model.save(out)
     return load(out)
+
+
+def _publish(built: Path, dest: Path) -> Path:
+    """Move a finished model into the cache: copied beside ``dest`` first, then renamed, so a
+    half-copied directory never carries ``dest``'s name."""
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(built), str(partial))
+    partial.rename(dest)
+    return dest
 
 
 # Built-in steps register themselves on import.

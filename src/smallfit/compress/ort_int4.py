@@ -3,13 +3,12 @@ for the embedding table): the smallest files, with a kernel that runs int8 math 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from smallfit.compress.core import HANDLERS, PRECONDITIONS, StepContext
 from smallfit.compress.onnx_steps import quiet
-from smallfit.compress.ort_quantize import quantizable
+from smallfit.compress.ort_quantize import copy_beside_graph, quantizable
 from smallfit.compress.steps import OrtInt4Weight
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load
@@ -27,10 +26,7 @@ def _int4(step: OrtInt4Weight, model_dir: Path, out: Path, ctx: StepContext) -> 
     )
 
     source = load(model_dir)
-    out.mkdir(parents=True)
-    for file in model_dir.iterdir():
-        if file.is_file() and file.name != ONNX_FILE:
-            shutil.copy2(file, out / file.name)
+    copy_beside_graph(model_dir, out)
     ops = ("MatMul", "Gather") if step.embeddings else ("MatMul",)
     config = DefaultWeightOnlyQuantConfig(
         block_size=step.block_size,

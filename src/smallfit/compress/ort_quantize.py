@@ -171,8 +171,8 @@ def _quantize_checked(
 ) -> dict[str, Any]:
     """Quantize, check agreement with the float model, fall back to float where it hurts.
 
-    Writes ``out`` only when agreement reaches ``step.min_agreement``; otherwise removes it
-    and raises a SmallfitError that says what was tried."""
+    Below ``step.min_agreement`` it raises a SmallfitError that says what was tried (``out``
+    is scratch space of :func:`~smallfit.compress.core.compress`: nothing half-done is kept)."""
     check = ctx.check_texts[:CHECK_TEXTS]
     reference = load(model_dir).logits(check)
     nodes = weight_nodes(model_dir / ONNX_FILE)[0]
@@ -185,28 +185,21 @@ def _quantize_checked(
     def agreement(exclude: list[str]) -> float:
         return float((logits(check, None, exclude).argmax(1) == reference.argmax(1)).mean())
 
-    try:
-        out.mkdir(parents=True)
-        for file in model_dir.iterdir():
-            if file.is_file() and file.name != ONNX_FILE:
-                shutil.copy2(file, out / file.name)
-        excluded: list[str] = []
-        tried: list[tuple[int, float]] = [(0, agreement(excluded))]
-        if tried[-1][1] < step.min_agreement and step.fallback:
-            probe = check[:SENSITIVITY_TEXTS]
-            bar = tqdm(nodes, desc=f"{step.method}: probing matmuls", disable=not ctx.progress)
-            harm = {n: _kl(reference[: len(probe)], logits(probe, [n], [])) for n in bar}
-            ranked = sorted(nodes, key=harm.__getitem__, reverse=True)
-            limit, size = min(len(nodes), max(1, len(nodes) // 2)), 1
-            while tried[-1][1] < step.min_agreement and len(excluded) < limit:
-                excluded = ranked[: min(size, limit)]
-                tried.append((len(excluded), agreement(excluded)))
-                size *= 2
-        if tried[-1][1] < step.min_agreement:
-            raise SmallfitError(_failure(step, tried, len(check), len(nodes)))
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
+    copy_beside_graph(model_dir, out)
+    excluded: list[str] = []
+    tried: list[tuple[int, float]] = [(0, agreement(excluded))]
+    if tried[-1][1] < step.min_agreement and step.fallback:
+        probe = check[:SENSITIVITY_TEXTS]
+        bar = tqdm(nodes, desc=f"{step.method}: probing matmuls", disable=not ctx.progress)
+        harm = {n: _kl(reference[: len(probe)], logits(probe, [n], [])) for n in bar}
+        ranked = sorted(nodes, key=harm.__getitem__, reverse=True)
+        limit, size = min(len(nodes), max(1, len(nodes) // 2)), 1
+        while tried[-1][1] < step.min_agreement and len(excluded) < limit:
+            excluded = ranked[: min(size, limit)]
+            tried.append((len(excluded), agreement(excluded)))
+            size *= 2
+    if tried[-1][1] < step.min_agreement:
+        raise SmallfitError(_failure(step, tried, len(check), len(nodes)))
     quantized = load(out)
     float_note = [f"{len(excluded)} of {len(nodes)} matmuls in float"] if excluded else []
     quantized.quantization = f"{step.method} ({', '.join(details + float_note)})"
@@ -218,6 +211,15 @@ def _quantize_checked(
         "quantized_nodes": len(nodes) - len(excluded),
         "tried": [{"float_nodes": k, "argmax_agreement": a} for k, a in tried],
     }
+
+
+def copy_beside_graph(model_dir: Path, out: Path) -> None:
+    """A new model directory ``out`` holding every file of ``model_dir`` but the ONNX graph
+    (manifest, tokenizer), for a quantizer to write its graph beside."""
+    out.mkdir(parents=True)
+    for file in model_dir.iterdir():
+        if file.is_file() and file.name != ONNX_FILE:
+            shutil.copy2(file, out / file.name)
 
 
 def _kl(reference: np.ndarray, logits: np.ndarray) -> float:
