@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,25 @@ def snips_minilm(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
     warmstart_head(model, split.texts, one_hot(split.labels, labels), progress=False)
     return model.save(tmp_path_factory.mktemp("minilm") / "student")
+
+
+API_KEY = "sk-smallfit-test-0123456789"
+"""The key the tests' llama.cpp server demands (a test checks it never reaches a file)."""
+
+
+@pytest.fixture(scope="session")
+def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server on 127.0.0.1 serving SmolLM2-135M-Instruct as
+    ``smollm2``, demanding ``API_KEY``; its base URL (``.../v1``)."""
+    from smallfit.testing.llama_server import llama_server
+
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with llama_server(api_key=API_KEY, log_file=log) as url:
+        yield url
+
+
+@pytest.fixture
+def llm_env(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The API key in the environment, as OPENAI_API_KEY; returns the variable's name."""
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    return "OPENAI_API_KEY"

@@ -31,7 +31,7 @@ def test_help_does_not_import_torch() -> None:
     assert out.stdout.strip().endswith("NO-TORCH")
 
 
-@pytest.mark.parametrize("command", ["fit", "demo", "teacher", "compress", "zoo"])
+@pytest.mark.parametrize("command", ["fit", "demo", "teacher", "compress", "label", "zoo"])
 def test_every_command_has_help(command: str) -> None:
     out = run_cli(command, "--help")
     assert out.returncode == 0

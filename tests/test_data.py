@@ -427,3 +427,16 @@ def test_sms_spam_held_out_and_given_test() -> None:
     share = Counter(data.dev.labels)["spam"] / len(data.dev)
     full = Counter(data.train.labels + data.dev.labels)["spam"] / 4461
     assert abs(share - full) < 0.01
+
+
+def test_read_split_without_a_label_field(tmp_path: Path) -> None:
+    jsonl = tmp_path / "pool.jsonl"
+    jsonl.write_text('{"text": "where is my card"}\n{"text": "refund please", "x": 1}\n')
+    split = read_split(jsonl, label_field=None)
+    assert split.texts == ["where is my card", "refund please"] and split.labels == ["", ""]
+    csv_file = tmp_path / "pool.csv"
+    csv_file.write_text("id,text\n1,hello there\n")
+    assert read_split(csv_file, label_field=None).texts == ["hello there"]
+    with pytest.raises(DataError, match="empty text"):
+        jsonl.write_text('{"text": ""}\n')
+        read_split(jsonl, label_field=None)

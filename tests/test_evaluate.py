@@ -236,8 +236,13 @@ def test_evaluate_candidate_linear(linear_dir: Path, tmp_path: Path) -> None:
         "quality",
         "speed",
         "roofline",
+        "cost",
     }
     assert result["roofline"] is None  # a linear model has no architecture
+    # cost per 1M queries: this machine's hourly price over the batched throughput
+    speed = result["speed"]
+    per_s = speed[f"throughput_b{speed['throughput_batch']}_per_s"]
+    assert result["cost"]["per_1m_queries_usd"] == pytest.approx(0.10 / 3600 / per_s * 1e6)
     assert (result["name"], result["backend"]) == ("tiny-linear", "linear")
     assert result["parameters"] > 0 and result["bytes_on_disk"] > 0
     assert result["quality"]["n"] == 3
@@ -294,3 +299,15 @@ def test_interleaved_latency_times_each_model_every_turn(linear_dir: Path) -> No
     for stats in out.values():
         assert stats["n"] == 15
         assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
+
+
+def test_unanswered_rows_count_wrong_whatever_their_probabilities() -> None:
+    # row 0's uniform probabilities would argmax to "a", its gold: it must still count wrong
+    probs = np.array([[1 / 3, 1 / 3, 1 / 3], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    gold = ["a", "b", "c"]
+    plain = quality_metrics(probs, gold, LABELS)
+    masked = quality_metrics(probs, gold, LABELS, unanswered=np.array([True, False, False]))
+    assert plain["accuracy"] == 1.0 and plain["unanswered"] == 0
+    assert masked["accuracy"] == pytest.approx(2 / 3) and masked["unanswered"] == 1
+    assert masked["per_class"]["a"]["recall"] == 0.0
+    assert "(unanswered)" not in masked["per_class"]

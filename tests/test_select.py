@@ -146,3 +146,29 @@ def test_json_when_nothing_chosen(pool: list[dict[str, Any]]) -> None:
     assert data["chosen"] is None and "floor" in data["reason"]
     assert isinstance(sel, Selection) and sel.to_dict()["chosen"] is None
     assert not any(r.startswith(">>") for r in format_table(pool, sel).splitlines())
+
+
+def remote(name: str, acc: float, p50: float) -> dict[str, Any]:
+    """An LLM behind an API, as evaluate_candidate writes it: a tiny manifest on disk."""
+    c = cand(name, acc, p50, 1_500, params=0)
+    c["backend"] = "llm"
+    c["speed"] = {"threads": {"1": c["speed"]["threads"]["1"]}, "remote": True}
+    c["cost"] = {"per_1m_queries_usd": 112.5}
+    return c
+
+
+def test_an_api_teacher_is_never_the_smallest() -> None:
+    pool = [remote("teacher", 0.93, 1500.0), cand("minilm", 0.92, 5.0, 90_000_000)]
+    pool[1]["cost"] = {"per_1m_queries_usd": 0.0023}
+    chosen = select(pool, SelectConfig(quality_floor="0.98 * teacher"))
+    assert chosen.chosen == "minilm"
+    table = format_table(pool, chosen)
+    assert "$/1M" in table and "112" in table and "0.0023" in table
+    teacher_row = next(line for line in table.splitlines() if " teacher " in line)
+    assert "1500.000" in teacher_row
+    # no local candidate reaches the floor: keep calling the API, and say so
+    fallback = select(pool, SelectConfig(quality_floor="0.995 * teacher"))
+    assert fallback.chosen == "teacher"
+    assert "behind an API" in fallback.reason and "no local candidate" in fallback.reason
+    # size ratios against an API model are meaningless; they are left out
+    assert json.loads(selection_json(pool, chosen))["vs_teacher"]["size_ratio"] is None

@@ -130,8 +130,88 @@ class GoldTeacher(_Teacher):
     """Selects this teacher type."""
 
 
+DEFAULT_INSTRUCTION = (
+    "Classify the text into exactly one of these labels.\n\n{labels}\n\n"
+    'Answer with JSON: {{"label": "<one of the labels>"}}.\n\nText: {text}'
+)
+
+
+class LLMPrices(Strict):
+    """What the API charges, in US dollars per million tokens (0 for a server you run)."""
+
+    input_per_1m: float = Field(0.0, ge=0)
+    """Price of a million prompt tokens."""
+    output_per_1m: float = Field(0.0, ge=0)
+    """Price of a million completion tokens."""
+
+
+class LLMTeacher(_Teacher):
+    """An LLM behind an OpenAI-compatible API (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
+
+    Unset fields come from the environment: `SMALLFIT_LLM_BASE_URL` (else `OPENAI_BASE_URL`),
+    `SMALLFIT_LLM_MODEL`, `SMALLFIT_LLM_PRICE_INPUT` / `SMALLFIT_LLM_PRICE_OUTPUT` (per million
+    tokens). The key is read from the variable named by `api_key_env` and is never written
+    anywhere."""
+
+    source: Literal["llm"] = "llm"
+    """Selects this teacher type."""
+    base_url: str | None = None
+    """API root, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`."""
+    model: str | None = None
+    """Model name as the server knows it."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key (the key itself never goes in a config)."""
+    prices: LLMPrices | None = None
+    """Prices per million tokens; null: from the environment, else 0."""
+    instruction: str = DEFAULT_INSTRUCTION
+    """Prompt template: must hold `{text}`; `{labels}` is replaced by the label list (one per
+    line, with its description when given). Literal braces are doubled: `{{` `}}`."""
+    label_descriptions: dict[str, str] = {}
+    """Optional one-line description per label, shown beside its name."""
+    few_shot: int = Field(0, ge=0, le=64)
+    """Worked examples drawn from the training data (seeded; at most one per label first)."""
+    answer: Literal["json-schema", "text"] = "json-schema"
+    """`json-schema`: ask the server to constrain the answer to `{"label": <enum>}`;
+    `text`: free text, parsed (unparseable answers are counted, never guessed)."""
+    probabilities: Literal["logprobs", "samples", "argmax"] = "logprobs"
+    """How probabilities are estimated: from token logprobs; from the vote share over
+    `samples` answers at temperature 1; or one-hot on the single answer."""
+    samples: int = Field(5, ge=2, le=50)
+    """Answers per text with `probabilities: samples`."""
+    top_logprobs: int = Field(5, ge=1, le=20)
+    """Alternatives per answer token with `probabilities: logprobs`."""
+    max_tokens: int = Field(48, gt=0)
+    """Completion tokens per answer."""
+    concurrency: int = Field(4, gt=0, le=256)
+    """Requests in flight at once."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Per-request timeout."""
+    max_retries: int = Field(6, ge=0)
+    """Retries per request on 429, 5xx, timeouts, connection errors and broken responses."""
+    budget_usd: float | None = Field(None, gt=0)
+    """Stop cleanly before spending more than this (in-flight requests may add at most one
+    request each)."""
+    budget_tokens: int | None = Field(None, gt=0)
+    """Stop cleanly before using more tokens than this (prompt + completion)."""
+    seed: int = 0
+    """Seed of the few-shot draw and of sampling."""
+
+    @field_validator("instruction")
+    @classmethod
+    def _check_instruction(cls, value: str) -> str:
+        from smallfit.llm.prompt import check_template
+
+        check_template(value)
+        return value
+
+    def identity(self) -> dict[str, Any]:
+        """What the answers depend on: not the concurrency, timeouts or budgets."""
+        dropped = {"concurrency", "timeout_s", "max_retries", "budget_usd", "budget_tokens"}
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in dropped}
+
+
 TeacherConfig = Annotated[
-    FinetuneTeacher | ModelTeacher | GoldTeacher, Field(discriminator="source")
+    FinetuneTeacher | ModelTeacher | GoldTeacher | LLMTeacher, Field(discriminator="source")
 ]
 
 
@@ -174,7 +254,43 @@ class LinearStudent(Strict):
     """Seed of the solver."""
 
 
-StudentConfig = Annotated[TransformerStudent | LinearStudent, Field(discriminator="kind")]
+class LoraSettings(Strict):
+    """LoRA adapters of a decoder student: the base stays frozen, low-rank updates train."""
+
+    r: int = Field(8, gt=0)
+    """Rank of each adapter."""
+    alpha: int = Field(16, gt=0)
+    """Scaling numerator: an adapter's update is multiplied by alpha / r."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the adapters' inputs while training."""
+    target_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1)
+    """Linear layers (by name) that get adapters, e.g. `q_proj`, `k_proj`, `v_proj`, `o_proj`,
+    `gate_proj`, `up_proj`, `down_proj` in Llama-class models."""
+
+
+class DecoderStudent(Strict):
+    """A causal LM (LLaMA-class) as a sequence classifier, fine-tuned with LoRA on the teacher's
+    probabilities; saved as adapter + head, loaded onto the base named by `base`."""
+
+    kind: Literal["decoder"] = "decoder"
+    """Selects this student type."""
+    name: str = "smollm2-lora"
+    """Candidate name (model directory under `models/`)."""
+    base: str = "smollm2-135m"
+    """Zoo alias, local HF directory, `.gguf` file or hub id of the causal LM."""
+    lora: LoraSettings = LoraSettings()
+    """The adapters."""
+    train: TrainConfig = TrainConfig(epochs=2.0, batch_size=16, lr=1e-3, head_lr=5e-3)
+    """How it is trained (`lr`: the adapters; `freeze_layers`: adapters of the bottom layers
+    stay fixed; `freeze_embeddings` has no effect, the base is frozen)."""
+    kd: KDConfig = KDConfig()
+    """The distillation loss."""
+    use_gold: bool = Field(False, description="train on gold labels too (default: teacher only)")
+
+
+StudentConfig = Annotated[
+    TransformerStudent | LinearStudent | DecoderStudent, Field(discriminator="kind")
+]
 
 
 class EvalConfig(Strict):
@@ -193,6 +309,9 @@ class EvalConfig(Strict):
     ece_bins: int = Field(15, gt=1)
     """Equal-width confidence bins of the expected calibration error."""
     isolate: bool = Field(True, description="measure speed and memory in a fresh subprocess")
+    machine_hour_usd: float = Field(0.10, ge=0)
+    """What an hour of this machine costs (US dollars), for local candidates' cost per million
+    queries. The default is about a 2-vCPU cloud instance on demand."""
 
 
 class SelectConfig(Strict):
@@ -310,7 +429,7 @@ class FitConfig(Strict):
     students: list[StudentConfig] = Field(
         default_factory=lambda: [TransformerStudent(), LinearStudent()]
     )
-    """The students, each `kind: transformer | linear`."""
+    """The students, each `kind: transformer | linear | decoder`."""
     compress: CompressConfig | None = None
     """Compressed variants of the transformer students (layer dropping, pruning, ONNX, int8);
     null for none."""

@@ -66,16 +66,19 @@ def read_split(
     *,
     format: str = "auto",
     text_field: str = "text",
-    label_field: str = "label",
+    label_field: str | None = "label",
 ) -> Split:
-    """Read and validate one JSONL, CSV or Parquet file of ``{text, label}`` records."""
+    """Read and validate one JSONL, CSV or Parquet file of ``{text, label}`` records.
+
+    With ``label_field=None`` only the texts are read (an unlabelled pool); labels are then
+    empty strings."""
     file = Path(path)
     if not file.exists():
         raise DataError("no such file", file=file)
     if file.is_dir():
         raise DataError("is a directory; expected a .jsonl, .csv or .parquet file", file=file)
     kind = _resolve_format(file, format)
-    fields = (text_field, label_field)
+    fields = (text_field, label_field) if label_field is not None else (text_field,)
     if kind == "jsonl":
         rows = _read_jsonl(file, fields)
     elif kind == "csv":
@@ -129,7 +132,7 @@ def _read_text(file: Path) -> str:
 Row = tuple[int, str, str]
 
 
-def _read_jsonl(file: Path, fields: tuple[str, str]) -> list[Row]:
+def _read_jsonl(file: Path, fields: tuple[str, ...]) -> list[Row]:
     rows: list[Row] = []
     for number, raw in enumerate(_read_text(file).split("\n"), start=1):
         if not raw.strip():
@@ -155,15 +158,16 @@ def _read_jsonl(file: Path, fields: tuple[str, str]) -> list[Row]:
                     line=number,
                     field=name,
                 )
-        rows.append(_example(record[fields[0]], record[fields[1]], file, number, fields))
+        label = record[fields[1]] if len(fields) > 1 else None
+        rows.append(_example(record[fields[0]], label, file, number, fields))
     return rows
 
 
-def _read_csv(file: Path, fields: tuple[str, str]) -> list[Row]:
+def _read_csv(file: Path, fields: tuple[str, ...]) -> list[Row]:
     reader = csv.reader(io.StringIO(_read_text(file), newline=""))
     rows: list[Row] = []
     header: list[str] | None = None
-    columns: tuple[int, int] = (0, 0)
+    columns: list[int] = []
     end = 0  # last physical line consumed so far
     try:
         for record in reader:
@@ -181,7 +185,7 @@ def _read_csv(file: Path, fields: tuple[str, str]) -> list[Row]:
                             line=number,
                             field=name,
                         )
-                columns = (header.index(fields[0]), header.index(fields[1]))
+                columns = [header.index(name) for name in fields]
                 continue
             if len(record) != len(header):
                 raise DataError(
@@ -189,7 +193,8 @@ def _read_csv(file: Path, fields: tuple[str, str]) -> list[Row]:
                     file=file,
                     line=number,
                 )
-            rows.append(_example(record[columns[0]], record[columns[1]], file, number, fields))
+            label = record[columns[1]] if len(columns) > 1 else None
+            rows.append(_example(record[columns[0]], label, file, number, fields))
     except csv.Error as exc:
         raise DataError(f"malformed CSV ({exc})", file=file, line=reader.line_num) from exc
     if header is None:
@@ -197,7 +202,7 @@ def _read_csv(file: Path, fields: tuple[str, str]) -> list[Row]:
     return rows
 
 
-def _read_parquet(file: Path, fields: tuple[str, str]) -> list[Row]:
+def _read_parquet(file: Path, fields: tuple[str, ...]) -> list[Row]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -215,7 +220,7 @@ def _read_parquet(file: Path, fields: tuple[str, str]) -> list[Row]:
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"not a readable Parquet file ({exc})", file=file) from exc
     texts = table.column(fields[0]).to_pylist()
-    labels = table.column(fields[1]).to_pylist()
+    labels = table.column(fields[1]).to_pylist() if len(fields) > 1 else [None] * len(texts)
     return [
         _example(text, label, file, row, fields, unit="row")
         for row, (text, label) in enumerate(zip(texts, labels, strict=True), start=1)
@@ -227,9 +232,10 @@ def _read_parquet(file: Path, fields: tuple[str, str]) -> list[Row]:
 
 
 def _example(
-    text: Any, label: Any, file: Path, line: int, fields: tuple[str, str], *, unit: str = ""
+    text: Any, label: Any, file: Path, line: int, fields: tuple[str, ...], *, unit: str = ""
 ) -> Row:
-    """Check one record's values; ``(line, text, label)`` with the label as a string."""
+    """Check one record's values; ``(line, text, label)`` with the label as a string (empty when
+    ``fields`` names no label field)."""
     prefix = f"{unit} {line}: " if unit else ""
 
     def fail(message: str, name: str) -> DataError:
@@ -239,6 +245,8 @@ def _example(
         raise fail(f"text must be a string, found {_type_name(text)}", fields[0])
     if not text.strip():
         raise fail("empty text" if not text else "text is only whitespace", fields[0])
+    if len(fields) == 1:
+        return line, text, ""
     if isinstance(label, bool):
         label = "true" if label else "false"
     elif isinstance(label, int):

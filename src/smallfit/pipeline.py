@@ -12,14 +12,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from smallfit.config import FitConfig, GoldTeacher, dump_fit_config
-from smallfit.data import Dataset, load_dataset
+from smallfit.data import Dataset, Split, load_dataset
 from smallfit.hashing import hash_json, hash_texts
 from smallfit.models.base import BaseClassifier, write_json
 
@@ -82,6 +82,17 @@ class _Stages:
         write_json(self.file, self.done)
         self.ran.append(name)
         self.log(f"[{name}] done in {seconds:.0f}s")
+
+
+def _subset(split: Split, keep: np.ndarray) -> Split:
+    """The rows of ``split`` where ``keep`` is true."""
+    rows = np.flatnonzero(keep)
+    return replace(
+        split,
+        texts=[split.texts[i] for i in rows],
+        labels=[split.labels[i] for i in rows],
+        lines=[split.lines[i] for i in rows] if split.lines else [],
+    )
 
 
 def _data_key(dataset: Dataset) -> str:
@@ -152,6 +163,18 @@ class _Run:
             )
             for split in (data.train, data.dev)
         )
+        train_ok, dev_ok = (~np.isnan(probs).any(axis=1) for probs in (train, dev))
+        unanswered = {"train": int((~train_ok).sum()), "dev": int((~dev_ok).sum())}
+        if unanswered["train"] or unanswered["dev"]:
+            self.log(
+                f"[labels] the teacher gave no answer for {unanswered['train']} training and "
+                f"{unanswered['dev']} dev texts (unparseable, or failed after retries): left out "
+                "of training"
+            )
+            data = self.dataset = replace(
+                data, train=_subset(data.train, train_ok), dev=_subset(data.dev, dev_ok)
+            )
+            train, dev = train[train_ok], dev[dev_ok]
         gold = np.array([data.labels.index(g) for g in data.train.labels])
         agreement = float((train.argmax(1) == gold).mean())
         self.log(f"[labels] teacher agrees with gold on {agreement:.1%} of the training pool")
@@ -159,6 +182,7 @@ class _Run:
             "train_gold_agreement": agreement,
             "train": len(train),
             "dev": len(dev),
+            "unanswered": unanswered,
             "seconds": round(time.monotonic() - started, 1),
         }
         write_json(self.dir / "labels" / "summary.json", summary)
@@ -320,6 +344,8 @@ def fit(
     teacher = run.teacher()
     labels = run.labels(teacher)
     run.students(*labels)
+    if teacher is not None and hasattr(teacher, "close"):
+        teacher.close()  # an API teacher's connections
     del teacher  # free its memory before the measurements
     candidates = [run.evaluate(name) for name in list(run.keys)]  # the teacher first
     compressed, not_built = run.compress(*labels)

@@ -50,7 +50,14 @@ def _p50(c: Candidate, threads: str = "1") -> float:
         ) from exc
 
 
+def _remote(c: Candidate) -> bool:
+    """Behind an API (an LLM teacher): nothing of its own to ship, so never 'small'."""
+    return bool((c.get("speed") or {}).get("remote"))
+
+
 def _size(c: Candidate, size: str) -> float:
+    if _remote(c):
+        return math.inf
     if c.get(size) is None:
         raise SmallfitError(f"candidate {c.get('name')!r} has no {size!r}")
     return float(c[size])
@@ -130,6 +137,13 @@ def select(
         )
         return Selection(None, floor, ceiling, front, names, reason, metric)
     best = min(eligible, key=lambda c: (_size(c, size), _p50(c)))
+    if _remote(best):
+        reason = (
+            f"{best['name']} (behind an API) is chosen: no local candidate reaches the floor "
+            f"{floor:.4f} on {metric}"
+            + (f" under the ceiling {ceiling:g} ms" if ceiling is not None else "")
+        )
+        return Selection(best["name"], floor, ceiling, front, names, reason, metric)
     reason = (
         f"{best['name']} is the smallest of {len(eligible)} eligible candidate(s) "
         f"({size} {_size(best, size):,.0f}): {metric} {_quality(best, metric):.4f} >= floor "
@@ -157,7 +171,9 @@ def vs_teacher(c: Candidate, teacher: Candidate | None, *, metric: str) -> dict[
     pct = _ratio(_quality(c, metric), _quality(teacher, metric))
     return {
         "speedup_p50_1t": _ratio(_p50(teacher), _p50(c)),
-        "size_ratio": _ratio(teacher.get("bytes_on_disk"), c.get("bytes_on_disk")),
+        "size_ratio": None
+        if _remote(teacher) or _remote(c)
+        else _ratio(teacher.get("bytes_on_disk"), c.get("bytes_on_disk")),
         "quality_pct": None if pct is None else 100.0 * pct,
     }
 
@@ -190,7 +206,7 @@ def format_table(
     head = [
         "", "name", "backend", "acc%", "F1%", "agree%", "ECE",
         "p50@1t", "p95@1t", "p99@1t", f"p50@{all_t}t", f"b{batch}/s",
-        "RSS MB", "size MB", "params M", "x faster", "x smaller", "%teacher", "%peak",
+        "RSS MB", "size MB", "params M", "$/1M", "x faster", "x smaller", "%teacher", "%peak",
     ]  # fmt: skip
     rows = []
     for c in candidates:
@@ -208,7 +224,9 @@ def format_table(
             _fmt(one.get("p50_ms"), ".3f"), _fmt(one.get("p95_ms"), ".3f"),
             _fmt(one.get("p99_ms"), ".3f"), _fmt(allt.get("p50_ms"), ".3f"),
             _fmt(_throughput(s), ".1f"), _fmt(s.get("peak_rss_bytes"), ".1f", 1e-6),
-            _fmt(c.get("bytes_on_disk"), ".2f", 1e-6), _fmt(c.get("parameters"), ".3f", 1e-6),
+            _fmt(None if _remote(c) else c.get("bytes_on_disk"), ".2f", 1e-6),
+            _fmt(c.get("parameters") or None, ".3f", 1e-6),
+            _fmt((c.get("cost") or {}).get("per_1m_queries_usd"), ".3g"),
             _fmt(ratios["speedup_p50_1t"], ".1f"), _fmt(ratios["size_ratio"], ".1f"),
             _fmt(ratios["quality_pct"], ".1f"),
             _fmt((c.get("roofline") or {}).get("share_of_peak"), ".1f", 100),
@@ -230,6 +248,8 @@ def format_table(
         f"(%teacher: {metric} as % of the teacher's)",
         "%peak: FLOPs per query / p50@1t as % of this machine's 1-thread matrix-multiply peak "
         "at the candidate's precision (fp32, bf16 or int8)",
+        "$/1M: dollars per million queries (local: this machine's hourly price at the batched "
+        "throughput; API: tokens per query at its prices); an API model has no size or RSS",
         f"* Pareto front ({metric}, p50@1t, size)   >> chosen   floor {metric} "
         f">= {selection.floor:.4f}, ceiling {ceiling}",
         f"selection: {selection.reason}",

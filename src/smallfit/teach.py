@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.config import FinetuneTeacher, GoldTeacher, KDConfig, ModelTeacher
+from smallfit.config import FinetuneTeacher, GoldTeacher, KDConfig, LLMTeacher, ModelTeacher
 from smallfit.data import Dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_dir, hash_json, hash_texts
@@ -98,6 +98,74 @@ def _user_model(
     return model
 
 
+LLM_CACHE = "../../labels/llm-answers.sqlite"
+"""Where a run's LLM teacher keeps its answers and ledger, relative to ``models/teacher``."""
+
+
+def llm_classifier(
+    config: LLMTeacher,
+    labels: list[str],
+    *,
+    examples: list[tuple[str, str]],
+    name: str = "teacher",
+    cache: str | Path | None = None,
+) -> Any:
+    """The LLMClassifier ``config`` describes (environment filled in), not yet checked."""
+    from smallfit.llm.client import env_prices, resolve_endpoint
+    from smallfit.llm.labeller import Budget, Prices
+    from smallfit.llm.prompt import Prompt
+    from smallfit.models.llm import LLMClassifier
+
+    endpoint = resolve_endpoint(
+        config.base_url,
+        config.model,
+        api_key_env=config.api_key_env,
+        timeout_s=config.timeout_s,
+        max_retries=config.max_retries,
+    )
+    prices = (
+        Prices(config.prices.input_per_1m, config.prices.output_per_1m)
+        if config.prices is not None
+        else Prices(*env_prices())
+    )
+    prompt = Prompt(
+        template=config.instruction,
+        labels=list(labels),
+        descriptions=dict(config.label_descriptions),
+        examples=examples,
+        answer=config.answer,
+        probabilities=config.probabilities,
+        samples=config.samples if config.probabilities == "samples" else 1,
+        top_logprobs=config.top_logprobs,
+        max_tokens=config.max_tokens,
+        seed=config.seed,
+    )
+    return LLMClassifier(
+        endpoint,
+        prompt,
+        name=name,
+        prices=prices,
+        budget=Budget(config.budget_usd, config.budget_tokens),
+        concurrency=config.concurrency,
+        cache=cache,
+        lineage={"source": "LLM behind an OpenAI-compatible API", **endpoint.to_dict()},
+    )
+
+
+@TEACHERS.register(LLMTeacher)
+def _llm(config: LLMTeacher, dataset: Dataset, *, out_dir: Path, progress: bool) -> BaseClassifier:
+    from smallfit.llm.prompt import draw_examples
+
+    examples = draw_examples(
+        dataset.train.texts, dataset.train.labels, config.few_shot, seed=config.seed
+    )
+    model = llm_classifier(config, dataset.labels, examples=examples, cache=LLM_CACHE)
+    model.save(out_dir)
+    model = load(out_dir)
+    model.labeller.check()  # server, key and model, before any paid call
+    return model
+
+
 @TEACHERS.register(GoldTeacher)
 def _gold(config: GoldTeacher, dataset: Dataset, *, out_dir: Path, progress: bool) -> None:
     return None
@@ -113,8 +181,15 @@ def label_pool(
     progress: bool = True,
     chunk: int = 512,
 ) -> np.ndarray:
-    """The teacher's probabilities for ``texts`` (columns in ``labels`` order), cached."""
+    """The teacher's probabilities for ``texts`` (columns in ``labels`` order), cached.
+
+    An LLM teacher answers through its own store (cached per text, resumable, budgeted); a
+    text it gave no answer for (unparseable, or failed after retries) gets a row of NaN, for
+    the caller to leave out."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    labeller = getattr(teacher, "labeller", None)
+    if labeller is not None:
+        return _llm_labels(teacher, labeller, texts, labels=labels, progress=progress)
     key = hash_json(
         {"teacher": hash_dir(teacher_dir), "texts": hash_texts(texts), "labels": labels}
     )
@@ -150,3 +225,19 @@ def label_pool(
         }
         ledger.write(json.dumps(entry) + "\n")
     return probs
+
+
+def _llm_labels(
+    teacher: BaseClassifier, labeller: Any, texts: list[str], *, labels: list[str], progress: bool
+) -> np.ndarray:
+    answers, report = labeller.label(texts, progress=progress, desc="teacher (LLM) labelling")
+    if report.stopped:
+        raise SmallfitError(
+            f"teacher labelling stopped by {report.stopped}: {report.summary()}. Every answer "
+            "so far is cached: raise the budget (teacher.budget_usd / budget_tokens) and rerun"
+        )
+    probs = np.full((len(texts), len(teacher.labels)), np.nan, dtype=np.float32)
+    for i, answer in enumerate(answers):
+        if answer is not None and answer.probs is not None:
+            probs[i] = answer.probs
+    return align_probs(probs, teacher.labels, labels)

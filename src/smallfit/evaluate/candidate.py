@@ -68,8 +68,17 @@ def evaluate_candidate(
         teacher = align_probs(
             np.asarray(teacher_test_probs), teacher_labels or model.labels, model.labels
         )
+    unanswered_texts = getattr(model, "unanswered_texts", None)  # an LLM's unparseable replies
+    unanswered = None
+    if unanswered_texts is not None:
+        unanswered = np.array([t in unanswered_texts for t in test.texts], dtype=bool)
     quality = quality_metrics(
-        probs, list(test.labels), model.labels, teacher_probs=teacher, ece_bins=config.ece_bins
+        probs,
+        list(test.labels),
+        model.labels,
+        teacher_probs=teacher,
+        ece_bins=config.ece_bins,
+        unanswered=unanswered,
     )
     info = model.info.to_dict()
     speed_texts = list(test.texts[:SPEED_TEXTS])
@@ -79,8 +88,15 @@ def evaluate_candidate(
         # the texts the batch-1 latency loop sends, in its order (see speed.interleaved_latency)
         sent = [speed_texts[i % len(speed_texts)] for i in range(config.latency_queries)]
         tokens = mean_query_tokens(model, sent)
-    del model  # the speed probe loads its own copy
-    speed = measure_speed(model_dir, speed_texts, config)
+    remote = getattr(model, "measured_speed", None)
+    if remote is not None:
+        # behind an API: the latencies of the real requests in the ledger, and token prices
+        speed, cost = remote(), model.cost_per_1m_queries()  # type: ignore[attr-defined]
+        model.close()  # type: ignore[attr-defined]
+    else:
+        del model  # the speed probe loads its own copy
+        speed = measure_speed(model_dir, speed_texts, config)
+        cost = local_cost(speed, config)
     result = {
         "name": info["name"],
         "backend": info["backend"],
@@ -91,11 +107,25 @@ def evaluate_candidate(
         "quality": quality,
         "speed": speed,
         "roofline": _roofline(manifest, tokens, speed=speed, peaks=peaks, out_file=out_file),
+        "cost": cost,
     }
     if out_file is not None:
         Path(out_file).parent.mkdir(parents=True, exist_ok=True)
         write_json(out_file, result)
     return result
+
+
+def local_cost(speed: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+    """Cost per million queries on this machine at ``config.machine_hour_usd``, answering in
+    batches at the measured throughput (all threads)."""
+    per_s = speed.get(f"throughput_b{speed.get('throughput_batch')}_per_s")
+    per_1m = None
+    if per_s:
+        per_1m = config.machine_hour_usd / 3600.0 / float(per_s) * 1e6
+    return {
+        "per_1m_queries_usd": per_1m,
+        "basis": f"this machine at ${config.machine_hour_usd}/hour, batched throughput",
+    }
 
 
 def _roofline(

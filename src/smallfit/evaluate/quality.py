@@ -16,6 +16,7 @@ def quality_metrics(
     *,
     teacher_probs: np.ndarray | None = None,
     ece_bins: int = 15,
+    unanswered: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, agreement with the teacher, ECE and per-class scores.
 
@@ -27,6 +28,10 @@ def quality_metrics(
     Returns ``{"accuracy", "macro_f1", "teacher_agreement", "ece", "n", "per_class"}`` where
     ``teacher_agreement`` is None without ``teacher_probs`` and ``per_class`` maps each averaged
     class to ``{"precision", "recall", "f1", "support"}``.
+
+    ``unanswered`` (a boolean mask, e.g. an LLM's unparseable replies) marks rows the model gave
+    no answer for: they count as wrong whatever their probabilities say, and as disagreeing
+    with the teacher; ``"unanswered"`` in the result counts them.
     """
     probs = np.asarray(probs, dtype=np.float64)
     n = len(gold)
@@ -44,6 +49,10 @@ def quality_metrics(
     all_labels = list(labels) + unknown
     index.update({label: len(labels) + i for i, label in enumerate(unknown)})
     gold_idx = np.array([index[g] for g in gold], dtype=np.int64)
+    missing = np.zeros(n, bool) if unanswered is None else np.asarray(unanswered, bool)
+    if missing.shape != (n,):
+        raise SmallfitError(f"unanswered mask has shape {missing.shape}, expected ({n},)")
+    pred_idx = np.where(missing, len(all_labels), pred_idx)  # an index no gold label has
     correct = pred_idx == gold_idx
 
     agreement = None
@@ -55,7 +64,8 @@ def quality_metrics(
             )
         agreement = float(np.mean(pred_idx == teacher.argmax(axis=1)))
 
-    per_class = _per_class(gold_idx, pred_idx, all_labels)
+    per_class = _per_class(gold_idx, pred_idx, [*all_labels, "(unanswered)"])
+    per_class.pop("(unanswered)", None)
     macro_f1 = float(np.mean([c["f1"] for c in per_class.values()]))
     return {
         "accuracy": float(np.mean(correct)),
@@ -63,6 +73,7 @@ def quality_metrics(
         "teacher_agreement": agreement,
         "ece": expected_calibration_error(probs.max(axis=1), correct, bins=ece_bins),
         "n": n,
+        "unanswered": int(missing.sum()),
         "per_class": per_class,
     }
 

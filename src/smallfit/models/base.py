@@ -125,6 +125,8 @@ _BUILTIN_BACKENDS = {
     "linear": "smallfit.models.linear:LinearClassifier",
     "hf-sequence": "smallfit.models.hf_sequence:HFSequenceClassifier",
     "onnx": "smallfit.models.onnx:OnnxClassifier",
+    "decoder": "smallfit.models.decoder:DecoderClassifier",
+    "llm": "smallfit.models.llm:LLMClassifier",
 }
 _REGISTRY: dict[str, type[BaseClassifier]] = {}
 

@@ -1,0 +1,183 @@
+"""``smallfit label``: label a data file with an LLM teacher, as a library call.
+
+The teacher is an :class:`~smallfit.config.LLMTeacher` (from a YAML file, command-line
+overrides, and the environment). Output is JSONL in input order, one line per row:
+``{"line", "text", "label", "status", "confidence", "probs"}`` (and ``"gold"`` when the data
+has labels), where ``status`` is ``ok``, ``unparseable``, ``failed`` (retries ran out) or
+``not-sent`` (the budget stopped the run first) and ``probs`` lists the labels with probability
+of at least 0.01. Every answer is in the SQLite cache as soon as it arrives, so a rerun (after a
+crash, a kill or a raised budget) sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from smallfit.config import LLMTeacher, format_validation_error
+from smallfit.data import read_split
+from smallfit.errors import ConfigError, SmallfitError
+from smallfit.llm.labeller import LabelReport
+from smallfit.llm.prompt import draw_examples
+
+SHOWN_PROB = 0.01
+
+_OVERRIDES = {
+    "base_url": ("base_url",),
+    "model": ("model",),
+    "api_key_env": ("api_key_env",),
+    "price_input": ("prices", "input_per_1m"),
+    "price_output": ("prices", "output_per_1m"),
+    "concurrency": ("concurrency",),
+    "timeout_s": ("timeout_s",),
+    "budget_usd": ("budget_usd",),
+    "budget_tokens": ("budget_tokens",),
+    "probabilities": ("probabilities",),
+    "few_shot": ("few_shot",),
+}
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """What :func:`label_file` did: lines to print, the report, and whether the budget
+    stopped it."""
+
+    out: Path
+    report: LabelReport
+    lines: list[str]
+    stopped_by_budget: bool
+
+
+def teacher_config(teacher_file: Path | None, overrides: dict[str, Any]) -> LLMTeacher:
+    """The LLM teacher from ``teacher_file`` (YAML) with ``overrides`` (option name -> value)."""
+    source = str(teacher_file) if teacher_file else "command line"
+    raw: dict[str, Any] = {}
+    if teacher_file is not None:
+        try:
+            loaded = yaml.safe_load(Path(teacher_file).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{teacher_file}: no such file") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{teacher_file}: not valid YAML ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{teacher_file}: expected a mapping (an LLM teacher)")
+        raw = dict(loaded.get("teacher", loaded))
+    if raw.setdefault("source", "llm") != "llm":
+        raise ConfigError(f"{source}: source must be 'llm' to label with an API")
+    for option, value in overrides.items():
+        path = _OVERRIDES[option]
+        target = raw
+        for part in path[:-1]:
+            target = target.setdefault(part, {}) or {}
+            raw[path[0]] = target
+        target[path[-1]] = value
+    try:
+        return LLMTeacher.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=source)) from exc
+
+
+def _label_set(label_list: str | None, gold: list[str] | None) -> list[str]:
+    if label_list:
+        labels = list(dict.fromkeys(x.strip() for x in label_list.split(",") if x.strip()))
+    elif gold:
+        labels = sorted(set(gold))
+    else:
+        raise SmallfitError("no label set: pass --labels a,b,c or data with a label field")
+    return labels
+
+
+def label_file(
+    data_file: Path,
+    *,
+    teacher_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    label_list: str | None = None,
+    text_field: str = "text",
+    label_field: str | None = "label",
+    limit: int | None = None,
+    cache: Path | None = None,
+    out: Path,
+    progress: bool = True,
+) -> LabelResult:
+    """Label ``data_file`` into ``out`` (JSONL); see the module docstring."""
+    from smallfit.teach import llm_classifier
+
+    config = teacher_config(teacher_file, overrides or {})
+    split = read_split(data_file, text_field=text_field, label_field=label_field)
+    texts = split.texts[:limit] if limit else split.texts
+    gold = split.labels[: len(texts)] if label_field else None
+    labels = _label_set(label_list, gold)
+    if config.few_shot and not gold:
+        raise SmallfitError("few-shot examples need gold labels (--label-field)")
+    examples: list[tuple[str, str]] = []
+    if config.few_shot and gold:
+        known = [(t, g) for t, g in zip(texts, gold, strict=True) if g in labels]
+        examples = draw_examples(
+            [t for t, _ in known], [g for _, g in known], config.few_shot, seed=config.seed
+        )
+    out = Path(out)
+    model = llm_classifier(
+        config, labels, examples=examples, name="llm", cache=cache or out.with_suffix(".sqlite")
+    )
+    try:
+        answers, report = model.labeller.label(texts, progress=progress)
+        cost = model.cost_per_1m_queries()
+    finally:
+        model.close()
+    status_of = {"ok-no-logprobs": "ok"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    agree = answered = 0
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for i, text in enumerate(texts):
+            answer = answers[i]
+            row: dict[str, Any] = {"line": split.lines[i] if split.lines else i + 1, "text": text}
+            if answer is None:
+                row |= {"label": None, "status": "failed" if not report.stopped else "not-sent"}
+            else:
+                row["label"] = answer.label
+                row["status"] = status_of.get(answer.status, answer.status)
+                if answer.probs is not None:
+                    row["confidence"] = round(float(answer.probs.max()), 4)
+                    row["probs"] = {
+                        labels[j]: round(float(p), 4)
+                        for j, p in sorted(enumerate(answer.probs), key=lambda x: -x[1])
+                        if p >= SHOWN_PROB
+                    }
+            if gold is not None:
+                row["gold"] = gold[i]
+                if row["label"] is not None:
+                    answered += 1
+                    agree += row["label"] == gold[i]
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+    lines = [f"labels written to {out}", report.summary()]
+    if report.answered:
+        lines.append(f"new answers: {report.rows_per_s} texts/s over {report.seconds:.1f}s")
+    lines.append(
+        f"per text: {cost['prompt_tokens_per_query']:.0f} prompt + "
+        f"{cost['completion_tokens_per_query']:.1f} completion tokens = "
+        f"${cost['per_1m_queries_usd']:.2f} per 1M texts"
+    )
+    spent = report.spent
+    if spent.get("estimated", {}).get("cost_usd") or spent.get("usage_unknown_requests"):
+        lines.append(
+            f"ledger: ${spent['measured']['cost_usd']:.4f} measured + "
+            f"${spent['estimated']['cost_usd']:.4f} estimated (attempts the server did but whose "
+            f"usage never arrived); {spent['usage_unknown_requests']} with usage unknown"
+        )
+    if gold is not None and answered:
+        lines.append(f"agreement with gold: {agree / answered:.1%} of {answered} answered")
+    budget_stop = bool(report.stopped and report.stopped.startswith("budget"))
+    if budget_stop:
+        lines.append(
+            f"stopped by the budget ({report.stopped}): {report.not_sent} texts not sent; "
+            "raise it and rerun to finish (nothing is sent twice)"
+        )
+    return LabelResult(out=out, report=report, lines=lines, stopped_by_budget=budget_stop)

@@ -1,0 +1,173 @@
+"""The prompt an LLM teacher sees: instruction template, label list, few-shot turns.
+
+A :class:`Prompt` renders chat messages for one text and has a ``fingerprint``: the hash of
+everything but the text that shapes the answer (template, labels, descriptions, examples,
+answer format, sampling). The answer store is keyed by (model, fingerprint, text).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from smallfit.errors import SmallfitError
+from smallfit.hashing import hash_json
+
+SLOTS = {"text", "labels"}
+
+
+def check_template(template: str) -> None:
+    """A clear error when ``template`` lacks ``{text}``, has an unknown slot or bad braces."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(
+            f"prompt template is malformed ({exc}); write literal braces as {{{{ }}}}"
+        ) from exc
+    if "text" not in fields:
+        raise ValueError("prompt template has no {text} slot: the text to classify goes there")
+    unknown = sorted({f for f in fields if f not in SLOTS})
+    if unknown:
+        raise ValueError(
+            f"prompt template has unknown slots {unknown}; only {{text}} and {{labels}} are "
+            "filled (write literal braces as {{ }})"
+        )
+
+
+def check_labels(labels: Sequence[str]) -> None:
+    """An LLM classifier needs at least two distinct, non-empty labels."""
+    if len(set(labels)) < 2:
+        raise SmallfitError(
+            f"an LLM classifier needs at least two labels, got {sorted(set(labels))}"
+        )
+    if any(not str(label).strip() for label in labels):
+        raise SmallfitError("labels may not be empty strings")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Everything that turns a text into the chat messages an LLM answers."""
+
+    template: str
+    labels: list[str]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    answer: str = "json-schema"
+    probabilities: str = "logprobs"
+    samples: int = 1
+    top_logprobs: int = 5
+    max_tokens: int = 48
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        try:
+            check_template(self.template)
+        except ValueError as exc:
+            raise SmallfitError(str(exc)) from exc
+        check_labels(self.labels)
+        unknown = sorted(set(self.descriptions) - set(self.labels))
+        if unknown:
+            raise SmallfitError(f"label_descriptions name labels not in the data: {unknown}")
+
+    @property
+    def label_block(self) -> str:
+        return "\n".join(
+            f"- {label}: {self.descriptions[label]}" if label in self.descriptions else f"- {label}"
+            for label in self.labels
+        )
+
+    def user_message(self, text: str) -> str:
+        return self.template.format(text=text, labels=self.label_block)
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """The chat: each few-shot example as a user turn and its answer, then the text."""
+        out: list[dict[str, str]] = []
+        for example, label in self.examples:
+            out.append({"role": "user", "content": self.user_message(example)})
+            out.append({"role": "assistant", "content": self.render_answer(label)})
+        out.append({"role": "user", "content": self.user_message(text)})
+        return out
+
+    def render_answer(self, label: str) -> str:
+        return f'{{"label": "{label}"}}' if self.answer == "json-schema" else label
+
+    def response_format(self, style: str = "json_schema") -> dict[str, Any] | None:
+        """The JSON schema that constrains the answer to the label set, in the ``style`` the
+        server takes: ``json_schema`` (OpenAI, vLLM) or ``json_object`` with a ``schema``
+        (llama-cpp-python); None for free text."""
+        if self.answer != "json-schema" or style == "text":
+            return None
+        schema = {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": list(self.labels)}},
+            "required": ["label"],
+            "additionalProperties": False,
+        }
+        if style == "json_object":
+            return {"type": "json_object", "schema": schema}
+        return {
+            "type": "json_schema",
+            "json_schema": {"name": "classification", "strict": True, "schema": schema},
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything but the text that shapes the answer."""
+        return hash_json(
+            {
+                "template": self.template,
+                "labels": self.labels,
+                "descriptions": self.descriptions,
+                "examples": self.examples,
+                "answer": self.answer,
+                "probabilities": self.probabilities,
+                "samples": self.samples,
+                "top_logprobs": self.top_logprobs,
+                "max_tokens": self.max_tokens,
+                "seed": self.seed,
+            }
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "labels": self.labels,
+            "descriptions": self.descriptions,
+            "examples": [list(e) for e in self.examples],
+            "answer": self.answer,
+            "probabilities": self.probabilities,
+            "samples": self.samples,
+            "top_logprobs": self.top_logprobs,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Prompt:
+        return cls(**{**data, "examples": [tuple(e) for e in data.get("examples", [])]})
+
+
+def draw_examples(
+    texts: Sequence[str], labels: Sequence[str], k: int, *, seed: int
+) -> list[tuple[str, str]]:
+    """``k`` (text, label) pairs from the training data, seeded: one per label first (labels in a
+    shuffled order), then more at random."""
+    if k <= 0:
+        return []
+    rng = random.Random(seed)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for i in order:
+        if labels[i] not in seen:
+            seen.add(labels[i])
+            chosen.append(i)
+        if len(chosen) == k:
+            break
+    rest = [i for i in order if i not in set(chosen)]
+    chosen += rest[: k - len(chosen)]
+    return [(texts[i], labels[i]) for i in chosen]

@@ -1,0 +1,212 @@
+"""An LLM behind an OpenAI-compatible API as a Classifier (backend ``llm``).
+
+The model directory holds only the manifest: endpoint (URL, model, the *name* of the key's
+environment variable, never the key), prompt, probability method, prices and request limits.
+Answers go through a :class:`~smallfit.llm.labeller.Labeller` and its SQLite store, so a text
+is never paid for twice. The store is ``cache`` in the manifest (relative to the model
+directory), else ``$SMALLFIT_LLM_CACHE``, else ``<smallfit cache>/llm/answers.sqlite``.
+
+A text whose answer is unparseable (or could not be had) gets a uniform row, and the text is
+kept in ``unanswered_texts``: the evaluation counts those rows wrong rather than trusting an
+argmax over equal values. Speed and cost come from the ledger (the real requests' latencies,
+the server's token counts at the configured prices), not from a probe.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallfit.errors import SmallfitError
+from smallfit.llm.client import Endpoint
+from smallfit.llm.labeller import Budget, Labeller, LabelReport, Prices
+from smallfit.llm.prompt import Prompt
+from smallfit.llm.store import Store
+from smallfit.models.base import BaseClassifier, register_backend
+
+
+def default_cache() -> Path:
+    explicit = os.environ.get("SMALLFIT_LLM_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    from smallfit.zoo import cache_dir
+
+    return cache_dir() / "llm" / "answers.sqlite"
+
+
+@register_backend("llm")
+class LLMClassifier(BaseClassifier):
+    """Classifies by asking an LLM; probabilities as ``prompt.probabilities`` says."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        prompt: Prompt,
+        *,
+        name: str,
+        prices: Prices | None = None,
+        budget: Budget | None = None,
+        concurrency: int = 4,
+        cache: str | Path | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.prompt = prompt
+        self.labels = list(prompt.labels)
+        self.name = name
+        self.prices = prices or Prices()
+        self.budget = budget or Budget()
+        self.concurrency = concurrency
+        self.cache = Path(cache) if cache is not None else None
+        self.lineage = dict(lineage or {})
+        self.bytes_on_disk = 0
+        self.unanswered_texts: set[str] = set()
+        self.last_report: LabelReport | None = None
+        self._labeller: Labeller | None = None
+        self._home: Path | None = None
+
+    @property
+    def store_path(self) -> Path:
+        if self.cache is None:
+            return default_cache()
+        if self.cache.is_absolute() or self._home is None:
+            return self.cache
+        return (self._home / self.cache).resolve()
+
+    @property
+    def labeller(self) -> Labeller:
+        if self._labeller is None:
+            self._labeller = Labeller(
+                self.endpoint,
+                self.prompt,
+                Store(self.store_path),
+                prices=self.prices,
+                budget=self.budget,
+                concurrency=self.concurrency,
+            )
+        return self._labeller
+
+    def close(self) -> None:
+        """Close the HTTP connections and the answer store (reopened on next use)."""
+        if self._labeller is not None:
+            self._labeller.close()
+            self._labeller = None
+
+    @property
+    def num_parameters(self) -> int:
+        return 0  # unknown: behind an API
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        answers, report = self.labeller.label(list(texts), progress=False)
+        self.last_report = report
+        if report.stopped:
+            raise SmallfitError(
+                f"{self.name}: stopped by {report.stopped} ({report.summary()}); answers so far "
+                "are cached: raise the budget and run again"
+            )
+        out = np.full((len(texts), len(self.labels)), 1.0 / len(self.labels), dtype=np.float32)
+        for i, answer in enumerate(answers):
+            if answer is None or answer.probs is None:
+                self.unanswered_texts.add(texts[i])
+            else:
+                self.unanswered_texts.discard(texts[i])
+                out[i] = answer.probs
+        return out
+
+    def cost_per_1m_queries(self) -> dict[str, Any]:
+        """Mean tokens of one answered text (from the store) at the configured prices."""
+        store = self.labeller.store
+        pt, ct = store.answer_tokens(self.endpoint.model, self.prompt.fingerprint)
+        per_query = (pt * self.prices.input_per_1m + ct * self.prices.output_per_1m) / 1e6
+        return {
+            "per_1m_queries_usd": per_query * 1e6,
+            "prompt_tokens_per_query": pt,
+            "completion_tokens_per_query": ct,
+            "basis": f"API prices ${self.prices.input_per_1m}/1M prompt tokens, "
+            f"${self.prices.output_per_1m}/1M completion tokens",
+        }
+
+    def measured_speed(self) -> dict[str, Any]:
+        """Latency of the successful requests in the ledger, as the speed probe reports it
+        for local models (one "thread": requests are timed one by one)."""
+        latencies = np.array(self.labeller.store.latencies_ms(self.endpoint.model))
+        if latencies.size == 0:
+            raise SmallfitError(f"{self.name}: no successful request in the ledger to time")
+        p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+        stats = {
+            "p50_ms": float(p50),
+            "p95_ms": float(p95),
+            "p99_ms": float(p99),
+            "mean_ms": float(latencies.mean()),
+            "n": int(latencies.size),
+        }
+        report = self.last_report
+        return {
+            "threads": {"1": stats},
+            "requests_per_s": report.rows_per_s if report else None,
+            "concurrency": self.concurrency,
+            "peak_rss_bytes": None,
+            "remote": True,
+            "source": "ledger: latency of every successful request (queueing included)",
+        }
+
+    def save_files(self, path: Path) -> dict[str, Any]:
+        cache = None
+        if self.cache is not None:
+            cache = str(self.cache)
+        return {
+            "endpoint": self.endpoint.to_dict(),
+            "limits": {
+                "timeout_s": self.endpoint.timeout_s,
+                "max_retries": self.endpoint.max_retries,
+                "concurrency": self.concurrency,
+                "budget_usd": self.budget.usd,
+                "budget_tokens": self.budget.tokens,
+            },
+            "prices": {
+                "input_per_1m": self.prices.input_per_1m,
+                "output_per_1m": self.prices.output_per_1m,
+            },
+            "prompt": self.prompt.to_dict(),
+            "probabilities": PROBABILITY_METHODS[self.prompt.probabilities],
+            "cache": cache,
+        }
+
+    @classmethod
+    def load_files(cls, path: Path, manifest: dict[str, Any]) -> LLMClassifier:
+        try:
+            limits = manifest.get("limits", {})
+            endpoint = Endpoint(
+                base_url=manifest["endpoint"]["base_url"],
+                model=manifest["endpoint"]["model"],
+                api_key_env=manifest["endpoint"].get("api_key_env", "OPENAI_API_KEY"),
+                timeout_s=float(limits.get("timeout_s", 60.0)),
+                max_retries=int(limits.get("max_retries", 6)),
+            )
+            prompt = Prompt.from_dict(manifest["prompt"])
+        except (KeyError, TypeError) as exc:
+            raise SmallfitError(f"{path}/smallfit.json: incomplete LLM manifest ({exc})") from exc
+        model = cls(
+            endpoint,
+            prompt,
+            name=manifest.get("name", path.name),
+            prices=Prices(**manifest.get("prices", {})),
+            budget=Budget(limits.get("budget_usd"), limits.get("budget_tokens")),
+            concurrency=int(limits.get("concurrency", 4)),
+            cache=manifest.get("cache"),
+            lineage=manifest.get("lineage", {}),
+        )
+        model._home = path.resolve()
+        return model
+
+
+PROBABILITY_METHODS = {
+    "logprobs": "token logprobs: the label's own tokens, plus the alternatives each answer token "
+    "lists, given to the labels they begin; unreached mass spread over the rest",
+    "samples": "vote share over several answers sampled at temperature 1",
+    "argmax": "one-hot on the single answer (no confidence information)",
+}
