@@ -278,6 +278,11 @@ class DecoderStudent(Strict):
     """Candidate name (model directory under `models/`)."""
     base: str = "smollm2-135m"
     """Zoo alias, local HF directory, `.gguf` file or hub id of the causal LM."""
+    prompt: str = "<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    """What the model reads: `{text}` (exactly once) marks the text, the rest is kept whole
+    (`train.max_length` truncates only the text). The default is the chat format of SmolLM2
+    and other ChatML models: the head then reads the state where the model would begin its
+    answer. Write your base's own format, or `{text}` for the bare text."""
     lora: LoraSettings = LoraSettings()
     """The adapters."""
     train: TrainConfig = TrainConfig(epochs=2.0, batch_size=16, lr=1e-3, head_lr=5e-3)
@@ -286,6 +291,13 @@ class DecoderStudent(Strict):
     kd: KDConfig = KDConfig()
     """The distillation loss."""
     use_gold: bool = Field(False, description="train on gold labels too (default: teacher only)")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_text(cls, value: str) -> str:
+        if value.count("{text}") != 1:
+            raise ValueError(f"the prompt must hold {{text}} exactly once, got {value!r}")
+        return value
 
 
 StudentConfig = Annotated[
@@ -489,8 +501,8 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_fit_config(path: str | Path) -> FitConfig:
-    """Read and validate a fit config YAML (relative paths: from the working directory)."""
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, with clear errors naming the file."""
     file = Path(path)
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -500,6 +512,13 @@ def load_fit_config(path: str | Path) -> FitConfig:
         raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: expected a mapping at the top level")
+    return raw
+
+
+def load_fit_config(path: str | Path) -> FitConfig:
+    """Read and validate a fit config YAML (relative paths: from the working directory)."""
+    file = Path(path)
+    raw = read_yaml_mapping(file)
     try:
         return FitConfig.model_validate(raw)
     except ValidationError as exc:

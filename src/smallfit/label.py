@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from smallfit.config import LLMTeacher, format_validation_error
+from smallfit.config import LLMTeacher, format_validation_error, read_yaml_mapping
 from smallfit.data import read_split
 from smallfit.errors import ConfigError, SmallfitError
 from smallfit.llm.labeller import LabelReport
@@ -58,15 +57,8 @@ def teacher_config(teacher_file: Path | None, overrides: dict[str, Any]) -> LLMT
     source = str(teacher_file) if teacher_file else "command line"
     raw: dict[str, Any] = {}
     if teacher_file is not None:
-        try:
-            loaded = yaml.safe_load(Path(teacher_file).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{teacher_file}: no such file") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{teacher_file}: not valid YAML ({exc})") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{teacher_file}: expected a mapping (an LLM teacher)")
-        raw = dict(loaded.get("teacher", loaded))
+        loaded = read_yaml_mapping(teacher_file)
+        raw = dict(loaded.get("teacher", loaded))  # a teacher, or a fit config holding one
     if raw.setdefault("source", "llm") != "llm":
         raise ConfigError(f"{source}: source must be 'llm' to label with an API")
     for option, value in overrides.items():

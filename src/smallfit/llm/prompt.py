@@ -116,20 +116,7 @@ class Prompt:
     @property
     def fingerprint(self) -> str:
         """Hash of everything but the text that shapes the answer."""
-        return hash_json(
-            {
-                "template": self.template,
-                "labels": self.labels,
-                "descriptions": self.descriptions,
-                "examples": self.examples,
-                "answer": self.answer,
-                "probabilities": self.probabilities,
-                "samples": self.samples,
-                "top_logprobs": self.top_logprobs,
-                "max_tokens": self.max_tokens,
-                "seed": self.seed,
-            }
-        )
+        return hash_json(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {
