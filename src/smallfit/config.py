@@ -189,8 +189,8 @@ class LLMTeacher(_Teacher):
     max_retries: int = Field(6, ge=0)
     """Retries per request on 429, 5xx, timeouts, connection errors and broken responses."""
     budget_usd: float | None = Field(None, gt=0)
-    """Stop cleanly before spending more than this (in-flight requests may add at most one
-    request each)."""
+    """Stop cleanly before the ledger's total spending passes this (reruns included: the
+    ledger lives with the answer cache; requests in flight may add at most one each)."""
     budget_tokens: int | None = Field(None, gt=0)
     """Stop cleanly before using more tokens than this (prompt + completion)."""
     seed: int = 0
