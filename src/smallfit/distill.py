@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import LinearStudent, TransformerStudent
+from smallfit.config import DecoderStudent, LinearStudent, TransformerStudent
 from smallfit.data import Dataset
 from smallfit.models.base import BaseClassifier
 from smallfit.registry import Registry
@@ -68,7 +68,6 @@ def _transformer(
 ) -> BaseClassifier:
     from smallfit import zoo
     from smallfit.models.transformer import TransformerClassifier
-    from smallfit.train import train_classifier
 
     model = TransformerClassifier.from_base(
         zoo.resolve(config.base),
@@ -77,10 +76,65 @@ def _transformer(
         max_length=config.train.max_length,
         lineage={"base": config.base, **lineage},
     )
+    return _train(
+        model,
+        config,
+        data=(dataset.train.texts, targets, dataset.dev.texts, dev_probs),
+        out_dir=out_dir,
+        progress=progress,
+    )
+
+
+@STUDENTS.register(DecoderStudent)
+def _decoder(
+    config: DecoderStudent,
+    dataset: Dataset,
+    *,
+    targets: np.ndarray,
+    dev_probs: np.ndarray,
+    out_dir: Path,
+    lineage: dict[str, Any],
+    progress: bool,
+) -> BaseClassifier:
+    from smallfit.models.decoder import DecoderClassifier
+
+    model = DecoderClassifier.from_base(
+        config.base,
+        labels=dataset.labels,
+        name=config.name,
+        lora=config.lora,
+        prompt=config.prompt,
+        max_length=config.train.max_length,
+        lineage={"base": config.base, **lineage},
+        seed=config.train.seed,
+    )
+    model.lineage["lora"] = config.lora.model_dump()
+    return _train(
+        model,
+        config,
+        data=(dataset.train.texts, targets, dataset.dev.texts, dev_probs),
+        out_dir=out_dir,
+        progress=progress,
+    )
+
+
+def _train(
+    model: Any,
+    config: TransformerStudent | DecoderStudent,
+    *,
+    data: tuple[list[str], np.ndarray, list[str], np.ndarray],
+    out_dir: Path,
+    progress: bool,
+) -> BaseClassifier:
+    """The shared KD loop (:func:`smallfit.train.train_classifier`) for a PyTorch student on
+    (train texts, targets, dev texts, dev targets), with checkpoints in ``<out_dir>.work``
+    (removed once it is done)."""
+    from smallfit.train import train_classifier
+
     work = out_dir.with_name(out_dir.name + ".work")
     summary = train_classifier(
         model,
-        (dataset.train.texts, targets, dataset.dev.texts, dev_probs),
+        data,
         train=config.train,
         kd=config.kd,
         output_dir=work,

@@ -1,4 +1,4 @@
-"""One training loop for every transformer classifier: transformers' Trainer with a KD loss.
+"""One training loop for every PyTorch classifier: transformers' Trainer with a KD loss.
 
 Teacher fine-tuning and distillation differ only in their targets (one-hot gold labels vs the
 teacher's probabilities) and the loss weights (STYLE rule 3): the loss is
@@ -7,6 +7,12 @@ Checkpoints go to ``output_dir/checkpoints``; a rerun resumes from the newest on
 watches agreement with the dev targets (the teacher's labels when there is no gold). Because the
 Trainer runs on accelerate, the same code runs distributed under ``accelerate launch``. After
 training, a temperature fitted on dev calibrates the probabilities (stored in the manifest).
+
+Any :class:`~smallfit.models.transformer.TorchClassifier` trains here: the encoder students and
+teachers, and the LoRA decoder students (whose module is a peft model, so only the adapters and
+the head have gradients). The classifier says what its head is (trained at ``head_lr``,
+warm-started on :meth:`~smallfit.models.transformer.TorchClassifier.embed`) and what it keeps
+fixed (:meth:`~smallfit.models.transformer.TorchClassifier.prepare_training`).
 """
 
 from __future__ import annotations
@@ -33,8 +39,7 @@ from transformers import (
 )
 
 from smallfit.config import KDConfig, TrainConfig, parse_duration
-from smallfit.errors import SmallfitError
-from smallfit.models.transformer import TransformerClassifier
+from smallfit.models.transformer import TorchClassifier
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,13 @@ def kd_loss(
 
 
 class _KDTrainer(Trainer):
-    def __init__(self, *args: Any, kd: KDConfig, head_lr: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, kd: KDConfig, head_lr: float, head: nn.Module, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.kd = kd
         self.head_lr = head_lr
+        self.head_ids = {id(p) for p in head.parameters()}
 
     def compute_loss(
         self,
@@ -76,9 +84,9 @@ class _KDTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
-            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-            head = [p for n, p in named if n.startswith("head.")]
-            body = [p for n, p in named if not n.startswith("head.")]
+            trained = [p for p in self.model.parameters() if p.requires_grad]
+            head = [p for p in trained if id(p) in self.head_ids]
+            body = [p for p in trained if id(p) not in self.head_ids]
             self.optimizer = torch.optim.AdamW(
                 [
                     {"params": body, "lr": self.args.learning_rate},
@@ -107,9 +115,8 @@ class _TimeBudget(TrainerCallback):
 
 
 class _Encoded(torch.utils.data.Dataset):
-    def __init__(self, model: TransformerClassifier, texts: list[str], targets: np.ndarray):
-        enc = model.tokenizer(list(texts), truncation=True, max_length=model.max_length)
-        self.input_ids = enc["input_ids"]
+    def __init__(self, model: TorchClassifier, texts: list[str], targets: np.ndarray):
+        self.input_ids = model.encode(texts)
         self.targets = targets.astype(np.float32)
 
     def __len__(self) -> int:
@@ -140,23 +147,8 @@ def _agreement(eval_pred: Any) -> dict[str, float]:
     return {"agreement": float((logits.argmax(-1) == targets.argmax(-1)).mean())}
 
 
-def freeze(model: TransformerClassifier, *, embeddings: bool, layers: int) -> None:
-    """Fix the word embeddings and/or the bottom ``layers`` encoder layers (with all embeddings)."""
-    encoder = model.module.encoder
-    if embeddings:
-        encoder.get_input_embeddings().weight.requires_grad_(False)
-    if layers == 0:
-        return
-    stack = getattr(getattr(encoder, "encoder", None), "layer", None)
-    if stack is None or layers > len(stack):
-        have = "no layer stack" if stack is None else f"{len(stack)} layers"
-        raise SmallfitError(f"train.freeze_layers={layers}, but the encoder has {have}")
-    for module in [encoder.embeddings, *stack[:layers]]:
-        module.requires_grad_(False)
-
-
 def warmstart_head(
-    model: TransformerClassifier,
+    model: TorchClassifier,
     texts: list[str],
     targets: np.ndarray,
     *,
@@ -166,12 +158,13 @@ def warmstart_head(
     seed: int = 0,
     progress: bool = True,
 ) -> float:
-    """Fit the linear head on frozen pooled embeddings (full batch); returns train agreement."""
+    """Fit the linear head on the frozen features it sees (full batch); returns train
+    agreement."""
     torch.manual_seed(seed)
     with model.bf16():
         feats = torch.from_numpy(model.embed(texts))
     target = torch.from_numpy(targets.astype(np.float32))
-    head = model.module.head
+    head = model.head()
     optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     for _ in tqdm(
         range(steps), desc=f"{model.name}: warm-start head", leave=False, disable=not progress
@@ -223,7 +216,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def train_classifier(
-    model: TransformerClassifier,
+    model: TorchClassifier,
     data: tuple[list[str], np.ndarray, list[str], np.ndarray],
     *,
     train: TrainConfig,
@@ -244,7 +237,9 @@ def train_classifier(
     torch.manual_seed(train.seed)
 
     summary: dict[str, Any] = {"resumed_from": Path(last).name if last else None}
-    freeze(model, embeddings=train.freeze_embeddings, layers=train.freeze_layers)
+    model.prepare_training(
+        freeze_embeddings=train.freeze_embeddings, freeze_layers=train.freeze_layers
+    )
     if last is None and train.head_warmstart:
         summary["warmstart_train_agreement"] = warmstart_head(
             model, train_texts, train_targets, seed=train.seed, progress=progress
@@ -299,11 +294,16 @@ def train_classifier(
         callbacks=callbacks,
         kd=kd,
         head_lr=train.head_lr or 20 * train.lr,
+        head=model.head(),
     )
     if not progress:  # without bars, Trainer prints every log dict: keep quiet output quiet
         trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=last)
+    # With bf16, accelerate wraps the module's forward in autocast on the instance; unwrap it,
+    # or the trained model would keep predicting in bf16 (and its temperature be fitted on bf16
+    # logits) while the same model loaded from disk predicts in fp32.
+    trainer.accelerator.unwrap_model(model.module, keep_fp32_wrapper=False)
     model.module.eval()
     model.temperature = fit_temperature(model.logits(dev_texts), dev_targets)
     state = trainer.state

