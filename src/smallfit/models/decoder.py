@@ -31,10 +31,7 @@ into place with a checksum marker written last).
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,32 +68,12 @@ def hf_directory(base: zoo.CausalLM, sha256: str) -> Path:
     if base.gguf_file is None:
         return base.directory
     target = zoo.cache_dir() / "models" / f"{Path(base.gguf_file).stem}-{sha256[:12]}"
-    if _converted(target, sha256):
-        return target
-    from filelock import FileLock
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f".{target.name}.lock")):
-        if _converted(target, sha256):
-            return target  # another process converted it while we waited
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            _convert_gguf(base, tmp)
-            (tmp / CONVERTED_MARKER).write_text(sha256 + "\n", encoding="utf-8")  # written last
-            if target.exists():  # a half-finished directory from a crash
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _converted(target: Path, sha256: str) -> bool:
-    try:
-        return (target / CONVERTED_MARKER).read_text(encoding="utf-8").strip() == sha256
-    except OSError:
-        return False
+    return zoo.build_once(
+        target,
+        checksum=sha256,
+        build=lambda out: _convert_gguf(base, out),
+        marker=CONVERTED_MARKER,
+    )
 
 
 def _convert_gguf(base: zoo.CausalLM, out: Path) -> None:
