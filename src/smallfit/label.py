@@ -62,12 +62,12 @@ def teacher_config(teacher_file: Path | None, overrides: dict[str, Any]) -> LLMT
     if raw.setdefault("source", "llm") != "llm":
         raise ConfigError(f"{source}: source must be 'llm' to label with an API")
     for option, value in overrides.items():
-        path = _OVERRIDES[option]
+        *parents, leaf = _OVERRIDES[option]
         target = raw
-        for part in path[:-1]:
-            target = target.setdefault(part, {}) or {}
-            raw[path[0]] = target
-        target[path[-1]] = value
+        for part in parents:  # a copy: the file may hold `prices: null`
+            target[part] = dict(target.get(part) or {})
+            target = target[part]
+        target[leaf] = value
     try:
         return LLMTeacher.model_validate(raw)
     except ValidationError as exc:

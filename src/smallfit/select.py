@@ -16,6 +16,7 @@ from typing import Any
 
 from smallfit.config import SelectConfig, parse_floor
 from smallfit.errors import SmallfitError
+from smallfit.evaluate.speed import batched_throughput
 
 Candidate = dict[str, Any]
 
@@ -178,11 +179,6 @@ def vs_teacher(c: Candidate, teacher: Candidate | None, *, metric: str) -> dict[
     }
 
 
-def _throughput(speed: dict[str, Any]) -> float | None:
-    value = speed.get(f"throughput_b{speed.get('throughput_batch', 32)}_per_s")
-    return None if value is None else float(value)
-
-
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -223,7 +219,7 @@ def format_table(
             _fmt(q.get("teacher_agreement"), ".2f", 100), _fmt(q.get("ece"), ".4f"),
             _fmt(one.get("p50_ms"), ".3f"), _fmt(one.get("p95_ms"), ".3f"),
             _fmt(one.get("p99_ms"), ".3f"), _fmt(allt.get("p50_ms"), ".3f"),
-            _fmt(_throughput(s), ".1f"), _fmt(s.get("peak_rss_bytes"), ".1f", 1e-6),
+            _fmt(batched_throughput(s), ".1f"), _fmt(s.get("peak_rss_bytes"), ".1f", 1e-6),
             _fmt(None if _remote(c) else c.get("bytes_on_disk"), ".2f", 1e-6),
             _fmt(c.get("parameters") or None, ".3f", 1e-6),
             _fmt((c.get("cost") or {}).get("per_1m_queries_usd"), ".3g"),
@@ -277,7 +273,7 @@ def selection_json(
             backend=chosen.get("backend"),
             quality={k: q.get(k) for k in ("accuracy", "macro_f1", "teacher_agreement", "ece")},
             latency_1t_ms={k: one.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
-            throughput_per_s=_throughput(s),
+            throughput_per_s=batched_throughput(s),
             throughput_batch=s.get("throughput_batch"),
             peak_rss_bytes=s.get("peak_rss_bytes"),
             bytes_on_disk=chosen.get("bytes_on_disk"),

@@ -13,7 +13,7 @@ from smallfit.config import EvalConfig
 from smallfit.data import Split
 from smallfit.evaluate.quality import quality_metrics
 from smallfit.evaluate.roofline import mean_query_tokens, peak_rates, precision_of, roofline
-from smallfit.evaluate.speed import measure_speed
+from smallfit.evaluate.speed import batched_throughput, measure_speed
 from smallfit.models.base import (
     BaseClassifier,
     align_probs,
@@ -118,10 +118,8 @@ def evaluate_candidate(
 def local_cost(speed: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
     """Cost per million queries on this machine at ``config.machine_hour_usd``, answering in
     batches at the measured throughput (all threads)."""
-    per_s = speed.get(f"throughput_b{speed.get('throughput_batch')}_per_s")
-    per_1m = None
-    if per_s:
-        per_1m = config.machine_hour_usd / 3600.0 / float(per_s) * 1e6
+    per_s = batched_throughput(speed)
+    per_1m = config.machine_hour_usd / 3600.0 / per_s * 1e6 if per_s else None
     return {
         "per_1m_queries_usd": per_1m,
         "basis": f"this machine at ${config.machine_hour_usd}/hour, batched throughput",

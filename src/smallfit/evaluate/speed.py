@@ -141,8 +141,16 @@ def measure_loaded(
     }
 
 
-def _percentiles(times_ns: np.ndarray) -> dict[str, float | int]:
-    ms = times_ns / 1e6
+def batched_throughput(speed: dict[str, Any]) -> float | None:
+    """Texts per second at batch ``throughput_batch`` from a :func:`measure_speed` result;
+    None when it has none (an API model)."""
+    value = speed.get(f"throughput_b{speed.get('throughput_batch', 32)}_per_s")
+    return None if value is None else float(value)
+
+
+def latency_percentiles(times_ms: np.ndarray) -> dict[str, float | int]:
+    """p50/p95/p99, mean and count of latencies in milliseconds."""
+    ms = np.asarray(times_ms, dtype=np.float64)
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
     return {
         "p50_ms": float(p50),
@@ -177,7 +185,7 @@ def interleaved_latency(
             start = time.perf_counter_ns()
             models[name].predict_proba(one)
             times[name][i] = time.perf_counter_ns() - start
-    return {name: _percentiles(times[name]) for name in names}
+    return {name: latency_percentiles(times[name] / 1e6) for name in names}
 
 
 def _throughput(model: BaseClassifier, texts: list[str], batch: int, batches: int) -> float:

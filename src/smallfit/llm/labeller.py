@@ -51,7 +51,7 @@ class Prices:
     input_per_1m: float = 0.0
     output_per_1m: float = 0.0
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
 
 

@@ -250,8 +250,9 @@ class Store:
                 self.db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall()
             )
             unknown = self.db.execute(
-                "SELECT COUNT(*) FROM requests WHERE status IN ('timeout','bad-response',"
-                "'interrupted') AND prompt_tokens IS NULL"
+                f"SELECT COUNT(*) FROM requests WHERE status IN "
+                f"({','.join('?' * len(UNSEEN_USAGE))}) AND prompt_tokens IS NULL",
+                UNSEEN_USAGE,
             ).fetchone()[0]
         out: dict[str, Any] = {"requests": sum(r[1] for r in rows), "by_status": by_status}
         for estimated, _, prompt, completion, cost in rows:

@@ -121,9 +121,8 @@ class LLMClassifier(BaseClassifier):
         """Mean tokens of one answered text (from the store) at the configured prices."""
         store = self.labeller.store
         pt, ct = store.answer_tokens(self.endpoint.model, self.prompt.fingerprint)
-        per_query = (pt * self.prices.input_per_1m + ct * self.prices.output_per_1m) / 1e6
         return {
-            "per_1m_queries_usd": per_query * 1e6,
+            "per_1m_queries_usd": self.prices.cost(pt, ct) * 1e6,
             "prompt_tokens_per_query": pt,
             "completion_tokens_per_query": ct,
             "basis": f"API prices ${self.prices.input_per_1m}/1M prompt tokens, "
@@ -133,17 +132,12 @@ class LLMClassifier(BaseClassifier):
     def measured_speed(self) -> dict[str, Any]:
         """Latency of the successful requests in the ledger, as the speed probe reports it
         for local models (one "thread": requests are timed one by one)."""
-        latencies = np.array(self.labeller.store.latencies_ms(self.endpoint.model))
-        if latencies.size == 0:
+        from smallfit.evaluate.speed import latency_percentiles
+
+        latencies = self.labeller.store.latencies_ms(self.endpoint.model)
+        if not latencies:
             raise SmallfitError(f"{self.name}: no successful request in the ledger to time")
-        p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-        stats = {
-            "p50_ms": float(p50),
-            "p95_ms": float(p95),
-            "p99_ms": float(p99),
-            "mean_ms": float(latencies.mean()),
-            "n": int(latencies.size),
-        }
+        stats = latency_percentiles(np.array(latencies))
         report = self.last_report
         return {
             "threads": {"1": stats},
