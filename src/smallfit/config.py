@@ -4,6 +4,7 @@ loudly with its path). A whole ``fit`` run is one :class:`FitConfig` that round-
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +36,9 @@ class DataConfig(Strict):
     """Share of train carved out as the dev split (stratified, seeded)."""
     max_train: int | None = Field(None, gt=0, description="use a stratified slice of train")
     max_test: int | None = Field(None, gt=0, description="use a stratified slice of test")
+    out_of_scope: str | None = None
+    """The label of out-of-scope examples (e.g. `oos`): never a class; such rows are left out of
+    training, and those in test measure how many the cascade's abstention catches."""
     test_fraction: float = Field(
         0.2, gt=0.0, lt=0.5, description="held out of train when there is no test file"
     )
@@ -347,6 +351,43 @@ class SelectConfig(Strict):
         return value
 
 
+class AbstainConfig(Strict):
+    """When a tier is too unsure to answer or escalate, the cascade answers `label` instead."""
+
+    label: str = "oos"
+    """The answer given when abstaining (also the out-of-scope label of the data, if any)."""
+    in_scope_loss: float = Field(0.02, ge=0, lt=1)
+    """Share of in-scope dev queries allowed to abstain: sets the threshold."""
+    tier: int = Field(0, ge=0)
+    """Index of the tier that abstains: 0, the cheapest, sees every query; a later (local)
+    tier screens only the queries escalated to it."""
+
+
+class RouteConfig(Strict):
+    """The cascade: tiers cheapest first, each answers when its confidence clears its threshold;
+    thresholds are calibrated on dev for a target and checked on test."""
+
+    tiers: list[str] | None = None
+    """Candidate names of the run, cheapest first (or model directories); default: the selected
+    candidate, then the teacher."""
+    confidence: Literal["max_prob", "margin", "entropy"] = "max_prob"
+    """How sure a tier is: top probability, top-1 minus top-2, or 1 - normalised entropy."""
+    target: str = "accuracy >= teacher - 0.5pt"
+    """What the calibration must reach: `accuracy >= teacher - 0.5pt` (or `accuracy >= 0.9`),
+    `escalation <= 10%`, or `cost <= 5` (US dollars per million queries)."""
+    abstain: AbstainConfig | None = None
+    """Abstain (answer the out-of-scope label) when the abstaining tier is very unsure."""
+    timeout_s: float | None = Field(10.0, gt=0)
+    """A tier slower than this (per batch) is given up on: the best local answer stands,
+    flagged as a fallback."""
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, value: str) -> str:
+        parse_target(value)
+        return value
+
+
 class CompressCandidate(Strict):
     """One compressed candidate, spelled out: a name and its steps in order."""
 
@@ -453,6 +494,8 @@ class FitConfig(Strict):
     """What is measured per candidate."""
     select: SelectConfig = SelectConfig()
     """How the winner is chosen."""
+    route: RouteConfig | None = RouteConfig()
+    """The cascade calibrated after selection (needs a teacher); null for none."""
 
     @field_validator("students")
     @classmethod
@@ -482,6 +525,57 @@ def parse_floor(text: str) -> tuple[float, bool]:
     if not match:
         raise ValueError(f"quality_floor must look like '0.9' or '0.98 * teacher', got {text!r}")
     return float(match["x"]), "teacher" in text
+
+
+_TARGET = re.compile(
+    r"^\s*(?P<what>accuracy|escalations?|cost)\s*(?P<op>>=|<=)\s*"
+    r"(?:(?P<teacher>teacher)\s*(?P<sign>[-+])\s*)?(?P<x>\d+(\.\d+)?)\s*(?P<unit>pt|%|\$)?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A calibration target: ``kind`` accuracy (``value`` absolute, or ``teacher`` + ``value``
+    as a difference), escalation (``value`` a share) or cost (``value`` USD per 1M queries)."""
+
+    kind: Literal["accuracy", "escalation", "cost"]
+    value: float
+    relative_to_teacher: bool = False
+
+
+def parse_target(text: str) -> Target:
+    """``'accuracy >= teacher - 0.5pt'``, ``'accuracy >= 0.92'``, ``'escalation <= 10%'``,
+    ``'cost <= 5'`` (USD per 1M queries) -> :class:`Target`."""
+    match = _TARGET.match(text)
+    expected = (
+        "targets look like 'accuracy >= teacher - 0.5pt', 'accuracy >= 0.92', "
+        f"'escalation <= 10%' or 'cost <= 5' (USD per 1M queries); got {text!r}"
+    )
+    if not match:
+        raise ValueError(expected)
+    what, op, x, unit = match["what"], match["op"], float(match["x"]), match["unit"]
+    if what == "accuracy":
+        if op != ">=" or unit == "$":
+            raise ValueError(expected)
+        if match["teacher"]:
+            delta = x / 100 if unit in ("pt", "%") else x
+            return Target("accuracy", -delta if match["sign"] == "-" else delta, True)
+        value = x / 100 if unit in ("pt", "%") else x
+        if not 0 < value <= 1:
+            raise ValueError(f"an accuracy target is a share in (0, 1] or a percentage: {text!r}")
+        return Target("accuracy", value)
+    if op != "<=" or match["teacher"]:
+        raise ValueError(expected)
+    if what.startswith("escalation"):
+        if unit == "$":
+            raise ValueError(expected)
+        value = x / 100 if unit in ("%", "pt") else x
+        if not 0 <= value <= 1:
+            raise ValueError(f"an escalation target is a share in [0, 1] or a percentage: {text!r}")
+        return Target("escalation", value)
+    if unit in ("%", "pt"):
+        raise ValueError(expected)
+    return Target("cost", x)
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")

@@ -55,6 +55,8 @@ class Dataset:
     dev: Split
     test: Split
     labels: list[str]
+    out_of_scope: list[str] = field(default_factory=list)
+    """Test texts labelled with the config's ``out_of_scope`` label (never a class)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,15 +384,15 @@ def load_dataset(config: DataConfig) -> Dataset:
             label_field=config.label_field,
         )
 
-    train = read(config.train)
+    train, out_of_scope = _split_out_of_scope(read(config.train), config.out_of_scope)
     _check_label_count(train, config.label_field)
     test_file = read(config.test) if config.test is not None else None
 
     if test_file is None:
         train, test = _carve(train, config.test_fraction, _rng(config.seed, _HOLDOUT), "test")
     else:
-        _check_test_labels(test_file, set(train.labels), config.label_field, train.source)
-        test = test_file
+        test, out_of_scope = _split_out_of_scope(test_file, config.out_of_scope)
+        _check_test_labels(test, set(train.labels), config.label_field, train.source)
     if config.max_train is not None:
         n_labels = len(set(train.labels))
         if config.max_train < n_labels:
@@ -404,7 +406,21 @@ def load_dataset(config: DataConfig) -> Dataset:
     train, dev = _carve(train, config.dev_fraction, _rng(config.seed, _DEV), "dev")
     if config.max_test is not None:
         test = _slice(test, config.max_test, _rng(config.seed, _MAX_TEST))
-    return Dataset(train=train, dev=dev, test=test, labels=sorted(set(train.labels)))
+    return Dataset(
+        train=train,
+        dev=dev,
+        test=test,
+        labels=sorted(set(train.labels)),
+        out_of_scope=out_of_scope.texts,
+    )
+
+
+def _split_out_of_scope(split: Split, label: str | None) -> tuple[Split, Split]:
+    """(in-scope rows, rows labelled ``label``); nothing is out of scope when ``label`` is None."""
+    keep = np.array([label is None or y != label for y in split.labels], dtype=bool)
+    return _subset(split, np.flatnonzero(keep), split.source), _subset(
+        split, np.flatnonzero(~keep), split.source
+    )
 
 
 def _check_label_count(train: Split, label_field: str) -> None:

@@ -312,6 +312,47 @@ class _Run:
                 measured.append(self.evaluate(name))
         return measured, missed
 
+    def route(
+        self, candidates: list[dict[str, Any]], chosen: str | None, teacher_dev_probs: np.ndarray
+    ) -> dict[str, Any] | None:
+        """Calibrate (or reuse) the cascade: its candidate result, or None when there is none."""
+        from smallfit.errors import SmallfitError
+        from smallfit.route.stage import CASCADE, CASCADE_JSON, build_cascade, tier_names
+
+        config = self.config.route
+        if config is None:
+            return None
+        try:
+            names = tier_names(config, candidates, chosen)
+        except SmallfitError as exc:
+            self.log(f"[route] no cascade: {exc}")
+            return None
+        key = hash_json(
+            {
+                "route": config.model_dump(mode="json"),
+                "tiers": [self.keys.get(n, n) for n in names],
+                "eval": self.config.evaluate.model_dump(mode="json"),
+                "data": self.data_key,
+            }
+        )
+        out_file = self.dir / "results" / f"{CASCADE}.json"
+        if self.stages.fresh("route", key, out_file, self.dir / CASCADE_JSON):
+            return json.loads(out_file.read_text("utf-8"))
+        started = time.monotonic()
+        result = build_cascade(
+            self.dir,
+            config,
+            dataset=self.dataset,
+            candidates=candidates,
+            chosen=chosen,
+            evaluate=self.config.evaluate,
+            teacher_dev_probs=teacher_dev_probs,
+            progress=self.progress,
+            log=self.log,
+        )
+        self.stages.finish("route", key, started)
+        return result
+
 
 def fit(
     config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
@@ -353,6 +394,11 @@ def fit(
 
     selection = select(candidates, config.select, teacher_name=TEACHER)
     line = selection_json(candidates, selection)
+    cascade = run.route(candidates, selection.chosen, labels[1])
+    extra_cascade = {}
+    if cascade is not None:
+        candidates.append(cascade)
+        extra_cascade["cascade"] = json.loads((run_dir / "cascade.json").read_text("utf-8"))
     results = write_results(
         run_dir,
         candidates,
@@ -361,6 +407,7 @@ def fit(
             "not_built": not_built,
             "config": config.model_dump(mode="json"),
             "seconds": round(time.monotonic() - started, 1),
+            **extra_cascade,
         },
     )
     return FitResult(

@@ -155,13 +155,17 @@ def predict_in_batches(
     *,
     batch: int = PREDICT_BATCH,
     progress: bool = False,
+    what: str = "test",
 ) -> np.ndarray:
     """``model.predict_proba`` over ``texts`` in chunks of ``batch``; shape (n, len(labels))."""
     if len(texts) == 0:
         return np.zeros((0, len(model.labels)), dtype=np.float32)
     parts = []
     with tqdm(
-        total=len(texts), desc=f"{model.name}: test predictions", unit="text", disable=not progress
+        total=len(texts),
+        desc=f"{model.name}: {what} predictions",
+        unit="text",
+        disable=not progress,
     ) as bar:
         for i in range(0, len(texts), batch):
             parts.append(model.predict_proba(list(texts[i : i + batch])))

@@ -60,6 +60,8 @@ class BaseClassifier(ABC):
     """Shared behaviour of the built-in backends: predict from predict_proba, save with manifest."""
 
     kind: str = ""
+    remote: bool = False
+    """True for models behind a network API (they may be slow, fail, or cost per call)."""
     labels: list[str]
     name: str
     lineage: dict[str, Any]
@@ -127,6 +129,7 @@ _BUILTIN_BACKENDS = {
     "onnx": "smallfit.models.onnx:OnnxClassifier",
     "decoder": "smallfit.models.decoder:DecoderClassifier",
     "llm": "smallfit.models.llm:LLMClassifier",
+    "cascade": "smallfit.route.cascade:Cascade",
 }
 _REGISTRY: dict[str, type[BaseClassifier]] = {}
 

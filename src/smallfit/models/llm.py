@@ -42,6 +42,8 @@ def default_cache() -> Path:
 class LLMClassifier(BaseClassifier):
     """Classifies by asking an LLM; probabilities as ``prompt.probabilities`` says."""
 
+    remote = True
+
     def __init__(
         self,
         endpoint: Endpoint,

@@ -1,0 +1,313 @@
+"""The route stage of a run: tiers' probabilities on dev (calibration), test (the check) and the
+out-of-scope texts, the calibrated cascade saved as ``models/cascade``, ``cascade.json`` (the
+choice, the test check and the whole dev curve) and the cascade measured like any candidate."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallfit.config import EvalConfig, RouteConfig, load_fit_config
+from smallfit.data import Dataset, load_dataset
+from smallfit.errors import SmallfitError
+from smallfit.evaluate.candidate import predict_in_batches
+from smallfit.evaluate.quality import quality_metrics
+from smallfit.hashing import hash_dir, hash_json, hash_texts
+from smallfit.models.base import align_probs, load, write_json
+from smallfit.route.calibrate import (
+    Calibration,
+    TierOutputs,
+    abstain_threshold,
+    calibrate,
+    out_of_scope_caught,
+)
+from smallfit.route.cascade import Abstain, Cascade, Tier
+
+CASCADE = "cascade"
+CASCADE_JSON = "cascade.json"
+
+
+def tier_names(
+    config: RouteConfig, candidates: list[dict[str, Any]], chosen: str | None
+) -> list[str]:
+    """The tiers to use: the configured ones, else the selected candidate then the teacher."""
+    if config.tiers:
+        return list(config.tiers)
+    if chosen is None:
+        raise SmallfitError("no candidate was selected, so there is no cheap tier for a cascade")
+    if chosen == "teacher":
+        raise SmallfitError("the teacher itself was selected: a cascade would have one tier")
+    if not any(c.get("name") == "teacher" for c in candidates):
+        raise SmallfitError("no teacher candidate to escalate to (gold labels stand in for it)")
+    return [chosen, "teacher"]
+
+
+def _tier_dir(run_dir: Path, name: str) -> Path:
+    inside = run_dir / "models" / name
+    if inside.is_dir():
+        return inside
+    if Path(name).is_dir():
+        return Path(name)
+    raise SmallfitError(
+        f"route tier {name!r} is neither a model of the run ({inside}) nor a model directory"
+    )
+
+
+class _Probs:
+    """Each tier's probabilities on a list of texts, cached under ``run_dir/route``."""
+
+    def __init__(self, run_dir: Path, labels: list[str], progress: bool) -> None:
+        self.cache = run_dir / "route"
+        self.labels = labels
+        self.progress = progress
+
+    def get(self, model_dir: Path, texts: list[str], what: str) -> np.ndarray:
+        key = hash_json({"model": hash_dir(model_dir), "texts": hash_texts(texts)})[:16]
+        file = self.cache / f"{model_dir.name}.{what}-{key}.npy"
+        if file.is_file():
+            return np.load(file, allow_pickle=False)
+        model = load(model_dir)
+        probs = predict_in_batches(model, texts, progress=self.progress, what=what)
+        if hasattr(model, "close"):
+            model.close()
+        probs = align_probs(probs, model.labels, self.labels).astype(np.float32)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp.npy")
+        np.save(tmp, probs, allow_pickle=False)
+        tmp.replace(file)
+        return probs
+
+
+def _tier_facts(
+    result: dict[str, Any] | None, evaluate: EvalConfig
+) -> tuple[float | None, float | None]:
+    """(cost per 1M queries, batch-1 p50 at 1 thread) from a candidate's saved result."""
+    from smallfit.evaluate.candidate import local_cost
+
+    if not result:
+        return None, None
+    cost = (result.get("cost") or {}).get("per_1m_queries_usd")
+    if cost is None and result.get("speed"):  # measured before costs were recorded
+        cost = local_cost(result["speed"], evaluate)["per_1m_queries_usd"]
+    one = ((result.get("speed") or {}).get("threads") or {}).get("1") or {}
+    return cost, one.get("p50_ms")
+
+
+def build_cascade(
+    run_dir: Path,
+    config: RouteConfig,
+    *,
+    dataset: Dataset,
+    candidates: list[dict[str, Any]],
+    chosen: str | None,
+    evaluate: EvalConfig,
+    teacher_dev_probs: np.ndarray | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Calibrate the cascade of ``run_dir`` on dev, check it on test, save it as
+    ``models/cascade`` with ``cascade.json``, measure it; returns its candidate result."""
+    from smallfit.evaluate.speed import measure_speed
+
+    run_dir = Path(run_dir)
+    names = tier_names(config, candidates, chosen)
+    dirs = [_tier_dir(run_dir, n) for n in names]
+    models = [load(d) for d in dirs]
+    labels = list(models[0].labels)
+    for model in models:
+        align_probs(np.zeros((0, len(model.labels))), model.labels, labels)  # same label set
+        if hasattr(model, "close"):
+            model.close()
+    by_name = {c.get("name"): c for c in candidates}
+    probs = _Probs(run_dir, labels, progress)
+    data = dataset
+    index = {label: i for i, label in enumerate(labels)}
+    dev_gold = np.array([index.get(y, -1) for y in data.dev.labels])
+    test_gold = np.array([index.get(y, -1) for y in data.test.labels])
+
+    def outputs(split: str, texts: list[str]) -> list[TierOutputs]:
+        out = []
+        for name, model_dir, model in zip(names, dirs, models, strict=True):
+            saved = run_dir / "results" / f"{name}.test_probs.npy"
+            if split == "dev" and name == "teacher" and teacher_dev_probs is not None:
+                # the labels stage's, in the dataset's label order
+                p = align_probs(np.asarray(teacher_dev_probs, np.float32), data.labels, labels)
+            elif split == "test" and name in by_name and saved.is_file():
+                p = align_probs(np.load(saved, allow_pickle=False), model.labels, labels)
+            else:
+                p = probs.get(model_dir, texts, split)
+            cost, p50 = _tier_facts(by_name.get(name), evaluate)
+            out.append(TierOutputs(name=name, probs=p, cost_per_1m_usd=cost, p50_ms=p50))
+        return out
+
+    log(f"[route] tiers {' -> '.join(names)}; calibrating for '{config.target}' on dev")
+    dev = outputs("dev", data.dev.texts)
+    test = outputs("test", data.test.texts)
+    abstain = None
+    if config.abstain is not None:
+        tier = config.abstain.tier
+        if not tier < len(names):
+            raise SmallfitError(f"route.abstain.tier {tier} is not one of the {len(names)} tiers")
+        threshold = abstain_threshold(
+            dev[tier].probs,
+            confidence=config.confidence,
+            in_scope_loss=config.abstain.in_scope_loss,
+        )
+        abstain = (tier, threshold)
+    calibration = calibrate(
+        dev,
+        dev_gold,
+        target=config.target,
+        confidence=config.confidence,
+        test=test,
+        test_gold=test_gold,
+        abstain=abstain,
+    )
+    oos = None
+    if abstain is not None and data.out_of_scope:
+        oos_tiers = [
+            TierOutputs(name=n, probs=probs.get(d, data.out_of_scope, "oos"))
+            for n, d in zip(names, dirs, strict=True)
+        ]
+        oos = out_of_scope_caught(
+            oos_tiers, calibration.thresholds, confidence=config.confidence, abstain=abstain
+        )
+        oos["label"] = config.abstain.label if config.abstain else None
+    cascade = Cascade(
+        [
+            Tier(model=m, threshold=t, path=d.resolve())
+            for m, t, d in zip(models, [*calibration.thresholds, None], dirs, strict=True)
+        ],
+        confidence=config.confidence,
+        abstain=(
+            Abstain(label=config.abstain.label, threshold=abstain[1], tier=abstain[0])
+            if abstain is not None and config.abstain is not None
+            else None
+        ),
+        timeout_s=config.timeout_s,
+        name=CASCADE,
+        lineage={"tiers": names, "target": config.target, "calibrated_on": "dev"},
+    )
+    out_dir = run_dir / "models" / CASCADE
+    test_probs = replay(cascade, test)
+    cascade.save(out_dir, metrics={"dev": calibration.dev.to_dict()})
+    summary = calibration.to_dict() | {"out_of_scope": oos, "model_dir": str(out_dir)}
+    write_json(run_dir / CASCADE_JSON, summary)
+    _log_summary(calibration, oos, log)
+
+    teacher_probs = None
+    if "teacher" in by_name and (run_dir / "results" / "teacher.test_probs.npy").is_file():
+        t = np.load(run_dir / "results" / "teacher.test_probs.npy", allow_pickle=False)
+        teacher_probs = np.pad(t, ((0, 0), (0, len(cascade.labels) - t.shape[1])))
+    quality = quality_metrics(
+        test_probs,
+        list(data.test.labels),
+        cascade.labels,
+        teacher_probs=teacher_probs,
+        ece_bins=evaluate.ece_bins,
+    )
+    results = run_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    np.save(results / f"{CASCADE}.test_probs.npy", test_probs, allow_pickle=False)
+    if any(m.remote for m in models):
+        # an API tier is not run again for a latency probe: the tiers' p50s, weighted by reach
+        estimate = calibration.test.mean_latency_ms if calibration.test else None
+        one = {"p50_ms": estimate, "estimated": True} if estimate is not None else None
+        speed: dict[str, Any] = {"threads": {"1": one} if one else {}, "remote": True}
+    else:
+        speed = measure_speed(out_dir, list(data.test.texts[:256]), evaluate)
+    result = {
+        "name": CASCADE,
+        "backend": CASCADE,
+        "model_dir": str(out_dir),
+        "parameters": cascade.num_parameters,
+        "bytes_on_disk": cascade.bytes_on_disk,
+        "lineage": cascade.lineage,
+        "quality": quality,
+        "speed": speed,
+        "roofline": None,
+        "cost": {
+            "per_1m_queries_usd": calibration.test.cost_per_1m_usd if calibration.test else None,
+            "basis": "each tier's cost per 1M, weighted by the share of test queries it ran on",
+        },
+        "cascade": {
+            "tiers": names,
+            "thresholds": calibration.thresholds,
+            "escalation": calibration.test.escalation if calibration.test else None,
+            "answered_by": calibration.test.answered_by if calibration.test else None,
+        },
+    }
+    write_json(results / f"{CASCADE}.json", result)
+    return result
+
+
+def replay(cascade: Cascade, tiers: list[TierOutputs]) -> np.ndarray:
+    """The cascade's probabilities from its tiers' saved probabilities (no model is run)."""
+    n = len(tiers[0].probs)
+    out = np.zeros((n, len(cascade.labels)), dtype=np.float32)
+    open_rows = np.arange(n)
+    for i, tier in enumerate(tiers):
+        p = tier.probs[open_rows]
+        step = cascade.step(i, p)
+        out[open_rows[step.answer]] = cascade.tier_probs(i, p)[step.answer]
+        out[open_rows[step.abstain]] = cascade.abstain_row()
+        open_rows = open_rows[~step.answer & ~step.abstain]
+    return out
+
+
+def _log_summary(
+    calibration: Calibration, oos: dict[str, Any] | None, log: Callable[[str], None]
+) -> None:
+    dev, test = calibration.dev, calibration.test
+    thresholds = ", ".join(f"{t:.3f}" for t in calibration.thresholds)
+    log(
+        f"[route] thresholds {thresholds}: dev accuracy {dev.accuracy:.4f} (last tier "
+        f"{calibration.reference_accuracy['dev']:.4f}), {1 - dev.escalation:.1%} kept off the last "
+        f"tier; target {'met' if calibration.met_on_dev else 'NOT met'} on dev"
+    )
+    if test is not None:
+        log(
+            f"[route] on test: accuracy {test.accuracy:.4f} (last tier "
+            f"{calibration.reference_accuracy['test']:.4f}), {1 - test.escalation:.1%} kept off "
+            f"the last tier; target {'met' if calibration.met_on_test else 'NOT met'} on test"
+        )
+    if oos is not None and oos["n"]:
+        log(f"[route] out-of-scope test queries caught: {oos['caught']:.1%} of {oos['n']}")
+
+
+def route_run(
+    run_dir: str | Path,
+    config: RouteConfig | None = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Calibrate (again) the cascade of a finished run; ``config`` defaults to the run's own
+    ``route`` section. Updates ``results.json``; returns ``cascade.json``'s content."""
+    from smallfit.evaluate.results import read_results, write_results
+
+    run = Path(run_dir)
+    fit_config = load_fit_config(run / "config.yaml")
+    config = config or fit_config.route or RouteConfig()
+    results = read_results(run)
+    candidates = [c for c in results["candidates"] if c.get("name") != CASCADE]
+    chosen = (results.get("selection") or {}).get("chosen")
+    dataset = load_dataset(fit_config.data)
+    result = build_cascade(
+        run,
+        config,
+        dataset=dataset,
+        candidates=candidates,
+        chosen=chosen,
+        evaluate=fit_config.evaluate,
+        progress=progress,
+        log=log,
+    )
+    extra = {k: v for k, v in results.items() if k not in ("environment", "candidates")}
+    extra["cascade"] = json.loads((run / CASCADE_JSON).read_text("utf-8"))
+    write_results(run, [*candidates, result], extra=extra)
+    return extra["cascade"]
