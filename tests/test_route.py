@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 
 from smallfit.config import (
     AbstainConfig,
@@ -28,8 +29,6 @@ from smallfit.pipeline import fit
 from smallfit.route import Cascade, Tier, calibrate, confidence_scores, load_tiers
 from smallfit.route.calibrate import NEVER, TierOutputs
 from smallfit.route.stage import route_run
-
-from conftest import shared_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +52,9 @@ def test_targets_parse_and_bad_ones_say_what_is_expected() -> None:
     assert parse_target("escalation <= 10%").value == pytest.approx(0.10)
     assert parse_target("cost <= 2.5").kind == "cost"
     for bad in ("accuracy <= 0.9", "escalation >= 10%", "latency <= 5", "accuracy >= 92"):
-        with pytest.raises(ValueError, match="targets look like|accuracy target"):
+        with pytest.raises(ValueError, match=r"targets look like|accuracy target"):
             parse_target(bad)
-    with pytest.raises(ValueError, match="route.target"):
+    with pytest.raises(ValueError, match=r"route\.target"):
         FitConfig.model_validate({"data": {"train": "x"}, "route": {"target": "cheap please"}})
 
 
