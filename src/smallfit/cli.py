@@ -309,6 +309,106 @@ def label(
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--target",
+    help="'accuracy >= teacher - 0.5pt' (default), 'accuracy >= 0.92', 'escalation <= 10%' or "
+    "'cost <= 5' (USD per 1M queries).",
+)
+@click.option("--tiers", help="Candidate names, cheapest first, comma-separated [chosen,teacher].")
+@click.option(
+    "--confidence",
+    type=click.Choice(["max_prob", "margin", "entropy"]),
+    help="How sure a tier is [max_prob].",
+)
+@click.option("--abstain-label", help="Abstain with this label (e.g. oos) when very unsure.")
+@click.option(
+    "--in-scope-loss",
+    type=float,
+    help="Share of in-scope dev queries allowed to abstain [0.02]; with --abstain-label.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def route(
+    run_dir: Path,
+    target: str | None,
+    tiers: str | None,
+    confidence: str | None,
+    abstain_label: str | None,
+    in_scope_loss: float | None,
+    quiet: bool,
+) -> None:
+    """Calibrate the cascade of a finished run on its dev split and check it on test.
+
+    Starts from the run's own route settings; the options override them. Writes
+    RUN_DIR/cascade.json (the choice, the test check, the dev trade-off curve) and
+    RUN_DIR/models/cascade, and adds the cascade to results.json."""
+    from pydantic import ValidationError
+
+    from smallfit.config import ConfigError, RouteConfig, format_validation_error, load_fit_config
+    from smallfit.route.stage import route_run
+
+    base = load_fit_config(run_dir / "config.yaml").route or RouteConfig()
+    update: dict[str, Any] = base.model_dump()
+    for key, value in (("target", target), ("confidence", confidence)):
+        if value is not None:
+            update[key] = value
+    if tiers is not None:
+        update["tiers"] = [t.strip() for t in tiers.split(",") if t.strip()]
+    if abstain_label is not None or in_scope_loss is not None:
+        abstain = dict(update.get("abstain") or {})
+        if abstain_label is not None:
+            abstain["label"] = abstain_label
+        if in_scope_loss is not None:
+            abstain["in_scope_loss"] = in_scope_loss
+        update["abstain"] = abstain
+    try:
+        config = RouteConfig.model_validate(update)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source="route options")) from exc
+    summary = route_run(run_dir, config, progress=_progress(quiet), log=_log)
+    click.echo(
+        f"cascade: {' -> '.join(summary['tiers'])}, thresholds "
+        + ", ".join(f"{t:.4f}" for t in summary["thresholds"])
+    )
+    click.echo(f"written: {run_dir / 'cascade.json'}, {summary['model_dir']}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Serve YAML.")
+@click.option("--host", help="Interface [127.0.0.1].")
+@click.option("--port", type=int, help="Port [8000].")
+@click.option("--max-batch", type=int, help="Texts per micro-batch [32].")
+@click.option("--max-wait-ms", type=float, help="Micro-batch wait after its first text [2].")
+@click.option("--threads", type=int, help="Compute threads [cores - 1].")
+@click.option("--escalation-log", type=click.Path(path_type=Path), help="JSONL of escalations.")
+@click.option("--shadow", type=click.Path(path_type=Path), help="A model to shadow the live one.")
+@click.option("--watch", is_flag=True, default=None, help="Reload when the model changes.")
+def serve(path: Path, config_path: Path | None, **options: Any) -> None:
+    """Serve a model over HTTP: PATH is a model directory, or a run directory (its cascade,
+    else its selected model).
+
+    POST /v1/classify, GET /healthz /readyz /metrics, POST /admin/swap and /admin/shadow
+    (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
+    from pydantic import ValidationError
+
+    from smallfit.config import ConfigError, ServeConfig, format_validation_error, read_yaml_mapping
+    from smallfit.serve import serve as run
+    from smallfit.serve.app import resolve_model_path
+
+    raw = read_yaml_mapping(config_path) if config_path else {}
+    raw.update({k: v for k, v in options.items() if v is not None})
+    try:
+        config = ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        source = str(config_path or "options")
+        raise ConfigError(format_validation_error(exc, source=source)) from exc
+    model = resolve_model_path(path)
+    _log(f"serving {model} on http://{config.host}:{config.port} (docs: /docs)")
+    run(model, config)
+
+
+@main.command()
 def zoo() -> None:
     """List the model aliases that work offline."""
     from smallfit.zoo import describe

@@ -1,0 +1,279 @@
+"""The HTTP app: ``POST /v1/classify``, health and readiness, Prometheus metrics, admin routes
+(hot swap, shadow) behind a bearer token; OpenAPI docs at ``/docs``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from smallfit import __version__
+from smallfit.config import ServeConfig
+from smallfit.errors import SmallfitError
+from smallfit.serve.engine import Engine, TierUnavailable
+from smallfit.serve.metrics import Metrics
+
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
+
+
+AdminCredentials = Annotated[
+    HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))
+]
+
+
+class ClassifyRequest(BaseModel):
+    """Texts to classify (one or more)."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, description="the texts, one answer each")
+
+
+class TextAnswer(BaseModel):
+    label: str
+    probs: dict[str, float] = Field(description="the top-k labels' probabilities")
+    confidence: float
+    tier: str = Field(description="the model that answered")
+    tier_index: int
+    abstained: bool = Field(description="the cascade declined to answer (out of scope)")
+    fallback: bool = Field(description="a later tier failed or timed out; best local answer")
+    latency_ms: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: str
+    results: list[TextAnswer]
+    latency_ms: float
+
+
+class SwapRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="a model directory (or a run's models/<name>) to serve")
+
+
+class ShadowRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(description="a model directory to shadow the live one; null: none")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, by Content-Length or as they
+    stream in (pure ASGI: no per-request overhead beyond a header check)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._refuse(send)
+                return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = (
+            b'{"detail":"request body too large: at most %d bytes (serve.max_body_bytes)"}'
+            % self.limit
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(model_path: str | Path, config: ServeConfig | None = None) -> FastAPI:
+    """The app serving the model in ``model_path`` (a model directory, or a run directory: its
+    cascade if it has one, else its selected model)."""
+    config = config or ServeConfig()
+    path = resolve_model_path(model_path)
+    metrics = Metrics()
+    engine = Engine(config, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await engine.start(path)
+        watcher = None
+        if config.watch:
+            watcher = asyncio.get_running_loop().create_task(
+                engine.watch(path, config.watch_interval_s)
+            )
+        yield
+        if watcher is not None:
+            watcher.cancel()
+        await engine.stop()
+
+    app = FastAPI(
+        title="smallfit",
+        version=__version__,
+        description="Classify texts with the model smallfit chose; a cascade escalates "
+        "unsure texts to its bigger tiers.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.metrics = metrics
+    def admin(credentials: AdminCredentials) -> None:
+        token = os.environ.get(config.admin_token_env)
+        if not token:
+            raise HTTPException(
+                403, f"admin routes are disabled: set {config.admin_token_env} to a token"
+            )
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "admin routes need 'Authorization: Bearer <token>'")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path == "/v1/classify":
+            metrics.requests.labels(status="422").inc()
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": problems}, status_code=422)
+
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(request: ClassifyRequest) -> Any:
+        """Classify a batch of texts: label, top-k probabilities, which tier answered."""
+        started = time.perf_counter()
+        problem = _check_limits(request.texts, config)
+        if problem is not None:
+            metrics.requests.labels(status="422").inc()
+            return JSONResponse({"detail": [problem]}, status_code=422)
+        try:
+            served, answers = await engine.classify(request.texts)
+        except TierUnavailable as exc:
+            metrics.requests.labels(status="503").inc()
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except SmallfitError as exc:
+            metrics.requests.labels(status="500").inc()
+            metrics.errors.labels(kind="request").inc()
+            return JSONResponse({"detail": str(exc)}, status_code=500)
+        elapsed = time.perf_counter() - started
+        metrics.requests.labels(status="200").inc()
+        metrics.request_latency.observe(elapsed)
+        return {
+            "model": served.name,
+            "version": served.version,
+            "results": [a.to_dict() for a in answers],
+            "latency_ms": round(elapsed * 1000, 3),
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        """A model is loaded and answering."""
+        live = engine.live
+        if live is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {
+            "status": "ready",
+            "model": live.name,
+            "kind": live.model.kind,
+            "version": live.version,
+            "tiers": [t.model.name for t in live.cascade.tiers],
+            "shadow": engine.shadow.name if engine.shadow else None,
+        }
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/admin/swap", dependencies=[Depends(admin)])
+    async def swap(request: SwapRequest) -> Any:
+        """Load a model beside the live one and switch to it atomically (no failed requests)."""
+        try:
+            new = await engine.swap(resolve_model_path(request.path))
+        except (SmallfitError, OSError) as exc:
+            metrics.errors.labels(kind="swap").inc()
+            return JSONResponse({"detail": f"swap failed, live model unchanged: {exc}"}, 400)
+        return {"status": "swapped", "model": new.name, "version": new.version}
+
+    @app.post("/admin/shadow", dependencies=[Depends(admin)])
+    async def shadow(request: ShadowRequest) -> Any:
+        """Run a candidate beside the live model on live traffic; agreement in /metrics."""
+        try:
+            where = None if request.path is None else resolve_model_path(request.path)
+            new = await engine.set_shadow(where)
+        except (SmallfitError, OSError) as exc:
+            return JSONResponse({"detail": f"shadow not set: {exc}"}, 400)
+        return {"status": "shadowing" if new else "no shadow", "model": new.name if new else None}
+
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    return app
+
+
+def _check_limits(texts: list[str], config: ServeConfig) -> dict[str, str] | None:
+    if len(texts) > config.max_texts:
+        return {
+            "field": "texts",
+            "message": f"{len(texts)} texts in one request; at most {config.max_texts} "
+            "(serve.max_texts)",
+        }
+    for i, text in enumerate(texts):
+        if len(text) > config.max_text_chars:
+            return {
+                "field": f"texts.{i}",
+                "message": f"text {i} has {len(text)} characters; at most "
+                f"{config.max_text_chars} (serve.max_text_chars)",
+            }
+    return None
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model directory as is; a run directory -> its cascade, else its selected model."""
+    import json
+
+    where = Path(path)
+    if (where / "smallfit.json").is_file():
+        return where
+    if (where / "models" / "cascade" / "smallfit.json").is_file():
+        return where / "models" / "cascade"
+    results = where / "results.json"
+    if results.is_file():
+        chosen = (json.loads(results.read_text("utf-8")).get("selection") or {}).get("chosen")
+        if chosen and (where / "models" / chosen / "smallfit.json").is_file():
+            return where / "models" / chosen
+        raise SmallfitError(f"{where}: the run selected no model and has no cascade to serve")
+    raise SmallfitError(f"{where}: neither a model directory (smallfit.json) nor a run directory")

@@ -1,0 +1,362 @@
+"""What the server runs: the live model (any Classifier; a Cascade is routed tier by tier, each
+tier behind its own micro-batcher), the shadow, hot swaps and the escalation log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallfit.config import ServeConfig
+from smallfit.errors import SmallfitError
+from smallfit.models.base import BaseClassifier, load, read_manifest
+from smallfit.route.cascade import Cascade, Tier
+from smallfit.serve.batcher import MicroBatcher
+from smallfit.serve.metrics import Metrics
+
+WARMUP_TEXTS = ["warm up", "hello, can you help me with my account?"]
+
+
+class TierUnavailable(SmallfitError):
+    """A remote tier failed or timed out and the fallback is 'error'."""
+
+
+@dataclass
+class Answer:
+    """One text's answer."""
+
+    label: str
+    probs: dict[str, float]
+    confidence: float
+    tier: str
+    tier_index: int
+    abstained: bool = False
+    fallback: bool = False
+    latency_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "probs": self.probs,
+            "confidence": self.confidence,
+            "tier": self.tier,
+            "tier_index": self.tier_index,
+            "abstained": self.abstained,
+            "fallback": self.fallback,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+
+@dataclass
+class Served:
+    """A loaded model ready to serve: its cascade view and one batcher per tier."""
+
+    path: Path
+    model: BaseClassifier
+    cascade: Cascade
+    batchers: list[MicroBatcher]
+    version: str
+    loaded_at: float = field(default_factory=time.time)
+    inflight: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+def _as_cascade(model: BaseClassifier, path: Path) -> Cascade:
+    """A Cascade as is; any other Classifier as a cascade of one tier."""
+    if isinstance(model, Cascade):
+        return model
+    return Cascade([Tier(model=model, threshold=None, path=path)], name=model.name)
+
+
+def _version(path: Path) -> str:
+    stat = (path / "smallfit.json").stat()
+    return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
+def load_served(path: str | Path, config: ServeConfig, metrics: Metrics | None) -> Served:
+    """Load the model in ``path``, warm every tier up, and build its batchers (not started).
+    Runs in a worker thread during a hot swap, so the live model keeps answering."""
+    from smallfit.evaluate.speed import limit_threads
+
+    where = Path(path).resolve()
+    read_manifest(where)  # a clear error for a wrong path before anything heavy
+    version = _version(where)
+    model = load(where)
+    cascade = _as_cascade(model, where)
+    threads = config.threads or max(1, (os.cpu_count() or 2) - 1)
+    batchers = []
+    for i, tier in enumerate(cascade.tiers):
+        if not tier.remote:
+            with limit_threads(threads, tier.model):
+                pass  # sets each model's own pool (ONNX Runtime) and torch's
+            tier.model.predict_proba(WARMUP_TEXTS)
+        label = f"{i}:{tier.model.name}"
+        on_batch = None
+        if metrics is not None:
+            hist = metrics.batch_size.labels(tier=label)
+            on_batch = hist.observe
+        batchers.append(
+            MicroBatcher(
+                tier.model.predict_proba,
+                max_batch=config.max_batch if not tier.remote else max(config.max_batch, 64),
+                max_wait_ms=config.max_wait_ms,
+                name=label,
+                on_batch=on_batch,
+            )
+        )
+    _set_torch_threads(threads)
+    return Served(path=where, model=model, cascade=cascade, batchers=batchers, version=version)
+
+
+def _set_torch_threads(threads: int) -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+class Engine:
+    """The live model, a shadow, hot swaps and the escalation log."""
+
+    def __init__(self, config: ServeConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.live: Served | None = None
+        self.shadow: Served | None = None
+        self._swap_lock = asyncio.Lock()
+        self._log_lock = threading.Lock()
+        self._retired: list[Served] = []
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, path: str | Path) -> None:
+        await self.swap(path)
+        if self.config.shadow is not None:
+            await self.set_shadow(self.config.shadow)
+
+    async def _load(self, path: str | Path, metrics: Metrics | None) -> Served:
+        loop = asyncio.get_running_loop()
+        served = await loop.run_in_executor(None, load_served, path, self.config, metrics)
+        for batcher in served.batchers:
+            batcher.start()
+        return served
+
+    async def swap(self, path: str | Path) -> Served:
+        """Load ``path`` beside the live model, then switch to it in one assignment; the old
+        model finishes the requests it holds, then stops."""
+        async with self._swap_lock:
+            new = await self._load(path, self.metrics)
+            old, self.live = self.live, new
+            self.metrics.live_model(new.name, new.model.kind)
+            if old is not None:
+                self.metrics.swaps.inc()
+                self._spawn(self._retire(old))
+            return new
+
+    async def set_shadow(self, path: str | Path | None) -> Served | None:
+        async with self._swap_lock:
+            new = None if path is None else await self._load(path, None)
+            old, self.shadow = self.shadow, new
+            if old is not None:
+                self._spawn(self._retire(old))
+            return new
+
+    async def _retire(self, served: Served) -> None:
+        while served.inflight > 0 or any(b.pending for b in served.batchers):
+            await asyncio.sleep(0.01)
+        for batcher in served.batchers:
+            await batcher.stop()
+        for tier in served.cascade.tiers:
+            if hasattr(tier.model, "close"):
+                tier.model.close()
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for served in (self.live, self.shadow):
+            if served is not None:
+                for batcher in served.batchers:
+                    await batcher.stop()
+                for tier in served.cascade.tiers:
+                    if hasattr(tier.model, "close"):
+                        tier.model.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    async def classify(self, texts: list[str]) -> tuple[Served, list[Answer]]:
+        """Answer ``texts`` with the live model (the one live when the request arrived)."""
+        served = self.live
+        if served is None:
+            raise SmallfitError("no model loaded yet")
+        served.inflight += 1
+        try:
+            answers = await self._route(served, texts)
+        finally:
+            served.inflight -= 1
+        shadow = self.shadow
+        if shadow is not None:
+            self._spawn(self._compare(shadow, texts, [a.label for a in answers]))
+        return served, answers
+
+    async def _route(self, served: Served, texts: list[str]) -> list[Answer]:
+        cascade = served.cascade
+        started = time.perf_counter()
+        out: list[Answer | None] = [None] * len(texts)
+        open_rows = np.arange(len(texts))
+        best: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        for index, tier in enumerate(cascade.tiers):
+            if len(open_rows) == 0:
+                break
+            batch = [texts[i] for i in open_rows]
+            try:
+                call = served.batchers[index].submit(batch)
+                timeout = cascade.timeout_s if tier.remote else None
+                raw = await asyncio.wait_for(call, timeout) if timeout else await call
+            except Exception as exc:
+                if best is None or not tier.remote:
+                    self.metrics.errors.labels(kind="model").inc()
+                    raise
+                self.metrics.errors.labels(
+                    kind="timeout" if isinstance(exc, TimeoutError) else "remote"
+                ).inc()
+                if self.config.fallback == "error":
+                    raise TierUnavailable(
+                        f"tier {tier.model.name} failed or timed out ({type(exc).__name__})"
+                    ) from exc
+                rows, probs, conf, at = best
+                latency = (time.perf_counter() - started) * 1000
+                for r, p, c in zip(rows, probs, conf, strict=True):
+                    if r in open_rows:
+                        out[r] = self._answer(cascade, p, c, at, latency, fallback=True)
+                self.metrics.fallbacks.labels(tier=cascade.tiers[at].model.name).inc(
+                    int(np.isin(rows, open_rows).sum())
+                )
+                open_rows = open_rows[:0]
+                break
+            probs = cascade.tier_probs(index, raw)
+            step = cascade.step(index, raw)
+            latency = (time.perf_counter() - started) * 1000
+            for j in np.flatnonzero(step.answer):
+                row = int(open_rows[j])
+                out[row] = self._answer(cascade, probs[j], step.confidence[j], index, latency)
+                if index > 0:
+                    self._log_escalation(texts[row], out[row], served)  # type: ignore[arg-type]
+            for j in np.flatnonzero(step.abstain):
+                out[int(open_rows[j])] = Answer(
+                    label=cascade.abstain.label,  # type: ignore[union-attr]
+                    probs={cascade.abstain.label: 1.0},  # type: ignore[union-attr]
+                    confidence=float(step.confidence[j]),
+                    tier=tier.model.name,
+                    tier_index=index,
+                    abstained=True,
+                    latency_ms=latency,
+                )
+            if step.abstain.any():
+                self.metrics.abstentions.inc(int(step.abstain.sum()))
+            passed = ~step.answer & ~step.abstain
+            if passed.any():
+                self.metrics.escalations.labels(tier=tier.model.name).inc(int(passed.sum()))
+            if not tier.remote:
+                best = (open_rows, probs, step.confidence, index)
+            open_rows = open_rows[passed]
+        answers = [a for a in out if a is not None]
+        for a in answers:
+            self.metrics.texts.labels(tier=a.tier).inc()
+            self.metrics.tier_latency.labels(tier=a.tier).observe(a.latency_ms / 1000)
+            self.metrics.answered(a.tier_index)
+        return answers
+
+    def _answer(
+        self,
+        cascade: Cascade,
+        probs: np.ndarray,
+        confidence: float,
+        index: int,
+        latency_ms: float,
+        *,
+        fallback: bool = False,
+    ) -> Answer:
+        k = min(self.config.top_k, len(cascade.labels))
+        top = np.argsort(-probs, kind="stable")[:k]
+        return Answer(
+            label=cascade.labels[int(top[0])],
+            probs={cascade.labels[int(i)]: round(float(probs[i]), 6) for i in top},
+            confidence=round(float(confidence), 6),
+            tier=cascade.tiers[index].model.name,
+            tier_index=index,
+            fallback=fallback,
+            latency_ms=latency_ms,
+        )
+
+    def _log_escalation(self, text: str, answer: Answer, served: Served) -> None:
+        """Append the escalated query with the answering tier's label (a training row)."""
+        if self.config.escalation_log is None:
+            return
+        row = {
+            "text": text,
+            "label": answer.label,
+            "confidence": answer.confidence,
+            "tier": answer.tier,
+            "model": served.name,
+            "time": round(time.time(), 3),
+        }
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._log_lock:
+            path = Path(self.config.escalation_log)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(line)
+
+    async def _compare(self, shadow: Served, texts: list[str], live: list[str]) -> None:
+        shadow.inflight += 1
+        try:
+            answers = await self._route_quietly(shadow, texts)
+        except Exception:
+            self.metrics.errors.labels(kind="shadow").inc()
+            return
+        finally:
+            shadow.inflight -= 1
+        agreed = sum(a == b for a, b in zip(answers, live, strict=True))
+        self.metrics.shadow(len(texts), agreed)
+
+    async def _route_quietly(self, served: Served, texts: list[str]) -> list[str]:
+        """The shadow's labels: its first tier only when it is a cascade (no escalations or
+        log rows on its account)."""
+        raw = await served.batchers[0].submit(texts)
+        probs = served.cascade.tier_probs(0, raw)
+        return [served.cascade.labels[i] for i in probs.argmax(axis=1)]
+
+    # -- watching ------------------------------------------------------------------------------
+
+    async def watch(self, path: str | Path, interval_s: float) -> None:
+        """Swap in ``path`` again whenever its manifest changes."""
+        where = Path(path).resolve()
+        while True:
+            await asyncio.sleep(interval_s)
+            live = self.live
+            try:
+                version = _version(where)
+            except OSError:
+                continue
+            if live is not None and version != live.version and not self._swap_lock.locked():
+                try:
+                    await self.swap(where)
+                except Exception:
+                    self.metrics.errors.labels(kind="swap").inc()

@@ -1,0 +1,105 @@
+"""The server's Prometheus metrics, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+disable_created_metrics()  # the *_created series only add noise to a scrape
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Counters and histograms of requests, tiers, escalations, errors, swaps and the shadow."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "smallfit_requests", "Classify requests by HTTP status", ["status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "smallfit_request_latency_seconds",
+            "Classify request latency (whole request)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.texts = Counter(
+            "smallfit_texts", "Texts answered, by the tier that answered", ["tier"], registry=r
+        )
+        self.tier_latency = Histogram(
+            "smallfit_tier_latency_seconds",
+            "Per-text latency by the tier that answered (queueing included)",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.escalations = Counter(
+            "smallfit_escalations", "Texts passed on from a tier to the next", ["tier"], registry=r
+        )
+        self.escalation_rate = Gauge(
+            "smallfit_escalation_rate",
+            "Share of answered texts that went past the first tier",
+            registry=r,
+        )
+        self.abstentions = Counter("smallfit_abstentions", "Texts abstained on", registry=r)
+        self.fallbacks = Counter(
+            "smallfit_fallbacks",
+            "Texts answered by a local tier because a later tier failed or timed out",
+            ["tier"],
+            registry=r,
+        )
+        self.errors = Counter("smallfit_errors", "Errors by kind", ["kind"], registry=r)
+        self.batch_size = Histogram(
+            "smallfit_batch_size",
+            "Texts per micro-batch, by tier",
+            ["tier"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.swaps = Counter("smallfit_model_swaps", "Models swapped in", registry=r)
+        self.shadow_compared = Counter(
+            "smallfit_shadow_compared", "Texts the shadow model also answered", registry=r
+        )
+        self.shadow_agreed = Counter(
+            "smallfit_shadow_agreed",
+            "Texts where the shadow agreed with the live answer",
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "smallfit_shadow_agreement", "Share of compared texts the shadow agreed on", registry=r
+        )
+        self.info = Gauge(
+            "smallfit_model_info", "The live model (value 1)", ["name", "kind"], registry=r
+        )
+        self._answered = 0
+        self._escalated = 0
+        self._compared = 0
+        self._agreed = 0
+
+    def answered(self, tier_index: int, count: int = 1) -> None:
+        self._answered += count
+        if tier_index > 0:
+            self._escalated += count
+        self.escalation_rate.set(self._escalated / max(self._answered, 1))
+
+    def shadow(self, compared: int, agreed: int) -> None:
+        self._compared += compared
+        self._agreed += agreed
+        self.shadow_compared.inc(compared)
+        self.shadow_agreed.inc(agreed)
+        self.shadow_agreement.set(self._agreed / max(self._compared, 1))
+
+    def live_model(self, name: str, kind: str) -> None:
+        self.info.clear()
+        self.info.labels(name=name, kind=kind).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
