@@ -197,3 +197,24 @@ def test_bad_tiers_and_thresholds_are_named(routed_run, snips_minilm: Path) -> N
         Cascade(tiers)
     one = Cascade([Tier(model=tiers[0].model, threshold=None, path=tiers[0].path)])
     assert one.predict(["play some jazz"]) == tiers[0].model.predict(["play some jazz"])
+
+
+def test_the_route_command_recalibrates_a_run(routed_run) -> None:
+    import subprocess
+    import sys
+
+    config, _ = routed_run
+    out = subprocess.run(
+        [sys.executable, "-m", "smallfit.cli", "route", str(config.run_dir), "--tiers",
+         "linear,teacher", "--target", "escalation <= 20%", "-q"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "cascade: linear -> teacher, thresholds" in out.stdout
+    summary = json.loads((Path(config.run_dir) / "cascade.json").read_text("utf-8"))
+    assert summary["target"] == "escalation <= 20%" and summary["dev"]["escalation"] <= 0.2
+    bad = subprocess.run(
+        [sys.executable, "-m", "smallfit.cli", "route", str(config.run_dir), "--target", "cheap"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "route options" in bad.stderr and "target" in bad.stderr

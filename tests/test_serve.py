@@ -266,3 +266,45 @@ def test_a_stalled_remote_tier_falls_back_to_the_best_local_answer(
         with serving(strict) as url, httpx.Client(base_url=url, timeout=60) as c:
             refused = _post(c, texts[:1])
         assert refused.status_code == 503 and "timed out" in refused.text
+
+
+def test_the_serve_command_serves_a_model(models, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from smallfit.testing.llama_server import free_port
+
+    linear_dir, *_ = models
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smallfit.cli", "serve", str(linear_dir), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "smallfit serve never became ready"
+            time.sleep(0.3)
+        answer = httpx.post(url + "/v1/classify", json={"texts": ["play some jazz"]}).json()
+        assert answer["results"][0]["label"] == load(linear_dir).predict(["play some jazz"])[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    bad = subprocess.run(
+        [sys.executable, "-m", "smallfit.cli", "serve", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "neither a model directory" in bad.stderr

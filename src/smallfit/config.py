@@ -378,8 +378,8 @@ class RouteConfig(Strict):
     abstain: AbstainConfig | None = None
     """Abstain (answer the out-of-scope label) when the abstaining tier is very unsure."""
     timeout_s: float | None = Field(10.0, gt=0)
-    """A tier slower than this (per batch) is given up on: the best local answer stands,
-    flagged as a fallback."""
+    """A remote tier (an API) slower than this per batch is given up on: the best local
+    answer stands, flagged as a fallback."""
 
     @field_validator("target")
     @classmethod
