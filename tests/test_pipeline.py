@@ -65,7 +65,9 @@ def test_fit_writes_the_run_directory(first_run) -> None:
         )
     results = json.loads((run / "results.json").read_text())
     names = [c["name"] for c in results["candidates"]]
-    assert names == ["teacher", "student", "linear"]
+    # the cascade (chosen student -> teacher) is calibrated after selection, then measured
+    assert names == ["teacher", "student", "linear", "cascade"]
+    assert (run / "cascade.json").is_file() and results["cascade"]["tiers"][-1] == "teacher"
     assert results["environment"]["packages"]["torch"].startswith("2.13")
     assert results["selection"]["chosen"] == result.chosen
     assert result.stages_skipped == []
@@ -123,7 +125,9 @@ def test_rerun_skips_every_stage_and_reruns_only_what_changed(first_run, snips_s
 
     changed = _config(Path(config.run_dir), snips_slice, student_epochs=2.0)
     third = fit(changed, progress=False, log=logs.append)
-    assert third.stages_run == ["student:student", "evaluate:student"]
+    # the cascade is recalibrated only when the changed student is one of its tiers
+    rerouted = ["route"] if third.chosen == "student" else []
+    assert third.stages_run == ["student:student", "evaluate:student", *rerouted]
     assert "teacher" in third.stages_skipped and "student:linear" in third.stages_skipped
 
 
