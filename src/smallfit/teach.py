@@ -22,7 +22,7 @@ from smallfit.config import FinetuneTeacher, GoldTeacher, KDConfig, LLMTeacher, 
 from smallfit.data import Dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_dir, hash_json, hash_texts
-from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load
+from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load, write_npy
 from smallfit.registry import Registry
 
 TEACHERS: Registry[Callable[..., Any]] = Registry("teacher")
@@ -208,9 +208,7 @@ def label_pool(
             bar.update(min(chunk, len(texts) - start))
     probs = np.concatenate(parts) if parts else np.zeros((0, len(labels)), np.float32)
     probs = align_probs(probs, teacher.labels, labels).astype(np.float32)
-    tmp = file.with_suffix(".tmp.npy")
-    np.save(tmp, probs, allow_pickle=False)
-    tmp.replace(file)
+    write_npy(file, probs)
     seconds = time.monotonic() - started
     with open(cache_dir / "ledger.jsonl", "a", encoding="utf-8") as ledger:
         entry = {

@@ -21,6 +21,7 @@ from smallfit.models.base import (
     load,
     manifest_with_architecture,
     write_json,
+    write_npy,
 )
 
 PREDICT_BATCH = 64
@@ -59,10 +60,7 @@ def evaluate_candidate(
     model = load(model_dir)
     probs = predict_in_batches(model, test.texts, progress=progress)
     if probs_file is not None:
-        Path(probs_file).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(probs_file).with_suffix(".tmp.npy")
-        np.save(tmp, probs.astype(np.float32), allow_pickle=False)
-        tmp.replace(probs_file)
+        write_npy(probs_file, probs.astype(np.float32))
     teacher = None
     if teacher_test_probs is not None:
         teacher = align_probs(

@@ -209,6 +209,15 @@ def write_json(path: str | Path, obj: Any) -> None:
     tmp.replace(target)
 
 
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write a .npy atomically (temp file + rename; parents made), never pickled."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp.npy")
+    np.save(tmp, array, allow_pickle=False)
+    tmp.replace(target)
+
+
 def dir_bytes(path: str | Path) -> int:
     """Total bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -80,14 +80,15 @@ class Step:
 @dataclass
 class Decisions:
     """A cascade's answers: probabilities over ``Cascade.labels``, the tier that answered
-    (``-1`` where it abstained), its confidence, and which rows fell back to a local answer
-    because a later tier failed or timed out."""
+    (``-1`` where it abstained), its confidence, which rows fell back to a local answer
+    because a later tier failed or timed out, and the last tier each row was sent to."""
 
     probs: np.ndarray
     tier: np.ndarray
     confidence: np.ndarray
     abstained: np.ndarray
     fallback: np.ndarray
+    reached: np.ndarray
 
 
 @register_backend("cascade")
@@ -156,33 +157,39 @@ class Cascade(BaseClassifier):
             row[self.labels.index(self.abstain.label)] = 1.0
         return row
 
-    def decide(self, texts: Sequence[str]) -> Decisions:
-        """Run the cascade over ``texts``, each tier on the rows still open."""
-        n = len(texts)
+    def walk(self, n: int) -> Generator[tuple[int, np.ndarray], np.ndarray, Decisions]:
+        """The routing loop over ``n`` queries, driven by its caller: it yields (tier index,
+        rows still open) and takes back that tier's probabilities for those rows, or, thrown
+        in, the error the tier raised. A remote tier's error leaves the best local answer
+        standing, flagged as a fallback; any other error propagates. Returns the Decisions.
+
+        One loop for every way a cascade is run: :meth:`decide` (models called in turn),
+        :meth:`decide_from` (saved probabilities) and the server (tiers behind batchers)."""
         out = Decisions(
             probs=np.zeros((n, len(self.labels)), dtype=np.float32),
             tier=np.full(n, -1, dtype=np.int64),
             confidence=np.zeros(n, dtype=np.float32),
             abstained=np.zeros(n, dtype=bool),
             fallback=np.zeros(n, dtype=bool),
+            reached=np.zeros(n, dtype=np.int64),
         )
         open_rows = np.arange(n)
-        last_local: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        best: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
         for index, tier in enumerate(self.tiers):
             if len(open_rows) == 0:
                 break
+            out.reached[open_rows] = index
             try:
-                raw = self._call(tier, [texts[i] for i in open_rows])
-            except Exception as exc:  # a remote tier down or slow: the best local answer stands
-                if last_local is None or not tier.remote:
+                raw = yield index, open_rows
+            except Exception:
+                if best is None or not tier.remote:
                     raise
-                rows, probs, conf, at = last_local
+                rows, probs, conf, at = best
                 keep = np.isin(rows, open_rows)
                 out.probs[rows[keep]] = probs[keep]
                 out.confidence[rows[keep]] = conf[keep]
                 out.tier[rows[keep]] = at
                 out.fallback[rows[keep]] = True
-                self.last_error = str(exc)
                 break
             probs = self.tier_probs(index, raw)
             step = self.step(index, raw)
@@ -194,9 +201,22 @@ class Cascade(BaseClassifier):
             out.probs[gone] = self.abstain_row()
             out.abstained[gone] = True
             out.confidence[gone] = step.confidence[step.abstain]
-            last_local = (open_rows, probs, step.confidence, index)
+            if not tier.remote:
+                best = (open_rows, probs, step.confidence, index)
             open_rows = open_rows[~step.answer & ~step.abstain]
         return out
+
+    def decide(self, texts: Sequence[str]) -> Decisions:
+        """Run the cascade over ``texts``, each tier on the rows still open."""
+        return run_walk(
+            self.walk(len(texts)),
+            lambda index, rows: self._call(self.tiers[index], [texts[i] for i in rows]),
+        )
+
+    def decide_from(self, probs: Sequence[np.ndarray]) -> Decisions:
+        """The cascade's decisions from each tier's saved probabilities (one array per tier,
+        a row per query, columns in that tier's label order); no model is run."""
+        return run_walk(self.walk(len(probs[0])), lambda index, rows: probs[index][rows])
 
     def _call(self, tier: Tier, texts: list[str]) -> np.ndarray:
         if self.timeout_s is None or not tier.remote:
@@ -284,6 +304,24 @@ class Cascade(BaseClassifier):
             name=manifest.get("name", "cascade"),
             lineage=manifest.get("lineage") or {},
         )
+
+
+def run_walk(
+    walker: Generator[tuple[int, np.ndarray], np.ndarray, Decisions],
+    probs_of: Callable[[int, np.ndarray], np.ndarray],
+) -> Decisions:
+    """Drive :meth:`Cascade.walk` with ``probs_of(tier index, rows)``; its Decisions."""
+    try:
+        index, rows = next(walker)
+        while True:
+            try:
+                raw = probs_of(index, rows)
+            except Exception as exc:
+                index, rows = walker.throw(exc)
+                continue
+            index, rows = walker.send(raw)
+    except StopIteration as stop:
+        return stop.value
 
 
 def load_tiers(paths: Sequence[str | Path]) -> list[Tier]:

@@ -17,7 +17,14 @@ from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import predict_in_batches
 from smallfit.evaluate.quality import quality_metrics
 from smallfit.hashing import hash_dir, hash_json, hash_texts
-from smallfit.models.base import align_probs, load, write_json
+from smallfit.models.base import (
+    BaseClassifier,
+    align_probs,
+    load,
+    read_manifest,
+    write_json,
+    write_npy,
+)
 from smallfit.route.calibrate import (
     Calibration,
     TierOutputs,
@@ -58,27 +65,27 @@ def _tier_dir(run_dir: Path, name: str) -> Path:
 
 
 class _Probs:
-    """Each tier's probabilities on a list of texts, cached under ``run_dir/route``."""
+    """Each tier's probabilities on a list of texts (columns in the cascade's label order),
+    cached under ``run_dir/route`` by the model's content and the texts."""
 
     def __init__(self, run_dir: Path, labels: list[str], progress: bool) -> None:
         self.cache = run_dir / "route"
         self.labels = labels
         self.progress = progress
+        self._model_keys: dict[Path, str] = {}
 
-    def get(self, model_dir: Path, texts: list[str], what: str) -> np.ndarray:
-        key = hash_json({"model": hash_dir(model_dir), "texts": hash_texts(texts)})[:16]
-        file = self.cache / f"{model_dir.name}.{what}-{key}.npy"
+    def get(
+        self, model: BaseClassifier, model_dir: Path, texts: list[str], what: str
+    ) -> np.ndarray:
+        if model_dir not in self._model_keys:  # hash each model's files once
+            self._model_keys[model_dir] = hash_dir(model_dir)
+        key = hash_json({"model": self._model_keys[model_dir], "texts": hash_texts(texts)})
+        file = self.cache / f"{model_dir.name}.{what}-{key[:16]}.npy"
         if file.is_file():
             return np.load(file, allow_pickle=False)
-        model = load(model_dir)
         probs = predict_in_batches(model, texts, progress=self.progress, what=what)
-        if hasattr(model, "close"):
-            model.close()
         probs = align_probs(probs, model.labels, self.labels).astype(np.float32)
-        self.cache.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp.npy")
-        np.save(tmp, probs, allow_pickle=False)
-        tmp.replace(file)
+        write_npy(file, probs)
         return probs
 
 
@@ -120,9 +127,8 @@ def build_cascade(
     labels = list(models[0].labels)
     for model in models:
         align_probs(np.zeros((0, len(model.labels))), model.labels, labels)  # same label set
-        if hasattr(model, "close"):
-            model.close()
     by_name = {c.get("name"): c for c in candidates}
+    facts = {name: _tier_facts(by_name.get(name), evaluate) for name in names}
     probs = _Probs(run_dir, labels, progress)
     data = dataset
     index = {label: i for i, label in enumerate(labels)}
@@ -139,8 +145,8 @@ def build_cascade(
             elif split == "test" and name in by_name and saved.is_file():
                 p = align_probs(np.load(saved, allow_pickle=False), model.labels, labels)
             else:
-                p = probs.get(model_dir, texts, split)
-            cost, p50 = _tier_facts(by_name.get(name), evaluate)
+                p = probs.get(model, model_dir, texts, split)
+            cost, p50 = facts[name]
             out.append(TierOutputs(name=name, probs=p, cost_per_1m_usd=cost, p50_ms=p50))
         return out
 
@@ -170,8 +176,8 @@ def build_cascade(
     oos = None
     if abstain is not None and data.out_of_scope:
         oos_tiers = [
-            TierOutputs(name=n, probs=probs.get(d, data.out_of_scope, "oos"))
-            for n, d in zip(names, dirs, strict=True)
+            TierOutputs(name=n, probs=probs.get(m, d, data.out_of_scope, "oos"))
+            for n, m, d in zip(names, models, dirs, strict=True)
         ]
         oos = out_of_scope_caught(
             oos_tiers, calibration.thresholds, confidence=config.confidence, abstain=abstain
@@ -193,15 +199,21 @@ def build_cascade(
         lineage={"tiers": names, "target": config.target, "calibrated_on": "dev"},
     )
     out_dir = run_dir / "models" / CASCADE
-    test_probs = replay(cascade, test)
+    # back to each tier's own label order, as its model answers
+    own = [align_probs(t.probs, labels, m.labels) for t, m in zip(test, models, strict=True)]
+    test_probs = cascade.decide_from(own).probs
     cascade.save(out_dir, metrics={"dev": calibration.dev.to_dict()})
+    cascade.close()  # an API tier's connections; the speed probe loads its own copy
     summary = calibration.to_dict() | {"out_of_scope": oos, "model_dir": str(out_dir)}
     write_json(run_dir / CASCADE_JSON, summary)
     _log_summary(calibration, oos, log)
 
     teacher_probs = None
-    if "teacher" in by_name and (run_dir / "results" / "teacher.test_probs.npy").is_file():
-        t = np.load(run_dir / "results" / "teacher.test_probs.npy", allow_pickle=False)
+    teacher_file = run_dir / "results" / "teacher.test_probs.npy"
+    if "teacher" in by_name and teacher_file.is_file():
+        # in the teacher's own label order on disk; the cascade's, plus its abstain column
+        teacher_labels = read_manifest(run_dir / "models" / "teacher")["labels"]
+        t = align_probs(np.load(teacher_file, allow_pickle=False), teacher_labels, labels)
         teacher_probs = np.pad(t, ((0, 0), (0, len(cascade.labels) - t.shape[1])))
     quality = quality_metrics(
         test_probs,
@@ -211,8 +223,7 @@ def build_cascade(
         ece_bins=evaluate.ece_bins,
     )
     results = run_dir / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    np.save(results / f"{CASCADE}.test_probs.npy", test_probs, allow_pickle=False)
+    write_npy(results / f"{CASCADE}.test_probs.npy", test_probs)
     if any(m.remote for m in models):
         # an API tier is not run again for a latency probe: the tiers' p50s, weighted by reach
         estimate = calibration.test.mean_latency_ms if calibration.test else None
@@ -243,20 +254,6 @@ def build_cascade(
     }
     write_json(results / f"{CASCADE}.json", result)
     return result
-
-
-def replay(cascade: Cascade, tiers: list[TierOutputs]) -> np.ndarray:
-    """The cascade's probabilities from its tiers' saved probabilities (no model is run)."""
-    n = len(tiers[0].probs)
-    out = np.zeros((n, len(cascade.labels)), dtype=np.float32)
-    open_rows = np.arange(n)
-    for i, tier in enumerate(tiers):
-        p = tier.probs[open_rows]
-        step = cascade.step(i, p)
-        out[open_rows[step.answer]] = cascade.tier_probs(i, p)[step.answer]
-        out[open_rows[step.abstain]] = cascade.abstain_row()
-        open_rows = open_rows[~step.answer & ~step.abstain]
-    return out
 
 
 def _log_summary(

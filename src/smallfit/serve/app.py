@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -267,8 +268,6 @@ def _check_limits(texts: list[str], config: ServeConfig) -> dict[str, str] | Non
 
 def resolve_model_path(path: str | Path) -> Path:
     """A model directory as is; a run directory -> its cascade, else its selected model."""
-    import json
-
     where = Path(path)
     if (where / "smallfit.json").is_file():
         return where

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,8 +15,9 @@ import numpy as np
 
 from smallfit.config import ServeConfig
 from smallfit.errors import SmallfitError
+from smallfit.evaluate.speed import cpu_threads_all
 from smallfit.models.base import BaseClassifier, load, read_manifest
-from smallfit.route.cascade import Cascade, Tier
+from smallfit.route.cascade import Cascade, Decisions, Tier
 from smallfit.serve.batcher import MicroBatcher
 from smallfit.serve.metrics import Metrics
 
@@ -86,19 +86,17 @@ def _version(path: Path) -> str:
 def load_served(path: str | Path, config: ServeConfig, metrics: Metrics | None) -> Served:
     """Load the model in ``path``, warm every tier up, and build its batchers (not started).
     Runs in a worker thread during a hot swap, so the live model keeps answering."""
-    from smallfit.evaluate.speed import limit_threads
-
     where = Path(path).resolve()
     read_manifest(where)  # a clear error for a wrong path before anything heavy
     version = _version(where)
     model = load(where)
     cascade = _as_cascade(model, where)
-    threads = config.threads or max(1, (os.cpu_count() or 2) - 1)
+    threads = config.threads or max(1, cpu_threads_all() - 1)
     batchers = []
     for i, tier in enumerate(cascade.tiers):
         if not tier.remote:
-            with limit_threads(threads, tier.model):
-                pass  # sets each model's own pool (ONNX Runtime) and torch's
+            if hasattr(tier.model, "set_num_threads"):  # a pool of its own (ONNX Runtime)
+                tier.model.set_num_threads(threads)
             tier.model.predict_proba(WARMUP_TEXTS)
         label = f"{i}:{tier.model.name}"
         on_batch = None
@@ -176,22 +174,14 @@ class Engine:
     async def _retire(self, served: Served) -> None:
         while served.inflight > 0 or any(b.pending for b in served.batchers):
             await asyncio.sleep(0.01)
-        for batcher in served.batchers:
-            await batcher.stop()
-        for tier in served.cascade.tiers:
-            if hasattr(tier.model, "close"):
-                tier.model.close()
+        await _shut(served)
 
     async def stop(self) -> None:
         for task in list(self._background):
             task.cancel()
         for served in (self.live, self.shadow):
             if served is not None:
-                for batcher in served.batchers:
-                    await batcher.stop()
-                for tier in served.cascade.tiers:
-                    if hasattr(tier.model, "close"):
-                        tier.model.close()
+                await _shut(served)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -216,68 +206,85 @@ class Engine:
         return served, answers
 
     async def _route(self, served: Served, texts: list[str]) -> list[Answer]:
+        """Drive the cascade's routing loop with each tier behind its batcher; a remote tier
+        gets the cascade's timeout."""
         cascade = served.cascade
         started = time.perf_counter()
-        out: list[Answer | None] = [None] * len(texts)
-        open_rows = np.arange(len(texts))
-        best: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
-        for index, tier in enumerate(cascade.tiers):
-            if len(open_rows) == 0:
-                break
-            batch = [texts[i] for i in open_rows]
-            try:
-                call = served.batchers[index].submit(batch)
-                timeout = cascade.timeout_s if tier.remote else None
-                raw = await asyncio.wait_for(call, timeout) if timeout else await call
-            except Exception as exc:
-                if best is None or not tier.remote:
-                    self.metrics.errors.labels(kind="model").inc()
-                    raise
-                self.metrics.errors.labels(
-                    kind="timeout" if isinstance(exc, TimeoutError) else "remote"
-                ).inc()
-                if self.config.fallback == "error":
-                    raise TierUnavailable(
-                        f"tier {tier.model.name} failed or timed out ({type(exc).__name__})"
-                    ) from exc
-                rows, probs, conf, at = best
-                latency = (time.perf_counter() - started) * 1000
-                for r, p, c in zip(rows, probs, conf, strict=True):
-                    if r in open_rows:
-                        out[r] = self._answer(cascade, p, c, at, latency, fallback=True)
-                self.metrics.fallbacks.labels(tier=cascade.tiers[at].model.name).inc(
-                    int(np.isin(rows, open_rows).sum())
-                )
-                open_rows = open_rows[:0]
-                break
-            probs = cascade.tier_probs(index, raw)
-            step = cascade.step(index, raw)
-            latency = (time.perf_counter() - started) * 1000
-            for j in np.flatnonzero(step.answer):
-                row = int(open_rows[j])
-                out[row] = self._answer(cascade, probs[j], step.confidence[j], index, latency)
-                if index > 0:
-                    self._log_escalation(texts[row], out[row], served)  # type: ignore[arg-type]
-            for j in np.flatnonzero(step.abstain):
-                out[int(open_rows[j])] = Answer(
-                    label=cascade.abstain.label,  # type: ignore[union-attr]
-                    probs={cascade.abstain.label: 1.0},  # type: ignore[union-attr]
-                    confidence=float(step.confidence[j]),
-                    tier=tier.model.name,
-                    tier_index=index,
+        finished: dict[int, float] = {}  # tier index -> ms since start when it was done
+        walker = cascade.walk(len(texts))
+        try:
+            index, rows = next(walker)
+            while True:
+                tier = cascade.tiers[index]
+                try:
+                    call = served.batchers[index].submit([texts[i] for i in rows])
+                    timeout = cascade.timeout_s if tier.remote else None
+                    raw = await asyncio.wait_for(call, timeout) if timeout else await call
+                except Exception as exc:
+                    local_before = any(not t.remote for t in cascade.tiers[:index])
+                    if not (tier.remote and local_before):
+                        self.metrics.errors.labels(kind="model").inc()
+                        raise
+                    kind = "timeout" if isinstance(exc, TimeoutError) else "remote"
+                    self.metrics.errors.labels(kind=kind).inc()
+                    if self.config.fallback == "error":
+                        raise TierUnavailable(
+                            f"tier {tier.model.name} failed or timed out ({type(exc).__name__})"
+                        ) from exc
+                    finished[index] = (time.perf_counter() - started) * 1000
+                    index, rows = walker.throw(exc)
+                    continue
+                finished[index] = (time.perf_counter() - started) * 1000
+                index, rows = walker.send(raw)
+        except StopIteration as stop:
+            decisions: Decisions = stop.value
+        return self._answers(served, texts, decisions, finished)
+
+    def _answers(
+        self,
+        served: Served,
+        texts: list[str],
+        decisions: Decisions,
+        finished: dict[int, float],
+    ) -> list[Answer]:
+        """Each text's answer from the decisions; metrics and the escalation log."""
+        cascade = served.cascade
+        answers = []
+        for row, reached in enumerate(decisions.reached.tolist()):
+            latency = finished[reached]  # the last tier the text was sent to was done then
+            if decisions.abstained[row]:
+                label = cascade.abstain.label  # type: ignore[union-attr]
+                answer = Answer(
+                    label=label,
+                    probs={label: 1.0},
+                    confidence=float(decisions.confidence[row]),
+                    tier=cascade.tiers[reached].model.name,
+                    tier_index=reached,
                     abstained=True,
                     latency_ms=latency,
                 )
-            if step.abstain.any():
-                self.metrics.abstentions.inc(int(step.abstain.sum()))
-            passed = ~step.answer & ~step.abstain
-            if passed.any():
-                self.metrics.escalations.labels(tier=tier.model.name).inc(int(passed.sum()))
-            if not tier.remote:
-                best = (open_rows, probs, step.confidence, index)
-            open_rows = open_rows[passed]
-        answers = [a for a in out if a is not None]
+            else:
+                at = int(decisions.tier[row])
+                answer = self._answer(
+                    cascade,
+                    decisions.probs[row],
+                    decisions.confidence[row],
+                    at,
+                    latency,
+                    fallback=bool(decisions.fallback[row]),
+                )
+                if at > 0 and not answer.fallback:
+                    self._log_escalation(texts[row], answer, served)
+            answers.append(answer)
+        for index, tier in enumerate(cascade.tiers[:-1]):
+            passed = int((decisions.reached > index).sum())
+            if passed:
+                self.metrics.escalations.labels(tier=tier.model.name).inc(passed)
+        if decisions.abstained.any():
+            self.metrics.abstentions.inc(int(decisions.abstained.sum()))
         for a in answers:
+            if a.fallback:
+                self.metrics.fallbacks.labels(tier=a.tier).inc()
             self.metrics.texts.labels(tier=a.tier).inc()
             self.metrics.tier_latency.labels(tier=a.tier).observe(a.latency_ms / 1000)
             self.metrics.answered(a.tier_index)
@@ -360,3 +367,10 @@ class Engine:
                     await self.swap(where)
                 except Exception:
                     self.metrics.errors.labels(kind="swap").inc()
+
+
+async def _shut(served: Served) -> None:
+    """Stop a served model's batchers (finishing what they hold), then close its tiers."""
+    for batcher in served.batchers:
+        await batcher.stop()
+    served.cascade.close()
