@@ -11,8 +11,9 @@ Steps:
 2. out of scope: 500 SNIPS test texts (music, weather, restaurants...) sent to the banking
    cascade with abstention on the student's least sure 2% of in-scope dev queries;
 3. ``smallfit serve`` (the real CLI, a subprocess) under ``wrk`` at several connection counts,
-   single-text requests rotating through Banking77 test texts: the student alone, then the
-   cascade; one more cascade run with two hot swaps (to the student alone and back) mid-run.
+   single-text requests rotating through Banking77 test texts: the linear model (0.3 ms a text:
+   the server's own ceiling), the student alone, then the cascade; one more cascade run with
+   two hot swaps (to the student alone and back) mid-run.
 
 Writes ``benchmarks/results/cascade_serve_banking77.json``.
 """
@@ -209,10 +210,10 @@ def main() -> int:
     levels = [int(c) for c in args.connections.split(",")]
     load: dict[str, list[dict[str, Any]]] = {}
     swap_run: dict[str, Any] = {}
-    for name, model in (
-        ("student", run / "models" / args.student),
-        ("cascade", run / "models" / "cascade"),
-    ):
+    served = [("student", run / "models" / args.student), ("cascade", run / "models" / "cascade")]
+    if (run / "models" / "linear" / "smallfit.json").is_file():  # the HTTP layer's own ceiling
+        served.insert(0, ("linear", run / "models" / "linear"))
+    for name, model in served:
         server = Server(model, threads=args.threads, log=run / "route" / f"serve-{name}.log")
         try:
             wrk(server.url + "/v1/classify", connections=4, seconds=3, script=script, bodies=bodies)
@@ -270,8 +271,18 @@ def main() -> int:
         "oos_caught": (oos.get("out_of_scope") or {}).get("caught"),
         "oos_escalated": (oos.get("out_of_scope") or {}).get("escalated"),
         "in_scope_abstained_test": (oos.get("test") or {}).get("abstained"),
+        "linear_best_rps_at_p99_le_50ms": (best(load["linear"]) or {}).get("requests_per_s")
+        if "linear" in load
+        else None,
         "student_best_rps_at_p99_le_50ms": best_student and best_student["requests_per_s"],
         "cascade_best_rps_at_p99_le_50ms": best_cascade and best_cascade["requests_per_s"],
+        # the compute budget: what the cascade's teacher tier must do at 500 req/s, against
+        # what the teacher can do on these cores (its batch-32 throughput, all threads)
+        "escalated_texts_per_s_at_500rps": 500 * test_point["escalation"],
+        "teacher_texts_per_s_b32": next(
+            (c["speed"].get("throughput_b32_per_s") for c in candidates if c["name"] == "teacher"),
+            None,
+        ),
         "swap_run_failed": swap_run["failed"],
         "swap_run_rps": swap_run["requests_per_s"],
         "swap_run_p99_ms": swap_run["p99_ms"],

@@ -52,6 +52,8 @@ def _print_fit(result: Any) -> None:
     click.echo("")
     click.echo(result.table)
     click.echo(f"run directory: {result.run_dir}")
+    if result.report is not None:
+        click.echo(f"report: {result.report}")
     click.echo(result.selection_json)
 
 
@@ -371,6 +373,9 @@ def route(
         + ", ".join(f"{t:.4f}" for t in summary["thresholds"])
     )
     click.echo(f"written: {run_dir / 'cascade.json'}, {summary['model_dir']}")
+    from smallfit.report import write_report
+
+    click.echo(f"report rebuilt: {write_report(run_dir)}")
 
 
 @main.command()
@@ -379,7 +384,11 @@ def route(
 @click.option("--host", help="Interface [127.0.0.1].")
 @click.option("--port", type=int, help="Port [8000].")
 @click.option("--max-batch", type=int, help="Texts per micro-batch [32].")
-@click.option("--max-wait-ms", type=float, help="Micro-batch wait after its first text [2].")
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    help="Micro-batch wait after its first text [0: batch what queued meanwhile].",
+)
 @click.option("--threads", type=int, help="Compute threads [cores - 1].")
 @click.option("--escalation-log", type=click.Path(path_type=Path), help="JSONL of escalations.")
 @click.option("--shadow", type=click.Path(path_type=Path), help="A model to shadow the live one.")
@@ -406,6 +415,27 @@ def serve(path: Path, config_path: Path | None, **options: Any) -> None:
     model = resolve_model_path(path)
     _log(f"serving {model} on http://{config.host}:{config.port} (docs: /docs)")
     run(model, config)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), help="HTML file [RUN_DIR/report.html]."
+)
+@click.option("--volume", type=int, help="Queries a month today [report.volume_per_month].")
+@click.option("--hour-usd", type=float, help="Machine-hour price [evaluate.machine_hour_usd].")
+@click.option("--no-cards", is_flag=True, help="Skip the model cards beside each model.")
+def report(
+    run_dir: Path, out: Path | None, volume: int | None, hour_usd: float | None, no_cards: bool
+) -> None:
+    """Write the HTML report of a run (and a model card beside each model) from its saved
+    results: the verdict, the candidates, latency, the cascade, cost against volume, where the
+    chosen model is weaker, lineage and environment."""
+    from smallfit.report import write_report
+
+    overrides = {k: v for k, v in (("volume_per_month", volume), ("hour_usd", hour_usd)) if v}
+    path = write_report(run_dir, out, cards=not no_cards, overrides=overrides)
+    click.echo(f"report written to {path}")
 
 
 @main.command()

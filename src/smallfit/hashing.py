@@ -34,11 +34,15 @@ def hash_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+_MODEL_CARD = "MODEL_CARD.md"  # smallfit.models.base.MODEL_CARD (not imported: no cycle)
+
+
 def hash_dir(path: str | Path) -> str:
-    """sha256 over every file under a directory (relative names and contents)."""
+    """sha256 over every file under a directory (relative names and contents), but a model
+    card (documentation a report may rewrite)."""
     root = Path(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name != _MODEL_CARD):
         digest.update(str(file.relative_to(root)).encode())
         digest.update(hash_file(file).encode())
     return digest.hexdigest()

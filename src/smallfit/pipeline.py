@@ -20,6 +20,8 @@ import numpy as np
 
 from smallfit.config import FitConfig, GoldTeacher, dump_fit_config
 from smallfit.data import Dataset, Split, load_dataset
+from smallfit.errors import SmallfitError
+from smallfit.evaluate.results import TEST_SPLIT
 from smallfit.hashing import hash_json, hash_texts
 from smallfit.models.base import BaseClassifier, write_json
 
@@ -37,6 +39,7 @@ class FitResult:
     chosen: str | None
     stages_run: list[str]
     stages_skipped: list[str]
+    report: Path | None = None
 
 
 class _Stages:
@@ -254,7 +257,6 @@ class _Run:
         from smallfit.compress import HealData, compress
         from smallfit.compress.core import step_key
         from smallfit.config import TransformerStudent, parse_duration
-        from smallfit.errors import SmallfitError
 
         config = self.config.compress
         if config is None:
@@ -316,7 +318,6 @@ class _Run:
         self, candidates: list[dict[str, Any]], chosen: str | None, teacher_dev_probs: np.ndarray
     ) -> dict[str, Any] | None:
         """Calibrate (or reuse) the cascade: its candidate result, or None when there is none."""
-        from smallfit.errors import SmallfitError
         from smallfit.route.stage import CASCADE, CASCADE_JSON, build_cascade, tier_names
 
         config = self.config.route
@@ -380,6 +381,7 @@ def fit(
         "config": config.data.model_dump(mode="json"),
     }
     write_json(run_dir / "data.json", summary)
+    _write_test_split(run_dir / TEST_SPLIT, dataset.test)
     run = _Run(config, dataset, _Stages(run_dir, log), progress, log, data_key)
 
     teacher = run.teacher()
@@ -410,6 +412,14 @@ def fit(
             **extra_cascade,
         },
     )
+    report = None
+    try:  # from the saved results only, like `smallfit report` (never a cached stage)
+        from smallfit.report import write_report
+
+        report = write_report(run_dir)
+        log(f"[report] {report}")
+    except SmallfitError as exc:  # the run itself is complete: say so and keep it
+        log(f"[report] not written: {exc}")
     return FitResult(
         run_dir=run_dir,
         results=json.loads(Path(results).read_text("utf-8")),
@@ -418,4 +428,16 @@ def fit(
         chosen=selection.chosen,
         stages_run=run.stages.ran,
         stages_skipped=run.stages.skipped,
+        report=report,
     )
+
+
+def _write_test_split(path: Path, test: Split) -> None:
+    """The test texts and gold labels in the order of every saved ``*.test_probs.npy`` (the
+    report's confusion examples)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for text, label in zip(test.texts, test.labels, strict=True):
+            handle.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+    tmp.replace(path)

@@ -11,6 +11,8 @@ from smallfit.evaluate.environment import environment
 from smallfit.models.base import write_json
 
 RESULTS = "results.json"
+TEST_SPLIT = "results/test.jsonl"
+"""The test split's texts and gold labels, in the row order of every ``*.test_probs.npy``."""
 
 
 def write_results(

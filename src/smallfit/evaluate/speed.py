@@ -50,7 +50,8 @@ def thread_counts(config: EvalConfig) -> list[int]:
 def measure_speed(model_dir: Path, texts: list[str], config: EvalConfig) -> dict[str, Any]:
     """Batch-1 latency per thread setting, batch throughput with all threads, and memory.
 
-    Returns ``{"threads": {"<n>": {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "n"}},
+    Returns ``{"threads": {"<n>": {"p50_ms", "p95_ms", "p99_ms", "mean_ms", "n",
+    "samples_ms"}},
     "throughput_b<B>_per_s": float, "throughput_batch": B, "peak_rss_bytes": int,
     "load_rss_bytes": int, "cpu_threads_all": int, "isolated": bool}`` (B is
     ``config.throughput_batch``, 32 by default).
@@ -121,7 +122,7 @@ def measure_loaded(
     texts = list(texts)
     counts = thread_counts(config)
     all_threads = cpu_threads_all()
-    per_thread: dict[str, dict[str, float | int]] = {}
+    per_thread: dict[str, dict[str, Any]] = {}
     for n in counts:
         with limit_threads(n, model):
             for i in range(config.warmup):
@@ -161,14 +162,20 @@ def latency_percentiles(times_ms: np.ndarray) -> dict[str, float | int]:
     }
 
 
-def _latency(model: BaseClassifier, texts: list[str], queries: int) -> dict[str, float | int]:
-    return interleaved_latency({"model": model}, texts, queries=queries)["model"]
+def _latency(model: BaseClassifier, texts: list[str], queries: int) -> dict[str, Any]:
+    return interleaved_latency({"model": model}, texts, queries=queries, samples=True)["model"]
 
 
 def interleaved_latency(
-    models: dict[str, BaseClassifier], texts: Sequence[str], *, queries: int, warmup: int = 0
-) -> dict[str, dict[str, float | int]]:
-    """Batch-1 latency of several loaded models, taking turns query by query.
+    models: dict[str, BaseClassifier],
+    texts: Sequence[str],
+    *,
+    queries: int,
+    warmup: int = 0,
+    samples: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Batch-1 latency of several loaded models, taking turns query by query; with
+    ``samples``, each model's figures also hold every timing (``samples_ms``, in order).
 
     On a shared, noisy machine, drift (other tenants, frequency changes) then hits every model
     alike, so the ratios of their percentiles are far steadier than those of separate runs.
@@ -185,7 +192,13 @@ def interleaved_latency(
             start = time.perf_counter_ns()
             models[name].predict_proba(one)
             times[name][i] = time.perf_counter_ns() - start
-    return {name: latency_percentiles(times[name] / 1e6) for name in names}
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        ms = times[name] / 1e6
+        out[name] = dict(latency_percentiles(ms))
+        if samples:
+            out[name]["samples_ms"] = [round(float(v), 4) for v in ms]
+    return out
 
 
 def _throughput(model: BaseClassifier, texts: list[str], batch: int, batches: int) -> float:

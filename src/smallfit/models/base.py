@@ -22,6 +22,9 @@ from smallfit.errors import SmallfitError
 
 MANIFEST = "smallfit.json"
 MANIFEST_FORMAT = 1
+MODEL_CARD = "MODEL_CARD.md"
+"""The model card `smallfit report` writes beside a model: documentation, so it counts in
+neither the model's size nor its content hash."""
 
 
 @dataclass(frozen=True)
@@ -219,8 +222,10 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def dir_bytes(path: str | Path) -> int:
-    """Total bytes of the files under ``path``."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    """Total bytes of the model's files under ``path`` (its model card is documentation)."""
+    return sum(
+        p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.name != MODEL_CARD
+    )
 
 
 def normalise_rows(probs: np.ndarray) -> np.ndarray:

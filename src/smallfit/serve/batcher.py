@@ -1,6 +1,8 @@
 """Dynamic micro-batching: concurrent requests' texts for one model are gathered into one
-``predict_proba`` call (up to ``max_batch`` texts, waiting at most ``max_wait_ms`` after the
-first), run on the batcher's own worker thread so the event loop keeps accepting requests."""
+``predict_proba`` call (up to ``max_batch`` texts), run on the batcher's own worker thread so the
+event loop keeps accepting requests. By default a batch is whatever queued while the previous
+one ran (no waiting: batches grow with load, an idle server answers at once); ``max_wait_ms``
+makes a batch wait that long after its first text for company."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ class MicroBatcher:
         predict: Callable[[Sequence[str]], np.ndarray],
         *,
         max_batch: int = 32,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         name: str = "model",
         on_batch: Callable[[int], None] | None = None,
     ) -> None:

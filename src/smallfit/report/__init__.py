@@ -1,0 +1,42 @@
+"""The report: one self-contained HTML page that answers "which model should we run, and what
+will it cost?", plus a model card beside each saved model, built only from a run directory's
+saved results (no model is loaded, nothing is measured)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from smallfit.report.card import model_card, write_model_cards
+from smallfit.report.facts import Facts, load_facts
+
+REPORT = "report.html"
+
+__all__ = ["REPORT", "Facts", "load_facts", "model_card", "write_model_cards", "write_report"]
+
+
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    cards: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``run_dir/report.html`` (or ``out``) and the model cards; the page's path.
+    ``overrides`` replace fields of the run's ``report`` config (prices, volume).
+
+    Everything is read and checked before anything is written: a missing or corrupt results
+    file raises :class:`~smallfit.errors.SmallfitError` naming it, and leaves any earlier
+    report as it was."""
+    from smallfit.report.page import render
+
+    facts = load_facts(run_dir, overrides=overrides)
+    html = render(facts)
+    path = Path(out) if out is not None else Path(run_dir) / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    if cards:
+        write_model_cards(facts)
+    return path

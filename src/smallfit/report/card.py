@@ -1,0 +1,119 @@
+"""A model card (Markdown) for each saved model of a run, from the same checked facts as the
+page: what it is, how it was made, how good and fast it is on this run's data, where it is
+weaker, and how to load and serve it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from smallfit.evaluate.speed import batched_throughput
+from smallfit.models.base import MODEL_CARD
+from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
+from smallfit.report.page import mb, ms, pct, times, usd
+
+
+def model_card(f: Facts, c: dict[str, Any]) -> str:
+    """The card of candidate ``c``."""
+    q, lin = c["quality"], c.get("lineage") or {}
+    r = ratios(f, c)
+    name = c["name"]
+    role = (
+        "the chosen model"
+        if name == f.chosen
+        else "the teacher"
+        if name == TEACHER
+        else "a candidate (not chosen)"
+    )
+    lines = [
+        f"# {name}",
+        "",
+        f"{role.capitalize()} of the smallfit run `{f.run_dir}`: a `{c.get('backend')}` "
+        f"classifier over {len(f.labels)} labels.",
+        "",
+        "## How it was made",
+        "",
+    ]
+    for key in ("base", "teacher", "recipe", "trained_on", "train_examples", "compressed_from"):
+        if lin.get(key) not in (None, ""):
+            lines.append(f"- {key.replace('_', ' ')}: {lin[key]}")
+    if lin.get("tiers"):
+        lines.append(f"- tiers: {' -> '.join(lin['tiers'])} (target `{lin.get('target')}`)")
+    for i, step in enumerate(lin.get("compression") or [], 1):
+        conf = ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("metrics", "method"))
+        lines.append(f"- compression step {i}: {step.get('method')} ({conf})")
+    training = lin.get("training") or {}
+    if training.get("seconds") is not None:
+        lines.append(
+            f"- training: {training.get('epochs')} epoch(s), {training.get('seconds')} s, "
+            f"best dev agreement {training.get('best_dev_agreement')}"
+        )
+    s = c["speed"]
+    one = s["threads"].get("1") or {}
+    lines += [
+        "",
+        "## Measured on this run's test split",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| {f.metric} | {pct(q.get(f.metric))} |",
+        f"| macro F1 | {pct(q.get('macro_f1'))} |",
+        f"| agreement with the teacher | {pct(q.get('teacher_agreement'))} |",
+        f"| expected calibration error | {q.get('ece', float('nan')):.4f} |",
+        f"| batch-1 latency, 1 thread (p50 / p95 / p99) | {ms(one.get('p50_ms'))} / "
+        f"{ms(one.get('p95_ms'))} / {ms(one.get('p99_ms'))} |",
+        f"| throughput (batches, all threads) | {batched_throughput(s) or 0:,.0f} texts/s |",
+        f"| size on disk | {mb(c.get('bytes_on_disk'))} |",
+        f"| peak memory | {mb(s.get('peak_rss_bytes'))} |",
+        f"| cost per 1M queries | {usd(per_1m(c, f.hour_usd))} |",
+    ]
+    if f.teacher is not None and name != TEACHER:
+        lines.append(
+            f"| against the teacher | {r['quality_pct'] or 0:.1f}% of its {f.metric}, "
+            f"{times(r['speedup_p50_1t'])} faster, {times(r['size_ratio'])} smaller |"
+        )
+    env = f.results.get("environment") or {}
+    lines += [
+        "",
+        f"Measured on {env.get('cpu_model', '?')} ({env.get('usable_cores', '?')} cores), "
+        f"{env.get('timestamp', '')}.",
+    ]
+    per_class = q.get("per_class") or {}
+    if per_class:
+        worst = sorted(per_class.items(), key=lambda kv: (kv[1]["f1"], kv[0]))[:5]
+        lines += ["", "## Weakest classes (F1 on test)", ""]
+        lines += [f"- {label}: {pct(m['f1'], 1)} ({m.get('support')} texts)" for label, m in worst]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import smallfit",
+        "",
+        f'model = smallfit.load("{Path(str(f.run_dir)) / "models" / name}")',
+        'print(model.predict(["the text to classify"]))',
+        "```",
+        "",
+        f"Serve it over HTTP: `smallfit serve {Path(str(f.run_dir)) / 'models' / name}`.",
+        "",
+        "Limitations: measured on this run's own data only; texts unlike the training data "
+        "(other topics, languages, lengths) were not measured. Written by `smallfit report` from "
+        "the run's saved results.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_cards(f: Facts) -> list[Path]:
+    """A card beside each of the run's saved models (those under ``run_dir/models``)."""
+    written = []
+    for c in f.candidates:
+        where = f.run_dir / "models" / c["name"]
+        if not (where / "smallfit.json").is_file():
+            continue
+        path = where / MODEL_CARD
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(model_card(f, c), encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written
