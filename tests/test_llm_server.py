@@ -311,6 +311,17 @@ def test_fit_with_llm_teacher(llama_url: str, tmp_path: Path, llm_env: str) -> N
 
     sent = requests()
     assert sent >= 35 + 21
+    # the report prices the API teacher by its own ledger: measured tokens, every request paid
+    from smallfit.report import load_facts
+
+    facts = load_facts(tmp_path / "run")
+    assert result.report is not None and result.report.is_file()
+    api = facts.cost_options[0]
+    assert api.name == "API teacher"
+    assert api.per_query_usd * 1e6 == pytest.approx(teacher["cost"]["per_1m_queries_usd"])
+    with sqlite3.connect(ledger) as db:
+        spent = float(db.execute("SELECT SUM(cost_usd) FROM requests").fetchone()[0])
+    assert spent > 0 and facts.one_off["labelling_api_usd"] == pytest.approx(spent)
     again = fit(config, progress=False, log=lambda _: None)
     assert again.stages_run == []
     assert requests() == sent

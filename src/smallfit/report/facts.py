@@ -5,8 +5,10 @@ written half-way."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from smallfit.select import pareto_front, vs_teacher
 TEACHER = "teacher"
 ONE_OFF_STAGES = ("teacher", "labels", "student:", "compress")
 CHARS_PER_TOKEN = 4.0
+LLM_LEDGER = "llm-answers.sqlite"  # an API teacher's answers and requests (smallfit.teach)
 
 
 @dataclass
@@ -237,7 +240,7 @@ def _one_off(run: Path, facts: Facts) -> dict[str, float]:
     out["machine_usd"] = out["machine_seconds"] / 3600.0 * facts.hour_usd
     teacher = facts.teacher
     if teacher is not None and (teacher.get("speed") or {}).get("remote"):
-        spent = _ledger_usd(run / "labels" / "ledger.jsonl")
+        spent = _api_ledger_usd(run / "labels" / LLM_LEDGER)
         if spent is None:  # estimate: its cost per query over the texts it labelled
             rows = _labelled_rows(run)
             spent = (per_1m(teacher, facts.hour_usd) or 0.0) / 1e6 * rows
@@ -246,21 +249,17 @@ def _one_off(run: Path, facts: Facts) -> dict[str, float]:
     return out
 
 
-def _ledger_usd(path: Path) -> float | None:
+def _api_ledger_usd(path: Path) -> float | None:
+    """Dollars spent on every request in an API teacher's ledger (labelling and its test
+    answers, retries included), read-only; None without a ledger."""
     if not path.is_file():
         return None
-    total, seen = 0.0, False
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SmallfitError(f"{path}:{n}: corrupt ledger line ({exc})") from exc
-        if isinstance(row, dict) and row.get("cost_usd"):
-            total += float(row["cost_usd"])
-            seen = True
-    return total if seen else None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            (total,) = db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM requests").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise SmallfitError(f"{path}: unreadable ledger ({exc})") from exc
+    return float(total)
 
 
 def _labelled_rows(run: Path) -> int:
