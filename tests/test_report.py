@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +241,16 @@ def test_the_page_in_headless_chromium(run: Path, tmp_path, javascript: bool) ->
                 assert values == sorted(values)
         finally:
             browser.close()
+
+
+def test_a_run_that_chose_nothing_says_why(run: Path, tmp_path) -> None:
+    none = tmp_path / "none"
+    shutil.copytree(run, none, ignore=shutil.ignore_patterns("models"))
+    data = _results(none)
+    reason = "no candidate reaches the quality floor: best accuracy 0.5 (linear) < floor 0.99"
+    data["selection"] = {**data["selection"], "chosen": None, "reason": reason}
+    (none / "results.json").write_text(json.dumps(data), "utf-8")
+    html = write_report(none).read_text("utf-8")
+    assert f"No model was chosen: {escape(reason)}." in html
+    assert 'data-chosen=""' in html and 'id="weaker"' not in html
+    assert 'id="cost"' in html and "API LLM (reference)" in html

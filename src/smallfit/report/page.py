@@ -213,7 +213,8 @@ def pareto(f: Facts) -> str:
 
 
 def candidates_table(f: Facts) -> str:
-    allt = _all_threads(f.candidates[0])
+    local = next((c for c in f.candidates if not _remote(c)), f.candidates[0])
+    allt = _all_threads(local)
     head = [
         ("name", "text"),
         ("backend", "text"),
@@ -273,7 +274,7 @@ def candidates_table(f: Facts) -> str:
             out.append(f'<td data-field="{field}" data-sort="{sort}">{escape(str(text))}</td>')
         out.append("</tr>")
     out.append("</tbody></table></div>")
-    batch = f.candidates[0]["speed"].get("throughput_batch", 32)
+    batch = local["speed"].get("throughput_batch", 32)
     out.append(
         '<p class="caption">Latency: one text at a time, 1 thread and '
         f"{escape(allt)} threads; texts/s: batches of {batch} on all threads; size: bytes on "
