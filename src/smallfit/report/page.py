@@ -340,19 +340,12 @@ def latency(f: Facts) -> str:
                         data={"candidate": c["name"], "field": key},
                     )
             _, py = chart.px(chart.x.lo, level)
-            chart.marks.append(
+            chart.outside.append(
                 f'<text class="row-label" x="{chart.left - 8}" y="{py + 4:.1f}" '
                 f'text-anchor="end">{escape(c["name"])}</text>'
             )
         charts.append(chart)
-    svgs = []
-    for chart in charts:
-        # row labels sit left of the plot area: render them outside the clipped group
-        body = chart.render()
-        labels = [m for m in chart.marks if 'class="row-label"' in m]
-        for m in labels:
-            body = body.replace(m, "")
-        svgs.append(body.replace("</svg>", "".join(labels) + "</svg>"))
+    svgs = [chart.render() for chart in charts]
     note = (
         " This run's results hold percentiles only (no samples): re-run the evaluation to see "
         "each distribution."

@@ -119,6 +119,8 @@ class Chart:
     margin: tuple[int, int, int, int] = (16, 24, 52, 72)  # top, right, bottom, left
     css_class: str = "chart"
     marks: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    """Marks drawn over the whole chart, not clipped to the plot area (row labels)."""
     legend: list[tuple[str, str]] = field(default_factory=list)
     key: str = "chart"
     """A name unique on the page (the plot area's clip path is named after it)."""
@@ -258,6 +260,7 @@ class Chart:
             f'rotate(-90)" text-anchor="middle">{escape(self.y.label)}</text>'
         )
         parts.append(f'<g clip-path="url(#clip-{self.key})">{"".join(self.marks)}</g>')
+        parts.extend(self.outside)
         for i, (cls, text) in enumerate(self.legend):
             ly = self.top + 14 + i * 18
             lx = self.left + 10
