@@ -23,7 +23,7 @@ from smallfit.data import Dataset, Split, load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.results import TEST_SPLIT
 from smallfit.hashing import hash_json, hash_texts
-from smallfit.models.base import BaseClassifier, write_json
+from smallfit.models.base import BaseClassifier, write_json, write_text
 
 TEACHER = "teacher"
 
@@ -436,8 +436,8 @@ def _write_test_split(path: Path, test: Split) -> None:
     """The test texts and gold labels in the order of every saved ``*.test_probs.npy`` (the
     report's confusion examples)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for text, label in zip(test.texts, test.labels, strict=True):
-            handle.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    rows = zip(test.texts, test.labels, strict=True)
+    write_text(
+        path,
+        "".join(json.dumps({"text": t, "label": g}, ensure_ascii=False) + "\n" for t, g in rows),
+    )

@@ -204,12 +204,17 @@ def load(path: str | Path) -> BaseClassifier:
     return model
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 text atomically (temp file + rename), so a crash never leaves half a file."""
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", "utf-8")
+    tmp.write_text(text, "utf-8")
     tmp.replace(target)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (see :func:`write_text`)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def write_npy(path: str | Path, array: np.ndarray) -> None:

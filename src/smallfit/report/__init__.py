@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from smallfit.models.base import write_text
 from smallfit.report.card import model_card, write_model_cards
 from smallfit.report.facts import Facts, load_facts
 
@@ -34,9 +35,7 @@ def write_report(
     html = render(facts)
     path = Path(out) if out is not None else Path(run_dir) / REPORT
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, html)
     if cards:
         write_model_cards(facts)
     return path

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfit.evaluate.speed import batched_throughput
-from smallfit.models.base import MODEL_CARD
+from smallfit.models.base import MODEL_CARD, write_text
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
 from smallfit.report.page import mb, ms, pct, times, usd
 
@@ -112,8 +112,6 @@ def write_model_cards(f: Facts) -> list[Path]:
         if not (where / "smallfit.json").is_file():
             continue
         path = where / MODEL_CARD
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(model_card(f, c), encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, model_card(f, c))
         written.append(path)
     return written
