@@ -113,13 +113,18 @@ def evaluate_candidate(
     return result
 
 
+def per_1m_at(hour_usd: float, speed: dict[str, Any]) -> float | None:
+    """Dollars per million queries on a machine at ``hour_usd`` an hour, answering in batches
+    at the measured throughput (all threads); None without a throughput (an API model)."""
+    per_s = batched_throughput(speed)
+    return hour_usd / 3600.0 / per_s * 1e6 if per_s else None
+
+
 def local_cost(speed: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
     """Cost per million queries on this machine at ``config.machine_hour_usd``, answering in
     batches at the measured throughput (all threads)."""
-    per_s = batched_throughput(speed)
-    per_1m = config.machine_hour_usd / 3600.0 / per_s * 1e6 if per_s else None
     return {
-        "per_1m_queries_usd": per_1m,
+        "per_1m_queries_usd": per_1m_at(config.machine_hour_usd, speed),
         "basis": f"this machine at ${config.machine_hour_usd}/hour, batched throughput",
     }
 

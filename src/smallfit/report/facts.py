@@ -17,6 +17,7 @@ import numpy as np
 
 from smallfit.config import DEFAULT_INSTRUCTION, FitConfig, ReportConfig, format_validation_error
 from smallfit.errors import SmallfitError
+from smallfit.evaluate.candidate import per_1m_at
 from smallfit.evaluate.results import RESULTS, TEST_SPLIT, read_results
 from smallfit.evaluate.speed import batched_throughput
 from smallfit.report.cost import CostOption
@@ -219,8 +220,7 @@ def per_1m(c: dict[str, Any], hour_usd: float) -> float | None:
     own = (c.get("cost") or {}).get("per_1m_queries_usd")
     if own is not None:
         return float(own)
-    per_s = batched_throughput(c.get("speed") or {})
-    return hour_usd / 3600.0 / per_s * 1e6 if per_s else None
+    return per_1m_at(hour_usd, c.get("speed") or {})
 
 
 def _one_off(run: Path, facts: Facts) -> dict[str, float]:
