@@ -130,7 +130,7 @@ def test_admin_routes_need_the_bearer_token(models, monkeypatch: pytest.MonkeyPa
         )
         good = {"Authorization": f"Bearer {TOKEN}"}
         bad_path = c.post("/admin/swap", json={"path": "/no/such/model"}, headers=good)
-        assert bad_path.status_code == 400 and "live model unchanged" in bad_path.text
+        assert bad_path.status_code == 404 and "live model unchanged" in bad_path.text
         assert c.get("/readyz").json()["model"] == "linear"
         ok = c.post("/admin/swap", json={"path": str(minilm_dir)}, headers=good)
         assert ok.status_code == 200 and ok.json()["model"] == "s"

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,9 +16,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from smallfit import __version__
 from smallfit.config import ServeConfig
@@ -26,6 +27,7 @@ from smallfit.serve.engine import Engine, TierUnavailable
 from smallfit.serve.metrics import Metrics
 
 Scope = dict[str, Any]
+_log = logging.getLogger("smallfit.serve")
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
 
 
@@ -34,11 +36,53 @@ AdminCredentials = Annotated[
 ]
 
 
-class ClassifyRequest(BaseModel):
-    """Texts to classify (one or more)."""
+class Problem(BaseModel):
+    """One thing wrong with a request."""
 
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1, description="the texts, one answer each")
+    field: str = Field(description="where, as a dotted path (`texts.3`: the fourth text)")
+    message: str
+
+
+class Problems(BaseModel):
+    """A refused request (422): every problem found, each naming its field."""
+
+    detail: list[Problem]
+
+
+class ErrorDetail(BaseModel):
+    """A request that could not be answered (401, 403, 413, 500, 503), and why."""
+
+    detail: str
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"not valid Unicode: a lone surrogate at character {exc.start}; send UTF-8 text"
+        ) from None
+    return text
+
+
+def classify_request_model(config: ServeConfig) -> type[BaseModel]:
+    """The request body of ``/v1/classify`` with this server's limits in its schema, so the
+    OpenAPI document states what is refused: 1..``max_texts`` texts, each valid Unicode with
+    1..``max_text_chars`` characters and at least one that is not whitespace."""
+    text = Annotated[
+        str,
+        Field(min_length=1, max_length=config.max_text_chars, pattern=r"\S"),
+        AfterValidator(_valid_unicode),
+    ]
+    return create_model(
+        "ClassifyRequest",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__="Texts to classify (one or more).",
+        texts=(
+            list[text],  # type: ignore[valid-type]
+            Field(min_length=1, max_length=config.max_texts, description="one answer each"),
+        ),
+    )
 
 
 class TextAnswer(BaseModel):
@@ -67,6 +111,30 @@ class SwapRequest(BaseModel):
 class ShadowRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str | None = Field(description="a model directory to shadow the live one; null: none")
+
+
+class Ready(BaseModel):
+    status: str
+    model: str
+    kind: str
+    version: str
+    tiers: list[str]
+    shadow: str | None
+
+
+class Loading(BaseModel):
+    status: str
+
+
+class Swapped(BaseModel):
+    status: str
+    model: str
+    version: str
+
+
+class Shadowing(BaseModel):
+    status: str
+    model: str | None
 
 
 class BodyLimit:
@@ -164,29 +232,27 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         if request.url.path == "/v1/classify":
             metrics.requests.labels(status="422").inc()
-        problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-            for e in exc.errors()
-        ]
+        problems = [_problem(e, config) for e in exc.errors()]
         return JSONResponse({"detail": problems}, status_code=422)
 
-    @app.post("/v1/classify", response_model=ClassifyResponse)
-    async def classify(request: ClassifyRequest) -> Any:
+    classify_body = classify_request_model(config)
+
+    async def classify(request: Any) -> Any:
         """Classify a batch of texts: label, top-k probabilities, which tier answered."""
         started = time.perf_counter()
-        problem = _check_limits(request.texts, config)
-        if problem is not None:
-            metrics.requests.labels(status="422").inc()
-            return JSONResponse({"detail": [problem]}, status_code=422)
         try:
             served, answers = await engine.classify(request.texts)
         except TierUnavailable as exc:
             metrics.requests.labels(status="503").inc()
             return JSONResponse({"detail": str(exc)}, status_code=503)
-        except SmallfitError as exc:
+        except Exception as exc:  # a model error: this request fails, the server goes on
             metrics.requests.labels(status="500").inc()
             metrics.errors.labels(kind="request").inc()
-            return JSONResponse({"detail": str(exc)}, status_code=500)
+            _log.exception("classify failed")
+            return JSONResponse(
+                {"detail": f"the model failed on this request: {type(exc).__name__}: {exc}"},
+                status_code=500,
+            )
         elapsed = time.perf_counter() - started
         metrics.requests.labels(status="200").inc()
         metrics.request_latency.observe(elapsed)
@@ -200,12 +266,19 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
             }
         )
 
+    classify.__annotations__["request"] = classify_body  # the per-server limits' schema
+    app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses={**_REFUSED, 500: _error("the model failed on this request"), 503: _UNAVAILABLE},
+    )(classify)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Loading}})
     async def readyz() -> Any:
         """A model is loaded and answering."""
         live = engine.live
@@ -220,26 +293,58 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
             "shadow": engine.shadow.name if engine.shadow else None,
         }
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        """Prometheus text format."""
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def prometheus() -> PlainTextResponse:
+        """Prometheus text exposition format (not JSON)."""
+        return PlainTextResponse(
+            metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
-    @app.post("/admin/swap", dependencies=[Depends(admin)])
+    @app.post(
+        "/admin/swap",
+        dependencies=[Depends(admin)],
+        response_model=Swapped,
+        responses={
+            **_ADMIN,
+            400: _error("the model could not be loaded; the live one stays"),
+            404: _error("no model at that path; the live one stays"),
+        },
+    )
     async def swap(request: SwapRequest) -> Any:
         """Load a model beside the live one and switch to it atomically (no failed requests)."""
         try:
-            new = await engine.swap(resolve_model_path(request.path))
+            where = resolve_model_path(request.path)
+        except NoModel as exc:
+            metrics.errors.labels(kind="swap").inc()
+            return JSONResponse({"detail": f"swap refused, live model unchanged: {exc}"}, 404)
+        try:
+            new = await engine.swap(where)
         except (SmallfitError, OSError) as exc:
             metrics.errors.labels(kind="swap").inc()
             return JSONResponse({"detail": f"swap failed, live model unchanged: {exc}"}, 400)
         return {"status": "swapped", "model": new.name, "version": new.version}
 
-    @app.post("/admin/shadow", dependencies=[Depends(admin)])
+    @app.post(
+        "/admin/shadow",
+        dependencies=[Depends(admin)],
+        response_model=Shadowing,
+        responses={
+            **_ADMIN,
+            400: _error("the model could not be loaded; no change"),
+            404: _error("no model at that path; no change"),
+        },
+    )
     async def shadow(request: ShadowRequest) -> Any:
         """Run a candidate beside the live model on live traffic; agreement in /metrics."""
         try:
             where = None if request.path is None else resolve_model_path(request.path)
+        except NoModel as exc:
+            return JSONResponse({"detail": f"shadow not set: {exc}"}, 404)
+        try:
             new = await engine.set_shadow(where)
         except (SmallfitError, OSError) as exc:
             return JSONResponse({"detail": f"shadow not set: {exc}"}, 400)
@@ -249,21 +354,50 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     return app
 
 
-def _check_limits(texts: list[str], config: ServeConfig) -> dict[str, str] | None:
-    if len(texts) > config.max_texts:
-        return {
-            "field": "texts",
-            "message": f"{len(texts)} texts in one request; at most {config.max_texts} "
-            "(serve.max_texts)",
-        }
-    for i, text in enumerate(texts):
-        if len(text) > config.max_text_chars:
-            return {
-                "field": f"texts.{i}",
-                "message": f"text {i} has {len(text)} characters; at most "
-                f"{config.max_text_chars} (serve.max_text_chars)",
-            }
-    return None
+def _problem(error: Any, config: ServeConfig) -> dict[str, str]:
+    """One validation error as ``{field, message}``, in words a client can act on."""
+    loc = [p for p in error["loc"] if p != "body"]
+    field = ".".join(str(p) for p in loc)
+    kind, message = error["type"], error["msg"]
+    if loc[:1] == ["texts"] and len(loc) == 2 and isinstance(loc[1], int):
+        i, given = loc[1], error.get("input")
+        if kind == "string_too_long" and isinstance(given, str):
+            message = (
+                f"text {i} has {len(given)} characters; at most {config.max_text_chars} "
+                "(serve.max_text_chars)"
+            )
+        elif kind in ("string_too_short", "string_pattern_mismatch"):
+            message = f"text {i} is empty or only whitespace: there is nothing to classify"
+        elif kind == "string_unicode" or (kind == "value_error" and "Unicode" in message):
+            message = f"text {i} is not valid Unicode (a lone surrogate); send UTF-8 text"
+    elif loc == ["texts"] and kind == "too_long":
+        given = error.get("input")
+        count = len(given) if isinstance(given, list) else "too many"
+        message = f"{count} texts in one request; at most {config.max_texts} (serve.max_texts)"
+    elif loc == ["texts"] and kind == "too_short":
+        message = "no texts: send at least one"
+    return {"field": field, "message": message}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorDetail, "description": description}
+
+
+_REFUSED: dict[int | str, dict[str, Any]] = {
+    400: _error("the body could not be parsed (not UTF-8 JSON)"),
+    413: _error("the request body is over serve.max_body_bytes"),
+    422: {"model": Problems, "description": "the request is invalid; each problem named"},
+}
+_UNAVAILABLE = _error("a remote tier failed or timed out and serve.fallback is 'error'")
+_ADMIN: dict[int | str, dict[str, Any]] = {
+    **_REFUSED,
+    401: _error("missing or wrong bearer token"),
+    403: _error("admin routes are disabled: the token's environment variable is not set"),
+}
+
+
+class NoModel(SmallfitError):
+    """A path that holds no model to serve."""
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -278,5 +412,5 @@ def resolve_model_path(path: str | Path) -> Path:
         chosen = (json.loads(results.read_text("utf-8")).get("selection") or {}).get("chosen")
         if chosen and (where / "models" / chosen / "smallfit.json").is_file():
             return where / "models" / chosen
-        raise SmallfitError(f"{where}: the run selected no model and has no cascade to serve")
-    raise SmallfitError(f"{where}: neither a model directory (smallfit.json) nor a run directory")
+        raise NoModel(f"{where}: the run selected no model and has no cascade to serve")
+    raise NoModel(f"{where}: neither a model directory (smallfit.json) nor a run directory")

@@ -2,7 +2,10 @@
 ``predict_proba`` call (up to ``max_batch`` texts), run on the batcher's own worker thread so the
 event loop keeps accepting requests. By default a batch is whatever queued while the previous
 one ran (no waiting: batches grow with load, an idle server answers at once); ``max_wait_ms``
-makes a batch wait that long after its first text for company."""
+makes a batch wait that long after its first text for company.
+
+A batch that fails is run again request by request, so one client's text that breaks the model
+fails that client's request alone."""
 
 from __future__ import annotations
 
@@ -106,9 +109,14 @@ class MicroBatcher:
         try:
             probs = await loop.run_in_executor(self._pool, self.predict, texts)
         except Exception as exc:
+            if len(jobs) == 1:
+                if not jobs[0].future.done():
+                    jobs[0].future.set_exception(exc)
+                return
+            # one request's texts may have broken the batch: answer each request on its own,
+            # so only the offending one fails
             for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+                await self._run_batch(loop, [job], len(job.texts))
             return
         if self.on_batch is not None:
             self.on_batch(size)
