@@ -50,3 +50,44 @@ def test_public_api_is_deliberate() -> None:
     )
     for name in smallfit.__all__:
         assert getattr(smallfit, name) is not None
+
+
+def test_dependency_ranges_are_the_tested_ones() -> None:
+    """Each declared range admits one minor release, and the installed one is its minimum: what
+    the suite runs is what a user's install can get (no untested lower bound)."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]
+    wide = []
+    for line in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        req = Requirement(line)
+        installed = Version(importlib.metadata.version(req.name).split("+")[0])
+        lows = [Version(s.version) for s in req.specifier if s.operator in (">=", "~=")]
+        if not req.specifier.contains(installed) or not lows:
+            wide.append(f"{line}: installed {installed}")
+            continue
+        low = lows[0]
+        nxt = Version(f"{low.major}.{low.minor + 1}")
+        if req.specifier.contains(nxt) or (low.major, low.minor) != (
+            installed.major,
+            installed.minor,
+        ):
+            wide.append(f"{line}: admits {nxt} or its minimum is not the installed {installed}")
+    assert wide == [], "untested ranges:\n" + "\n".join(wide)
+    assert re.search(r'"torch>=2\.13,<2\.14"', (REPO / "pyproject.toml").read_text("utf-8"))
+
+
+def test_ci_runs_the_readme_second_command() -> None:
+    """A newcomer's test command is the whole CI: .ci/run runs the README's second command and
+    nothing else."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(block) == 2
+    ci = (REPO / ".ci" / "run").read_text("utf-8").splitlines()
+    commands = [ln for ln in ci if ln.strip() and not ln.startswith(("#", "set ", "cd "))]
+    assert commands == [block[1]]

@@ -70,3 +70,31 @@ def test_save_and_load_round_trip(model: TransformerClassifier, tmp_path: Path) 
     info = again.info
     assert info.backend == "transformer" and info.bytes_on_disk > 80_000_000
     assert info.parameters == model.num_parameters
+
+
+def test_a_checkpoint_with_legacy_layernorm_names_loads(snips_minilm: Path, tmp_path: Path) -> None:
+    """Some transformers releases (5.3) save LayerNorm weights as ``gamma``/``beta``; a pruned
+    (resized) model, which smallfit loads itself, must still load whoever saved it."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "legacy"
+    shutil.copytree(snips_minilm, copy)
+    weights = load_file(str(copy / "model.safetensors"))
+    legacy = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+            "LayerNorm.bias", "LayerNorm.beta"
+        ): v
+        for k, v in weights.items()
+    }
+    assert sum(k.endswith(".gamma") for k in legacy) > 10
+    save_file(legacy, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    manifest = json.loads((copy / "smallfit.json").read_text("utf-8"))
+    manifest["resized"] = True  # the path smallfit loads itself (pruned shapes)
+    (copy / "smallfit.json").write_text(json.dumps(manifest), "utf-8")
+    texts = ["play some jazz", "what is the weather in paris tomorrow", "book a table for two"]
+    np.testing.assert_allclose(
+        load(copy).predict_proba(texts), load(snips_minilm).predict_proba(texts), atol=1e-6
+    )

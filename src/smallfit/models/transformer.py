@@ -83,8 +83,27 @@ def load_encoder(path: str | Path, *, resized: bool = False) -> nn.Module:
         if isinstance(module, nn.Linear) and shape and shape != tuple(module.weight.shape):
             parent, _, leaf = name.rpartition(".")
             setattr(encoder.get_submodule(parent), leaf, nn.Linear(shape[1], shape[0]))
-    encoder.load_state_dict(load_file(str(weights)), strict=True)
+    encoder.load_state_dict(canonical_keys(load_file(str(weights)), encoder), strict=True)
     return encoder.eval()
+
+
+_LEGACY = {".gamma": ".weight", ".beta": ".bias"}
+
+
+def canonical_keys(state: dict[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """``state`` with legacy LayerNorm names (``gamma``/``beta``, which some transformers
+    releases write on save) renamed to the ``weight``/``bias`` that ``module`` expects, so a
+    checkpoint loads whichever transformers version saved it."""
+    expected = set(module.state_dict())
+    out = {}
+    for key, value in state.items():
+        if key not in expected:
+            for old, new in _LEGACY.items():
+                if key.endswith(old) and key[: -len(old)] + new in expected:
+                    key = key[: -len(old)] + new
+                    break
+        out[key] = value
+    return out
 
 
 def encoder_layers(module: PooledClassifier) -> nn.ModuleList:
