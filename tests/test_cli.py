@@ -119,7 +119,7 @@ def test_teacher_command_fine_tunes_mpnet_base(tmp_path: Path) -> None:
     test = write_slice(folder / "test.jsonl", tmp_path / "test.jsonl", per_label=15)
     out = run_cli(
         "teacher", "--data", str(train), "--test", str(test), "--base", "mpnet-base",
-        "--epochs", "0.5", "-o", str(tmp_path / "teacher"), "-q",
+        "--epochs", "0.5", "--min-steps", "0", "-o", str(tmp_path / "teacher"), "-q",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     accuracy = float(out.stdout.split("test accuracy ")[1].rstrip("%\n")) / 100

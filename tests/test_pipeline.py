@@ -23,7 +23,8 @@ from smallfit.pipeline import fit
 
 pytestmark = pytest.mark.slow
 
-FAST_TRAIN = TrainConfig(epochs=1.0, batch_size=16, lr=1e-4, max_length=32, patience=0)
+# min_steps=0: exactly one pass over the tiny pool (the default minimum would add passes)
+FAST_TRAIN = TrainConfig(epochs=1.0, min_steps=0, batch_size=16, lr=1e-4, max_length=32, patience=0)
 
 
 def _config(run_dir: Path, data: Path, *, student_epochs: float = 1.0) -> FitConfig:

@@ -53,3 +53,39 @@ def test_fit_temperature_recovers_a_known_temperature() -> None:
     targets = np.eye(5, dtype=np.float32)[labels]
     # the model's logits are 3x too confident; the fitted temperature should undo that
     assert fit_temperature(true_logits * 3.0, targets) == pytest.approx(3.0, rel=0.1)
+
+
+@pytest.mark.slow
+def test_a_small_pool_trains_for_min_steps(tmp_path, snips_slice) -> None:
+    """A real run on 16 SNIPS texts: one epoch is 2 steps of 8, so min_steps=6 makes it 3."""
+    import numpy as np
+
+    from smallfit import zoo
+    from smallfit.config import TrainConfig
+    from smallfit.data import read_split
+    from smallfit.models.transformer import TransformerClassifier
+    from smallfit.teach import one_hot
+    from smallfit.train import train_classifier
+
+    split = read_split(snips_slice / "train.jsonl")
+    labels = sorted(set(split.labels))[:2]
+    rows = [i for i, y in enumerate(split.labels) if y in labels]
+    rows = rows[:8] + rows[-8:]  # 8 texts of each label
+    texts = [split.texts[i] for i in rows]
+    targets = one_hot([split.labels[i] for i in rows], labels)
+    model = TransformerClassifier.from_base(
+        zoo.resolve("minilm-l6"), labels=labels, name="s", max_length=16
+    )
+    train = TrainConfig(
+        epochs=1.0, min_steps=6, batch_size=8, max_length=16, patience=0, head_warmstart=False
+    )
+    summary = train_classifier(
+        model,
+        (texts, targets, texts[::4], np.asarray(targets)[::4]),
+        train=train,
+        kd=KDConfig(alpha=0.0),
+        output_dir=tmp_path,
+        progress=False,
+    )
+    assert (summary["steps"], summary["epochs"], summary["stopped_by"]) == (6, 3.0, "epochs")
+    assert summary["schedule"].startswith("3 epochs x 2 steps = 6 steps: train.epochs 1 would")

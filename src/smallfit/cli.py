@@ -118,6 +118,13 @@ def demo(
 @click.option("--test", "test_file", type=click.Path(path_type=Path), default=None)
 @click.option("--base", default="mpnet-base", show_default=True, help="Zoo alias, dir or hub id.")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option(
+    "--min-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="At least this many optimizer steps: a small pool gets more passes [280; 0: exactly "
+    "--epochs].",
+)
 @click.option("--text-field", default="text", show_default=True)
 @click.option("--label-field", default="label", show_default=True)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Model dir.")
@@ -127,6 +134,7 @@ def teacher(
     test_file: Path | None,
     base: str,
     epochs: float,
+    min_steps: int | None,
     text_field: str,
     label_field: str,
     out: Path,
@@ -140,7 +148,10 @@ def teacher(
     dataset = load_dataset(
         DataConfig(train=train_file, test=test_file, text_field=text_field, label_field=label_field)
     )
-    config = FinetuneTeacher(base=base, train=TrainConfig(epochs=epochs, lr=3e-5, patience=0))
+    config = FinetuneTeacher(
+        base=base, train=TrainConfig(epochs=epochs, min_steps=min_steps, lr=3e-5)
+    )
+    _log(config.train.schedule(len(dataset.train)).describe())
     model = build_teacher(config, dataset, out_dir=out, progress=_progress(quiet))
     assert model is not None
     accuracy = sum(

@@ -3,13 +3,21 @@ loudly with its path). A whole ``fit`` run is one :class:`FitConfig` that round-
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from smallfit.compress.steps import CompressionStep, HealConfig
 from smallfit.errors import ConfigError
@@ -46,11 +54,46 @@ class DataConfig(Strict):
     """Seed of every split and slice."""
 
 
+STUDENT_MIN_STEPS = 560
+"""A transformer student's default ``min_steps``: about what the demo's MiniLM takes on
+Banking77 (2 epochs x 282 steps of 32 texts from the 9,003-text pool = 564), so that run keeps its
+length and a smaller pool trains at least as long."""
+TEACHER_MIN_STEPS = 280
+"""A fine-tuned teacher's default ``min_steps``: about one epoch of Banking77 at batch 32 (282
+steps), which is what the demo's teacher takes."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long a training run is planned to be, and why (see :meth:`TrainConfig.schedule`)."""
+
+    epochs: float
+    """Passes over the training pool handed to the trainer."""
+    steps_per_epoch: int
+    steps: int
+    """Optimizer steps planned (early stopping or the time budget may stop sooner)."""
+    raised: bool
+    """Whether ``min_steps`` raised the epochs."""
+    reason: str
+
+    def describe(self) -> str:
+        """One line for the log, e.g. ``10 epochs x 57 steps = 570 steps: ...``."""
+        passes = f"{self.epochs:g} epoch" + ("" if self.epochs == 1 else "s")
+        plan = f"{passes} x {self.steps_per_epoch} steps = {self.steps} steps"
+        return f"{plan}: {self.reason}"
+
+
 class TrainConfig(Strict):
     """How a transformer classifier is trained (teacher fine-tuning and distillation alike)."""
 
     epochs: float = Field(3.0, gt=0)
-    """Passes over the training pool (fractions allowed)."""
+    """Passes over the training pool (fractions allowed); raised to reach `min_steps`."""
+    min_steps: int | None = Field(None, ge=0)
+    """At least this many optimizer steps: on a pool too small for `epochs` to reach it, whole
+    passes are added until it does (early stopping on dev and `time_budget` still stop sooner).
+    Unset: 560 for a transformer student, 280 for a fine-tuned teacher (what each takes on
+    Banking77's 9,003 training texts at batch 32, so that run is unchanged), none elsewhere
+    (decoder students, healing); 0: exactly `epochs`."""
     batch_size: int = Field(32, gt=0)
     """Texts per training step."""
     lr: float = Field(5e-5, gt=0)
@@ -84,6 +127,32 @@ class TrainConfig(Strict):
             parse_duration(value)
         return value
 
+    def schedule(self, examples: int) -> Schedule:
+        """The training length for a pool of ``examples`` texts: ``epochs``, or, when that is
+        fewer than ``min_steps`` optimizer steps, the fewest whole passes that reach it."""
+        per_epoch = max(1, -(-examples // self.batch_size))
+        planned = math.ceil(self.epochs * per_epoch)  # as the trainer counts its steps
+        minimum = self.min_steps or 0
+        budget = f"; time_budget {self.time_budget} may stop it sooner" if self.time_budget else ""
+        if planned >= minimum:
+            why = f"train.epochs {self.epochs:g}" + (
+                f" (train.min_steps {minimum} already met)" if minimum else ""
+            )
+            return Schedule(self.epochs, per_epoch, planned, False, why + budget)
+        epochs = math.ceil(minimum / per_epoch)
+        why = (
+            f"train.epochs {self.epochs:g} would be only {planned} steps on {examples} texts, "
+            f"raised to reach train.min_steps {minimum}"
+        )
+        return Schedule(float(epochs), per_epoch, epochs * per_epoch, True, why + budget)
+
+
+def _with_min_steps(train: TrainConfig, default: int) -> TrainConfig:
+    """``train`` with its unset ``min_steps`` filled in with its owner's ``default``."""
+    if train.min_steps is not None:
+        return train
+    return train.model_copy(update={"min_steps": default})
+
 
 class KDConfig(Strict):
     """Knowledge-distillation loss: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
@@ -106,8 +175,14 @@ class FinetuneTeacher(_Teacher):
     """Selects this teacher type."""
     base: str = "mpnet-base"
     """Zoo alias, local HF directory or hub id of the encoder."""
-    train: TrainConfig = TrainConfig(epochs=1.0, lr=3e-5, patience=0)
-    """How it is trained."""
+    train: TrainConfig = TrainConfig(epochs=1.0, lr=3e-5, min_steps=TEACHER_MIN_STEPS)
+    """How it is trained (`min_steps`, when unset: 280; `patience` stops the passes a small
+    pool adds once dev stops improving)."""
+
+    @field_validator("train")
+    @classmethod
+    def _default_min_steps(cls, train: TrainConfig) -> TrainConfig:
+        return _with_min_steps(train, TEACHER_MIN_STEPS)
 
 
 class ModelTeacher(_Teacher):
@@ -228,11 +303,16 @@ class TransformerStudent(Strict):
     """Candidate name (model directory under `models/`)."""
     base: str = "minilm-l6"
     """Zoo alias, local HF directory or hub id of the encoder."""
-    train: TrainConfig = TrainConfig(epochs=4.0, lr=1e-4)
-    """How it is trained."""
+    train: TrainConfig = TrainConfig(epochs=4.0, lr=1e-4, min_steps=STUDENT_MIN_STEPS)
+    """How it is trained (`min_steps`, when unset: 560)."""
     kd: KDConfig = KDConfig()
     """The distillation loss."""
     use_gold: bool = Field(False, description="train on gold labels too (default: teacher only)")
+
+    @field_validator("train")
+    @classmethod
+    def _default_min_steps(cls, train: TrainConfig) -> TrainConfig:
+        return _with_min_steps(train, STUDENT_MIN_STEPS)
 
 
 class LinearStudent(Strict):
@@ -339,7 +419,10 @@ class SelectConfig(Strict):
 
     metric: Literal["accuracy", "macro_f1", "teacher_agreement"] = "accuracy"
     """Quality metric for the floor and the Pareto front."""
-    quality_floor: str = Field("0.98 * teacher", description="'0.9' or '0.98 * teacher'")
+    quality_floor: str = "0.98 * teacher"
+    """`'0.9'` (absolute) or `'0.98 * teacher'` (relative to the teacher's metric). With
+    `teacher.source: gold` (no teacher candidate) or `metric: teacher_agreement` (not measured
+    for the teacher itself) it must be absolute: the default is refused at load, not guessed."""
     latency_ceiling_ms: float | None = Field(None, gt=0, description="batch-1 p50, 1 thread")
     size: Literal["bytes_on_disk", "parameters"] = "bytes_on_disk"
     """What 'smallest' means."""
@@ -355,7 +438,8 @@ class AbstainConfig(Strict):
     """When a tier is too unsure to answer or escalate, the cascade answers `label` instead."""
 
     label: str = "oos"
-    """The answer given when abstaining (also the out-of-scope label of the data, if any)."""
+    """The answer given when abstaining: the out-of-scope label of the data. In a fit config it
+    defaults to `data.out_of_scope` when that is set, and must then equal it."""
     in_scope_loss: float = Field(0.02, ge=0, lt=1)
     """Share of in-scope dev queries allowed to abstain: sets the threshold."""
     tier: int = Field(0, ge=0)
@@ -369,12 +453,13 @@ class RouteConfig(Strict):
 
     tiers: list[str] | None = None
     """Candidate names of the run, cheapest first (or model directories); default: the selected
-    candidate, then the teacher."""
+    candidate, then the teacher. A name that is neither fails when the config is loaded."""
     confidence: Literal["max_prob", "margin", "entropy"] = "max_prob"
     """How sure a tier is: top probability, top-1 minus top-2, or 1 - normalised entropy."""
     target: str = "accuracy >= teacher - 0.5pt"
-    """What the calibration must reach: `accuracy >= teacher - 0.5pt` (or `accuracy >= 0.9`),
-    `escalation <= 10%`, or `cost <= 5` (US dollars per million queries)."""
+    """What the calibration must reach: `accuracy >= teacher - 0.5pt` (`teacher`: the last
+    tier; or `accuracy >= 0.9`), `escalation <= 10%`, or `cost <= 5` (US dollars per million
+    queries)."""
     abstain: AbstainConfig | None = None
     """Abstain (answer the out-of-scope label) when the abstaining tier is very unsure."""
     timeout_s: float | None = Field(10.0, gt=0)
@@ -484,7 +569,8 @@ class CompressConfig(Strict):
     """Compressed candidates built from the transformer students, measured like the others."""
 
     students: list[str] | None = None
-    """Names of the students to compress; null: every transformer student."""
+    """Names of the transformer students to compress; null: every transformer student (there
+    must be one)."""
     grid: CompressGrid | None = CompressGrid()
     """A grid of candidates; null for none."""
     candidates: list[CompressCandidate] = []
@@ -559,7 +645,9 @@ class FitConfig(Strict):
     select: SelectConfig = SelectConfig()
     """How the winner is chosen."""
     route: RouteConfig | None = RouteConfig()
-    """The cascade calibrated after selection (needs a teacher); null for none."""
+    """The cascade calibrated after selection; null for none. Left out, it is on when there is
+    a teacher model and off with `teacher.source: gold` (its default tiers end with the
+    teacher); a route section with a gold teacher must name its `tiers`."""
     report: ReportConfig = ReportConfig()
     """Prices and volumes of the report's cost section."""
 
@@ -580,6 +668,23 @@ class FitConfig(Strict):
         if compress is not None:
             compress.expand()
         return compress
+
+    @model_validator(mode="before")
+    @classmethod
+    def _following_defaults(cls, data: Any) -> Any:
+        from smallfit.config_checks import fill_following_defaults
+
+        return fill_following_defaults(data)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FitConfig:
+        """Parts that contradict each other fail here, before any work, each named."""
+        from smallfit.config_checks import ConfigConflicts, conflicts
+
+        found = conflicts(self)
+        if found:
+            raise ConfigConflicts(found)
+        return self
 
 
 _FLOOR = re.compile(r"^\s*(?P<x>\d+(\.\d+)?)\s*(\*\s*teacher)?\s*$")
@@ -658,8 +763,14 @@ def parse_duration(text: str) -> float:
 
 def format_validation_error(exc: ValidationError, *, source: str) -> str:
     """One line per problem, each naming the dotted key path."""
+    from smallfit.config_checks import ConfigConflicts
+
     lines = [f"{source}: invalid config"]
     for err in exc.errors():
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, ConfigConflicts):  # each names its own keys
+            lines += [f"  {c.message}" for c in cause.conflicts]
+            continue
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)

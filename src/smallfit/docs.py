@@ -94,7 +94,10 @@ def config_markdown() -> str:
         "(`transformer`, `linear`, `decoder`); each compression step by `method`",
         "(`drop-layers`, `prune`, `magnitude`, `onnx`, `int8-dynamic`, `int8-static`,",
         "`int4-weight`). On the command line a step is `method:key=value,...`, e.g.",
-        "`drop-layers:keep=3,heal.epochs=2`.",
+        "`drop-layers:keep=3,heal.epochs=2`. Keys that contradict each other (a floor relative",
+        "to the teacher with `teacher.source: gold`, `compress.students` naming a linear",
+        "student, a `route.tiers` name that is no candidate...) fail when the config is loaded,",
+        "before any work, one line per problem naming its keys.",
         "",
     ]
     for model in models:

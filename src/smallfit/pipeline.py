@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import FitConfig, GoldTeacher, dump_fit_config
+from smallfit.config import FitConfig, GoldTeacher, TrainConfig, dump_fit_config
 from smallfit.data import Dataset, Split, load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.results import TEST_SPLIT
@@ -135,6 +135,7 @@ class _Run:
         if self.stages.fresh(TEACHER, key, out):
             return load(out)
         started = time.monotonic()
+        self._log_schedule(TEACHER, self.config.teacher)
         shutil.rmtree(out, ignore_errors=True)
         self.stages.claim_work_dir(out, key)
         model = build_teacher(
@@ -142,6 +143,12 @@ class _Run:
         )
         self.stages.finish(TEACHER, key, started)
         return model
+
+    def _log_schedule(self, stage: str, config: Any) -> None:
+        """Say how long a trained model's training is planned to be, and why."""
+        train = getattr(config, "train", None)
+        if isinstance(train, TrainConfig):
+            self.log(f"[{stage}] {train.schedule(len(self.dataset.train)).describe()}")
 
     def labels(self, teacher: BaseClassifier | None) -> tuple[np.ndarray, np.ndarray, str]:
         """The teacher's probabilities for the training pool and dev, and their key."""
@@ -202,6 +209,7 @@ class _Run:
             if self.stages.fresh(f"student:{student.name}", key, out):
                 continue
             started = time.monotonic()
+            self._log_schedule(f"student:{student.name}", student)
             shutil.rmtree(out, ignore_errors=True)
             self.stages.claim_work_dir(out, key)
             distill_student(

@@ -226,8 +226,10 @@ def train_classifier(
 ) -> dict[str, Any]:
     """Train ``model`` in place on (train_texts, train_targets, dev_texts, dev_targets).
 
-    Targets are probability matrices over ``model.labels``. Returns a summary: best dev
-    agreement, steps, epochs, seconds, and why training stopped.
+    Targets are probability matrices over ``model.labels``. The length is
+    :meth:`TrainConfig.schedule`'s: ``train.epochs``, raised on a small pool to reach
+    ``train.min_steps``. Returns a summary: the schedule and why, best dev agreement, steps,
+    epochs, seconds, and why training stopped.
     """
     train_texts, train_targets, dev_texts, dev_targets = data
     output_dir = Path(output_dir)
@@ -245,13 +247,14 @@ def train_classifier(
             model, train_texts, train_targets, seed=train.seed, progress=progress
         )
 
-    steps_per_epoch = max(1, -(-len(train_texts) // train.batch_size))
-    eval_steps = max(1, steps_per_epoch // train.evals_per_epoch)
+    schedule = train.schedule(len(train_texts))
+    summary["schedule"] = schedule.describe()
+    eval_steps = max(1, schedule.steps_per_epoch // train.evals_per_epoch)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         use_cpu=True,
         bf16=train.bf16,
-        num_train_epochs=train.epochs,
+        num_train_epochs=schedule.epochs,
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=64,
         learning_rate=train.lr,

@@ -89,6 +89,7 @@ def heal(
         max_length=model.max_length,
         head_warmstart=False,
         patience=0,
+        min_steps=0,  # a repair sized by heal.epochs, not a training run of its own
         evals_per_epoch=2,
         time_budget=config.time_budget,
         seed=config.seed,

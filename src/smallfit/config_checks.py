@@ -1,0 +1,233 @@
+"""Contradictions between the parts of a fit config, caught when it is loaded (before any work):
+each is one :class:`Conflict` naming the dotted keys involved. Also the defaults that follow
+another key (a gold teacher turns the default cascade off; the abstention label follows the
+data's out-of-scope label), filled in before validation so that a saved config reads back
+equal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from smallfit.config import FitConfig
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Keys that contradict each other, and what to do about it."""
+
+    keys: tuple[str, ...]
+    message: str
+
+
+class ConfigConflicts(ValueError):
+    """Raised by :class:`~smallfit.config.FitConfig`'s validator: one line per conflict."""
+
+    def __init__(self, conflicts: list[Conflict]) -> None:
+        self.conflicts = conflicts
+        super().__init__("\n".join(c.message for c in conflicts))
+
+
+def _get(obj: Any, key: str) -> Any:
+    """``obj[key]`` of a mapping, ``obj.key`` of a model, None otherwise."""
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None) if isinstance(obj, BaseModel) else None
+
+
+def _given(obj: Any, key: str) -> bool:
+    """Whether ``key`` was written (not left to its default) in a mapping or a model."""
+    if isinstance(obj, dict):
+        return key in obj
+    return isinstance(obj, BaseModel) and key in obj.model_fields_set
+
+
+def _replace(obj: Any, key: str, value: Any) -> Any:
+    if isinstance(obj, dict):
+        return {**obj, key: value}
+    return obj.model_copy(update={key: value})
+
+
+def fill_following_defaults(data: Any) -> Any:
+    """The raw fit config (a mapping) with the defaults that follow other keys made explicit:
+
+    - no `route` section and a gold teacher: `route: null` (the default cascade escalates to the
+      teacher, and there is none);
+    - `route.abstain` without a `label` and `data.out_of_scope` set: that label.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    if _get(data.get("teacher"), "source") == "gold" and "route" not in data:
+        data["route"] = None
+    route = data.get("route")
+    abstain = _get(route, "abstain")
+    out_of_scope = _get(data.get("data"), "out_of_scope")
+    follows = isinstance(abstain, dict | BaseModel) and not _given(abstain, "label")
+    if isinstance(out_of_scope, str) and follows:
+        data["route"] = _replace(route, "abstain", _replace(abstain, "label", out_of_scope))
+    return data
+
+
+def _names(items: list[str]) -> str:
+    return ", ".join(items) if items else "none"
+
+
+def conflicts(config: FitConfig) -> list[Conflict]:
+    """Every contradiction between the parts of ``config`` (empty when it is consistent)."""
+    return [*_select(config), *_students(config), *_compress(config), *_route(config)]
+
+
+def _select(config: FitConfig) -> Iterator[Conflict]:
+    from smallfit.config import GoldTeacher, parse_floor
+
+    gold = isinstance(config.teacher, GoldTeacher)
+    floor, metric = config.select.quality_floor, config.select.metric
+    _, relative = parse_floor(floor)
+    default = "" if "quality_floor" in config.select.model_fields_set else " (the default)"
+    if relative and gold:
+        yield Conflict(
+            ("select.quality_floor", "teacher.source"),
+            f"select.quality_floor {floor!r}{default} is relative to the teacher, but "
+            "teacher.source is gold: no teacher is measured to set it; give an absolute floor "
+            "such as select.quality_floor: '0.9'",
+        )
+    if metric == "teacher_agreement" and gold:
+        yield Conflict(
+            ("select.metric", "teacher.source"),
+            "select.metric is teacher_agreement, but teacher.source is gold: there is no teacher "
+            "to agree with (agreement with gold labels is select.metric: accuracy)",
+        )
+    elif metric == "teacher_agreement" and relative:
+        yield Conflict(
+            ("select.quality_floor", "select.metric"),
+            f"select.quality_floor {floor!r}{default} is relative to the teacher's "
+            "teacher_agreement (select.metric), which is not measured for the teacher itself; "
+            "give an absolute share such as select.quality_floor: '0.97'",
+        )
+
+
+def _students(config: FitConfig) -> Iterator[Conflict]:
+    from smallfit.config import GoldTeacher
+
+    if not config.students and isinstance(config.teacher, GoldTeacher):
+        yield Conflict(
+            ("students", "teacher.source"),
+            "students is empty and teacher.source is gold: there is no candidate to measure",
+        )
+
+
+def _compress(config: FitConfig) -> Iterator[Conflict]:
+    from smallfit.config import TransformerStudent
+
+    compress = config.compress
+    if compress is None:
+        return
+    kinds = {s.name: s.kind for s in config.students}
+    transformers = [s.name for s in config.students if isinstance(s, TransformerStudent)]
+    if compress.students is None and not transformers:
+        yield Conflict(
+            ("compress", "students"),
+            "compress is set, but students has no transformer student to compress (students: "
+            f"{_names(list(kinds))}); add one, or remove compress",
+        )
+    for name in compress.students or []:
+        if name not in kinds:
+            yield Conflict(
+                ("compress.students", "students"),
+                f"compress.students names {name!r}, which is not one of students "
+                f"({_names(list(kinds))})",
+            )
+        elif name not in transformers:
+            yield Conflict(
+                ("compress.students", "students"),
+                f"compress.students names {name!r}, a {kinds[name]} student: only transformer "
+                f"students can be compressed ({_names(transformers)})",
+            )
+    if compress.students == []:
+        yield Conflict(
+            ("compress.students",),
+            "compress.students is empty, so compress would build nothing; null compresses every "
+            "transformer student",
+        )
+    if not compress.expand():
+        yield Conflict(
+            ("compress.grid", "compress.candidates"),
+            "compress.grid is null and compress.candidates is empty: compress would build nothing",
+        )
+
+
+def candidate_names(config: FitConfig) -> list[str]:
+    """The names of the candidates a run of ``config`` can measure: the teacher (unless gold
+    labels stand in for it), the students, and the compressed students, ``<student>-<name>``."""
+    from smallfit.config import GoldTeacher, TransformerStudent
+
+    names = [] if isinstance(config.teacher, GoldTeacher) else ["teacher"]
+    names += [s.name for s in config.students]
+    compress = config.compress
+    if compress is not None:
+        sources = [
+            s.name
+            for s in config.students
+            if isinstance(s, TransformerStudent)
+            and (compress.students is None or s.name in compress.students)
+        ]
+        names += [f"{s}-{c.name}" for s in sources for c in compress.expand()]
+    return names
+
+
+def _route(config: FitConfig) -> Iterator[Conflict]:
+    from smallfit.config import GoldTeacher
+
+    route = config.route
+    if route is None:
+        return
+    gold = isinstance(config.teacher, GoldTeacher)
+    if route.tiers is None and gold:
+        yield Conflict(
+            ("route", "teacher.source"),
+            "route is set, but teacher.source is gold: the default tiers (the selected "
+            "candidate, then the teacher) need a teacher model; set route.tiers to candidates "
+            "of the run, cheapest first, or route: null",
+        )
+    known = candidate_names(config)
+    for tier in route.tiers or []:
+        if tier == "teacher" and gold:
+            yield Conflict(
+                ("route.tiers", "teacher.source"),
+                "route.tiers names 'teacher', but teacher.source is gold: there is no teacher "
+                "model to escalate to",
+            )
+        elif tier not in known and not _is_model_dir(config.run_dir, tier):
+            yield Conflict(
+                ("route.tiers", "students"),
+                f"route.tiers names {tier!r}, which is neither a candidate of this run "
+                f"({_names(known)}) nor a model directory",
+            )
+    tiers = len(route.tiers) if route.tiers else 2
+    if route.abstain is not None and route.abstain.tier >= tiers:
+        which = "route.tiers" if route.tiers else "route.tiers' default: the selected, the teacher"
+        yield Conflict(
+            ("route.abstain.tier", "route.tiers"),
+            f"route.abstain.tier {route.abstain.tier} is not one of the {tiers} tiers ({which}; "
+            "counted from 0)",
+        )
+    out_of_scope = config.data.out_of_scope
+    if route.abstain is not None and out_of_scope and route.abstain.label != out_of_scope:
+        yield Conflict(
+            ("route.abstain.label", "data.out_of_scope"),
+            f"route.abstain.label {route.abstain.label!r} differs from data.out_of_scope "
+            f"{out_of_scope!r}: the cascade would answer one label for what the data calls "
+            "another; leave route.abstain.label out to use data.out_of_scope",
+        )
+
+
+def _is_model_dir(run_dir: Path, tier: str) -> bool:
+    """Where the route stage looks for a tier that is not a candidate: the run's models, then a
+    directory path."""
+    return (Path(run_dir) / "models" / tier).is_dir() or Path(tier).is_dir()
