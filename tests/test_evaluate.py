@@ -313,3 +313,96 @@ def test_unanswered_rows_count_wrong_whatever_their_probabilities() -> None:
     assert masked["accuracy"] == pytest.approx(2 / 3) and masked["unanswered"] == 1
     assert masked["per_class"]["a"]["recall"] == 0.0
     assert "(unanswered)" not in masked["per_class"]
+
+
+# -- 95% intervals -------------------------------------------------------------------------------
+
+
+def _noisy(gold: np.ndarray, right: float, k: int, seed: int) -> np.ndarray:
+    """One-hot probabilities that are right on about ``right`` of the rows."""
+    rng = np.random.default_rng(seed)
+    pred = np.where(rng.random(len(gold)) < right, gold, rng.integers(0, k, len(gold)))
+    return np.eye(k)[pred] * 0.8 + 0.2 / k
+
+
+def test_every_quality_figure_has_a_seeded_bootstrap_interval() -> None:
+    k, n = 5, 2000
+    labels = [f"l{i}" for i in range(k)]
+    gold_idx = np.random.default_rng(0).integers(0, k, n)
+    gold = [labels[i] for i in gold_idx]
+    probs, teacher = _noisy(gold_idx, 0.9, k, 1), _noisy(gold_idx, 0.92, k, 2)
+    m = quality_metrics(probs, gold, labels, teacher_probs=teacher)
+    assert m["bootstrap"] == {"method": "percentile", "resamples": 1000, "seed": 0, "level": 0.95}
+    assert set(m["ci95"]) == {"accuracy", "macro_f1", "teacher_agreement", "ece"}
+    for name, (lo, hi) in m["ci95"].items():
+        assert lo < m[name] < hi, name
+    # a share's interval is about +-1.96 standard errors wide
+    p = m["accuracy"]
+    half = 1.96 * np.sqrt(p * (1 - p) / n)
+    lo, hi = m["ci95"]["accuracy"]
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+    # seeded: the same test set gets the same intervals; a 25x smaller one, 5x wider ones
+    assert quality_metrics(probs, gold, labels, teacher_probs=teacher) == m
+    small = quality_metrics(probs[:80], gold[:80], labels)
+    assert small["ci95"]["accuracy"][1] - small["ci95"]["accuracy"][0] > 3 * (hi - lo)
+    assert small["teacher_agreement"] is None and small["vs_teacher"] is None
+    assert small["ci95"]["teacher_agreement"] is None
+    none = quality_metrics(probs, gold, labels, teacher_probs=teacher, resamples=0)
+    assert none["ci95"] is None and none["vs_teacher"] is None and none["accuracy"] == p
+
+
+def test_difference_from_the_teacher_is_paired() -> None:
+    """The same resampled texts for both models: two models that differ on a few texts are
+    told apart although each one's own interval is far wider than the gap."""
+    k, n = 4, 3000
+    labels = ["a", "b", "c", "d"]
+    gold_idx = np.random.default_rng(3).integers(0, k, n)
+    gold = [labels[i] for i in gold_idx]
+    teacher = _noisy(gold_idx, 0.85, k, 4)
+    student = teacher.copy()
+    fixed = np.flatnonzero(teacher.argmax(axis=1) != gold_idx)[:20]  # 0.67 pt better
+    student[fixed] = np.eye(k)[gold_idx[fixed]]
+    m = quality_metrics(student, gold, labels, teacher_probs=teacher)
+    t = quality_metrics(teacher, gold, labels)
+    paired = m["vs_teacher"]["accuracy"]
+    assert paired["diff"] == pytest.approx(m["accuracy"] - t["accuracy"]) == pytest.approx(20 / n)
+    assert m["vs_teacher"]["macro_f1"]["diff"] == pytest.approx(m["macro_f1"] - t["macro_f1"])
+    lo, hi = paired["ci95"]
+    assert 0 < lo < paired["diff"] < hi  # resolved: the student is better
+    own = m["ci95"]["accuracy"]
+    assert own[0] < t["accuracy"] and hi - lo < (own[1] - own[0]) / 3  # unpaired: not resolved
+    # against itself: a difference of exactly 0
+    same = quality_metrics(teacher, gold, labels, teacher_probs=teacher)["vs_teacher"]
+    assert same["accuracy"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
+
+
+def test_a_teachers_unanswered_rows_count_wrong_in_the_paired_difference() -> None:
+    """An API teacher's unparseable reply is a uniform row (counted wrong in its own
+    evaluation): the paired difference must not score it as the first label."""
+    gold = ["a", "b", "c", "a"]
+    teacher = np.array([[1 / 3] * 3, [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32)
+    own = quality_metrics(teacher, gold, LABELS, unanswered=np.array([1, 0, 0, 0], bool))
+    student = quality_metrics(onehot([0, 1, 2, 1]), gold, LABELS, teacher_probs=teacher)
+    assert student["vs_teacher"]["accuracy"]["diff"] == pytest.approx(
+        student["accuracy"] - own["accuracy"]
+    )
+    assert student["vs_teacher"]["macro_f1"]["diff"] == pytest.approx(
+        student["macro_f1"] - own["macro_f1"]
+    )
+
+
+def test_macro_f1_interval_counts_classes_as_the_point_estimate_does() -> None:
+    """Unknown gold labels, unanswered rows and absent labels: each resample's macro-F1 follows
+    the point estimate's rules, so the interval holds the estimate on a skewed test set."""
+    labels = ["a", "b", "c", "d"]
+    rng = np.random.default_rng(5)
+    gold = list(rng.choice(["a", "a", "a", "b", "c", "zzz"], 600))
+    probs = np.eye(4)[rng.choice([0, 0, 1, 2], 600)] * 0.9 + 0.025
+    missing = rng.random(600) < 0.05
+    m = quality_metrics(probs, gold, labels, unanswered=missing, teacher_probs=probs)
+    lo, hi = m["ci95"]["macro_f1"]
+    assert lo < m["macro_f1"] < hi and hi - lo < 0.1
+    # an unanswered row is wrong for the student but not for the teacher that answered it
+    t = quality_metrics(probs, gold, labels)
+    assert m["vs_teacher"]["macro_f1"]["diff"] == pytest.approx(m["macro_f1"] - t["macro_f1"])
+    assert m["vs_teacher"]["accuracy"]["diff"] == pytest.approx(m["accuracy"] - t["accuracy"])

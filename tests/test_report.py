@@ -117,6 +117,12 @@ def test_missing_or_corrupt_results_name_the_file_and_write_nothing(run: Path, t
     ):
         write_report(bad)
 
+    data = json.loads(good)
+    data["candidates"][1]["quality"]["ci95"]["accuracy"] = [0.9, 0.8]
+    results.write_text(json.dumps(data), "utf-8")
+    with pytest.raises(SmallfitError, match=r"'quality\.ci95\.accuracy' is \[0\.9, 0\.8\], not a"):
+        write_report(bad)
+
     results.write_text(good, "utf-8")
     np_file = bad / "results" / f"{data['selection']['chosen']}.test_probs.npy"
     np_file.write_bytes(b"not a numpy file")
@@ -139,7 +145,10 @@ def test_results_of_an_older_run_still_render(run: Path, tmp_path) -> None:
     old = tmp_path / "old"
     shutil.copytree(run, old, ignore=shutil.ignore_patterns("models", "test.jsonl"))
     data = _results(old)
+    data["selection"].pop("resolution")
     for c in data["candidates"]:
+        for key in ("ci95", "vs_teacher", "bootstrap"):
+            c["quality"].pop(key)
         c.pop("cost", None)
         for row in c["speed"]["threads"].values():
             row.pop("samples_ms", None)
@@ -153,6 +162,8 @@ def test_results_of_an_older_run_still_render(run: Path, tmp_path) -> None:
     assert "percentiles only (no samples)" in html
     assert "test.jsonl is missing" in html
     assert "today (5M)" in html
+    assert '<span data-field="metric_ci">no interval</span>' in html
+    assert 'id="resolution"' not in html
 
 
 # -- in a real browser ---------------------------------------------------------------------------
@@ -170,6 +181,15 @@ def _browser() -> Any:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def _ci(ci: list[float]) -> str:
+    return f"{100 * ci[0]:.2f}–{100 * ci[1]:.2f}%"
+
+
+def _diff(paired: dict[str, Any]) -> str:
+    lo, hi = paired["ci95"]
+    return f"{100 * paired['diff']:+.2f} pt ({100 * lo:+.2f} to {100 * hi:+.2f})"
 
 
 @pytest.mark.browser
@@ -206,11 +226,24 @@ def test_the_page_in_headless_chromium(run: Path, tmp_path, javascript: bool) ->
             # the numbers on the page are results.json's
             chosen = results["selection"]["chosen"]
             assert page.locator("#verdict [data-field=chosen]").inner_text() == chosen
+            mine = next(c for c in results["candidates"] if c["name"] == chosen)["quality"]
+            verdict = lambda f: page.locator(f"#verdict [data-field={f}]").inner_text()  # noqa: E731
+            assert verdict("metric_ci") == _ci(mine["ci95"]["accuracy"])
+            assert verdict("diff") == _diff(mine["vs_teacher"]["accuracy"])
+            cascade = next(c for c in results["candidates"] if c["name"] == "cascade")
+            assert verdict("cascade_diff") == _diff(cascade["quality"]["vs_teacher"]["accuracy"])
+            notes = page.locator("#resolution span").all_inner_texts()
+            assert notes == results["selection"]["resolution"]
             for c in results["candidates"]:
                 row = page.locator(f'#candidates tr[data-candidate="{c["name"]}"]')
                 cell = lambda f, row=row: row.locator(f"td[data-field={f}]").inner_text()  # noqa: E731
                 assert cell("accuracy") == _pct(c["quality"]["accuracy"])
                 assert cell("macro_f1") == _pct(c["quality"]["macro_f1"])
+                assert cell("ci95") == _ci(c["quality"]["ci95"]["accuracy"])
+                lo, hi = c["quality"]["ci95"]["accuracy"]
+                assert lo <= c["quality"]["accuracy"] <= hi
+                paired = (c["quality"]["vs_teacher"] or {}).get("accuracy")
+                assert cell("vs_teacher") == ("–" if c["name"] == "teacher" else _diff(paired))
                 p50 = c["speed"]["threads"]["1"]["p50_ms"]
                 assert cell("p50_1t") == (f"{p50:.3f} ms" if p50 < 10 else f"{p50:.1f} ms")
                 size = c["bytes_on_disk"]

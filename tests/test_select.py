@@ -172,3 +172,95 @@ def test_an_api_teacher_is_never_the_smallest() -> None:
     assert "behind an API" in fallback.reason and "no local candidate" in fallback.reason
     # size ratios against an API model are meaningless; they are left out
     assert json.loads(selection_json(pool, chosen))["vs_teacher"]["size_ratio"] is None
+
+
+# -- what the test set cannot tell apart ---------------------------------------------------------
+
+
+def measured(
+    c: dict[str, Any], lo: float, hi: float, diff: tuple[float, float, float] | None = None
+) -> dict[str, Any]:
+    """``c`` with a 95% accuracy interval and, optionally, a paired (diff, lo, hi) vs teacher."""
+    q = c["quality"]
+    q["n"] = 3080
+    q["ci95"] = {"accuracy": [lo, hi], "macro_f1": [lo - 0.01, hi - 0.01]}
+    q["teacher_agreement"] = None
+    if diff is not None:
+        q["vs_teacher"] = {
+            "accuracy": {"diff": diff[0], "ci95": [diff[1], diff[2]]},
+            "macro_f1": {"diff": diff[0], "ci95": [diff[1], diff[2]]},
+        }
+    return c
+
+
+@pytest.fixture
+def close_pool() -> list[dict[str, Any]]:
+    """The chosen minilm is 1 pt over the floor but its interval reaches under it; linear is
+    left out 0.3 pt under the floor, within its interval; minilm's gap to the teacher is not
+    resolved either."""
+    return [
+        measured(cand("teacher", 0.9395, 40.0, 400_000_000), 0.931, 0.948),
+        measured(cand("minilm", 0.9295, 5.0, 90_000_000), 0.919, 0.938, (-0.01, -0.021, 0.001)),
+        measured(cand("linear", 0.9162, 0.5, 10_000_000), 0.906, 0.926, (-0.023, -0.035, -0.01)),
+        measured(cand("bad", 0.80, 50.0, 5_000_000), 0.78, 0.82, (-0.14, -0.16, -0.12)),
+    ]
+
+
+def test_selection_says_what_the_test_set_cannot_tell_apart(
+    close_pool: list[dict[str, Any]],
+) -> None:
+    sel = select(close_pool, SelectConfig(quality_floor="0.9192"))
+    assert sel.chosen == "minilm"  # the rule itself is unchanged: point estimates
+    floor, rival, teacher = sel.resolution
+    assert floor == (
+        "the test set (3,080 texts) cannot tell minilm from the floor: its accuracy 92.95% has "
+        "the 95% interval [91.90%, 93.80%], which straddles the floor 91.92%"
+    )
+    assert rival.startswith("the test set (3,080 texts) cannot tell linear (91.62%, 95% ")
+    assert "left out under it, though its interval reaches it" in rival
+    assert teacher == (
+        "the test set (3,080 texts) cannot tell minilm from the teacher on accuracy: the "
+        "difference -1.00 pt has the paired 95% interval [-2.10, +0.10] pt, which includes 0"
+    )
+    assert "bad" not in " ".join(sel.resolution)  # its interval stays under the floor
+    data = json.loads(selection_json(close_pool, sel))
+    assert data["resolution"] == list(sel.resolution)
+    assert data["quality"]["ci95"]["accuracy"] == [0.919, 0.938] and data["quality"]["n"] == 3080
+    assert data["quality"]["vs_teacher"]["accuracy"] == {"diff": -0.01, "ci95": [-0.021, 0.001]}
+    table = format_table(close_pool, sel)
+    row = next(line for line in table.splitlines() if " minilm " in line)
+    assert "[91.90,93.80]" in row and "-1.00 [-2.10,+0.10]" in row
+    teacher_row = next(line for line in table.splitlines() if " teacher " in line)
+    assert "[93.10,94.80]" in teacher_row and "+" not in teacher_row
+    assert "acc% 95% CI" in table.splitlines()[0] and "acc-teacher pt" in table
+    assert table.count("resolution: ") == 3
+
+
+def test_a_resolved_selection_has_nothing_to_add(close_pool: list[dict[str, Any]]) -> None:
+    close_pool[1]["quality"]["ci95"]["accuracy"] = [0.925, 0.934]
+    close_pool[1]["quality"]["vs_teacher"]["accuracy"]["ci95"] = [-0.015, -0.005]
+    close_pool[2]["quality"]["ci95"]["accuracy"] = [0.910, 0.919]
+    sel = select(close_pool, SelectConfig(quality_floor="0.9192"))
+    assert sel.chosen == "minilm" and sel.resolution == ()
+    assert json.loads(selection_json(close_pool, sel))["resolution"] == []
+    assert "resolution:" not in format_table(close_pool, sel)
+
+
+def test_nothing_chosen_yet_the_best_is_within_reach(close_pool: list[dict[str, Any]]) -> None:
+    sel = select(close_pool, SelectConfig(quality_floor="0.945"))
+    assert sel.chosen is None
+    assert sel.resolution[0].startswith("the test set (3,080 texts) cannot tell teacher from the")
+    assert len(sel.resolution) == 1  # minilm's interval ends at 93.80%, under 94.50%
+
+
+def test_results_without_intervals_say_so(pool: list[dict[str, Any]]) -> None:
+    sel = select(pool, SelectConfig())
+    assert sel.chosen == "minilm"
+    assert sel.resolution == (
+        "minilm has no 95% interval for accuracy (measured before smallfit recorded them): "
+        "whether the test set resolves the floor is unknown",
+    )
+    row = next(line for line in format_table(pool, sel).splitlines() if " minilm " in line)
+    assert " - " in row
+    data = json.loads(selection_json(pool, sel))
+    assert data["quality"]["ci95"] is None and data["quality"]["vs_teacher"] is None

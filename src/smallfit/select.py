@@ -3,14 +3,20 @@ over the quality floor and under the latency ceiling.
 
 A candidate is a dict as written by :func:`smallfit.evaluate.evaluate_candidate`: it has
 ``name``, ``backend``, ``bytes_on_disk``, ``parameters``, ``quality`` (accuracy, macro_f1,
-teacher_agreement, ece), ``speed`` (``threads["1"]["p50_ms"]`` and friends) and, optionally,
-``roofline`` (``share_of_peak``).
+teacher_agreement, ece; ``ci95`` and ``vs_teacher``, their 95% intervals, when measured),
+``speed`` (``threads["1"]["p50_ms"]`` and friends) and, optionally, ``roofline``
+(``share_of_peak``).
+
+The rule compares point estimates. What the test set cannot resolve is said beside it, in
+``Selection.resolution``: a quality interval that straddles the floor, a paired difference from
+the teacher whose interval includes 0.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +38,8 @@ class Selection:
     eligible: list[str]
     reason: str
     metric: str = "accuracy"
+    resolution: tuple[str, ...] = ()
+    """What the test set cannot tell apart (see :func:`resolution`); empty when it can."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +48,91 @@ class Selection:
 def _quality(c: Candidate, metric: str) -> float | None:
     value = c.get("quality", {}).get(metric)
     return None if value is None else float(value)
+
+
+def _ci(c: Candidate, metric: str) -> tuple[float, float] | None:
+    """The 95% interval of ``metric`` (None for results measured without one)."""
+    ci = ((c.get("quality") or {}).get("ci95") or {}).get(metric)
+    return None if not ci else (float(ci[0]), float(ci[1]))
+
+
+def paired_diff(c: Candidate, metric: str) -> tuple[float, float, float] | None:
+    """``(diff, lo, hi)``: ``metric`` minus the teacher's on the same test texts and its paired
+    95% interval, as measured (None without one, e.g. for ``teacher_agreement``)."""
+    d = ((c.get("quality") or {}).get("vs_teacher") or {}).get(metric)
+    if not d or d.get("ci95") is None:
+        return None
+    return float(d["diff"]), float(d["ci95"][0]), float(d["ci95"][1])
+
+
+def _texts(c: Candidate) -> str:
+    n = (c.get("quality") or {}).get("n")
+    return f"the test set ({n:,} texts)" if isinstance(n, int) else "the test set"
+
+
+def _range(lo: float, hi: float) -> str:
+    return f"[{100 * lo:.2f}%, {100 * hi:.2f}%]"
+
+
+def resolution(
+    candidates: list[Candidate],
+    *,
+    subject: str | None,
+    chosen: str | None,
+    floor: float,
+    metric: str,
+    rivals: Sequence[str] = (),
+    teacher_name: str = "teacher",
+) -> tuple[str, ...]:
+    """Sentences saying what the test set cannot tell apart, from the candidates' 95% intervals
+    (empty when it tells everything the rule decided on apart):
+
+    - ``subject`` (the chosen candidate, or the best when none reaches the floor) against the
+      floor, when its interval straddles the floor (the floor taken as the number the rule
+      compares with, even when it is relative to the teacher's estimate);
+    - each of ``rivals`` (candidates the rule would have preferred, left out under the floor)
+      whose interval reaches the floor;
+    - ``chosen`` against the teacher, when the paired interval of the difference includes 0.
+    """
+    by_name = {c.get("name"): c for c in candidates}
+    notes: list[str] = []
+    c = by_name.get(subject)
+    if c is not None:
+        q, ci = _quality(c, metric) or 0.0, _ci(c, metric)
+        if ci is None:
+            notes.append(
+                f"{c['name']} has no 95% interval for {metric} (measured before smallfit "
+                "recorded them): whether the test set resolves the floor is unknown"
+            )
+        elif ci[0] < floor <= ci[1] + 1e-12:
+            notes.append(
+                f"{_texts(c)} cannot tell {c['name']} from the floor: its {metric} "
+                f"{100 * q:.2f}% has the 95% interval {_range(*ci)}, which straddles the floor "
+                f"{100 * floor:.2f}%"
+            )
+    close = []
+    for name in rivals:
+        ci = _ci(by_name[name], metric)
+        if ci is not None and ci[1] + 1e-12 >= floor:
+            q = _quality(by_name[name], metric) or 0.0
+            close.append(f"{name} ({100 * q:.2f}%, 95% interval {_range(*ci)})")
+    if close:
+        reach = "its interval reaches" if len(close) == 1 else "their intervals reach"
+        notes.append(
+            f"{_texts(by_name[rivals[0]])} cannot tell {', '.join(close)} from the floor: "
+            f"left out under it, though {reach} it"
+        )
+    c = by_name.get(chosen)
+    if c is not None and chosen != teacher_name:
+        paired = paired_diff(c, metric)
+        if paired is not None and paired[1] <= 0 <= paired[2]:
+            d, lo, hi = paired
+            notes.append(
+                f"{_texts(c)} cannot tell {chosen} from the teacher on {metric}: the difference "
+                f"{100 * d:+.2f} pt has the paired 95% interval [{100 * lo:+.2f}, "
+                f"{100 * hi:+.2f}] pt, which includes 0"
+            )
+    return tuple(notes)
 
 
 def _p50(c: Candidate, threads: str = "1") -> float:
@@ -113,22 +206,49 @@ def select(
         q = _quality(c, metric)
         return q is not None and q >= floor - 1e-12
 
+    def under_ceiling(c: Candidate) -> bool:
+        return ceiling is None or _p50(c) <= ceiling
+
+    def rank(c: Candidate) -> tuple[float, float]:
+        return _size(c, size), _p50(c)
+
     good = [c for c in candidates if over_floor(c)]
-    eligible = [c for c in good if ceiling is None or _p50(c) <= ceiling]
+    eligible = [c for c in good if under_ceiling(c)]
     names = [c["name"] for c in eligible]
+    scored = [c for c in candidates if _quality(c, metric) is not None]
+
+    def outcome(chosen: Candidate | None, reason: str, subject: Candidate | None) -> Selection:
+        rivals = [
+            c["name"]
+            for c in scored
+            if not over_floor(c)
+            and c is not subject
+            and under_ceiling(c)
+            and (chosen is None or rank(c) < rank(chosen))
+        ]
+        notes = resolution(
+            candidates,
+            subject=None if subject is None else subject["name"],
+            chosen=None if chosen is None else chosen["name"],
+            floor=floor,
+            metric=metric,
+            rivals=rivals,
+            teacher_name=teacher_name,
+        )
+        name = None if chosen is None else chosen["name"]
+        return Selection(name, floor, ceiling, front, names, reason, metric, notes)
+
     if not candidates:
-        return Selection(None, floor, ceiling, front, names, "no candidates to choose from", metric)
+        return outcome(None, "no candidates to choose from", None)
     if not good:
-        scored = [c for c in candidates if _quality(c, metric) is not None]
         if not scored:
-            reason = f"no candidate has a {metric} value"
-        else:
-            best = max(scored, key=lambda c: _quality(c, metric) or 0.0)
-            reason = (
-                f"no candidate reaches the quality floor: best {metric} "
-                f"{_quality(best, metric):.4f} ({best['name']}) < floor {floor:.4f}"
-            )
-        return Selection(None, floor, ceiling, front, names, reason, metric)
+            return outcome(None, f"no candidate has a {metric} value", None)
+        best = max(scored, key=lambda c: _quality(c, metric) or 0.0)
+        reason = (
+            f"no candidate reaches the quality floor: best {metric} "
+            f"{_quality(best, metric):.4f} ({best['name']}) < floor {floor:.4f}"
+        )
+        return outcome(None, reason, best)
     if not eligible:
         fastest = min(good, key=_p50)
         reason = (
@@ -136,22 +256,22 @@ def select(
             f"latency ceiling {ceiling:g} ms (fastest: {fastest['name']} at "
             f"{_p50(fastest):.3f} ms)"
         )
-        return Selection(None, floor, ceiling, front, names, reason, metric)
-    best = min(eligible, key=lambda c: (_size(c, size), _p50(c)))
+        return outcome(None, reason, None)
+    best = min(eligible, key=rank)
     if _remote(best):
         reason = (
             f"{best['name']} (behind an API) is chosen: no local candidate reaches the floor "
             f"{floor:.4f} on {metric}"
             + (f" under the ceiling {ceiling:g} ms" if ceiling is not None else "")
         )
-        return Selection(best["name"], floor, ceiling, front, names, reason, metric)
+        return outcome(best, reason, best)
     reason = (
         f"{best['name']} is the smallest of {len(eligible)} eligible candidate(s) "
         f"({size} {_size(best, size):,.0f}): {metric} {_quality(best, metric):.4f} >= floor "
         f"{floor:.4f}"
         + (f", p50 {_p50(best):.3f} ms <= ceiling {ceiling:g} ms" if ceiling is not None else "")
     )
-    return Selection(best["name"], floor, ceiling, front, names, reason, metric)
+    return outcome(best, reason, best)
 
 
 def _teacher(candidates: list[Candidate], teacher_name: str) -> Candidate | None:
@@ -179,6 +299,22 @@ def vs_teacher(c: Candidate, teacher: Candidate | None, *, metric: str) -> dict[
     }
 
 
+ABBREV = {"accuracy": "acc", "macro_f1": "F1", "teacher_agreement": "agree"}
+
+
+def _ci_cell(c: Candidate, metric: str) -> str:
+    ci = _ci(c, metric)
+    return "-" if ci is None else f"[{100 * ci[0]:.2f},{100 * ci[1]:.2f}]"
+
+
+def _diff_cell(c: Candidate, metric: str, teacher_name: str) -> str:
+    paired = None if c.get("name") == teacher_name else paired_diff(c, metric)
+    if paired is None:
+        return "-"
+    d, lo, hi = paired
+    return f"{100 * d:+.2f} [{100 * lo:+.2f},{100 * hi:+.2f}]"
+
+
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -199,8 +335,10 @@ def format_table(
     speed0 = candidates[0]["speed"] if candidates else {}
     all_t = str(speed0.get("cpu_threads_all", "all"))
     batch = speed0.get("throughput_batch", 32)
+    abbrev = ABBREV.get(metric, metric)
     head = [
-        "", "name", "backend", "acc%", "F1%", "agree%", "ECE",
+        "", "name", "backend", "acc%", "F1%", "agree%", f"{abbrev}% 95% CI",
+        f"{abbrev}-teacher pt", "ECE",
         "p50@1t", "p95@1t", "p99@1t", f"p50@{all_t}t", f"b{batch}/s",
         "RSS MB", "size MB", "params M", "$/1M", "x faster", "x smaller", "%teacher", "%peak",
     ]  # fmt: skip
@@ -216,7 +354,8 @@ def format_table(
         rows.append([
             mark, str(c["name"]), str(c.get("backend", "-")),
             _fmt(q.get("accuracy"), ".2f", 100), _fmt(q.get("macro_f1"), ".2f", 100),
-            _fmt(q.get("teacher_agreement"), ".2f", 100), _fmt(q.get("ece"), ".4f"),
+            _fmt(q.get("teacher_agreement"), ".2f", 100), _ci_cell(c, metric),
+            _diff_cell(c, metric, teacher_name), _fmt(q.get("ece"), ".4f"),
             _fmt(one.get("p50_ms"), ".3f"), _fmt(one.get("p95_ms"), ".3f"),
             _fmt(one.get("p99_ms"), ".3f"), _fmt(allt.get("p50_ms"), ".3f"),
             _fmt(batched_throughput(s), ".1f"), _fmt(s.get("peak_rss_bytes"), ".1f", 1e-6),
@@ -246,9 +385,13 @@ def format_table(
         "at the candidate's precision (fp32, bf16 or int8)",
         "$/1M: dollars per million queries (local: this machine's hourly price at the batched "
         "throughput; API: tokens per query at its prices); an API model has no size or RSS",
+        f"{abbrev}% 95% CI: percentile bootstrap over the test texts; {abbrev}-teacher: "
+        f"{metric} minus the teacher's in points, with the paired 95% interval (the same "
+        "resampled texts for both); - = not measured",
         f"* Pareto front ({metric}, p50@1t, size)   >> chosen   floor {metric} "
         f">= {selection.floor:.4f}, ceiling {ceiling}",
         f"selection: {selection.reason}",
+        *(f"resolution: {note}" for note in selection.resolution),
     ]
     return "\n".join([line(head), rule, *(line(r) for r in rows), rule, *legend])
 
@@ -256,14 +399,17 @@ def format_table(
 def selection_json(
     candidates: list[Candidate], selection: Selection, *, teacher_name: str = "teacher"
 ) -> str:
-    """One line of JSON: the chosen candidate, its metrics and ratios vs the teacher, the floor
-    and the ceiling (``chosen`` is null, with the reason, when nothing qualifies)."""
+    """One line of JSON: the chosen candidate, its metrics (with ``quality.ci95``, their 95%
+    intervals, and ``quality.vs_teacher``, its paired differences from the teacher) and ratios
+    vs the teacher, the floor and the ceiling (``chosen`` is null, with the reason, when nothing
+    qualifies); ``resolution`` lists what the test set cannot tell apart."""
     out: dict[str, Any] = {
         "chosen": selection.chosen,
         "metric": selection.metric,
         "floor": selection.floor,
         "ceiling_ms": selection.ceiling_ms,
         "reason": selection.reason,
+        "resolution": list(selection.resolution),
     }
     chosen = next((c for c in candidates if c["name"] == selection.chosen), None)
     if chosen is not None:
@@ -271,7 +417,11 @@ def selection_json(
         one = s.get("threads", {}).get("1", {})
         out.update(
             backend=chosen.get("backend"),
-            quality={k: q.get(k) for k in ("accuracy", "macro_f1", "teacher_agreement", "ece")},
+            quality={
+                k: q.get(k)
+                for k in ("accuracy", "macro_f1", "teacher_agreement", "ece", "n", "ci95")
+            }
+            | {"vs_teacher": q.get("vs_teacher")},
             latency_1t_ms={k: one.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
             throughput_per_s=batched_throughput(s),
             throughput_batch=s.get("throughput_batch"),

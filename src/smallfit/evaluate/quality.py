@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from smallfit.errors import SmallfitError
+from smallfit.evaluate.bootstrap import RESAMPLES, SEED, quality_intervals, teacher_answers
 
 
 def quality_metrics(
@@ -17,6 +18,8 @@ def quality_metrics(
     teacher_probs: np.ndarray | None = None,
     ece_bins: int = 15,
     unanswered: np.ndarray | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, agreement with the teacher, ECE and per-class scores.
 
@@ -32,6 +35,20 @@ def quality_metrics(
     ``unanswered`` (a boolean mask, e.g. an LLM's unparseable replies) marks rows the model gave
     no answer for: they count as wrong whatever their probabilities say, and as disagreeing
     with the teacher; ``"unanswered"`` in the result counts them.
+
+    Each figure also gets a 95% interval from a seeded percentile bootstrap of the test rows
+    (``resamples`` draws; 0 for none), see :mod:`smallfit.evaluate.bootstrap`:
+
+    - ``"ci95"``: ``{"accuracy", "macro_f1", "teacher_agreement", "ece"}``, each ``[lo, hi]``
+      (``teacher_agreement`` None without ``teacher_probs``);
+    - ``"vs_teacher"``: ``{"accuracy", "macro_f1"}``, each ``{"diff": model - teacher,
+      "ci95": [lo, hi]}``, the interval paired (the same resampled rows for both models); None
+      without ``teacher_probs``. The teacher's answer is its argmax, except that a row whose
+      top probability several labels share (an API teacher's unanswered, uniform row) counts
+      as no answer, as the teacher's own evaluation counts it;
+    - ``"bootstrap"``: ``{"method", "resamples", "seed", "level"}``.
+
+    With ``resamples=0`` all three are None.
     """
     probs = np.asarray(probs, dtype=np.float64)
     n = len(gold)
@@ -56,25 +73,43 @@ def quality_metrics(
     correct = pred_idx == gold_idx
 
     agreement = None
+    agree_rows = teacher_pred = None
     if teacher_probs is not None:
         teacher = np.asarray(teacher_probs)
         if teacher.shape != probs.shape:
             raise SmallfitError(
                 f"teacher probabilities have shape {teacher.shape}, expected {probs.shape}"
             )
-        agreement = float(np.mean(pred_idx == teacher.argmax(axis=1)))
+        agree_rows = pred_idx == teacher.argmax(axis=1)
+        agreement = float(np.mean(agree_rows))
+        teacher_pred = teacher_answers(teacher, len(all_labels))
 
     per_class = _per_class(gold_idx, pred_idx, [*all_labels, "(unanswered)"])
     per_class.pop("(unanswered)", None)
     macro_f1 = float(np.mean([c["f1"] for c in per_class.values()]))
+    confidence = probs.max(axis=1)
+    intervals: dict[str, Any] = {"ci95": None, "vs_teacher": None, "bootstrap": None}
+    if resamples > 0:
+        intervals = quality_intervals(
+            gold_idx,
+            pred_idx,
+            classes=len(all_labels),
+            confidence=confidence,
+            ece_bins=ece_bins,
+            agree=agree_rows,
+            teacher_pred=teacher_pred,
+            resamples=resamples,
+            seed=seed,
+        )
     return {
         "accuracy": float(np.mean(correct)),
         "macro_f1": macro_f1,
         "teacher_agreement": agreement,
-        "ece": expected_calibration_error(probs.max(axis=1), correct, bins=ece_bins),
+        "ece": expected_calibration_error(confidence, correct, bins=ece_bins),
         "n": n,
         "unanswered": int(missing.sum()),
         "per_class": per_class,
+        **intervals,
     }
 
 

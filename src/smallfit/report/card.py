@@ -11,6 +11,7 @@ from smallfit.evaluate.speed import batched_throughput
 from smallfit.models.base import MODEL_CARD, write_text
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
 from smallfit.report.page import mb, ms, pct, times, usd
+from smallfit.report.uncertainty import ci_text, diff_text
 
 
 def model_card(f: Facts, c: dict[str, Any]) -> str:
@@ -57,6 +58,7 @@ def model_card(f: Facts, c: dict[str, Any]) -> str:
         "| metric | value |",
         "|---|---|",
         f"| {f.metric} | {pct(q.get(f.metric))} |",
+        f"| {f.metric}, 95% interval | {ci_text((q.get('ci95') or {}).get(f.metric))} |",
         f"| macro F1 | {pct(q.get('macro_f1'))} |",
         f"| agreement with the teacher | {pct(q.get('teacher_agreement'))} |",
         f"| expected calibration error | {q.get('ece', float('nan')):.4f} |",
@@ -72,6 +74,12 @@ def model_card(f: Facts, c: dict[str, Any]) -> str:
             f"| against the teacher | {r['quality_pct'] or 0:.1f}% of its {f.metric}, "
             f"{times(r['speedup_p50_1t'])} faster, {times(r['size_ratio'])} smaller |"
         )
+        paired = q.get("vs_teacher")
+        if paired is None or f.metric in paired:
+            lines.append(
+                f"| {f.metric} minus the teacher's (paired 95% interval) | "
+                f"{diff_text((paired or {}).get(f.metric))} |"
+            )
     env = f.results.get("environment") or {}
     lines += [
         "",

@@ -109,6 +109,35 @@ def check_candidate(c: Any, index: int, file: Path) -> None:
         _need(row, "p50_ms", f"{where} speed.threads.{n}")
     if not (c.get("speed") or {}).get("remote"):
         _need(c, "bytes_on_disk", where, int)
+    _check_intervals(c, where)
+
+
+def _check_intervals(c: dict[str, Any], where: str) -> None:
+    """95% intervals are optional (older runs have none); when present, each is ``[lo, hi]``
+    and each paired difference ``{"diff", "ci95": [lo, hi]}``."""
+    q = c["quality"]
+    for key in ("ci95", "vs_teacher"):
+        if q.get(key) is not None and not isinstance(q[key], dict):
+            raise SmallfitError(f"{where}: field 'quality.{key}' is {q[key]!r}, not an object")
+    for name, ci in (q.get("ci95") or {}).items():
+        if ci is not None:
+            _need_interval(ci, f"quality.ci95.{name}", where)
+    for name, paired in (q.get("vs_teacher") or {}).items():
+        if paired is not None:
+            _need(c, f"quality.vs_teacher.{name}.diff", where)
+            _need_interval(paired.get("ci95"), f"quality.vs_teacher.{name}.ci95", where)
+
+
+def _need_interval(value: Any, path: str, where: str) -> None:
+    ok = (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) for v in value)
+        and value[0] <= value[1]
+    )
+    if not ok:
+        raise SmallfitError(f"{where}: field '{path}' is {value!r}, not a [low, high] interval")
 
 
 def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) -> Facts:

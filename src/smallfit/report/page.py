@@ -14,6 +14,15 @@ from smallfit.evaluate.speed import batched_throughput
 from smallfit.report.cost import HOURS_PER_MONTH, break_even, volume_grid
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
 from smallfit.report.svg import Axis, Chart
+from smallfit.report.uncertainty import (
+    cascade_vs_teacher_html,
+    ci_text,
+    diff_text,
+    paired_diff,
+    quality_ci,
+    resolution_html,
+    vs_teacher_cell,
+)
 
 # -- number formats (the tests format results.json the same way) -------------------------------
 
@@ -79,18 +88,26 @@ def verdict(f: Facts) -> str:
         reason = f.selection.get("reason") or "no candidate met the quality floor"
         return (
             '<section id="verdict"><h2>Verdict</h2><p class="verdict" data-chosen="">'
-            f"No model was chosen: {escape(reason)}.</p></section>"
+            f"No model was chosen: {escape(reason)}.</p>{resolution_html(f)}</section>"
         )
     r = ratios(f, chosen)
     cost = per_1m(chosen, f.hour_usd)
     parts = [f'<strong data-field="chosen">{escape(chosen["name"])}</strong>']
     if f.teacher is not None and chosen["name"] != TEACHER:
         teacher_cost = per_1m(f.teacher, f.hour_usd)
+        paired = paired_diff(chosen, f.metric)
         parts.append(
             f' keeps <span data-field="quality_pct">{r["quality_pct"]:.1f}%</span> of the '
             f"teacher's {escape(metric)} "
-            f'(<span data-field="metric">{pct(chosen["quality"][f.metric])}</span> against '
-            f"{pct(f.teacher['quality'][f.metric])})"
+            f'(<span data-field="metric">{pct(chosen["quality"][f.metric])}</span>, 95% CI '
+            f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>, against '
+            f"{pct(f.teacher['quality'][f.metric])}"
+            + (
+                f'; paired difference <span data-field="diff">{diff_text(paired)}</span>'
+                if f.metric in ("accuracy", "macro_f1")
+                else ""
+            )
+            + ")"
         )
         if r["speedup_p50_1t"] is not None:
             parts.append(f', <span data-field="speedup">{r["speedup_p50_1t"]:.0f}x</span> faster')
@@ -104,7 +121,9 @@ def verdict(f: Facts) -> str:
         parts.append(".")
     else:
         parts.append(
-            f" was chosen: {escape(metric)} {pct(chosen['quality'][f.metric])}, "
+            f" was chosen: {escape(metric)} "
+            f'<span data-field="metric">{pct(chosen["quality"][f.metric])}</span> (95% CI '
+            f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>), '
             f"{usd(cost)} per 1M queries. {escape(str(f.selection.get('reason', '')))}."
         )
     lines = [f'<p class="verdict" data-chosen="{escape(chosen["name"])}">{"".join(parts)}</p>']
@@ -124,6 +143,7 @@ def verdict(f: Facts) -> str:
             f"queries never reach the last tier, at accuracy "
             f'<span data-field="cascade_accuracy">{pct(t["accuracy"])}</span>'
             + (f" (the last tier alone: {pct(ref)})" if ref is not None else "")
+            + cascade_vs_teacher_html(f)
             + (
                 f", {usd(t['cost_per_1m_usd'])} per 1M queries"
                 if t.get("cost_per_1m_usd") is not None
@@ -134,6 +154,7 @@ def verdict(f: Facts) -> str:
     reason = f.selection.get("reason")
     if reason:
         lines.append(f'<p class="aside">Selection: {escape(str(reason))}.</p>')
+    lines.append(resolution_html(f))
     return '<section id="verdict"><h2>Verdict</h2>' + "".join(lines) + "</section>"
 
 
@@ -219,6 +240,8 @@ def candidates_table(f: Facts) -> str:
         ("name", "text"),
         ("backend", "text"),
         (f.metric.replace("_", " "), "num"),
+        ("95% CI", "num"),
+        ("vs teacher", "num"),
         ("macro F1", "num"),
         ("teacher agreement", "num"),
         ("p50 1t", "num"),
@@ -237,11 +260,15 @@ def candidates_table(f: Facts) -> str:
     out.append("</tr></thead><tbody>")
     for c in f.candidates:
         q, r = c["quality"], ratios(f, c)
+        ci = quality_ci(c, f.metric)
+        paired = None if c["name"] == TEACHER else paired_diff(c, f.metric)
         remote = _remote(c)
         cells = [
             ("name", c["name"], c["name"]),
             ("backend", c.get("backend", "–"), c.get("backend", "")),
             (f.metric, pct(q.get(f.metric)), q.get(f.metric)),
+            ("ci95", ci_text(ci), None if not ci else ci[0]),
+            ("vs_teacher", vs_teacher_cell(f, c), None if not paired else paired["diff"]),
             ("macro_f1", pct(q.get("macro_f1")), q.get("macro_f1")),
             ("teacher_agreement", pct(q.get("teacher_agreement")), q.get("teacher_agreement")),
             ("p50_1t", ms(_p(c, "1")), _p(c, "1")),
@@ -280,7 +307,10 @@ def candidates_table(f: Facts) -> str:
         f"{escape(allt)} threads; texts/s: batches of {batch} on all threads; size: bytes on "
         f"disk; $ / 1M: a machine-hour of {usd(f.hour_usd)} at that throughput (an API model: "
         "its measured tokens at its prices; the cascade: its tiers weighted by the share of "
-        "queries each ran on). Ratios are against the teacher. Rows marked ◆ chosen, ● Pareto "
+        f"queries each ran on). 95% CI: the {escape(f.metric.replace('_', ' '))}'s percentile "
+        "bootstrap interval over the test texts; vs teacher: its difference from the "
+        "teacher's in points, with the paired 95% interval (the same resampled texts for "
+        "both). Ratios are against the teacher. Rows marked ◆ chosen, ● Pareto "
         "front. Click a column to sort.</p>"
     )
     return "".join(out)
