@@ -218,3 +218,65 @@ def test_the_route_command_recalibrates_a_run(routed_run) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "route options" in bad.stderr and "target" in bad.stderr
+
+
+def test_when_the_teacher_wins_the_cascade_is_the_way_off_it(
+    snips_slice: Path, snips_minilm: Path, tmp_path: Path
+) -> None:
+    """No student reaches the floor, so the teacher is selected: the cascade is still built
+    from the best local candidate to the teacher, and recommended when it keeps a real share
+    of queries off the teacher (in the table, the JSON line and the report)."""
+    config = FitConfig(
+        run_dir=tmp_path / "run",
+        data=DataConfig(
+            train=snips_slice / "train.jsonl", test=snips_slice / "test.jsonl", dev_fraction=0.25
+        ),
+        teacher=ModelTeacher(path=snips_minilm),
+        # a deliberately weak linear student: 30 word features, heavily regularised
+        students=[LinearStudent(char_ngrams=None, max_features=30, C=0.05)],
+        evaluate=EvalConfig(latency_queries=10, warmup=2, throughput_batches=2, isolate=False),
+        select=SelectConfig(quality_floor="1.0 * teacher"),
+        route=RouteConfig(target="escalation <= 50%"),
+    )
+    result = fit(config, progress=False, log=lambda _: None)
+    assert result.chosen == "teacher"
+    cascade = json.loads((result.run_dir / "cascade.json").read_text("utf-8"))
+    assert cascade["tiers"] == ["linear", "teacher"]
+    assert cascade["met_on_test"] and cascade["test"]["escalation"] <= 0.75
+    line = json.loads(result.selection_json)
+    assert result.recommended == "cascade" and line["recommended"]["name"] == "cascade"
+    assert "answered before the teacher" in line["recommended"]["reason"]
+    saved = json.loads((result.run_dir / "results.json").read_text("utf-8"))
+    assert saved["selection"]["recommended"]["name"] == "cascade"
+    row = next(r for r in result.table.splitlines() if r.split()[1:2] == ["cascade"])
+    assert row.startswith("=>")
+    assert "recommended: cascade" in result.table
+    assert result.report is not None
+    assert 'data-recommended="cascade"' in result.report.read_text("utf-8")
+
+
+def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
+    from smallfit.route.stage import best_local, recommend
+
+    cascade = {
+        "tiers": ["linear", "teacher"],
+        "target": "accuracy >= teacher - 0.5pt",
+        "met_on_dev": True,
+        "met_on_test": True,
+        "test": {"escalation": 0.9},
+    }
+    assert recommend("teacher", cascade, min_local=0.25)["name"] == "teacher"
+    assert (
+        recommend("teacher", cascade | {"test": {"escalation": 0.5}}, min_local=0.25)["name"]
+        == "cascade"
+    )
+    missed = cascade | {"test": {"escalation": 0.1}, "met_on_test": False}
+    assert "misses its target" in recommend("teacher", missed, min_local=0.25)["reason"]
+    assert recommend("linear", cascade, min_local=0.25)["name"] == "linear"
+    candidates = [
+        {"name": "teacher", "quality": {"accuracy": 0.95}, "bytes_on_disk": 9},
+        {"name": "a", "quality": {"accuracy": 0.90}, "bytes_on_disk": 5},
+        {"name": "b", "quality": {"accuracy": 0.90}, "bytes_on_disk": 3},
+        {"name": "api", "quality": {"accuracy": 0.99}, "speed": {"remote": True}},
+    ]
+    assert best_local(candidates, "accuracy") == "b"

@@ -465,6 +465,10 @@ class RouteConfig(Strict):
     timeout_s: float | None = Field(10.0, gt=0)
     """A remote tier (an API) slower than this per batch is given up on: the best local
     answer stands, flagged as a fallback."""
+    recommend_min_local: float = Field(0.25, ge=0, le=1)
+    """When the teacher is selected (no local model alone reaches the floor), the cascade is
+    recommended instead if it meets its target with at least this share of test queries
+    answered before the teacher."""
 
     @field_validator("target")
     @classmethod

@@ -40,6 +40,9 @@ class FitResult:
     stages_run: list[str]
     stages_skipped: list[str]
     report: Path | None = None
+    recommended: str | None = None
+    """What to deploy: ``chosen`` when it is a local model; the cascade when the teacher was
+    chosen and the cascade keeps a real share of queries off it."""
 
 
 class _Stages:
@@ -332,7 +335,7 @@ class _Run:
         if config is None:
             return None
         try:
-            names = tier_names(config, candidates, chosen)
+            names = tier_names(config, candidates, chosen, metric=self.config.select.metric)
         except SmallfitError as exc:
             self.log(f"[route] no cascade: {exc}")
             return None
@@ -356,6 +359,7 @@ class _Run:
             chosen=chosen,
             evaluate=self.config.evaluate,
             teacher_dev_probs=teacher_dev_probs,
+            metric=self.config.select.metric,
             progress=self.progress,
             log=self.log,
         )
@@ -368,6 +372,7 @@ def fit(
 ) -> FitResult:
     """Run the whole chain into ``config.run_dir``; returns what was measured and chosen."""
     from smallfit.evaluate import write_results
+    from smallfit.route.stage import recommend
     from smallfit.select import format_table, select, selection_json
 
     started = time.monotonic()
@@ -403,12 +408,17 @@ def fit(
     candidates += compressed
 
     selection = select(candidates, config.select, teacher_name=TEACHER)
-    line = selection_json(candidates, selection)
     cascade = run.route(candidates, selection.chosen, labels[1])
     extra_cascade = {}
     if cascade is not None:
         candidates.append(cascade)
         extra_cascade["cascade"] = json.loads((run_dir / "cascade.json").read_text("utf-8"))
+    recommended = recommend(
+        selection.chosen,
+        extra_cascade.get("cascade"),
+        min_local=config.route.recommend_min_local if config.route else 1.0,
+    )
+    line = selection_json(candidates, selection, recommended=recommended)
     results = write_results(
         run_dir,
         candidates,
@@ -431,9 +441,12 @@ def fit(
     return FitResult(
         run_dir=run_dir,
         results=json.loads(Path(results).read_text("utf-8")),
-        table=format_table(candidates, selection, metric=config.select.metric),
+        table=format_table(
+            candidates, selection, metric=config.select.metric, recommended=recommended
+        ),
         selection_json=line,
         chosen=selection.chosen,
+        recommended=recommended["name"],
         stages_run=run.stages.ran,
         stages_skipped=run.stages.skipped,
         report=report,

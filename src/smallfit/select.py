@@ -327,9 +327,13 @@ def format_table(
     *,
     metric: str | None = None,
     teacher_name: str = "teacher",
+    recommended: dict[str, Any] | None = None,
 ) -> str:
     """A plain-text table of every candidate, one row each, columns aligned; ``>>`` marks the
-    chosen one and ``*`` the Pareto front. Ratios are against the teacher candidate."""
+    chosen one, ``=>`` the recommended deployment when that is another (the cascade, when the
+    teacher was chosen) and ``*`` the Pareto front. Ratios are against the teacher candidate."""
+    advice = recommended or {}
+    other = advice.get("name") if advice.get("name") != selection.chosen else None
     metric = metric or selection.metric
     teacher = _teacher(candidates, teacher_name)
     speed0 = candidates[0]["speed"] if candidates else {}
@@ -348,7 +352,7 @@ def format_table(
         one = s.get("threads", {}).get("1", {})
         allt = s.get("threads", {}).get(str(s.get("cpu_threads_all")), {})
         ratios = vs_teacher(c, teacher, metric=metric)
-        mark = (">>" if c["name"] == selection.chosen else "") + (
+        mark = (">>" if c["name"] == selection.chosen else "=>" if c["name"] == other else "") + (
             "*" if c["name"] in selection.front else ""
         )
         rows.append([
@@ -388,23 +392,35 @@ def format_table(
         f"{abbrev}% 95% CI: percentile bootstrap over the test texts; {abbrev}-teacher: "
         f"{metric} minus the teacher's in points, with the paired 95% interval (the same "
         "resampled texts for both); - = not measured",
-        f"* Pareto front ({metric}, p50@1t, size)   >> chosen   floor {metric} "
+        f"* Pareto front ({metric}, p50@1t, size)   >> chosen   => recommended   floor {metric} "
         f">= {selection.floor:.4f}, ceiling {ceiling}",
         f"selection: {selection.reason}",
         *(f"resolution: {note}" for note in selection.resolution),
+        *(
+            [f"recommended: {advice.get('name') or 'nothing'} ({advice.get('reason')})"]
+            if advice
+            else []
+        ),
     ]
     return "\n".join([line(head), rule, *(line(r) for r in rows), rule, *legend])
 
 
 def selection_json(
-    candidates: list[Candidate], selection: Selection, *, teacher_name: str = "teacher"
+    candidates: list[Candidate],
+    selection: Selection,
+    *,
+    teacher_name: str = "teacher",
+    recommended: dict[str, Any] | None = None,
 ) -> str:
     """One line of JSON: the chosen candidate, its metrics (with ``quality.ci95``, their 95%
     intervals, and ``quality.vs_teacher``, its paired differences from the teacher) and ratios
     vs the teacher, the floor and the ceiling (``chosen`` is null, with the reason, when nothing
-    qualifies); ``resolution`` lists what the test set cannot tell apart."""
+    qualifies); ``resolution`` lists what the test set cannot tell apart; ``recommended`` is
+    what to deploy (``{name, reason}``: the cascade when the teacher was chosen and the cascade
+    keeps a real share off it)."""
     out: dict[str, Any] = {
         "chosen": selection.chosen,
+        "recommended": recommended,
         "metric": selection.metric,
         "floor": selection.floor,
         "ceiling_ms": selection.ceiling_ms,

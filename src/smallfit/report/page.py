@@ -87,7 +87,8 @@ def verdict(f: Facts) -> str:
     if chosen is None:
         reason = f.selection.get("reason") or "no candidate met the quality floor"
         return (
-            '<section id="verdict"><h2>Verdict</h2><p class="verdict" data-chosen="">'
+            f'<section id="verdict"><h2>Verdict</h2>{recommended_html(f)}'
+            '<p class="verdict" data-chosen="">'
             f"No model was chosen: {escape(reason)}.</p>{resolution_html(f)}</section>"
         )
     r = ratios(f, chosen)
@@ -155,7 +156,26 @@ def verdict(f: Facts) -> str:
     if reason:
         lines.append(f'<p class="aside">Selection: {escape(str(reason))}.</p>')
     lines.append(resolution_html(f))
-    return '<section id="verdict"><h2>Verdict</h2>' + "".join(lines) + "</section>"
+    return (
+        '<section id="verdict"><h2>Verdict</h2>'
+        + recommended_html(f)
+        + "".join(lines)
+        + "</section>"
+    )
+
+
+def recommended_html(f: Facts) -> str:
+    """The recommended deployment first, when it is not the chosen model (the cascade, when
+    the teacher was chosen and the cascade keeps a real share of queries off it)."""
+    advice = f.selection.get("recommended") or {}
+    name = advice.get("name")
+    if not name or name == f.chosen:
+        return ""
+    tiers = " → ".join((f.cascade or {}).get("tiers") or [name])
+    return (
+        f'<p class="verdict" data-recommended="{escape(str(name))}">Recommended deployment: '
+        f"<strong>the cascade {escape(tiers)}</strong>: {escape(str(advice.get('reason')))}.</p>"
+    )
 
 
 def pareto(f: Facts) -> str:

@@ -39,18 +39,71 @@ CASCADE_JSON = "cascade.json"
 
 
 def tier_names(
-    config: RouteConfig, candidates: list[dict[str, Any]], chosen: str | None
+    config: RouteConfig,
+    candidates: list[dict[str, Any]],
+    chosen: str | None,
+    *,
+    metric: str = "accuracy",
 ) -> list[str]:
-    """The tiers to use: the configured ones, else the selected candidate then the teacher."""
+    """The tiers to use: the configured ones, else the selected candidate then the teacher.
+    When the teacher itself was selected (or nothing was), the best local candidate on
+    ``metric`` goes first: the cascade is then the way off the teacher."""
     if config.tiers:
         return list(config.tiers)
-    if chosen is None:
-        raise SmallfitError("no candidate was selected, so there is no cheap tier for a cascade")
-    if chosen == "teacher":
-        raise SmallfitError("the teacher itself was selected: a cascade would have one tier")
     if not any(c.get("name") == "teacher" for c in candidates):
         raise SmallfitError("no teacher candidate to escalate to (gold labels stand in for it)")
+    if chosen is None or chosen == "teacher":
+        best = best_local(candidates, metric)
+        if best is None:
+            raise SmallfitError("no local candidate to put before the teacher")
+        return [best, "teacher"]
     return [chosen, "teacher"]
+
+
+def recommend(
+    chosen: str | None, cascade: dict[str, Any] | None, *, min_local: float
+) -> dict[str, Any]:
+    """What to deploy: the selected candidate when it is a local model; when the teacher was
+    selected (no local candidate reached the floor) or nothing was, the cascade, if it met its
+    target (on test, else on dev) with at least ``min_local`` of the test queries kept off the
+    teacher. ``{"name", "reason"}``; name None when nothing is recommended."""
+    if chosen is not None and chosen != "teacher":
+        return {"name": chosen, "reason": f"{chosen} alone is over the quality floor"}
+    if cascade is None:
+        return {"name": chosen, "reason": "no cascade was built"}
+    test = cascade.get("test") or cascade.get("dev") or {}
+    met = cascade.get("met_on_test")
+    met = cascade.get("met_on_dev") if met is None else met
+    local = 1 - float(test.get("escalation", 1.0))
+    tiers = " -> ".join(cascade.get("tiers") or [])
+    if met and local >= min_local:
+        return {
+            "name": CASCADE,
+            "reason": f"no local model alone reaches the floor, but the cascade {tiers} meets "
+            f"its target ({cascade.get('target')}) with {local:.1%} of test queries answered "
+            "before the teacher",
+        }
+    why = "misses its target" if not met else f"keeps only {local:.1%} of queries off the teacher"
+    return {
+        "name": chosen,
+        "reason": f"the cascade {tiers} {why} (route.recommend_min_local {min_local:.0%})",
+    }
+
+
+def best_local(candidates: list[dict[str, Any]], metric: str) -> str | None:
+    """The local (not behind an API) non-teacher candidate with the highest ``metric``; the
+    smaller on disk among equals."""
+    local = [
+        c
+        for c in candidates
+        if c.get("name") not in ("teacher", CASCADE)
+        and not (c.get("speed") or {}).get("remote")
+        and (c.get("quality") or {}).get(metric) is not None
+    ]
+    if not local:
+        return None
+    best = max(local, key=lambda c: (c["quality"][metric], -(c.get("bytes_on_disk") or 0)))
+    return str(best["name"])
 
 
 def _tier_dir(run_dir: Path, name: str) -> Path:
@@ -113,15 +166,17 @@ def build_cascade(
     chosen: str | None,
     evaluate: EvalConfig,
     teacher_dev_probs: np.ndarray | None = None,
+    metric: str = "accuracy",
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Calibrate the cascade of ``run_dir`` on dev, check it on test, save it as
-    ``models/cascade`` with ``cascade.json``, measure it; returns its candidate result."""
+    ``models/cascade`` with ``cascade.json``, measure it; returns its candidate result.
+    ``metric`` picks the first tier when the teacher was selected (see :func:`tier_names`)."""
     from smallfit.evaluate.speed import measure_speed
 
     run_dir = Path(run_dir)
-    names = tier_names(config, candidates, chosen)
+    names = tier_names(config, candidates, chosen, metric=metric)
     dirs = [_tier_dir(run_dir, n) for n in names]
     models = [load(d) for d in dirs]
     labels = list(models[0].labels)
@@ -301,10 +356,15 @@ def route_run(
         candidates=candidates,
         chosen=chosen,
         evaluate=fit_config.evaluate,
+        metric=fit_config.select.metric,
         progress=progress,
         log=log,
     )
     extra = {k: v for k, v in results.items() if k not in ("environment", "candidates")}
     extra["cascade"] = json.loads((run / CASCADE_JSON).read_text("utf-8"))
+    if isinstance(extra.get("selection"), dict):
+        extra["selection"]["recommended"] = recommend(
+            chosen, extra["cascade"], min_local=config.recommend_min_local
+        )
     write_results(run, [*candidates, result], extra=extra)
     return extra["cascade"]
