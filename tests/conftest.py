@@ -99,3 +99,26 @@ def llm_env(monkeypatch: pytest.MonkeyPatch) -> str:
     """The API key in the environment, as OPENAI_API_KEY; returns the variable's name."""
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     return "OPENAI_API_KEY"
+
+
+@pytest.fixture(scope="session")
+def snips_linear(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A linear classifier fitted on the SNIPS slice's gold labels (a second), saved."""
+    from smallfit.config import DataConfig, LinearStudent
+    from smallfit.data import load_dataset
+    from smallfit.distill import distill_student
+    from smallfit.teach import one_hot
+
+    data = load_dataset(
+        DataConfig(train=snips_slice / "train.jsonl", test=snips_slice / "test.jsonl")
+    )
+    out = tmp_path_factory.mktemp("linear") / "linear"
+    distill_student(
+        LinearStudent(),
+        data,
+        train_probs=one_hot(data.train.labels, data.labels),
+        dev_probs=one_hot(data.dev.labels, data.labels),
+        out_dir=out,
+        progress=False,
+    )
+    return out

@@ -12,13 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from smallfit.config import DataConfig, LinearStudent, ServeConfig
+from smallfit.config import DataConfig, ServeConfig
 from smallfit.data import load_dataset, read_split
-from smallfit.distill import distill_student
 from smallfit.models import load
 from smallfit.route import Cascade, Tier
 from smallfit.serve.app import create_app, resolve_model_path
-from smallfit.teach import one_hot
 from smallfit.testing.http import serving
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -27,21 +25,18 @@ TOKEN = "admin-token-for-tests"
 
 
 @pytest.fixture(scope="module")
-def models(snips_slice: Path, snips_minilm: Path, tmp_path_factory: pytest.TempPathFactory):
+def models(
+    snips_slice: Path,
+    snips_minilm: Path,
+    snips_linear: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+):
     """(linear dir, minilm dir, cascade dir linear -> minilm at threshold 0.6, test texts)."""
     root = tmp_path_factory.mktemp("serve-models")
     data = load_dataset(
         DataConfig(train=snips_slice / "train.jsonl", test=snips_slice / "test.jsonl")
     )
-    linear_dir = root / "linear"
-    distill_student(
-        LinearStudent(),
-        data,
-        train_probs=one_hot(data.train.labels, data.labels),
-        dev_probs=one_hot(data.dev.labels, data.labels),
-        out_dir=linear_dir,
-        progress=False,
-    )
+    linear_dir = snips_linear
     linear, minilm = load(linear_dir), load(snips_minilm)
     cascade = Cascade(
         [

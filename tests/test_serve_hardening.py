@@ -18,14 +18,12 @@ import numpy as np
 import pytest
 
 from smallfit.compress import OnnxExport, OrtDynamicInt8, compress
-from smallfit.config import DataConfig, LinearStudent, ServeConfig
+from smallfit.config import DataConfig, ServeConfig
 from smallfit.data import load_dataset
-from smallfit.distill import distill_student
 from smallfit.models import load
 from smallfit.route import Cascade, Tier
 from smallfit.serve.app import create_app
 from smallfit.serve.batcher import MicroBatcher
-from smallfit.teach import one_hot
 from smallfit.testing.http import serving
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -36,21 +34,18 @@ SURROGATE_BODY = b'{"texts": ["play some jazz", "a\\ud800b"]}'
 
 
 @pytest.fixture(scope="module")
-def backends(snips_slice: Path, snips_minilm: Path, tmp_path_factory: pytest.TempPathFactory):
+def backends(
+    snips_slice: Path,
+    snips_minilm: Path,
+    snips_linear: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+):
     """{backend: model dir} for linear, transformer, onnx (int8) and a cascade; test texts."""
     root = tmp_path_factory.mktemp("hardening")
     data = load_dataset(
         DataConfig(train=snips_slice / "train.jsonl", test=snips_slice / "test.jsonl")
     )
-    linear_dir = root / "linear"
-    distill_student(
-        LinearStudent(),
-        data,
-        train_probs=one_hot(data.train.labels, data.labels),
-        dev_probs=one_hot(data.dev.labels, data.labels),
-        out_dir=linear_dir,
-        progress=False,
-    )
+    linear_dir = snips_linear
     onnx_dir = root / "int8"
     compress(
         snips_minilm,
