@@ -31,11 +31,24 @@ def test_help_does_not_import_torch() -> None:
     assert out.stdout.strip().endswith("NO-TORCH")
 
 
-@pytest.mark.parametrize("command", ["fit", "demo", "teacher", "compress", "label", "zoo"])
+def _commands() -> list[str]:
+    from smallfit.cli import main
+
+    return sorted(main.commands)
+
+
+@pytest.mark.parametrize("command", _commands())
 def test_every_command_has_help(command: str) -> None:
     out = run_cli(command, "--help")
     assert out.returncode == 0
     assert "Usage:" in out.stdout
+
+
+def test_the_help_lists_every_command() -> None:
+    listed = run_cli("--help").stdout
+    assert {"fit", "demo", "route", "serve", "report"} <= set(_commands())
+    for command in _commands():
+        assert f"  {command}" in listed, command
 
 
 def _bad_data_config(tmp_path: Path) -> Path:
