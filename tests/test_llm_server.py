@@ -148,6 +148,37 @@ def test_label_ledger_matches_server_usage_and_rerun_is_free(
             assert API_KEY.encode() not in file.read_bytes(), file
 
 
+def test_cost_per_text_does_not_depend_on_what_the_run_paid(
+    llama_url: str, snips_small: Path, tmp_path: Path, llm_env: str
+) -> None:
+    """A rerun answered from the cache, without the price options, states the same cost per
+    1M texts as the run that paid (the answers' tokens at the prices recorded then), and
+    reports its own spending, nothing, apart."""
+    from smallfit.label import label_file
+
+    endpoint = {"base_url": llama_url, "model": "smollm2"}
+    labels = ",".join(sorted({r["label"] for r in rows(snips_small)}))
+    out = tmp_path / "labels.jsonl"
+
+    def label(**prices: float):
+        return label_file(snips_small, overrides={**endpoint, **prices}, label_list=labels,
+                          limit=4, out=out, progress=False)  # fmt: skip
+
+    first = label(price_input=0.15, price_output=0.6)
+    assert first.report.answered == 4 and first.report.run_spent["cost_usd"] > 0
+    again = label()
+    assert again.report.cached == 4 and again.report.run_spent["requests"] == 0
+    per_1m = first.cost["per_1m_queries_usd"]
+    assert per_1m > 0 and again.cost["per_1m_queries_usd"] == pytest.approx(per_1m)
+    shown = f"= ${per_1m:.2f} per 1M texts"
+    assert any(shown in line for line in first.lines)
+    assert any(shown in line and "recorded in the cache" in line for line in again.lines)
+    assert "this run spent $0.0000: all 4 answers from the cache" in again.lines
+    spent = first.report.run_spent
+    assert f"this run spent ${spent['cost_usd']:.4f}" in "\n".join(first.lines)
+    assert (tmp_path / "labels.log").is_file()  # library output, if any, beside the labels
+
+
 # ------------------------------------------------------------------------------------------
 # faults + kill -9: every row labelled exactly once, nothing cached is asked again
 

@@ -34,7 +34,12 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show full tracebacks for errors, and libraries' output (warnings, logs) here as well "
+    "as in the run's log file.",
+)
 @click.version_option(package_name="smallfit")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
@@ -42,6 +47,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     job, measured on your own data."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug or os.environ.get("SMALLFIT_DEBUG") == "1"
+    if debug:  # smallfit.logs reads it
+        os.environ["SMALLFIT_DEBUG"] = "1"
 
 
 def _progress(quiet: bool) -> bool:
@@ -143,6 +150,7 @@ def teacher(
     """Fine-tune a zoo base on gold labels: a stand-in for the big model you run today."""
     from smallfit.config import DataConfig, FinetuneTeacher, TrainConfig
     from smallfit.data import load_dataset
+    from smallfit.logs import beside, library_output
     from smallfit.teach import build_teacher
 
     dataset = load_dataset(
@@ -152,7 +160,8 @@ def teacher(
         base=base, train=TrainConfig(epochs=epochs, min_steps=min_steps, lr=3e-5)
     )
     _log(config.train.schedule(len(dataset.train)).describe())
-    model = build_teacher(config, dataset, out_dir=out, progress=_progress(quiet))
+    with library_output(beside(out), what="teacher"):
+        model = build_teacher(config, dataset, out_dir=out, progress=_progress(quiet))
     assert model is not None
     accuracy = sum(
         p == g for p, g in zip(model.predict(dataset.test.texts), dataset.test.labels, strict=True)
@@ -205,23 +214,25 @@ def compress(
     from smallfit.compress import compress as run_compress
     from smallfit.compress.core import check_steps
     from smallfit.data import read_split
+    from smallfit.logs import beside, library_output
     from smallfit.models.base import manifest_with_architecture
 
     parsed = [parse_step(s) for s in steps]
     check_steps(manifest_with_architecture(model_dir), parsed)
     texts = read_split(check_data, text_field=text_field, label_field=label_field).texts
     heal = None
-    if any(getattr(s, "heal", None) and s.heal.epochs > 0 for s in parsed):
-        _log(f"healing against {teacher or model_dir} on {len(texts)} texts")
-        heal = HealData.from_model(teacher or model_dir, texts)
-    model = run_compress(
-        model_dir,
-        parsed,
-        out_dir=out,
-        check_texts=texts[:512],
-        heal=heal,
-        progress=_progress(quiet),
-    )
+    with library_output(beside(out), what="compress"):  # the file compress() itself logs to
+        if any(getattr(s, "heal", None) and s.heal.epochs > 0 for s in parsed):
+            _log(f"healing against {teacher or model_dir} on {len(texts)} texts")
+            heal = HealData.from_model(teacher or model_dir, texts)
+        model = run_compress(
+            model_dir,
+            parsed,
+            out_dir=out,
+            check_texts=texts[:512],
+            heal=heal,
+            progress=_progress(quiet),
+        )
     info = model.info
     click.echo(f"saved {out}: {info.backend}, {info.bytes_on_disk / 1e6:.1f} MB")
     for step in model.lineage.get("compression", []):
@@ -358,6 +369,7 @@ def route(
     from pydantic import ValidationError
 
     from smallfit.config import ConfigError, RouteConfig, format_validation_error, load_fit_config
+    from smallfit.logs import LOG_FILE, library_output
     from smallfit.route.stage import route_run
 
     base = load_fit_config(run_dir / "config.yaml").route or RouteConfig()
@@ -378,7 +390,8 @@ def route(
         config = RouteConfig.model_validate(update)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source="route options")) from exc
-    summary = route_run(run_dir, config, progress=_progress(quiet), log=_log)
+    with library_output(run_dir / LOG_FILE, what="route"):
+        summary = route_run(run_dir, config, progress=_progress(quiet), log=_log)
     click.echo(
         f"cascade: {' -> '.join(summary['tiers'])}, thresholds "
         + ", ".join(f"{t:.4f}" for t in summary["thresholds"])

@@ -7,6 +7,10 @@ has labels), where ``status`` is ``ok``, ``unparseable``, ``failed`` (retries ra
 ``not-sent`` (the budget stopped the run first) and ``probs`` lists the labels with probability
 of at least 0.01. Every answer is in the SQLite cache as soon as it arrives, so a rerun (after a
 crash, a kill or a raised budget) sends only what is missing.
+
+The cost per 1M texts is the answers' mean tokens (whichever run paid for them) at the prices:
+the stated ones, else those an earlier run stated and the cache recorded. What this run spent
+is reported apart. Library output goes to ``out`` with the suffix ``.log``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pydantic import ValidationError
 from smallfit.config import LLMTeacher, format_validation_error, read_yaml_mapping
 from smallfit.data import read_split
 from smallfit.errors import ConfigError, SmallfitError
-from smallfit.llm.labeller import LabelReport
+from smallfit.llm.labeller import PRICES_FROM_CACHE, PRICES_UNKNOWN, LabelReport
 from smallfit.llm.prompt import draw_examples
+from smallfit.logs import routed
 
 SHOWN_PROB = 0.01
 
@@ -50,6 +55,9 @@ class LabelResult:
     report: LabelReport
     lines: list[str]
     stopped_by_budget: bool
+    cost: dict[str, Any]
+    """The cost per 1M texts and its tokens per text (see ``LLMClassifier.cost_per_1m_queries``):
+    the answers' tokens at the prices, whichever run paid for them."""
 
 
 def teacher_config(teacher_file: Path | None, overrides: dict[str, Any]) -> LLMTeacher:
@@ -84,6 +92,7 @@ def _label_set(label_list: str | None, gold: list[str] | None) -> list[str]:
     return labels
 
 
+@routed(lambda *_, out, **__: Path(out).with_suffix(".log"))  # library output: beside `out`
 def label_file(
     data_file: Path,
     *,
@@ -120,6 +129,7 @@ def label_file(
     try:
         answers, report = model.labeller.label(texts, progress=progress)
         cost = model.cost_per_1m_queries()
+        prices, prices_source = model.labeller.prices, model.labeller.prices_source
     finally:
         model.close()
     status_of = {"ok-no-logprobs": "ok"}
@@ -152,11 +162,16 @@ def label_file(
     lines = [f"labels written to {out}", report.summary()]
     if report.answered:
         lines.append(f"new answers: {report.rows_per_s} texts/s over {report.seconds:.1f}s")
-    lines.append(
+    per_text = (
         f"per text: {cost['prompt_tokens_per_query']:.0f} prompt + "
         f"{cost['completion_tokens_per_query']:.1f} completion tokens = "
         f"${cost['per_1m_queries_usd']:.2f} per 1M texts"
     )
+    if prices_source == PRICES_FROM_CACHE:
+        per_text += f" at the prices recorded in the cache ({prices.describe()})"
+    elif prices_source == PRICES_UNKNOWN:
+        per_text += " (no prices given: --price-input, --price-output)"
+    lines += [per_text, _run_spending(report)]
     spent = report.spent
     if spent.get("estimated", {}).get("cost_usd") or spent.get("usage_unknown_requests"):
         lines.append(
@@ -172,4 +187,20 @@ def label_file(
             f"stopped by the budget ({report.stopped}): {report.not_sent} texts not sent; "
             "raise it and rerun to finish (nothing is sent twice)"
         )
-    return LabelResult(out=out, report=report, lines=lines, stopped_by_budget=budget_stop)
+    return LabelResult(
+        out=out, report=report, lines=lines, stopped_by_budget=budget_stop, cost=cost
+    )
+
+
+def _run_spending(report: LabelReport) -> str:
+    """What this run paid, apart from the cost per text (which does not depend on it)."""
+    run = report.run_spent
+    if not run.get("requests"):
+        if report.cached == report.unique:
+            return f"this run spent $0.0000: all {report.cached} answers from the cache"
+        return f"this run spent $0.0000: nothing sent, {report.cached} answers from the cache"
+    return (
+        f"this run spent ${run['cost_usd']:.4f} ({run['tokens']:,} tokens, "
+        f"{run['requests']} requests) on {report.answered} new answers; "
+        f"{report.cached} from the cache"
+    )

@@ -23,6 +23,7 @@ from smallfit.data import Dataset, Split, load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.results import TEST_SPLIT
 from smallfit.hashing import hash_json, hash_texts
+from smallfit.logs import LOG_FILE, routed
 from smallfit.models.base import BaseClassifier, write_json, write_text
 
 TEACHER = "teacher"
@@ -367,6 +368,7 @@ class _Run:
         return result
 
 
+@routed(lambda config, **_: Path(config.run_dir) / LOG_FILE)  # library output: the run's log
 def fit(
     config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
 ) -> FitResult:

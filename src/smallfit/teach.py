@@ -123,11 +123,16 @@ def llm_classifier(
         timeout_s=config.timeout_s,
         max_retries=config.max_retries,
     )
-    prices = (
-        Prices(config.prices.input_per_1m, config.prices.output_per_1m)
-        if config.prices is not None
-        else Prices(*env_prices())
-    )
+    # None when neither the config nor the environment states them: the labeller then uses
+    # the prices an earlier run recorded in the answer cache
+    if config.prices is not None:
+        stated: tuple[float, float] | None = (
+            config.prices.input_per_1m,
+            config.prices.output_per_1m,
+        )
+    else:
+        stated = env_prices()
+    prices = Prices(*stated) if stated is not None else None
     prompt = Prompt(
         template=config.instruction,
         labels=list(labels),

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from smallfit.compress.steps import CompressionStep
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json
+from smallfit.logs import beside, routed
 from smallfit.models.base import (
     MANIFEST,
     BaseClassifier,
@@ -141,6 +142,7 @@ def step_key(source_key: str, steps: list[Any], heal_source: str | None) -> str:
     )
 
 
+@routed(lambda *_, out_dir, **__: beside(out_dir))  # library output: beside the model
 def compress(
     model_dir: str | Path,
     steps: list[Any],

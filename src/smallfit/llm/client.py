@@ -75,11 +75,15 @@ def resolve_endpoint(
     return Endpoint(url.rstrip("/"), name, api_key_env, timeout_s, max_retries)
 
 
-def env_prices() -> tuple[float, float]:
-    """Prices per million tokens from the environment (0 when unset)."""
+def env_prices() -> tuple[float, float] | None:
+    """Prices per million tokens from the environment (one unset is 0); None when neither is
+    set."""
+    names = ("SMALLFIT_LLM_PRICE_INPUT", "SMALLFIT_LLM_PRICE_OUTPUT")
+    if not any(os.environ.get(var) for var in names):
+        return None
     out = []
-    for var in ("SMALLFIT_LLM_PRICE_INPUT", "SMALLFIT_LLM_PRICE_OUTPUT"):
-        raw = os.environ.get(var, "0")
+    for var in names:
+        raw = os.environ.get(var) or "0"
         try:
             out.append(float(raw))
         except ValueError as exc:

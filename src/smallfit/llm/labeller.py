@@ -10,6 +10,7 @@ flight finish and are kept, and the report says what was done.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -54,6 +55,16 @@ class Prices:
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
 
+    def describe(self) -> str:
+        return (
+            f"${self.input_per_1m:g}/1M prompt tokens, ${self.output_per_1m:g}/1M completion tokens"
+        )
+
+
+PRICES_GIVEN, PRICES_FROM_CACHE, PRICES_UNKNOWN = "given", "cache", "unknown"
+"""Where a labeller's prices come from: stated (config, options or environment), recorded in
+the answer cache by an earlier run that stated them, or nowhere (then 0)."""
+
 
 @dataclass
 class LabelReport:
@@ -69,7 +80,8 @@ class LabelReport:
     stopped: str | None = None  # "budget_usd", "budget_tokens", or a fatal error
     seconds: float = 0.0
     rows_per_s: float | None = None
-    spent: dict[str, Any] = field(default_factory=dict)
+    spent: dict[str, Any] = field(default_factory=dict)  # the whole ledger, reruns included
+    run_spent: dict[str, Any] = field(default_factory=dict)  # this call's requests only
     logprobs_missing: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,14 +123,14 @@ class Labeller:
         prompt: Prompt,
         store: Store,
         *,
-        prices: Prices = Prices(),
+        prices: Prices | None = None,
         budget: Budget = Budget(),
         concurrency: int = 4,
     ) -> None:
         self.endpoint = endpoint
         self.prompt = prompt
         self.store = store
-        self.prices = prices
+        self.prices, self.prices_source = self._prices(prices)
         self.budget = budget
         self.concurrency = concurrency
         self._client: Any = None
@@ -130,6 +142,25 @@ class Labeller:
         self.style_known = known in FORMAT_STYLES
         if prompt.answer != "json-schema":
             self.format_style, self.style_known = "text", True
+
+    def _prices(self, stated: Prices | None) -> tuple[Prices, str]:
+        """The prices to charge and where they come from: stated ones are recorded in the store
+        for this model, so a later run that states none (a rerun without the price options)
+        still prices its answers, and the cost per text, as they were bought."""
+        fact = f"prices:{self.endpoint.model}"
+        if stated is not None:
+            self.store.remember(fact, json.dumps(asdict(stated)))
+            return stated, PRICES_GIVEN
+        recorded = self.store.fact(fact)
+        if recorded is not None:
+            return Prices(**json.loads(recorded)), PRICES_FROM_CACHE
+        return Prices(), PRICES_UNKNOWN
+
+    def per_text(self) -> tuple[float, float, float]:
+        """Mean prompt and completion tokens of one answered text under this prompt (from the
+        store: what the answers took, whichever run bought them), and its cost at the prices."""
+        pt, ct = self.store.answer_tokens(self.endpoint.model, self.prompt.fingerprint)
+        return pt, ct, self.prices.cost(pt, ct)
 
     def close(self) -> None:
         """Close the HTTP connections and the store."""
@@ -286,6 +317,7 @@ class Labeller:
         """Answers for ``texts`` (None where none could be had) and what was done."""
         started = time.monotonic()
         report = LabelReport(texts=len(texts))
+        ledger_mark = self.store.last_request()
         keys = [self.key(t) for t in texts]
         first: dict[str, str] = {}
         for key, text in zip(keys, texts, strict=True):
@@ -347,6 +379,7 @@ class Labeller:
         if report.answered and report.seconds > 0:
             report.rows_per_s = round(report.answered / report.seconds, 2)
         report.spent = self.store.totals()
+        report.run_spent = self.store.totals(after=ledger_mark)
         report.logprobs_missing = sum(1 for a in done.values() if a.status == "ok-no-logprobs")
         if fatal is not None:
             report.stopped = str(fatal)

@@ -238,21 +238,32 @@ class Store:
                 ),
             )
 
-    def totals(self) -> dict[str, Any]:
-        """Spending over the whole ledger: measured and estimated usage apart."""
+    def last_request(self) -> int:
+        """The id of the ledger's latest attempt (0 when empty): ``totals(after=...)`` then
+        counts only the attempts made since."""
+        with self.lock:
+            row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM requests").fetchone()
+        return int(row[0])
+
+    def totals(self, *, after: int = 0) -> dict[str, Any]:
+        """Spending over the ledger's attempts with an id above ``after`` (default: all of
+        them): measured and estimated usage apart."""
         with self.lock:
             rows = self.db.execute(
                 "SELECT estimated, COUNT(*), COALESCE(SUM(prompt_tokens),0), "
                 "COALESCE(SUM(completion_tokens),0), COALESCE(SUM(cost_usd),0) "
-                "FROM requests GROUP BY estimated"
+                "FROM requests WHERE id > ? GROUP BY estimated",
+                (after,),
             ).fetchall()
             by_status = dict(
-                self.db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall()
+                self.db.execute(
+                    "SELECT status, COUNT(*) FROM requests WHERE id > ? GROUP BY status", (after,)
+                ).fetchall()
             )
             unknown = self.db.execute(
-                f"SELECT COUNT(*) FROM requests WHERE status IN "
+                f"SELECT COUNT(*) FROM requests WHERE id > ? AND status IN "
                 f"({','.join('?' * len(UNSEEN_USAGE))}) AND prompt_tokens IS NULL",
-                UNSEEN_USAGE,
+                (after, *UNSEEN_USAGE),
             ).fetchone()[0]
         out: dict[str, Any] = {"requests": sum(r[1] for r in rows), "by_status": by_status}
         for estimated, _, prompt, completion, cost in rows:

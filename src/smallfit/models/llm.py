@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,14 @@ import numpy as np
 
 from smallfit.errors import SmallfitError
 from smallfit.llm.client import Endpoint
-from smallfit.llm.labeller import Budget, Labeller, LabelReport, Prices
+from smallfit.llm.labeller import (
+    PRICES_FROM_CACHE,
+    PRICES_UNKNOWN,
+    Budget,
+    Labeller,
+    LabelReport,
+    Prices,
+)
 from smallfit.llm.prompt import Prompt
 from smallfit.llm.store import Store
 from smallfit.models.base import BaseClassifier, register_backend
@@ -60,7 +68,7 @@ class LLMClassifier(BaseClassifier):
         self.prompt = prompt
         self.labels = list(prompt.labels)
         self.name = name
-        self.prices = prices or Prices()
+        self.prices = prices  # None: the labeller uses those recorded in the answer cache
         self.budget = budget or Budget()
         self.concurrency = concurrency
         self.cache = Path(cache) if cache is not None else None
@@ -120,15 +128,20 @@ class LLMClassifier(BaseClassifier):
         return out
 
     def cost_per_1m_queries(self) -> dict[str, Any]:
-        """Mean tokens of one answered text (from the store) at the configured prices."""
-        store = self.labeller.store
-        pt, ct = store.answer_tokens(self.endpoint.model, self.prompt.fingerprint)
+        """Mean tokens of one answered text (from the store, whichever run paid for the
+        answers) at the prices: the configured ones, else those an earlier run recorded."""
+        labeller = self.labeller
+        pt, ct, cost = labeller.per_text()
+        basis = f"API prices {labeller.prices.describe()}"
+        if labeller.prices_source == PRICES_FROM_CACHE:
+            basis += " (as recorded in the answer cache)"
+        elif labeller.prices_source == PRICES_UNKNOWN:
+            basis = "no API prices given (counted as 0)"
         return {
-            "per_1m_queries_usd": self.prices.cost(pt, ct) * 1e6,
+            "per_1m_queries_usd": cost * 1e6,
             "prompt_tokens_per_query": pt,
             "completion_tokens_per_query": ct,
-            "basis": f"API prices ${self.prices.input_per_1m}/1M prompt tokens, "
-            f"${self.prices.output_per_1m}/1M completion tokens",
+            "basis": basis,
         }
 
     def measured_speed(self) -> dict[str, Any]:
@@ -163,10 +176,7 @@ class LLMClassifier(BaseClassifier):
                 "budget_usd": self.budget.usd,
                 "budget_tokens": self.budget.tokens,
             },
-            "prices": {
-                "input_per_1m": self.prices.input_per_1m,
-                "output_per_1m": self.prices.output_per_1m,
-            },
+            "prices": None if self.prices is None else asdict(self.prices),
             "prompt": self.prompt.to_dict(),
             "probabilities": PROBABILITY_METHODS[self.prompt.probabilities],
             "cache": cache,
@@ -190,7 +200,7 @@ class LLMClassifier(BaseClassifier):
             endpoint,
             prompt,
             name=manifest.get("name", path.name),
-            prices=Prices(**manifest.get("prices", {})),
+            prices=Prices(**manifest["prices"]) if manifest.get("prices") else None,
             budget=Budget(limits.get("budget_usd"), limits.get("budget_tokens")),
             concurrency=int(limits.get("concurrency", 4)),
             cache=manifest.get("cache"),
