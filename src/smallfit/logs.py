@@ -156,7 +156,8 @@ def library_output(log_file: str | Path, *, what: str = "") -> Iterator[Path]:
                         setattr(sys, name, router.terminal)
                     router.close_log()
                 for handler, stream in handlers:
-                    handler.setStream(stream)
+                    closed = getattr(stream, "closed", False)
+                    _set_stream(handler, sys.stderr if closed else stream)
     finally:
         with _active_lock:
             _active = None
@@ -166,20 +167,28 @@ def library_output(log_file: str | Path, *, what: str = "") -> Iterator[Path]:
 
 
 def _handlers_on(routers: dict[str, _Router]) -> list[tuple[logging.StreamHandler[Any], Any]]:
-    """Point the logging handlers that write to the terminal at the routers; returns what to
-    restore. Libraries (transformers, torch) attach such handlers when imported."""
-    streams = {}
-    for name, router in routers.items():
-        streams[id(router.terminal)] = router
-        streams[id(getattr(sys, f"__{name}__"))] = router
+    """Point the plain stream handlers of every logger at the routers (one that writes to
+    stdout at the stdout router, any other at the stderr router); returns what to restore.
+    Libraries (transformers, torch) attach such handlers when imported, to whatever
+    ``sys.stderr`` was then: the terminal, or an object that has since been replaced (a test
+    runner's capture), so the stream's identity is no guide. File handlers (a subclass) stay."""
+    stdout = {id(routers["stdout"].terminal), id(sys.__stdout__)}
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
     moved = []
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
-            if type(handler) is logging.StreamHandler and id(handler.stream) in streams:
+            if type(handler) is logging.StreamHandler and not isinstance(handler.stream, _Router):
+                router = routers["stdout" if id(handler.stream) in stdout else "stderr"]
                 moved.append((handler, handler.stream))
-                handler.setStream(streams[id(handler.stream)])
+                _set_stream(handler, router)
     return moved
+
+
+def _set_stream(handler: logging.StreamHandler[Any], stream: Any) -> None:
+    """``handler.setStream`` without flushing the old stream, which may be closed already (a
+    test runner's capture that has since ended)."""
+    with handler.lock or contextlib.nullcontext():
+        handler.stream = stream
 
 
 def routed(log_file: Callable[..., str | Path]) -> Callable[[F], F]:
