@@ -122,3 +122,17 @@ def test_int4_weights_are_smallest_and_agree(int8_dir, trained_dir, texts, tmp_p
     assert (one_by_one.argmax(1) == batched.argmax(1)).all()
     with pytest.raises(SmallfitError, match="already quantized"):
         compress(int8_dir, [OrtInt4Weight()], out_dir=tmp_path / "x", check_texts=texts)
+
+
+def test_onnx_graphs_give_the_embeddings_their_head_reads(int8_dir, trained_dir, texts) -> None:
+    """An out-of-scope score that compares embeddings works on an exported (and quantized)
+    student: the graph gives the pooled embedding beside the logits."""
+    int8, torch_model = load(int8_dir), load(trained_dir)
+    assert int8.signals == {"logits", "embeddings"}
+    assert [s["method"] for s in int8.lineage["compression"]] == ["onnx", "int8-dynamic"]
+    assert int8.lineage["compression"][0]["metrics"]["max_abs_embedding_diff"] < 1e-3
+    out = int8.outputs(texts[:40], need=frozenset({"logits", "embeddings"}))
+    np.testing.assert_allclose(out.probs, int8.predict_proba(texts[:40]), atol=1e-6)
+    reference = torch_model.embed(texts[:40])
+    cosine = (out.embeddings * reference).sum(1) / np.linalg.norm(out.embeddings, axis=1)
+    assert cosine.min() > 0.95  # int8 weights, the same embedding

@@ -351,6 +351,7 @@ def label(
     type=float,
     help="Share of in-scope dev queries allowed to abstain [0.02]; with --abstain-label.",
 )
+@click.option("--abstain-score", help="Out-of-scope score of the abstaining tier, e.g. energy.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def route(
     run_dir: Path,
@@ -359,6 +360,7 @@ def route(
     confidence: str | None,
     abstain_label: str | None,
     in_scope_loss: float | None,
+    abstain_score: str | None,
     quiet: bool,
 ) -> None:
     """Calibrate the cascade of a finished run on its dev split and check it on test.
@@ -379,12 +381,14 @@ def route(
             update[key] = value
     if tiers is not None:
         update["tiers"] = [t.strip() for t in tiers.split(",") if t.strip()]
-    if abstain_label is not None or in_scope_loss is not None:
+    if abstain_label is not None or in_scope_loss is not None or abstain_score is not None:
         abstain = dict(update.get("abstain") or {})
         if abstain_label is not None:
             abstain["label"] = abstain_label
         if in_scope_loss is not None:
             abstain["in_scope_loss"] = in_scope_loss
+        if abstain_score is not None:
+            abstain["score"] = abstain_score
         update["abstain"] = abstain
     try:
         config = RouteConfig.model_validate(update)

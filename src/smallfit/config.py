@@ -47,11 +47,30 @@ class DataConfig(Strict):
     out_of_scope: str | None = None
     """The label of out-of-scope examples (e.g. `oos`): never a class; such rows are left out of
     training, and those in test measure how many the cascade's abstention catches."""
+    hold_out_labels: int | list[str] | None = None
+    """Labels to treat as unknown, for an out-of-scope evaluation that needs no special data:
+    a number (that many labels, drawn with `seed`) or the label names. Their rows leave train
+    and dev (no model, the teacher included, sees them) and their test rows join the
+    out-of-scope test texts; at least 2 labels must remain. The labels drawn are recorded in
+    the run's `data.json` and `cascade.json`."""
     test_fraction: float = Field(
         0.2, gt=0.0, lt=0.5, description="held out of train when there is no test file"
     )
     seed: int = 0
     """Seed of every split and slice."""
+
+    @field_validator("hold_out_labels")
+    @classmethod
+    def _check_hold_out(cls, value: int | list[str] | None) -> int | list[str] | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("hold_out_labels must be at least 1 (or null for none)")
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("hold_out_labels is an empty list; use null to hold none out")
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            if repeated:
+                raise ValueError(f"hold_out_labels repeats {repeated}")
+        return value
 
 
 STUDENT_MIN_STEPS = 560
@@ -445,6 +464,27 @@ class AbstainConfig(Strict):
     tier: int = Field(0, ge=0)
     """Index of the tier that abstains: 0, the cheapest, sees every query; a later (local)
     tier screens only the queries escalated to it."""
+    score: str = "auto"
+    """How in-scope a query looks to the abstaining tier (higher: more in scope): `auto` (the
+    default: `knn` where the tier gives embeddings, else `max_prob`), `max_prob`,
+    `margin`, `entropy` (its probabilities), `energy` (its logits' log-sum-exp at its
+    temperature), `knn` (cosine similarity to the 10th nearest training embedding),
+    `mahalanobis` (distance to the nearest class mean of the training embeddings, shared
+    covariance) or `relative_mahalanobis` (the same, less the distance to all of them). `energy`
+    needs a tier that gives logits (transformer, ONNX, linear); the last three need embeddings
+    (transformer; ONNX as the `onnx` step now exports it). The route stage measures every score
+    the tier gives on the out-of-scope test texts (`data.out_of_scope`, `data.hold_out_labels`);
+    `cascade.json` and the report say how each did."""
+
+    @field_validator("score")
+    @classmethod
+    def _check_score(cls, value: str) -> str:
+        from smallfit.route.scores import AUTO, score_names
+
+        if value != AUTO and value not in score_names():
+            known = ", ".join([AUTO, *score_names()])
+            raise ValueError(f"unknown score {value!r} (known: {known})")
+        return value
 
 
 class RouteConfig(Strict):

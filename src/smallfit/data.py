@@ -30,7 +30,7 @@ FORMATS = {
 """File suffix -> format, for ``format="auto"``."""
 
 # One independent random stream per carving step, so e.g. max_test never moves dev.
-_HOLDOUT, _MAX_TRAIN, _DEV, _MAX_TEST = 1, 2, 3, 4
+_HOLDOUT, _MAX_TRAIN, _DEV, _MAX_TEST, _HOLD_OUT_LABELS = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,14 @@ class Dataset:
     test: Split
     labels: list[str]
     out_of_scope: list[str] = field(default_factory=list)
-    """Test texts labelled with the config's ``out_of_scope`` label (never a class)."""
+    """Out-of-scope test texts: those labelled with the config's ``out_of_scope`` label (never a
+    class), then the test texts of the held-out labels."""
+    out_of_scope_labels: list[str] = field(default_factory=list)
+    """Where each out-of-scope text came from: its label in the data (the ``out_of_scope``
+    label, or the held-out label it had)."""
+    held_out: list[str] = field(default_factory=list)
+    """The labels held out (``hold_out_labels``), sorted; no split but the out-of-scope texts
+    holds them."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +379,10 @@ def load_dataset(config: DataConfig) -> Dataset:
     """Read train (and test), validate the labels, and carve the seeded stratified splits.
 
     Order: hold out test (only when ``config.test`` is None) from the full train file, then
-    ``max_train`` slices what is left, then dev is carved from that slice; ``max_test`` slices
-    test. So the held-out test set does not move when ``max_train`` changes.
+    the held-out labels (``hold_out_labels``) leave train and test (their test rows become
+    out-of-scope texts), then ``max_train`` slices what is left, then dev is carved from that
+    slice; ``max_test`` slices test. So the held-out test set does not move when ``max_train``
+    or the held-out labels change.
     """
 
     def read(path: Path) -> Split:
@@ -384,15 +393,25 @@ def load_dataset(config: DataConfig) -> Dataset:
             label_field=config.label_field,
         )
 
-    train, out_of_scope = _split_out_of_scope(read(config.train), config.out_of_scope)
+    oos = [config.out_of_scope] if config.out_of_scope is not None else []
+    train, out_of_scope = _split_labels(read(config.train), oos)
     _check_label_count(train, config.label_field)
     test_file = read(config.test) if config.test is not None else None
 
     if test_file is None:
         train, test = _carve(train, config.test_fraction, _rng(config.seed, _HOLDOUT), "test")
     else:
-        test, out_of_scope = _split_out_of_scope(test_file, config.out_of_scope)
+        test, out_of_scope = _split_labels(test_file, oos)
         _check_test_labels(test, set(train.labels), config.label_field, train.source)
+    held = _held_out_labels(config, sorted(set(train.labels)), train.source)
+    if held:
+        train, _ = _split_labels(train, held)
+        test, held_test = _split_labels(test, held)
+        out_of_scope = Split(
+            texts=[*out_of_scope.texts, *held_test.texts],
+            labels=[*out_of_scope.labels, *held_test.labels],
+            source=test.source,
+        )
     if config.max_train is not None:
         n_labels = len(set(train.labels))
         if config.max_train < n_labels:
@@ -412,14 +431,45 @@ def load_dataset(config: DataConfig) -> Dataset:
         test=test,
         labels=sorted(set(train.labels)),
         out_of_scope=out_of_scope.texts,
+        out_of_scope_labels=out_of_scope.labels,
+        held_out=held,
     )
 
 
-def _split_out_of_scope(split: Split, label: str | None) -> tuple[Split, Split]:
-    """(in-scope rows, rows labelled ``label``); nothing is out of scope when ``label`` is None."""
-    keep = np.array([label is None or y != label for y in split.labels], dtype=bool)
-    return _subset(split, np.flatnonzero(keep), split.source), _subset(
-        split, np.flatnonzero(~keep), split.source
+def _held_out_labels(config: DataConfig, labels: list[str], source: str) -> list[str]:
+    """The labels ``config.hold_out_labels`` names, or that many drawn with the data seed."""
+    want = config.hold_out_labels
+    if want is None:
+        return []
+    key = "hold_out_labels"
+    count = want if isinstance(want, int) else len(want)
+    if count > len(labels) - 2:
+        raise DataError(
+            f"{key} holds out {count} of the {len(labels)} labels; at least 2 must remain "
+            f"to train a classifier (hold out at most {max(len(labels) - 2, 0)})",
+            file=source,
+            field=key,
+        )
+    if isinstance(want, int):
+        rng = _rng(config.seed, _HOLD_OUT_LABELS)
+        return sorted(str(x) for x in rng.choice(labels, size=want, replace=False))
+    unknown = [name for name in want if name not in labels]
+    if unknown:
+        raise DataError(
+            f"{key} names {unknown}, which {'is' if len(unknown) == 1 else 'are'} not a label "
+            f"of train (labels: {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''})",
+            file=source,
+            field=key,
+        )
+    return sorted(want)
+
+
+def _split_labels(split: Split, labels: list[str]) -> tuple[Split, Split]:
+    """(rows whose label is not in ``labels``, rows whose label is)."""
+    chosen = set(labels)
+    held = np.array([y in chosen for y in split.labels], dtype=bool)
+    return _subset(split, np.flatnonzero(~held), split.source), _subset(
+        split, np.flatnonzero(held), split.source
     )
 
 

@@ -83,7 +83,7 @@ def config_markdown() -> str:
         cfg.CompressConfig, cfg.CompressGrid, cfg.CompressCandidate, steps.HealConfig,
         steps.DropLayers, steps.PruneStructured, steps.PruneMagnitude, steps.OnnxExport,
         steps.OrtDynamicInt8, steps.OrtStaticInt8, steps.OrtInt4Weight,
-        cfg.EvalConfig, cfg.SelectConfig,
+        cfg.EvalConfig, cfg.SelectConfig, cfg.RouteConfig, cfg.AbstainConfig,
     ]  # fmt: skip
     parts = [
         "# Config reference",

@@ -346,6 +346,7 @@ class _Run:
                 "tiers": [self.keys.get(n, n) for n in names],
                 "eval": self.config.evaluate.model_dump(mode="json"),
                 "data": self.data_key,
+                "out_of_scope": hash_texts(self.dataset.out_of_scope),
             }
         )
         out_file = self.dir / "results" / f"{CASCADE}.json"
@@ -392,6 +393,8 @@ def fit(
         "dev": len(dataset.dev),
         "test": len(dataset.test),
         "labels": dataset.labels,
+        "held_out_labels": dataset.held_out,
+        "out_of_scope": len(dataset.out_of_scope),
         "key": data_key,
         "config": config.data.model_dump(mode="json"),
     }

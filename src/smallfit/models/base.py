@@ -59,6 +59,38 @@ class Classifier(Protocol):
     def info(self) -> ModelInfo: ...
 
 
+SIGNALS = ("logits", "embeddings")
+"""What a backend may give besides probabilities (see :meth:`BaseClassifier.outputs`)."""
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What a model says about a batch of texts: its probabilities, and where its backend gives
+    them and they were asked for, its raw logits (before its temperature, which is kept beside
+    them) and the embeddings its head reads. Rows are texts; slicing slices every array."""
+
+    probs: np.ndarray
+    logits: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    temperature: float = 1.0
+
+    def __len__(self) -> int:
+        return len(self.probs)
+
+    def __getitem__(self, rows: Any) -> Signals:
+        return Signals(
+            probs=self.probs[rows],
+            logits=None if self.logits is None else self.logits[rows],
+            embeddings=None if self.embeddings is None else self.embeddings[rows],
+            temperature=self.temperature,
+        )
+
+    @staticmethod
+    def of(raw: np.ndarray | Signals) -> Signals:
+        """``raw`` as Signals (a bare array is probabilities)."""
+        return raw if isinstance(raw, Signals) else Signals(probs=np.asarray(raw))
+
+
 class BaseClassifier(ABC):
     """Shared behaviour of the built-in backends: predict from predict_proba, save with manifest."""
 
@@ -71,6 +103,26 @@ class BaseClassifier(ABC):
 
     @abstractmethod
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    @property
+    def signals(self) -> frozenset[str]:
+        """What :meth:`outputs` can give besides probabilities (names of :data:`SIGNALS`)."""
+        return frozenset()
+
+    def outputs(self, texts: Sequence[str], *, need: frozenset[str] = frozenset()) -> Signals:
+        """The probabilities of ``texts`` and the other signals in ``need`` (one pass over the
+        model where the backend allows). A backend that gives more overrides this."""
+        self._check_signals(need)
+        return Signals(probs=self.predict_proba(texts))
+
+    def _check_signals(self, need: frozenset[str]) -> None:
+        missing = sorted(set(need) - self.signals)
+        if missing:
+            gives = ", ".join(sorted(self.signals)) or "only probabilities"
+            raise SmallfitError(
+                f"model {self.name} ({self.kind}) gives no {' or '.join(missing)} (it gives "
+                f"{gives})"
+            )
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         if len(texts) == 0:

@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from smallfit.config import LinearStudent
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_texts
-from smallfit.models.base import BaseClassifier, normalise_rows, register_backend
+from smallfit.models.base import BaseClassifier, Signals, normalise_rows, register_backend
 
 __all__ = ["LinearClassifier"]
 
@@ -45,6 +45,8 @@ _FORMAT = 1
 _CHAR_MIN_DF_FROM = 500
 _TOL = 1e-3  # lbfgs gradient tolerance: 1e-4 doubles the fit time for +0.1 pt on banking77
 _MAX_ITER = 1000
+UNSEEN_LOGIT = -1e4
+"""The logit of a label the regression never saw: no probability, no part of a log-sum-exp."""
 
 
 @dataclass
@@ -259,9 +261,8 @@ class LinearClassifier(BaseClassifier):
         """The (n, num_features) sparse TF-IDF matrix the regression reads."""
         return sp.hstack([block.transform(texts) for block in self.blocks], format="csr")
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        if len(texts) == 0:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+    def _seen_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The regression's logits over the classes it saw, (n, len(self.classes)), float64."""
         logits = np.zeros((len(texts), self.coef.shape[0]), dtype=np.float64)
         offset = 0
         for block in self.blocks:
@@ -271,12 +272,37 @@ class LinearClassifier(BaseClassifier):
         logits += self.intercept
         if logits.shape[1] == 1:  # binary regression: sigmoid(z) == softmax([0, z])
             logits = np.hstack([np.zeros_like(logits), logits])
-        logits -= logits.max(axis=1, keepdims=True)
-        seen = np.exp(logits)
+        return logits
+
+    def _probs(self, seen_logits: np.ndarray) -> np.ndarray:
+        z = seen_logits - seen_logits.max(axis=1, keepdims=True)
+        seen = np.exp(z)
         seen /= seen.sum(axis=1, keepdims=True)
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        probs = np.zeros((len(seen_logits), len(self.labels)), dtype=np.float64)
         probs[:, self.classes] = seen  # labels never seen in training keep probability 0
         return normalise_rows(probs)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self._probs(self._seen_logits(texts))
+
+    @property
+    def signals(self) -> frozenset[str]:
+        return frozenset({"logits"})
+
+    def outputs(self, texts: Sequence[str], *, need: frozenset[str] = frozenset()) -> Signals:
+        """Probabilities and logits (a label never seen in training: ``UNSEEN_LOGIT``)."""
+        self._check_signals(need)
+        if len(texts) == 0:
+            empty = np.zeros((0, len(self.labels)), dtype=np.float32)
+            return Signals(probs=empty, logits=empty if "logits" in need else None)
+        seen = self._seen_logits(texts)
+        logits = None
+        if "logits" in need:
+            logits = np.full((len(texts), len(self.labels)), UNSEEN_LOGIT, dtype=np.float32)
+            logits[:, self.classes] = seen
+        return Signals(probs=self._probs(seen), logits=logits)
 
     @property
     def num_parameters(self) -> int:

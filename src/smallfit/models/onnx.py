@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from smallfit.errors import SmallfitError
-from smallfit.models.base import MANIFEST, BaseClassifier, register_backend, softmax
+from smallfit.models.base import MANIFEST, BaseClassifier, Signals, register_backend, softmax
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -49,6 +49,7 @@ class OnnxClassifier(BaseClassifier):
         lineage: dict[str, Any] | None = None,
         batch_size: int = 64,
         architecture: dict[str, Any] | None = None,
+        outputs: list[str] | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -63,6 +64,9 @@ class OnnxClassifier(BaseClassifier):
         self.batch_size = batch_size
         self.bytes_on_disk = 0
         self.arch = architecture
+        self.graph_outputs = list(outputs or ["logits"])
+        """The graph's outputs, in order: ``logits``, then ``embeddings`` when it was exported
+        with the pooled embedding its head reads."""
         self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
         pad = _pad_token(self.path)
         pad_id = self.tokenizer.token_to_id(pad)
@@ -94,22 +98,56 @@ class OnnxClassifier(BaseClassifier):
     def num_parameters(self) -> int:
         return self.parameters
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+    def _forward(self, texts: Sequence[str], names: list[str]) -> list[np.ndarray]:
+        """The graph outputs ``names`` for ``texts`` (length-sorted batches, input order)."""
         session = self._session()
+        out: list[np.ndarray | None] = [None] * len(names)
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), self.batch_size):
             idx = order[start : start + self.batch_size]
             encoded = self.tokenizer.encode_batch([texts[i] for i in idx])
             ids = np.array([e.ids for e in encoded], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            out[idx] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return out
+            got = session.run(names, {"input_ids": ids, "attention_mask": mask})
+            for j, value in enumerate(got):
+                if out[j] is None:
+                    out[j] = np.zeros((len(texts), value.shape[1]), dtype=np.float32)
+                out[j][idx] = value  # type: ignore[index]
+        widths = {"logits": len(self.labels)}
+        return [
+            o if o is not None else np.zeros((0, widths.get(n, 0)), np.float32)
+            for o, n in zip(out, names, strict=True)
+        ]
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self._forward(texts, [self.graph_outputs[0]])[0]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return softmax(self.logits(texts), temperature=self.temperature)
+
+    @property
+    def signals(self) -> frozenset[str]:
+        return frozenset({"logits"} | ({"embeddings"} & set(self.graph_outputs)))
+
+    def outputs(self, texts: Sequence[str], *, need: frozenset[str] = frozenset()) -> Signals:
+        """Probabilities, logits and (a graph exported with them) embeddings, one pass."""
+        self._check_signals(need)
+        names = ["logits", *(["embeddings"] if "embeddings" in need else [])]
+        got = self._forward(texts, names)
+        logits = got[0]
+        probs = (
+            softmax(logits, temperature=self.temperature)
+            if len(texts)
+            else np.zeros((0, len(self.labels)), dtype=np.float32)
+        )
+        return Signals(
+            probs=probs,
+            logits=logits if "logits" in need else None,
+            embeddings=got[1] if len(got) > 1 else None,
+            temperature=self.temperature,
+        )
 
     def save_files(self, path: Path) -> dict[str, Any]:
         import shutil
@@ -123,6 +161,7 @@ class OnnxClassifier(BaseClassifier):
             "temperature": self.temperature,
             "quantization": self.quantization,
             "architecture": self.arch,
+            "outputs": self.graph_outputs,
         }
 
     @classmethod
@@ -137,4 +176,5 @@ class OnnxClassifier(BaseClassifier):
             quantization=manifest.get("quantization"),
             lineage=manifest.get("lineage", {}),
             architecture=manifest.get("architecture"),
+            outputs=manifest.get("outputs"),
         )

@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from smallfit.errors import SmallfitError
-from smallfit.models.base import BaseClassifier, register_backend, softmax
+from smallfit.models.base import SIGNALS, BaseClassifier, Signals, register_backend, softmax
 
 HEAD_FILE = "head.safetensors"
 
@@ -267,6 +267,32 @@ class TorchClassifier(BaseClassifier):
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return softmax(self.logits(texts), temperature=self.temperature)
 
+    @property
+    def signals(self) -> frozenset[str]:
+        return frozenset(SIGNALS)
+
+    def outputs(self, texts: Sequence[str], *, need: frozenset[str] = frozenset()) -> Signals:
+        """Probabilities and logits from one pass; embeddings from another when asked for."""
+        self._check_signals(need)
+        logits = self.logits(texts)
+        embeddings = self.embed(texts) if "embeddings" in need else None
+        return self._signals(logits, embeddings, need)
+
+    def _signals(
+        self, logits: np.ndarray, embeddings: np.ndarray | None, need: frozenset[str]
+    ) -> Signals:
+        probs = (
+            softmax(logits, temperature=self.temperature)
+            if len(logits)
+            else np.zeros((0, len(self.labels)), dtype=np.float32)
+        )
+        return Signals(
+            probs=probs,
+            logits=logits if "logits" in need else None,
+            embeddings=embeddings,
+            temperature=self.temperature,
+        )
+
 
 @register_backend("transformer")
 class TransformerClassifier(TorchClassifier):
@@ -305,6 +331,21 @@ class TransformerClassifier(TorchClassifier):
             self.module.head.in_features,
             lambda enc: self.module.embed(enc["input_ids"], enc["attention_mask"]),
         )
+
+    def outputs(self, texts: Sequence[str], *, need: frozenset[str] = frozenset()) -> Signals:
+        """Probabilities, logits and embeddings from one pass: the head applied to the pooled
+        embedding is exactly what :meth:`logits` computes."""
+        self._check_signals(need)
+        if "embeddings" not in need:
+            return super().outputs(texts, need=need)
+        hidden = self.module.head.in_features
+
+        def both(enc: dict[str, torch.Tensor]) -> torch.Tensor:
+            pooled = self.module.embed(enc["input_ids"], enc["attention_mask"])
+            return torch.cat([pooled, self.module.head(self.module.dropout(pooled))], dim=1)
+
+        out = self._run(texts, hidden + len(self.labels), both)
+        return self._signals(np.ascontiguousarray(out[:, hidden:]), out[:, :hidden].copy(), need)
 
     def prepare_training(self, *, freeze_embeddings: bool, freeze_layers: int) -> None:
         """Fix the word embeddings and/or the bottom ``freeze_layers`` encoder layers (with all

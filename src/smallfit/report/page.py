@@ -13,6 +13,7 @@ from smallfit import __version__
 from smallfit.evaluate.speed import batched_throughput
 from smallfit.report.cost import HOURS_PER_MONTH, break_even, volume_grid
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
+from smallfit.report.oos import out_of_scope_html
 from smallfit.report.svg import Axis, Chart
 from smallfit.report.uncertainty import (
     cascade_vs_teacher_html,
@@ -490,13 +491,7 @@ def cascade(f: Facts) -> str:
             f"<td>{ms(p.get('mean_latency_ms'))}</td></tr>"
         )
     thresholds = ", ".join(f"{t:.3f}" for t in cc.get("thresholds") or [])
-    oos = cc.get("out_of_scope") or {}
-    oos_line = (
-        f"<p>Out-of-scope test queries caught (abstained or escalated): "
-        f"{pct(oos.get('caught'), 1)} of {oos.get('n', '?')}.</p>"
-        if oos.get("caught") is not None
-        else ""
-    )
+    oos_line = out_of_scope_html(cc)
     return (
         '<section id="cascade"><h2>Cascade</h2>'
         f"<p>Tiers <strong>{escape(' → '.join(cc['tiers']))}</strong>; a tier answers when its "
@@ -766,7 +761,8 @@ def lineage(f: Facts) -> str:
 
 CSS = """
 :root{--ink:#1d2330;--muted:#5b6577;--line:#d9dee7;--bg:#fff;--accent:#1f6feb;--good:#1a7f37;
---bad:#cf222e;--s0:#cf222e;--s1:#8250df;--s2:#1f6feb;--s3:#1a7f37;--s4:#bf8700;--s5:#57606a}
+--bad:#cf222e;--s0:#cf222e;--s1:#8250df;--s2:#1f6feb;--s3:#1a7f37;--s4:#bf8700;--s5:#57606a;
+--s6:#0a7ea4}
 *{box-sizing:border-box}body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;
 color:var(--ink);background:var(--bg);margin:0}main{max-width:1180px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;border-bottom:1px solid var(--line);
@@ -801,6 +797,7 @@ svg .curve{stroke:var(--accent);stroke-width:2}svg .curve.cost{stroke:var(--s4)}
 svg .series{stroke-width:2.2}svg .series.s1{stroke-dasharray:8 3}
 svg .series.s3{stroke-dasharray:2 2}svg .s0{stroke:var(--s0)}svg .s1{stroke:var(--s1)}
 svg .s2{stroke:var(--s2)}svg .s3{stroke:var(--s3)}svg .s4{stroke:var(--s4)}svg .s5{stroke:var(--s5)}
+svg .s6{stroke:var(--s6)}svg .series.chosen-score{stroke-width:4}
 .lineages{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:8px 24px}
 .lineage dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 10px;font-size:13px;margin:0}
 .lineage dt{color:var(--muted)}.lineage dd{margin:0;overflow-wrap:anywhere}

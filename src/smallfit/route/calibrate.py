@@ -17,24 +17,28 @@ import numpy as np
 
 from smallfit.config import Target, parse_target
 from smallfit.errors import SmallfitError
-from smallfit.route.cascade import confidence_scores
+from smallfit.route.scores import confidence_scores
 
 NEVER = 1.0 + 1e-6
 """A threshold no confidence clears: the tier always passes on."""
 MAX_POINTS = 4096
 """Threshold combinations tried at most (3+ tiers: a grid of quantiles)."""
 CURVE_POINTS = 200
+LOWEST = float(np.finfo(np.float64).min)
+"""An abstain threshold no score falls below (finite, so JSON keeps it)."""
 
 
 @dataclass(frozen=True)
 class TierOutputs:
     """One tier's probabilities on a split (columns in the cascade's label order), its cost
-    per million queries (None when unknown) and its batch-1 p50 in ms (None when unknown)."""
+    per million queries (None when unknown), its batch-1 p50 in ms (None when unknown), and,
+    for the abstaining tier, its out-of-scope score of each row (None: its confidence)."""
 
     name: str
     probs: np.ndarray
     cost_per_1m_usd: float | None = None
     p50_ms: float | None = None
+    in_scope: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -89,8 +93,10 @@ def _routes(
     confs: Sequence[np.ndarray],
     thresholds: Sequence[float],
     abstain: tuple[int, float] | None,
+    in_scope: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(answering tier per row, -1 where abstained; reach count per tier)."""
+    """(answering tier per row, -1 where abstained; reach count per tier). The abstaining tier
+    compares its ``in_scope`` score with the abstain threshold (its confidence when None)."""
     n = len(confs[0])
     tier = np.full(n, -1, dtype=np.int64)
     open_ = np.ones(n, dtype=bool)
@@ -99,7 +105,8 @@ def _routes(
         reach[i] = open_.sum()
         gone = np.zeros(n, bool)
         if abstain is not None and abstain[0] == i:
-            gone = open_ & (conf < abstain[1])
+            score = in_scope[i] if in_scope is not None else None
+            gone = open_ & ((conf if score is None else score) < abstain[1])
         last = i == len(confs) - 1
         done = open_ & ~gone & (True if last else conf >= thresholds[i])
         tier[done] = i
@@ -126,7 +133,7 @@ def evaluate_point(
     if preds is None:
         preds = [t.probs.argmax(axis=1) for t in tiers]
     n = len(gold)
-    tier, reach = _routes(confs, thresholds, abstain)
+    tier, reach = _routes(confs, thresholds, abstain, [t.in_scope for t in tiers])
     pred = np.full(n, -2, dtype=np.int64)
     for i, p in enumerate(preds):
         pred = np.where(tier == i, p, pred)
@@ -272,13 +279,13 @@ def _closest(points: Sequence[Point], goal: Target) -> Point:
     return min(points, key=lambda p: (p.cost_per_1m_usd or float("inf"), -p.accuracy))
 
 
-def abstain_threshold(dev_probs: np.ndarray, *, confidence: str, in_scope_loss: float) -> float:
-    """The confidence below which ``in_scope_loss`` of (in-scope) dev queries fall: abstaining
-    under it gives up about that share of in-scope answers."""
-    if in_scope_loss <= 0:
-        return 0.0
-    conf = confidence_scores(dev_probs, confidence)
-    return float(np.quantile(conf, in_scope_loss, method="lower"))
+def abstain_threshold(dev_scores: np.ndarray, *, in_scope_loss: float) -> float:
+    """The out-of-scope score below which ``in_scope_loss`` of (in-scope) dev queries fall:
+    abstaining under it gives up about that share of in-scope answers (none at 0)."""
+    scores = np.asarray(dev_scores, dtype=np.float64)
+    if in_scope_loss <= 0 or len(scores) == 0:
+        return LOWEST
+    return float(np.quantile(scores, in_scope_loss, method="lower"))
 
 
 def out_of_scope_caught(
@@ -294,7 +301,7 @@ def out_of_scope_caught(
     if n == 0:
         return {"n": 0, "caught": None, "escalated": None, "answered_by": None}
     confs = [confidence_scores(t.probs, confidence) for t in tiers]
-    tier, reach = _routes(confs, thresholds, abstain)
+    tier, reach = _routes(confs, thresholds, abstain, [t.in_scope for t in tiers])
     return {
         "n": n,
         "caught": float((tier == -1).mean()),

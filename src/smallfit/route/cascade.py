@@ -3,6 +3,8 @@ on; the last tier always answers. A cascade is a Classifier like any other model
 
 Routing is one small pure function, :meth:`Cascade.step`, shared by the batch path here
 (:meth:`Cascade.decide`) and by the server, which calls the tiers through its own batchers.
+Every driver calls tier ``i`` through :meth:`Cascade.tier_call`, which asks the abstaining tier
+for the signals its out-of-scope score needs (:mod:`smallfit.route.scores`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,31 +21,25 @@ import numpy as np
 from smallfit.errors import SmallfitError
 from smallfit.models.base import (
     BaseClassifier,
+    Signals,
     align_probs,
     dir_bytes,
     load,
     register_backend,
 )
+from smallfit.route.scores import (
+    CONFIDENCES,
+    MaxProb,
+    Score,
+    confidence_scores,
+    make_score,
+)
 
 Confidence = Literal["max_prob", "margin", "entropy"]
-CONFIDENCES: tuple[str, ...] = ("max_prob", "margin", "entropy")
-
-
-def confidence_scores(probs: np.ndarray, measure: str) -> np.ndarray:
-    """How sure each row of ``probs`` is, in [0, 1], higher = surer: the top probability
-    (``max_prob``), top-1 minus top-2 (``margin``) or 1 - entropy / log(k) (``entropy``)."""
-    p = np.asarray(probs, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] < 2:
-        raise SmallfitError(f"confidence needs (n, k >= 2) probabilities, got shape {p.shape}")
-    if measure == "max_prob":
-        return p.max(axis=1)
-    if measure == "margin":
-        top2 = np.partition(p, -2, axis=1)[:, -2:]
-        return top2[:, 1] - top2[:, 0]
-    if measure == "entropy":
-        logs = np.log(np.clip(p, 1e-12, 1.0))
-        return 1.0 + (p * logs).sum(axis=1) / np.log(p.shape[1])
-    raise SmallfitError(f"unknown confidence measure {measure!r} (known: {', '.join(CONFIDENCES)})")
+ABSTAIN_FILE = "abstain.safetensors"
+"""The abstaining score's fitted statistics, beside the cascade's manifest."""
+Raw = np.ndarray | Signals
+"""What a tier call returns: probabilities, or Signals when the abstaining score needs more."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +57,13 @@ class Tier:
 
 @dataclass(frozen=True)
 class Abstain:
-    """Tier ``tier`` answers ``label`` instead when its confidence is below ``threshold``."""
+    """Tier ``tier`` answers ``label`` instead when its out-of-scope ``score`` (higher: more in
+    scope) is below ``threshold``."""
 
     label: str
     threshold: float
     tier: int
+    score: Score = field(default_factory=MaxProb)
 
 
 @dataclass(frozen=True)
@@ -117,6 +115,15 @@ class Cascade(BaseClassifier):
             align_probs(np.zeros((0, len(tier.model.labels))), tier.model.labels, first)
         if abstain is not None and not 0 <= abstain.tier < len(tiers):
             raise SmallfitError(f"abstain tier {abstain.tier} is not one of the {len(tiers)} tiers")
+        if abstain is not None and abstain.score.needs:
+            model = tiers[abstain.tier].model
+            missing = sorted(abstain.score.needs - model.signals)
+            if missing:
+                raise SmallfitError(
+                    f"the {abstain.score.name} out-of-scope score needs {', '.join(missing)}, "
+                    f"which tier {abstain.tier} ({model.name}, {model.kind}) does not give; "
+                    "choose another route.abstain.score (max_prob works with every tier)"
+                )
         self.tiers = list(tiers)
         self.confidence = confidence
         self.abstain = abstain
@@ -128,22 +135,39 @@ class Cascade(BaseClassifier):
 
     # -- routing ----------------------------------------------------------------------------
 
-    def tier_probs(self, index: int, probs: np.ndarray) -> np.ndarray:
+    def needs(self, index: int) -> frozenset[str]:
+        """The signals beyond probabilities tier ``index`` must give (its abstaining score's)."""
+        if self.abstain is not None and self.abstain.tier == index:
+            return self.abstain.score.needs
+        return frozenset()
+
+    def tier_call(self, index: int) -> Callable[[Sequence[str]], Raw]:
+        """How every driver calls tier ``index`` on texts: its probabilities, or its Signals
+        when the abstaining score needs more than probabilities."""
+        model = self.tiers[index].model
+        need = self.needs(index)
+        if not need:
+            return model.predict_proba
+        return lambda texts: model.outputs(texts, need=need)
+
+    def tier_probs(self, index: int, probs: Raw) -> np.ndarray:
         """Tier ``index``'s probabilities in the cascade's label order (abstain column zero)."""
         model = self.tiers[index].model
-        aligned = align_probs(np.asarray(probs), model.labels, self.tiers[0].model.labels)
+        raw = Signals.of(probs).probs
+        aligned = align_probs(np.asarray(raw), model.labels, self.tiers[0].model.labels)
         if len(self.labels) > aligned.shape[1]:
             aligned = np.pad(aligned, ((0, 0), (0, len(self.labels) - aligned.shape[1])))
         return aligned.astype(np.float32, copy=False)
 
-    def step(self, index: int, probs: np.ndarray) -> Step:
+    def step(self, index: int, raw: Raw) -> Step:
         """Route the rows tier ``index`` predicted: answer where its confidence clears its
-        threshold (always at the last tier), abstain where the abstaining tier is below its
-        abstain threshold, otherwise pass on to the next tier."""
-        conf = confidence_scores(probs, self.confidence)
+        threshold (always at the last tier), abstain where the abstaining tier's out-of-scope
+        score is below its abstain threshold, otherwise pass on to the next tier."""
+        signals = Signals.of(raw)
+        conf = confidence_scores(signals.probs, self.confidence)
         abstain = np.zeros(len(conf), dtype=bool)
         if self.abstain is not None and self.abstain.tier == index:
-            abstain = conf < self.abstain.threshold
+            abstain = self.abstain.score(signals) < self.abstain.threshold
         if index == len(self.tiers) - 1:
             answer = ~abstain
         else:
@@ -157,14 +181,15 @@ class Cascade(BaseClassifier):
             row[self.labels.index(self.abstain.label)] = 1.0
         return row
 
-    def walk(self, n: int) -> Generator[tuple[int, np.ndarray], np.ndarray, Decisions]:
+    def walk(self, n: int) -> Generator[tuple[int, np.ndarray], Raw, Decisions]:
         """The routing loop over ``n`` queries, driven by its caller: it yields (tier index,
-        rows still open) and takes back that tier's probabilities for those rows, or, thrown
-        in, the error the tier raised. A remote tier's error leaves the best local answer
-        standing, flagged as a fallback; any other error propagates. Returns the Decisions.
+        rows still open) and takes back what :meth:`tier_call` gave for those rows
+        (probabilities, or Signals), or, thrown in, the error the tier raised. A remote tier's
+        error leaves the best local answer standing, flagged as a fallback; any other error
+        propagates. Returns the Decisions.
 
         One loop for every way a cascade is run: :meth:`decide` (models called in turn),
-        :meth:`decide_from` (saved probabilities) and the server (tiers behind batchers)."""
+        :meth:`decide_from` (saved outputs) and the server (tiers behind batchers)."""
         out = Decisions(
             probs=np.zeros((n, len(self.labels)), dtype=np.float32),
             tier=np.full(n, -1, dtype=np.int64),
@@ -210,20 +235,22 @@ class Cascade(BaseClassifier):
         """Run the cascade over ``texts``, each tier on the rows still open."""
         return run_walk(
             self.walk(len(texts)),
-            lambda index, rows: self._call(self.tiers[index], [texts[i] for i in rows]),
+            lambda index, rows: self._call(index, [texts[i] for i in rows]),
         )
 
-    def decide_from(self, probs: Sequence[np.ndarray]) -> Decisions:
-        """The cascade's decisions from each tier's saved probabilities (one array per tier,
-        a row per query, columns in that tier's label order); no model is run."""
+    def decide_from(self, probs: Sequence[Raw]) -> Decisions:
+        """The cascade's decisions from each tier's saved outputs (one per tier, a row per
+        query: probabilities with columns in that tier's label order, or Signals holding what
+        the abstaining score needs); no model is run."""
         return run_walk(self.walk(len(probs[0])), lambda index, rows: probs[index][rows])
 
-    def _call(self, tier: Tier, texts: list[str]) -> np.ndarray:
+    def _call(self, index: int, texts: list[str]) -> Raw:
+        tier, call = self.tiers[index], self.tier_call(index)
         if self.timeout_s is None or not tier.remote:
-            return tier.model.predict_proba(texts)
+            return call(texts)
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         try:
-            return pool.submit(tier.model.predict_proba, texts).result(timeout=self.timeout_s)
+            return pool.submit(call, texts).result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError as exc:
             raise TimeoutError(
                 f"tier {tier.model.name} gave no answer within {self.timeout_s:g}s"
@@ -242,8 +269,11 @@ class Cascade(BaseClassifier):
 
     @property
     def bytes_on_disk(self) -> int:  # type: ignore[override]
-        """A cascade's size is its tiers' (its own directory holds only the manifest)."""
-        return sum(dir_bytes(t.path) if t.path else t.model.info.bytes_on_disk for t in self.tiers)
+        """A cascade's size is its tiers' and its abstaining score's statistics (its own
+        directory holds only those and the manifest)."""
+        tiers = sum(dir_bytes(t.path) if t.path else t.model.info.bytes_on_disk for t in self.tiers)
+        state = self.abstain.score.state() if self.abstain and self.abstain.score.fitted else {}
+        return tiers + sum(int(a.nbytes) for a in state.values())
 
     @bytes_on_disk.setter
     def bytes_on_disk(self, value: int) -> None:
@@ -270,11 +300,21 @@ class Cascade(BaseClassifier):
                 }
             )
         abstain = None
+        (path / ABSTAIN_FILE).unlink(missing_ok=True)  # a former calibration's statistics
         if self.abstain is not None:
+            score = self.abstain.score
+            state = score.state()
+            if state:
+                from safetensors.numpy import save_file
+
+                arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+                save_file(arrays, str(path / ABSTAIN_FILE))
             abstain = {
                 "label": self.abstain.label,
                 "threshold": self.abstain.threshold,
                 "tier": self.abstain.tier,
+                "score": score.name,
+                "state": ABSTAIN_FILE if state else None,
             }
         return {
             "tiers": tiers,
@@ -295,20 +335,46 @@ class Cascade(BaseClassifier):
                     "the run directory whole)"
                 )
             tiers.append(Tier(model=load(where), threshold=entry["threshold"], path=where))
-        abstain = manifest.get("abstain")
+        confidence = manifest.get("confidence", "max_prob")
         return cls(
             tiers,
-            confidence=manifest.get("confidence", "max_prob"),
-            abstain=Abstain(**abstain) if abstain else None,
+            confidence=confidence,
+            abstain=_load_abstain(path, manifest.get("abstain"), confidence),
             timeout_s=manifest.get("timeout_s"),
             name=manifest.get("name", "cascade"),
             lineage=manifest.get("lineage") or {},
         )
 
 
+def _load_abstain(path: Path, entry: dict[str, Any] | None, confidence: str) -> Abstain | None:
+    """The abstention of a saved cascade; one saved before scores were selectable abstained on
+    its routing confidence."""
+    if not entry:
+        return None
+    score = make_score(entry.get("score") or confidence)
+    if entry.get("state"):
+        from safetensors.numpy import load_file
+
+        file = path / entry["state"]
+        if not file.is_file():
+            raise SmallfitError(f"{path}/smallfit.json: the abstaining score's {file} is missing")
+        try:
+            score.load_state(load_file(str(file)))
+        except Exception as exc:  # safetensors raises its own error type on a bad header
+            raise SmallfitError(f"{file}: corrupt out-of-scope statistics ({exc})") from exc
+    elif score.fitted:
+        raise SmallfitError(f"{path}/smallfit.json: the {score.name} score has no statistics")
+    return Abstain(
+        label=entry["label"],
+        threshold=float(entry["threshold"]),
+        tier=int(entry["tier"]),
+        score=score,
+    )
+
+
 def run_walk(
-    walker: Generator[tuple[int, np.ndarray], np.ndarray, Decisions],
-    probs_of: Callable[[int, np.ndarray], np.ndarray],
+    walker: Generator[tuple[int, np.ndarray], Raw, Decisions],
+    probs_of: Callable[[int, np.ndarray], Raw],
 ) -> Decisions:
     """Drive :meth:`Cascade.walk` with ``probs_of(tier index, rows)``; its Decisions."""
     try:

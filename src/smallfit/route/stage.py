@@ -1,11 +1,13 @@
 """The route stage of a run: tiers' probabilities on dev (calibration), test (the check) and the
 out-of-scope texts, the calibrated cascade saved as ``models/cascade``, ``cascade.json`` (the
-choice, the test check and the whole dev curve) and the cascade measured like any candidate."""
+choice, the test check, the whole dev curve and, with an abstaining tier, every out-of-scope
+score's catch-against-loss curve) and the cascade measured like any candidate."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,14 @@ from smallfit.evaluate.quality import quality_metrics
 from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import (
     BaseClassifier,
+    Signals,
     align_probs,
     load,
     read_manifest,
     write_json,
     write_npy,
 )
+from smallfit.route.abstain import Scored, SignalCache, score_tier
 from smallfit.route.calibrate import (
     Calibration,
     TierOutputs,
@@ -33,6 +37,7 @@ from smallfit.route.calibrate import (
     out_of_scope_caught,
 )
 from smallfit.route.cascade import Abstain, Cascade, Tier
+from smallfit.route.oos import at_loss, by_label
 
 CASCADE = "cascade"
 CASCADE_JSON = "cascade.json"
@@ -208,17 +213,37 @@ def build_cascade(
     log(f"[route] tiers {' -> '.join(names)}; calibrating for '{config.target}' on dev")
     dev = outputs("dev", data.dev.texts)
     test = outputs("test", data.test.texts)
-    abstain = None
+    oos_probs = [  # only an abstaining cascade is asked about out-of-scope texts
+        probs.get(m, d, data.out_of_scope, "oos") if config.abstain is not None else None
+        for m, d in zip(models, dirs, strict=True)
+    ]
+    abstain, scored = None, None
     if config.abstain is not None:
         tier = config.abstain.tier
         if not tier < len(names):
             raise SmallfitError(f"route.abstain.tier {tier} is not one of the {len(names)} tiers")
+        model = models[tier]
+        own = {
+            split: align_probs(p, labels, model.labels)
+            for split, p in (("dev", dev[tier].probs), ("test", test[tier].probs))
+        } | {"oos": align_probs(oos_probs[tier], labels, model.labels)}  # type: ignore[arg-type]
+        scored = score_tier(
+            cache=SignalCache(run_dir / "route", progress),
+            model=model,
+            model_dir=dirs[tier],
+            probs=own,
+            texts={"dev": data.dev.texts, "test": data.test.texts, "oos": data.out_of_scope},
+            train_texts=data.train.texts,
+            train_labels=np.array([index.get(y, -1) for y in data.train.labels]),
+            chosen=config.abstain.score,
+            log=log,
+        )
         threshold = abstain_threshold(
-            dev[tier].probs,
-            confidence=config.confidence,
-            in_scope_loss=config.abstain.in_scope_loss,
+            scored.values["dev"], in_scope_loss=config.abstain.in_scope_loss
         )
         abstain = (tier, threshold)
+        dev[tier] = replace(dev[tier], in_scope=scored.values["dev"])
+        test[tier] = replace(test[tier], in_scope=scored.values["test"])
     calibration = calibrate(
         dev,
         dev_gold,
@@ -229,15 +254,19 @@ def build_cascade(
         abstain=abstain,
     )
     oos = None
-    if abstain is not None and data.out_of_scope:
+    if abstain is not None and scored is not None and data.out_of_scope:
         oos_tiers = [
-            TierOutputs(name=n, probs=probs.get(m, d, data.out_of_scope, "oos"))
-            for n, m, d in zip(names, models, dirs, strict=True)
+            TierOutputs(
+                name=n,
+                probs=p,  # type: ignore[arg-type]
+                in_scope=scored.values["oos"] if i == abstain[0] else None,
+            )
+            for i, (n, p) in enumerate(zip(names, oos_probs, strict=True))
         ]
         oos = out_of_scope_caught(
             oos_tiers, calibration.thresholds, confidence=config.confidence, abstain=abstain
         )
-        oos["label"] = config.abstain.label if config.abstain else None
+        oos |= _oos_facts(config, data, scored, names[abstain[0]], abstain[1])
     cascade = Cascade(
         [
             Tier(model=m, threshold=t, path=d.resolve())
@@ -245,8 +274,13 @@ def build_cascade(
         ],
         confidence=config.confidence,
         abstain=(
-            Abstain(label=config.abstain.label, threshold=abstain[1], tier=abstain[0])
-            if abstain is not None and config.abstain is not None
+            Abstain(
+                label=config.abstain.label,
+                threshold=abstain[1],
+                tier=abstain[0],
+                score=scored.score,
+            )
+            if abstain is not None and config.abstain is not None and scored is not None
             else None
         ),
         timeout_s=config.timeout_s,
@@ -254,9 +288,14 @@ def build_cascade(
         lineage={"tiers": names, "target": config.target, "calibrated_on": "dev"},
     )
     out_dir = run_dir / "models" / CASCADE
-    # back to each tier's own label order, as its model answers
-    own = [align_probs(t.probs, labels, m.labels) for t, m in zip(test, models, strict=True)]
-    test_probs = cascade.decide_from(own).probs
+    # back to each tier's own label order, as its model answers; the abstaining tier with the
+    # signals its score reads
+    replay: list[np.ndarray | Signals] = [
+        align_probs(t.probs, labels, m.labels) for t, m in zip(test, models, strict=True)
+    ]
+    if abstain is not None and scored is not None:
+        replay[abstain[0]] = scored.test_signals
+    test_probs = cascade.decide_from(replay).probs
     cascade.save(out_dir, metrics={"dev": calibration.dev.to_dict()})
     cascade.close()  # an API tier's connections; the speed probe loads its own copy
     summary = calibration.to_dict() | {"out_of_scope": oos, "model_dir": str(out_dir)}
@@ -311,6 +350,25 @@ def build_cascade(
     return result
 
 
+def _oos_facts(
+    config: RouteConfig, data: Dataset, scored: Scored, tier: str, threshold: float
+) -> dict[str, Any]:
+    """What ``cascade.json`` says about out-of-scope texts beyond the cascade's catch: where
+    they came from, the abstaining tier and score, every score's curve, the catch by label."""
+    assert config.abstain is not None
+    return {
+        "label": config.abstain.label,
+        "held_out_labels": list(data.held_out),
+        "tier": config.abstain.tier,
+        "tier_name": tier,
+        "score": scored.score.name,
+        "in_scope_loss": config.abstain.in_scope_loss,
+        "threshold": threshold,
+        "by_label": by_label(data.out_of_scope_labels, scored.values["oos"], threshold),
+        "evaluation": scored.evaluation,
+    }
+
+
 def _log_summary(
     calibration: Calibration, oos: dict[str, Any] | None, log: Callable[[str], None]
 ) -> None:
@@ -328,7 +386,20 @@ def _log_summary(
             f"the last tier; target {'met' if calibration.met_on_test else 'NOT met'} on test"
         )
     if oos is not None and oos["n"]:
-        log(f"[route] out-of-scope test queries caught: {oos['caught']:.1%} of {oos['n']}")
+        log(
+            f"[route] out-of-scope test queries caught: {oos['caught']:.1%} of {oos['n']} "
+            f"({oos['score']} score at {oos['in_scope_loss']:.0%} in-scope dev loss)"
+        )
+        evaluation = oos["evaluation"]
+        loss = evaluation["headline_loss"]
+        for name, entry in evaluation["scores"].items():
+            point = at_loss(entry.get("curve") or [], loss)
+            if point is not None:
+                log(
+                    f"[route]   {name:<20} catches {point['caught']:.1%} at {loss:.0%} in-scope "
+                    f"test loss (95% CI {point['interval'][0]:.1%}-{point['interval'][1]:.1%}), "
+                    f"AUROC {entry['auroc']:.3f}"
+                )
 
 
 def route_run(

@@ -16,11 +16,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smallfit.models.base import Signals
+
+Rows = np.ndarray | Signals
+"""What a batch call returns: one row per text (probabilities, or a tier's Signals)."""
+
 
 @dataclass
 class _Job:
     texts: list[str]
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Rows]
 
 
 class MicroBatcher:
@@ -28,7 +33,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        predict: Callable[[Sequence[str]], np.ndarray],
+        predict: Callable[[Sequence[str]], Rows],
         *,
         max_batch: int = 32,
         max_wait_ms: float = 0.0,
@@ -48,9 +53,9 @@ class MicroBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
-        """The model's probabilities for ``texts`` (one row each), batched with others'."""
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+    async def submit(self, texts: list[str]) -> Rows:
+        """The model's answer for ``texts`` (one row each), batched with others'."""
+        future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
         self.pending += 1
         try:
             self._queue.put_nowait(_Job(list(texts), future))

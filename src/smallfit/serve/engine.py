@@ -94,10 +94,11 @@ def load_served(path: str | Path, config: ServeConfig, metrics: Metrics | None) 
     threads = config.threads or max(1, cpu_threads_all() - 1)
     batchers = []
     for i, tier in enumerate(cascade.tiers):
+        call = cascade.tier_call(i)  # what the routing loop takes back from this tier
         if not tier.remote:
             if hasattr(tier.model, "set_num_threads"):  # a pool of its own (ONNX Runtime)
                 tier.model.set_num_threads(threads)
-            tier.model.predict_proba(WARMUP_TEXTS)
+            call(WARMUP_TEXTS)
         label = f"{i}:{tier.model.name}"
         on_batch = None
         if metrics is not None:
@@ -105,7 +106,7 @@ def load_served(path: str | Path, config: ServeConfig, metrics: Metrics | None) 
             on_batch = hist.observe
         batchers.append(
             MicroBatcher(
-                tier.model.predict_proba,
+                call,
                 max_batch=config.max_batch if not tier.remote else max(config.max_batch, 64),
                 max_wait_ms=config.max_wait_ms,
                 name=label,
