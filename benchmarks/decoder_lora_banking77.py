@@ -32,6 +32,7 @@ from smallfit.data import Dataset, Split, load_dataset
 from smallfit.distill import distill_student
 from smallfit.evaluate import environment, evaluate_candidate
 from smallfit.models.base import align_probs, read_manifest
+from smallfit.run.layout import RunDir
 from smallfit.teach import label_pool, one_hot
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +71,7 @@ def _teacher_run(
             split.texts,
             labels=dataset.labels,
             teacher_dir=teacher_dir,
-            cache_dir=run_dir / "labels",
+            run=RunDir(run_dir),
             progress=False,
         )
         for split in (dataset.train, dataset.dev)

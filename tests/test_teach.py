@@ -13,6 +13,7 @@ from smallfit.config import DataConfig, GoldTeacher, ModelTeacher
 from smallfit.data import load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.models import load
+from smallfit.run.layout import RunDir
 from smallfit.teach import build_teacher, label_pool
 
 
@@ -54,7 +55,7 @@ def test_user_hf_classifier_is_a_teacher_with_columns_in_data_order(dataset, tmp
         texts,
         labels=dataset.labels,
         teacher_dir=tmp_path / "teacher",
-        cache_dir=tmp_path / "labels",
+        run=RunDir(tmp_path),
         progress=False,
     )
     direct = teacher.predict_proba(texts)
@@ -97,7 +98,7 @@ def test_labelling_is_cached_by_content(dataset, tmp_path) -> None:
     kwargs = dict(
         labels=dataset.labels,
         teacher_dir=tmp_path / "teacher",
-        cache_dir=tmp_path / "labels",
+        run=RunDir(tmp_path),
         progress=False,
     )
     first = label_pool(teacher, dataset.dev.texts, **kwargs)

@@ -103,10 +103,11 @@ def demo(
     from smallfit.config import dump_fit_config
     from smallfit.demo import demo_config
     from smallfit.pipeline import fit as run_fit
+    from smallfit.run.layout import RunDir
 
     config = demo_config(data_dir, run_dir=run_dir, quick=quick)
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-    config_file = Path(config.run_dir) / "config.yaml"
+    config_file = RunDir(config.run_dir).config_file
     config_file.write_text(dump_fit_config(config), encoding="utf-8")
     click.echo(f"config written to {config_file}")
     if write_config_only:
@@ -371,10 +372,11 @@ def route(
     from pydantic import ValidationError
 
     from smallfit.config import ConfigError, RouteConfig, format_validation_error, load_fit_config
-    from smallfit.logs import LOG_FILE, library_output
+    from smallfit.logs import library_output
     from smallfit.route.stage import route_run
+    from smallfit.run.layout import RunDir
 
-    base = load_fit_config(run_dir / "config.yaml").route or RouteConfig()
+    base = load_fit_config(RunDir(run_dir).config_file).route or RouteConfig()
     update: dict[str, Any] = base.model_dump()
     for key, value in (("target", target), ("confidence", confidence)):
         if value is not None:
@@ -394,13 +396,13 @@ def route(
         config = RouteConfig.model_validate(update)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source="route options")) from exc
-    with library_output(run_dir / LOG_FILE, what="route"):
+    with library_output(RunDir(run_dir).log_file, what="route"):
         summary = route_run(run_dir, config, progress=_progress(quiet), log=_log)
     click.echo(
         f"cascade: {' -> '.join(summary['tiers'])}, thresholds "
         + ", ".join(f"{t:.4f}" for t in summary["thresholds"])
     )
-    click.echo(f"written: {run_dir / 'cascade.json'}, {summary['model_dir']}")
+    click.echo(f"written: {RunDir(run_dir).cascade_file}, {summary['model_dir']}")
     from smallfit.report import write_report
 
     click.echo(f"report rebuilt: {write_report(run_dir)}")

@@ -230,4 +230,6 @@ def _route(config: FitConfig) -> Iterator[Conflict]:
 def _is_model_dir(run_dir: Path, tier: str) -> bool:
     """Where the route stage looks for a tier that is not a candidate: the run's models, then a
     directory path."""
-    return (Path(run_dir) / "models" / tier).is_dir() or Path(tier).is_dir()
+    from smallfit.run.layout import RunDir
+
+    return RunDir(run_dir).model(tier).is_dir() or Path(tier).is_dir()

@@ -17,6 +17,7 @@ from smallfit.config import DecoderStudent, LinearStudent, TransformerStudent
 from smallfit.data import Dataset
 from smallfit.models.base import BaseClassifier
 from smallfit.registry import Registry
+from smallfit.run.layout import work_of
 from smallfit.teach import one_hot
 
 STUDENTS: Registry[Callable[..., Any]] = Registry("student")
@@ -131,7 +132,7 @@ def _train(
     (removed once it is done)."""
     from smallfit.train import train_classifier
 
-    work = out_dir.with_name(out_dir.name + ".work")
+    work = work_of(out_dir)
     summary = train_classifier(
         model,
         data,

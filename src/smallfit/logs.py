@@ -32,7 +32,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, TypeVar
 
-LOG_FILE = "smallfit.log"
+from smallfit.run.layout import RunDir
+
+LOG_FILE = RunDir(".").log_file.name
 """The run directory's log of library output."""
 
 _OURS = ("smallfit", "__main__", "tqdm")

@@ -21,12 +21,10 @@ import numpy as np
 from smallfit.config import FitConfig, GoldTeacher, TrainConfig, dump_fit_config
 from smallfit.data import Dataset, Split, load_dataset
 from smallfit.errors import SmallfitError
-from smallfit.evaluate.results import TEST_SPLIT
 from smallfit.hashing import hash_json, hash_texts
-from smallfit.logs import LOG_FILE, routed
+from smallfit.logs import routed
 from smallfit.models.base import BaseClassifier, write_json, write_text
-
-TEACHER = "teacher"
+from smallfit.run.layout import CASCADE, TEACHER, RunDir, stage, work_key, work_of
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class _Stages:
     """Records finished stages in ``run_dir/stages.json``."""
 
     def __init__(self, run_dir: Path, log: Callable[[str], None]) -> None:
-        self.file = run_dir / "stages.json"
+        self.file = RunDir(run_dir).stages_file
         self.done: dict[str, Any] = {}
         if self.file.is_file():
             try:
@@ -76,8 +74,7 @@ class _Stages:
     def claim_work_dir(out: Path, key: str) -> None:
         """Keep ``out``'s checkpoints (``<out>.work``) only if they were made for this key:
         an interrupted stage resumes, but one whose config changed starts afresh."""
-        work = out.with_name(out.name + ".work")
-        marker = work / "stage-key"
+        work, marker = work_of(out), work_key(out)
         if work.exists() and (not marker.is_file() or marker.read_text("utf-8") != key):
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
@@ -126,6 +123,10 @@ class _Run:
     def dir(self) -> Path:
         return Path(self.config.run_dir)
 
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.config.run_dir)
+
     def teacher(self) -> BaseClassifier | None:
         """Build (or reuse) the teacher; None when the gold labels stand in for it."""
         from smallfit.models.base import load
@@ -133,7 +134,7 @@ class _Run:
 
         if isinstance(self.config.teacher, GoldTeacher):
             return None
-        out = self.dir / "models" / TEACHER
+        out = self.run.model(TEACHER)
         key = hash_json({"teacher": self.config.teacher.identity(), "data": self.data_key})
         self.keys[TEACHER] = key
         if self.stages.fresh(TEACHER, key, out):
@@ -148,11 +149,11 @@ class _Run:
         self.stages.finish(TEACHER, key, started)
         return model
 
-    def _log_schedule(self, stage: str, config: Any) -> None:
+    def _log_schedule(self, name: str, config: Any) -> None:
         """Say how long a trained model's training is planned to be, and why."""
         train = getattr(config, "train", None)
         if isinstance(train, TrainConfig):
-            self.log(f"[{stage}] {train.schedule(len(self.dataset.train)).describe()}")
+            self.log(f"[{name}] {train.schedule(len(self.dataset.train)).describe()}")
 
     def labels(self, teacher: BaseClassifier | None) -> tuple[np.ndarray, np.ndarray, str]:
         """The teacher's probabilities for the training pool and dev, and their key."""
@@ -171,8 +172,8 @@ class _Run:
                 teacher,
                 split.texts,
                 labels=data.labels,
-                teacher_dir=self.dir / "models" / TEACHER,
-                cache_dir=self.dir / "labels",
+                teacher_dir=self.run.model(TEACHER),
+                run=self.run,
                 progress=self.progress,
             )
             for split in (data.train, data.dev)
@@ -199,7 +200,7 @@ class _Run:
             "unanswered": unanswered,
             "seconds": round(time.monotonic() - started, 1),
         }
-        write_json(self.dir / "labels" / "summary.json", summary)
+        write_json(self.run.labels_summary, summary)
         return train, dev, hash_json({"teacher": self.keys[TEACHER], "data": self.data_key})
 
     def students(self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str) -> None:
@@ -207,13 +208,13 @@ class _Run:
         from smallfit.distill import distill_student
 
         for student in self.config.students:
-            out = self.dir / "models" / student.name
+            out = self.run.model(student.name)
             key = hash_json({"student": student.model_dump(mode="json"), "labels": labels_key})
             self.keys[student.name] = key
-            if self.stages.fresh(f"student:{student.name}", key, out):
+            if self.stages.fresh(stage("student", student.name), key, out):
                 continue
             started = time.monotonic()
-            self._log_schedule(f"student:{student.name}", student)
+            self._log_schedule(stage("student", student.name), student)
             shutil.rmtree(out, ignore_errors=True)
             self.stages.claim_work_dir(out, key)
             distill_student(
@@ -224,17 +225,16 @@ class _Run:
                 out_dir=out,
                 progress=self.progress,
             )
-            self.stages.finish(f"student:{student.name}", key, started)
+            self.stages.finish(stage("student", student.name), key, started)
 
     def evaluate(self, name: str) -> dict[str, Any]:
         """Measure (or reuse) one candidate; the teacher must come first, so the others can be
         compared with its test answers."""
         from smallfit.evaluate import evaluate_candidate
 
-        results = self.dir / "results"
         test = self.dataset.test
         test_key = hash_json([hash_texts(test.texts), hash_texts(test.labels)])
-        out_file, probs_file = results / f"{name}.json", results / f"{name}.test_probs.npy"
+        out_file, probs_file = self.run.result(name), self.run.test_probs(name)
         key = hash_json(
             {
                 "eval": self.config.evaluate.model_dump(mode="json"),
@@ -243,12 +243,12 @@ class _Run:
                 "teacher": self.keys.get(TEACHER) if name != TEACHER else None,
             }
         )
-        if self.stages.fresh(f"evaluate:{name}", key, out_file, probs_file):
+        if self.stages.fresh(stage("evaluate", name), key, out_file, probs_file):
             result = json.loads(out_file.read_text("utf-8"))
         else:
             started = time.monotonic()
             result = evaluate_candidate(
-                self.dir / "models" / name,
+                self.run.model(name),
                 test=test,
                 teacher_test_probs=self.teacher_test_probs,
                 config=self.config.evaluate,
@@ -256,7 +256,7 @@ class _Run:
                 probs_file=probs_file,
                 progress=self.progress,
             )
-            self.stages.finish(f"evaluate:{name}", key, started)
+            self.stages.finish(stage("evaluate", name), key, started)
         if name == TEACHER:
             self.teacher_test_probs = np.load(probs_file, allow_pickle=False)
         return result
@@ -297,8 +297,8 @@ class _Run:
                 name = f"{source}-{candidate.name}"
                 steps_text = [s.method for s in candidate.steps]
                 key = step_key(self.keys[source], list(candidate.steps), labels_key)
-                out = self.dir / "models" / name
-                fresh = self.stages.fresh(f"compress:{name}", key, out, announce=False)
+                out = self.run.model(name)
+                fresh = self.stages.fresh(stage("compress", name), key, out, announce=False)
                 if not fresh and time.monotonic() - started > budget:
                     self.log(f"[compress:{name}] not built: the budget ({config.budget}) is spent")
                     missed.append({"name": name, "reason": f"budget {config.budget} spent"})
@@ -308,20 +308,20 @@ class _Run:
                     begun = time.monotonic()
                     try:
                         compress(
-                            self.dir / "models" / source,
+                            self.run.model(source),
                             list(candidate.steps),
                             out_dir=out,
                             check_texts=check_texts,
                             heal=heal,
                             name=name,
                             progress=self.progress,
-                            cache=(self.dir / "compress-cache", self.keys[source]),
+                            cache=(self.run.compress_cache, self.keys[source]),
                         )
                     except SmallfitError as exc:
                         self.log(f"[compress:{name}] failed: {exc}")
                         missed.append({"name": name, "reason": str(exc)})
                         continue
-                    self.stages.finish(f"compress:{name}", key, begun)
+                    self.stages.finish(stage("compress", name), key, begun)
                 self.keys[name] = key
                 measured.append(self.evaluate(name))
         return measured, missed
@@ -330,7 +330,7 @@ class _Run:
         self, candidates: list[dict[str, Any]], chosen: str | None, teacher_dev_probs: np.ndarray
     ) -> dict[str, Any] | None:
         """Calibrate (or reuse) the cascade: its candidate result, or None when there is none."""
-        from smallfit.route.stage import CASCADE, CASCADE_JSON, build_cascade, tier_names
+        from smallfit.route.stage import build_cascade, tier_names
 
         config = self.config.route
         if config is None:
@@ -349,8 +349,8 @@ class _Run:
                 "out_of_scope": hash_texts(self.dataset.out_of_scope),
             }
         )
-        out_file = self.dir / "results" / f"{CASCADE}.json"
-        if self.stages.fresh("route", key, out_file, self.dir / CASCADE_JSON):
+        out_file = self.run.result(CASCADE)
+        if self.stages.fresh("route", key, out_file, self.run.cascade_file):
             return json.loads(out_file.read_text("utf-8"))
         started = time.monotonic()
         result = build_cascade(
@@ -369,7 +369,7 @@ class _Run:
         return result
 
 
-@routed(lambda config, **_: Path(config.run_dir) / LOG_FILE)  # library output: the run's log
+@routed(lambda config, **_: RunDir(config.run_dir).log_file)  # library output: the run's log
 def fit(
     config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
 ) -> FitResult:
@@ -380,8 +380,9 @@ def fit(
 
     started = time.monotonic()
     run_dir = Path(config.run_dir)
-    (run_dir / "models").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_fit_config(config), encoding="utf-8")
+    layout = RunDir(run_dir)
+    layout.models_dir.mkdir(parents=True, exist_ok=True)
+    layout.config_file.write_text(dump_fit_config(config), encoding="utf-8")
     dataset = load_dataset(config.data)
     data_key = _data_key(dataset)
     log(
@@ -398,8 +399,8 @@ def fit(
         "key": data_key,
         "config": config.data.model_dump(mode="json"),
     }
-    write_json(run_dir / "data.json", summary)
-    _write_test_split(run_dir / TEST_SPLIT, dataset.test)
+    write_json(layout.data_file, summary)
+    _write_test_split(layout.test_split, dataset.test)
     run = _Run(config, dataset, _Stages(run_dir, log), progress, log, data_key)
 
     teacher = run.teacher()
@@ -417,7 +418,7 @@ def fit(
     extra_cascade = {}
     if cascade is not None:
         candidates.append(cascade)
-        extra_cascade["cascade"] = json.loads((run_dir / "cascade.json").read_text("utf-8"))
+        extra_cascade["cascade"] = json.loads(layout.cascade_file.read_text("utf-8"))
     recommended = recommend(
         selection.chosen,
         extra_cascade.get("cascade"),

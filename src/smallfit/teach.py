@@ -24,6 +24,7 @@ from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load, write_npy
 from smallfit.registry import Registry
+from smallfit.run.layout import TEACHER, RunDir, work_of
 
 TEACHERS: Registry[Callable[..., Any]] = Registry("teacher")
 
@@ -59,7 +60,7 @@ def _finetune(
         max_length=config.train.max_length,
         lineage={"base": config.base, "recipe": "fine-tuned on gold labels"},
     )
-    work = out_dir.with_name(out_dir.name + ".work")
+    work = work_of(out_dir)
     summary = train_classifier(
         model,
         (
@@ -93,12 +94,12 @@ def _user_model(
 
         model = HFSequenceClassifier.from_directory(path, name="teacher")
     align_probs(np.zeros((0, len(model.labels))), model.labels, dataset.labels)  # checks labels
-    model.name = "teacher"
+    model.name = TEACHER
     model.save(out_dir)
     return model
 
 
-LLM_CACHE = "../../labels/llm-answers.sqlite"
+LLM_CACHE = RunDir(".").answers_from(RunDir(".").model(TEACHER))
 """Where a run's LLM teacher keeps its answers and ledger, relative to ``models/teacher``."""
 
 
@@ -182,7 +183,7 @@ def label_pool(
     *,
     labels: list[str],
     teacher_dir: Path,
-    cache_dir: Path,
+    run: RunDir,
     progress: bool = True,
     chunk: int = 512,
 ) -> np.ndarray:
@@ -191,14 +192,14 @@ def label_pool(
     An LLM teacher answers through its own store (cached per text, resumable, budgeted); a
     text it gave no answer for (unparseable, or failed after retries) gets a row of NaN, for
     the caller to leave out."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    run.labels_dir.mkdir(parents=True, exist_ok=True)
     labeller = getattr(teacher, "labeller", None)
     if labeller is not None:
         return _llm_labels(teacher, labeller, texts, labels=labels, progress=progress)
     key = hash_json(
         {"teacher": hash_dir(teacher_dir), "texts": hash_texts(texts), "labels": labels}
     )
-    file = cache_dir / f"probs-{key[:16]}.npy"
+    file = run.label_probs(key)
     if file.is_file():
         return np.load(file, allow_pickle=False)
     started = time.monotonic()
@@ -215,7 +216,7 @@ def label_pool(
     probs = align_probs(probs, teacher.labels, labels).astype(np.float32)
     write_npy(file, probs)
     seconds = time.monotonic() - started
-    with open(cache_dir / "ledger.jsonl", "a", encoding="utf-8") as ledger:
+    with open(run.labels_ledger, "a", encoding="utf-8") as ledger:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "teacher": teacher.name,

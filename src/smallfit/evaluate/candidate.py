@@ -23,10 +23,10 @@ from smallfit.models.base import (
     write_json,
     write_npy,
 )
+from smallfit.run.layout import RunDir
 
 PREDICT_BATCH = 64
 SPEED_TEXTS = 256
-PEAKS_FILE = "peak_rates.json"
 
 
 def evaluate_candidate(
@@ -141,7 +141,7 @@ def _roofline(
     if not manifest.get("architecture") or tokens is None or not one:
         return None
     if peaks is None:
-        cache = None if out_file is None else Path(out_file).parent.parent / PEAKS_FILE
+        cache = None if out_file is None else RunDir(Path(out_file).parent.parent).peaks_file
         peaks = peak_rates(1, cache_file=cache)
     return roofline(
         manifest["architecture"],

@@ -9,10 +9,7 @@ from typing import Any
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.environment import environment
 from smallfit.models.base import write_json
-
-RESULTS = "results.json"
-TEST_SPLIT = "results/test.jsonl"
-"""The test split's texts and gold labels, in the row order of every ``*.test_probs.npy``."""
+from smallfit.run.layout import RunDir
 
 
 def write_results(
@@ -23,7 +20,7 @@ def write_results(
     clash = sorted({"environment", "candidates"} & set(extra))
     if clash:
         raise ValueError(f"extra may not replace {', '.join(clash)}")
-    path = Path(run_dir) / RESULTS
+    path = RunDir(run_dir).results_file
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"environment": environment(), "candidates": list(candidates), **extra})
     return path
@@ -33,7 +30,7 @@ def read_results(path: Path) -> dict[str, Any]:
     """Read a ``results.json`` (or the one inside run directory ``path``)."""
     file = Path(path)
     if file.is_dir():
-        file = file / RESULTS
+        file = RunDir(file).results_file
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

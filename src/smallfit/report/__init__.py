@@ -10,8 +10,9 @@ from typing import Any
 from smallfit.models.base import write_text
 from smallfit.report.card import model_card, write_model_cards
 from smallfit.report.facts import Facts, load_facts
+from smallfit.run.layout import RunDir
 
-REPORT = "report.html"
+REPORT = RunDir(".").report_file.name
 
 __all__ = ["REPORT", "Facts", "load_facts", "model_card", "write_model_cards", "write_report"]
 
@@ -33,7 +34,7 @@ def write_report(
 
     facts = load_facts(run_dir, overrides=overrides)
     html = render(facts)
-    path = Path(out) if out is not None else Path(run_dir) / REPORT
+    path = Path(out) if out is not None else RunDir(run_dir).report_file
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, html)
     if cards:

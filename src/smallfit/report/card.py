@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from smallfit.evaluate.speed import batched_throughput
-from smallfit.models.base import MODEL_CARD, write_text
+from smallfit.models.base import MANIFEST, MODEL_CARD, write_text
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
 from smallfit.report.page import mb, ms, pct, times, usd
 from smallfit.report.uncertainty import ci_text, diff_text
+from smallfit.run.layout import RunDir
 
 
 def model_card(f: Facts, c: dict[str, Any]) -> str:
@@ -98,11 +99,11 @@ def model_card(f: Facts, c: dict[str, Any]) -> str:
         "```python",
         "import smallfit",
         "",
-        f'model = smallfit.load("{Path(str(f.run_dir)) / "models" / name}")',
+        f'model = smallfit.load("{RunDir(str(f.run_dir)).model(name)}")',
         'print(model.predict(["the text to classify"]))',
         "```",
         "",
-        f"Serve it over HTTP: `smallfit serve {Path(str(f.run_dir)) / 'models' / name}`.",
+        f"Serve it over HTTP: `smallfit serve {RunDir(str(f.run_dir)).model(name)}`.",
         "",
         "Limitations: measured on this run's own data only; texts unlike the training data "
         "(other topics, languages, lengths) were not measured. Written by `smallfit report` from "
@@ -116,8 +117,8 @@ def write_model_cards(f: Facts) -> list[Path]:
     """A card beside each of the run's saved models (those under ``run_dir/models``)."""
     written = []
     for c in f.candidates:
-        where = f.run_dir / "models" / c["name"]
-        if not (where / "smallfit.json").is_file():
+        where = RunDir(f.run_dir).model(c["name"])
+        if not (where / MANIFEST).is_file():
             continue
         path = where / MODEL_CARD
         write_text(path, model_card(f, c))

@@ -18,15 +18,14 @@ import numpy as np
 from smallfit.config import DEFAULT_INSTRUCTION, FitConfig, ReportConfig, format_validation_error
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import per_1m_at
-from smallfit.evaluate.results import RESULTS, TEST_SPLIT, read_results
+from smallfit.evaluate.results import read_results
 from smallfit.evaluate.speed import batched_throughput
+from smallfit.models.base import MANIFEST
 from smallfit.report.cost import CostOption
+from smallfit.run.layout import ONE_OFF_STAGES, TEACHER, RunDir
 from smallfit.select import pareto_front, vs_teacher
 
-TEACHER = "teacher"
-ONE_OFF_STAGES = ("teacher", "labels", "student:", "compress")
 CHARS_PER_TOKEN = 4.0
-LLM_LEDGER = "llm-answers.sqlite"  # an API teacher's answers and requests (smallfit.teach)
 
 
 @dataclass
@@ -146,7 +145,7 @@ def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) 
     run = Path(run_dir)
     if not run.is_dir():
         raise SmallfitError(f"{run}: no such run directory")
-    file = run / RESULTS
+    file = RunDir(run).results_file
     results = read_results(run)
     for i, c in enumerate(results["candidates"]):
         check_candidate(c, i, file)
@@ -217,7 +216,7 @@ def _cascade(run: Path, results: dict[str, Any]) -> dict[str, Any] | None:
     cascade = results.get("cascade")
     if cascade is None:
         return None
-    where = f"{run / RESULTS}: cascade"
+    where = f"{RunDir(run).results_file}: cascade"
     _need(cascade, "tiers", where, list)
     _need(cascade, "curve", where, list)
     _need(cascade, "test.accuracy", where)
@@ -229,7 +228,7 @@ def _cascade(run: Path, results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _labels(run: Path, candidates: list[dict[str, Any]]) -> list[str]:
-    data = run / "data.json"
+    data = RunDir(run).data_file
     if data.is_file():
         summary = _read_json(data)
         labels = summary.get("labels") if isinstance(summary, dict) else None
@@ -256,7 +255,7 @@ def _one_off(run: Path, facts: Facts) -> dict[str, float]:
     """One-off dollars: machine time of the teacher, labelling, training and compression stages
     (stages.json) at the hourly price, plus an API teacher's labelling spend."""
     out = {"machine_seconds": 0.0, "machine_usd": 0.0, "labelling_api_usd": 0.0}
-    stages_file = run / "stages.json"
+    stages_file = RunDir(run).stages_file
     if stages_file.is_file():
         stages = _read_json(stages_file)
         if not isinstance(stages, dict):
@@ -265,11 +264,11 @@ def _one_off(run: Path, facts: Facts) -> dict[str, float]:
             if name.startswith(ONE_OFF_STAGES) and isinstance(entry, dict):
                 out["machine_seconds"] += float(entry.get("seconds") or 0.0)
     else:
-        facts.notes.append("stages.json is missing: one-off machine time counted as 0")
+        facts.notes.append(f"{stages_file.name} is missing: one-off machine time counted as 0")
     out["machine_usd"] = out["machine_seconds"] / 3600.0 * facts.hour_usd
     teacher = facts.teacher
     if teacher is not None and (teacher.get("speed") or {}).get("remote"):
-        spent = _api_ledger_usd(run / "labels" / LLM_LEDGER)
+        spent = _api_ledger_usd(RunDir(run).answers_file)
         if spent is None:  # estimate: its cost per query over the texts it labelled
             rows = _labelled_rows(run)
             spent = (per_1m(teacher, facts.hour_usd) or 0.0) / 1e6 * rows
@@ -292,7 +291,7 @@ def _api_ledger_usd(path: Path) -> float | None:
 
 
 def _labelled_rows(run: Path) -> int:
-    data = run / "data.json"
+    data = RunDir(run).data_file
     if not data.is_file():
         return 0
     summary = _read_json(data)
@@ -406,8 +405,8 @@ def _confusions(facts: Facts) -> None:
     k = facts.report.confused_pairs
     if name is None or k == 0:
         return
-    probs_file = facts.run_dir / "results" / f"{name}.test_probs.npy"
-    split_file = facts.run_dir / TEST_SPLIT
+    layout = RunDir(facts.run_dir)
+    probs_file, split_file = layout.test_probs(name), layout.test_split
     if not probs_file.is_file() or not split_file.is_file():
         missing = probs_file if not probs_file.is_file() else split_file
         facts.confusion_note = f"no confusion pairs: {missing} is missing (written by fit)"
@@ -445,8 +444,8 @@ def _confusions(facts: Facts) -> None:
 def _model_labels(facts: Facts, name: str) -> list[str]:
     """The label order of a model's saved probabilities (its manifest; else the run's)."""
     c = facts.candidate(name) or {}
-    manifest = Path(str(c.get("model_dir", ""))) / "smallfit.json"
-    for where in (manifest, facts.run_dir / "models" / name / "smallfit.json"):
+    manifest = Path(str(c.get("model_dir", ""))) / MANIFEST
+    for where in (manifest, RunDir(facts.run_dir).model(name) / MANIFEST):
         if where.is_file():
             labels = (_read_json(where) or {}).get("labels")
             if isinstance(labels, list):

@@ -19,6 +19,7 @@ from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import BaseClassifier, Signals, write_npy
 from smallfit.route.oos import evaluate_scores
 from smallfit.route.scores import Score, make_score, resolve_score, score_names
+from smallfit.run.layout import RunDir
 
 BATCH = 64
 """Texts per model call (as the evaluation's predictions are batched)."""
@@ -41,8 +42,8 @@ class SignalCache:
     """A model's logits and embeddings on a list of texts, cached by the model's files, the
     texts and the signal."""
 
-    def __init__(self, cache: Path, progress: bool) -> None:
-        self.cache = cache
+    def __init__(self, run: RunDir, progress: bool) -> None:
+        self.run = run
         self.progress = progress
         self._keys: dict[Path, str] = {}
 
@@ -57,7 +58,7 @@ class SignalCache:
         if model_dir not in self._keys:
             self._keys[model_dir] = hash_dir(model_dir)
         key = hash_json({"model": self._keys[model_dir], "texts": hash_texts(list(texts))})
-        files = {s: self.cache / f"{model_dir.name}.{what}-{key[:16]}.{s}.npy" for s in need}
+        files = {s: self.run.route_signal(model_dir, what, key, s) for s in need}
         missing = {s for s, f in files.items() if not f.is_file()}
         if missing:
             got = self._compute(model, texts, frozenset(missing), what)

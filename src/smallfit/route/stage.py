@@ -38,9 +38,7 @@ from smallfit.route.calibrate import (
 )
 from smallfit.route.cascade import Abstain, Cascade, Tier
 from smallfit.route.oos import at_loss, by_label
-
-CASCADE = "cascade"
-CASCADE_JSON = "cascade.json"
+from smallfit.run.layout import CASCADE, TEACHER, RunDir
 
 
 def tier_names(
@@ -55,14 +53,14 @@ def tier_names(
     ``metric`` goes first: the cascade is then the way off the teacher."""
     if config.tiers:
         return list(config.tiers)
-    if not any(c.get("name") == "teacher" for c in candidates):
+    if not any(c.get("name") == TEACHER for c in candidates):
         raise SmallfitError("no teacher candidate to escalate to (gold labels stand in for it)")
-    if chosen is None or chosen == "teacher":
+    if chosen is None or chosen == TEACHER:
         best = best_local(candidates, metric)
         if best is None:
             raise SmallfitError("no local candidate to put before the teacher")
-        return [best, "teacher"]
-    return [chosen, "teacher"]
+        return [best, TEACHER]
+    return [chosen, TEACHER]
 
 
 def recommend(
@@ -72,7 +70,7 @@ def recommend(
     selected (no local candidate reached the floor) or nothing was, the cascade, if it met its
     target (on test, else on dev) with at least ``min_local`` of the test queries kept off the
     teacher. ``{"name", "reason"}``; name None when nothing is recommended."""
-    if chosen is not None and chosen != "teacher":
+    if chosen is not None and chosen != TEACHER:
         return {"name": chosen, "reason": f"{chosen} alone is over the quality floor"}
     if cascade is None:
         return {"name": chosen, "reason": "no cascade was built"}
@@ -101,7 +99,7 @@ def best_local(candidates: list[dict[str, Any]], metric: str) -> str | None:
     local = [
         c
         for c in candidates
-        if c.get("name") not in ("teacher", CASCADE)
+        if c.get("name") not in (TEACHER, CASCADE)
         and not (c.get("speed") or {}).get("remote")
         and (c.get("quality") or {}).get(metric) is not None
     ]
@@ -112,7 +110,7 @@ def best_local(candidates: list[dict[str, Any]], metric: str) -> str | None:
 
 
 def _tier_dir(run_dir: Path, name: str) -> Path:
-    inside = run_dir / "models" / name
+    inside = RunDir(run_dir).model(name)
     if inside.is_dir():
         return inside
     if Path(name).is_dir():
@@ -127,7 +125,7 @@ class _Probs:
     cached under ``run_dir/route`` by the model's content and the texts."""
 
     def __init__(self, run_dir: Path, labels: list[str], progress: bool) -> None:
-        self.cache = run_dir / "route"
+        self.run = RunDir(run_dir)
         self.labels = labels
         self.progress = progress
         self._model_keys: dict[Path, str] = {}
@@ -138,7 +136,7 @@ class _Probs:
         if model_dir not in self._model_keys:  # hash each model's files once
             self._model_keys[model_dir] = hash_dir(model_dir)
         key = hash_json({"model": self._model_keys[model_dir], "texts": hash_texts(texts)})
-        file = self.cache / f"{model_dir.name}.{what}-{key[:16]}.npy"
+        file = self.run.route_probs(model_dir, what, key)
         if file.is_file():
             return np.load(file, allow_pickle=False)
         probs = predict_in_batches(model, texts, progress=self.progress, what=what)
@@ -198,8 +196,8 @@ def build_cascade(
     def outputs(split: str, texts: list[str]) -> list[TierOutputs]:
         out = []
         for name, model_dir, model in zip(names, dirs, models, strict=True):
-            saved = run_dir / "results" / f"{name}.test_probs.npy"
-            if split == "dev" and name == "teacher" and teacher_dev_probs is not None:
+            saved = RunDir(run_dir).test_probs(name)
+            if split == "dev" and name == TEACHER and teacher_dev_probs is not None:
                 # the labels stage's, in the dataset's label order
                 p = align_probs(np.asarray(teacher_dev_probs, np.float32), data.labels, labels)
             elif split == "test" and name in by_name and saved.is_file():
@@ -228,7 +226,7 @@ def build_cascade(
             for split, p in (("dev", dev[tier].probs), ("test", test[tier].probs))
         } | {"oos": align_probs(oos_probs[tier], labels, model.labels)}  # type: ignore[arg-type]
         scored = score_tier(
-            cache=SignalCache(run_dir / "route", progress),
+            cache=SignalCache(RunDir(run_dir), progress),
             model=model,
             model_dir=dirs[tier],
             probs=own,
@@ -287,7 +285,8 @@ def build_cascade(
         name=CASCADE,
         lineage={"tiers": names, "target": config.target, "calibrated_on": "dev"},
     )
-    out_dir = run_dir / "models" / CASCADE
+    layout = RunDir(run_dir)
+    out_dir = layout.model(CASCADE)
     # back to each tier's own label order, as its model answers; the abstaining tier with the
     # signals its score reads
     replay: list[np.ndarray | Signals] = [
@@ -299,14 +298,14 @@ def build_cascade(
     cascade.save(out_dir, metrics={"dev": calibration.dev.to_dict()})
     cascade.close()  # an API tier's connections; the speed probe loads its own copy
     summary = calibration.to_dict() | {"out_of_scope": oos, "model_dir": str(out_dir)}
-    write_json(run_dir / CASCADE_JSON, summary)
+    write_json(layout.cascade_file, summary)
     _log_summary(calibration, oos, log)
 
     teacher_probs = None
-    teacher_file = run_dir / "results" / "teacher.test_probs.npy"
-    if "teacher" in by_name and teacher_file.is_file():
+    teacher_file = layout.test_probs(TEACHER)
+    if TEACHER in by_name and teacher_file.is_file():
         # in the teacher's own label order on disk; the cascade's, plus its abstain column
-        teacher_labels = read_manifest(run_dir / "models" / "teacher")["labels"]
+        teacher_labels = read_manifest(layout.model(TEACHER))["labels"]
         t = align_probs(np.load(teacher_file, allow_pickle=False), teacher_labels, labels)
         teacher_probs = np.pad(t, ((0, 0), (0, len(cascade.labels) - t.shape[1])))
     quality = quality_metrics(
@@ -316,8 +315,7 @@ def build_cascade(
         teacher_probs=teacher_probs,
         ece_bins=evaluate.ece_bins,
     )
-    results = run_dir / "results"
-    write_npy(results / f"{CASCADE}.test_probs.npy", test_probs)
+    write_npy(layout.test_probs(CASCADE), test_probs)
     if any(m.remote for m in models):
         # an API tier is not run again for a latency probe: the tiers' p50s, weighted by reach
         estimate = calibration.test.mean_latency_ms if calibration.test else None
@@ -346,7 +344,7 @@ def build_cascade(
             "answered_by": calibration.test.answered_by if calibration.test else None,
         },
     }
-    write_json(results / f"{CASCADE}.json", result)
+    write_json(layout.result(CASCADE), result)
     return result
 
 
@@ -414,7 +412,7 @@ def route_run(
     from smallfit.evaluate.results import read_results, write_results
 
     run = Path(run_dir)
-    fit_config = load_fit_config(run / "config.yaml")
+    fit_config = load_fit_config(RunDir(run).config_file)
     config = config or fit_config.route or RouteConfig()
     results = read_results(run)
     candidates = [c for c in results["candidates"] if c.get("name") != CASCADE]
@@ -432,7 +430,7 @@ def route_run(
         log=log,
     )
     extra = {k: v for k, v in results.items() if k not in ("environment", "candidates")}
-    extra["cascade"] = json.loads((run / CASCADE_JSON).read_text("utf-8"))
+    extra["cascade"] = json.loads(RunDir(run).cascade_file.read_text("utf-8"))
     if isinstance(extra.get("selection"), dict):
         extra["selection"]["recommended"] = recommend(
             chosen, extra["cascade"], min_local=config.recommend_min_local

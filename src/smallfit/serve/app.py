@@ -23,6 +23,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from smallfit import __version__
 from smallfit.config import ServeConfig
 from smallfit.errors import SmallfitError
+from smallfit.models.base import MANIFEST
+from smallfit.run.layout import CASCADE, RunDir
 from smallfit.serve.engine import Engine, TierUnavailable
 from smallfit.serve.metrics import Metrics
 
@@ -403,14 +405,15 @@ class NoModel(SmallfitError):
 def resolve_model_path(path: str | Path) -> Path:
     """A model directory as is; a run directory -> its cascade, else its selected model."""
     where = Path(path)
-    if (where / "smallfit.json").is_file():
+    if (where / MANIFEST).is_file():
         return where
-    if (where / "models" / "cascade" / "smallfit.json").is_file():
-        return where / "models" / "cascade"
-    results = where / "results.json"
+    run = RunDir(where)
+    if (run.model(CASCADE) / MANIFEST).is_file():
+        return run.model(CASCADE)
+    results = run.results_file
     if results.is_file():
         chosen = (json.loads(results.read_text("utf-8")).get("selection") or {}).get("chosen")
-        if chosen and (where / "models" / chosen / "smallfit.json").is_file():
-            return where / "models" / chosen
+        if chosen and (run.model(chosen) / MANIFEST).is_file():
+            return run.model(chosen)
         raise NoModel(f"{where}: the run selected no model and has no cascade to serve")
-    raise NoModel(f"{where}: neither a model directory (smallfit.json) nor a run directory")
+    raise NoModel(f"{where}: neither a model directory ({MANIFEST}) nor a run directory")

@@ -16,7 +16,7 @@ import numpy as np
 from smallfit.config import ServeConfig
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import cpu_threads_all
-from smallfit.models.base import BaseClassifier, load, read_manifest
+from smallfit.models.base import MANIFEST, BaseClassifier, load, read_manifest
 from smallfit.route.cascade import Cascade, Decisions, Tier
 from smallfit.serve.batcher import MicroBatcher
 from smallfit.serve.metrics import Metrics
@@ -79,7 +79,7 @@ def _as_cascade(model: BaseClassifier, path: Path) -> Cascade:
 
 
 def _version(path: Path) -> str:
-    stat = (path / "smallfit.json").stat()
+    stat = (path / MANIFEST).stat()
     return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
 
 

@@ -1,0 +1,129 @@
+"""The run directory's layout: every path a run holds, spelled once in ``smallfit.run.layout``,
+and the same as the paths earlier runs wrote (a changed name would orphan their files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smallfit.run import CASCADE, TEACHER, RunDir, stage, work_key, work_of
+
+
+def test_every_run_path_is_where_earlier_runs_put_it(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "r")
+    key = "0123456789abcdef0123"
+    tier = run.model("minilm-l6")
+    golden = {
+        run.config_file: "config.yaml",
+        run.data_file: "data.json",
+        run.stages_file: "stages.json",
+        run.results_file: "results.json",
+        run.cascade_file: "cascade.json",
+        run.report_file: "report.html",
+        run.log_file: "smallfit.log",
+        run.peaks_file: "peak_rates.json",
+        run.models_dir: "models",
+        run.model(TEACHER): "models/teacher",
+        run.model(CASCADE): "models/cascade",
+        run.labels_dir: "labels",
+        run.labels_summary: "labels/summary.json",
+        run.labels_ledger: "labels/ledger.jsonl",
+        run.label_probs(key): "labels/probs-0123456789abcdef.npy",
+        run.answers_file: "labels/llm-answers.sqlite",
+        run.results_dir: "results",
+        run.result("linear"): "results/linear.json",
+        run.test_probs("linear"): "results/linear.test_probs.npy",
+        run.test_split: "results/test.jsonl",
+        run.route_dir: "route",
+        run.route_probs(tier, "dev", key): "route/minilm-l6.dev-0123456789abcdef.npy",
+        run.route_signal(tier, "oos", key, "embeddings"): (
+            "route/minilm-l6.oos-0123456789abcdef.embeddings.npy"
+        ),
+        run.compress_cache: "compress-cache",
+        work_of(tier): "models/minilm-l6.work",
+        work_key(tier): "models/minilm-l6.work/stage-key",
+    }
+    for path, relative in golden.items():
+        assert path.relative_to(run.root).as_posix() == relative
+    # an API teacher's answer store is found from its model directory, relative, so a moved
+    # run keeps it
+    assert run.answers_from(run.model(TEACHER)) == "../../labels/llm-answers.sqlite"
+    assert (run.model(TEACHER) / run.answers_from(run.model(TEACHER))).resolve() == (
+        run.answers_file.resolve()
+    )
+    assert [stage(TEACHER), stage("student", "a"), stage("evaluate", "b")] == [
+        "teacher",
+        "student:a",
+        "evaluate:b",
+    ]
+
+
+def test_no_module_but_the_layout_spells_a_run_path() -> None:
+    """A run's file and folder names are joined to a path, or named as a constant, only in
+    ``smallfit.run.layout`` (prose may name them)."""
+    import ast
+    import re
+
+    import smallfit
+
+    names = re.compile(
+        r"^(results\.json|cascade\.json|stages\.json|data\.json|config\.yaml|report\.html|"
+        r"smallfit\.log|peak_rates\.json|llm-answers\.sqlite|ledger\.jsonl|summary\.json|"
+        r"compress-cache|stage-key|models|results|labels|route|\.work|test\.jsonl|"
+        r".*\.test_probs\.npy|\.\./\.\./labels/.*)$"
+    )
+    elsewhere = {  # the same names, not in a run directory
+        ("zoo.py", "models"),  # the weights cache
+        ("models/decoder.py", "models"),  # the weights cache
+        ("demo.py", "test.jsonl"),  # a dataset folder's test file
+    }
+    root = Path(smallfit.__file__).parent
+    found = []
+    for file in sorted(root.rglob("*.py")):
+        if file.parent.name == "run":
+            continue
+        for node in ast.walk(ast.parse(file.read_text("utf-8"))):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+                spelled = node.right  # path / "name"
+            elif isinstance(node, ast.Assign):
+                spelled = node.value  # NAME = "name"
+            else:
+                continue
+            where = (file.relative_to(root).as_posix(), str(getattr(spelled, "value", "")))
+            spells = isinstance(spelled, ast.Constant) and names.match(where[1])
+            if spells and where not in elsewhere:
+                found.append(f"{file.relative_to(root)}:{node.lineno} {spelled.value!r}")
+    assert not found, "run paths spelled outside smallfit.run.layout:\n" + "\n".join(found)
+
+
+def test_compare_runs_says_whether_two_runs_answered_alike(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_runs", Path(__file__).parent.parent / "scripts" / "compare_runs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=50).astype(np.float32)
+    runs = [RunDir(tmp_path / name) for name in ("a", "b")]
+    for run in runs:
+        run.results_dir.mkdir(parents=True)
+        np.save(run.test_probs("linear"), probs)
+        run.results_file.write_text(json.dumps({"selection": {"chosen": "linear"}}), "utf-8")
+    assert compare_runs.main([str(runs[0].root), str(runs[1].root)]) == 0
+    moved = probs.copy()
+    moved[3] = moved[3][::-1]  # one row's answer changes
+    np.save(runs[1].test_probs("linear"), moved)
+    report = compare_runs.compare(runs[0].root, runs[1].root)
+    assert not report["same"] and report["candidates"]["linear"]["identical"] is False
+    assert report["candidates"]["linear"]["argmax_agreement"] < 1.0
+    np.save(runs[1].test_probs("extra"), probs)  # a candidate only one run has
+    assert compare_runs.compare(runs[0].root, runs[1].root)["candidates"]["extra"] == {
+        "missing_from": str(runs[0].root)
+    }
+    assert compare_runs.main([str(runs[0].root), str(tmp_path / "nope")]) == 2
