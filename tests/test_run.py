@@ -127,3 +127,39 @@ def test_compare_runs_says_whether_two_runs_answered_alike(tmp_path: Path) -> No
         "missing_from": str(runs[0].root)
     }
     assert compare_runs.main([str(runs[0].root), str(tmp_path / "nope")]) == 2
+
+
+def test_the_core_asks_models_what_they_declare_not_what_they_happen_to_have(
+    snips_linear: Path,
+) -> None:
+    """Every model has close, set_num_threads, temperature, bytes_on_disk and remote (neutral
+    defaults on the base class), so the core calls them instead of probing for them."""
+    import ast
+
+    import smallfit
+    from smallfit.evaluate.speed import limit_threads
+    from smallfit.models import load
+
+    linear = load(snips_linear)
+    linear.close()  # nothing held open: a no-op
+    linear.set_num_threads(1)  # no pool of its own: a no-op
+    with limit_threads(1, linear):
+        assert linear.predict(["play some jazz"])
+    assert linear.temperature == 1.0 and linear.remote is False
+    assert linear.info.bytes_on_disk == linear.bytes_on_disk > 0
+
+    declared = {"close", "set_num_threads", "temperature", "bytes_on_disk", "remote"}
+    root = Path(smallfit.__file__).parent
+    probes = []
+    for file in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text("utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("hasattr", "getattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in declared
+            ):
+                probes.append(f"{file.relative_to(root)}:{node.lineno} {ast.unparse(node)}")
+    assert not probes, "probes for declared capabilities:\n" + "\n".join(probes)

@@ -406,7 +406,7 @@ def fit(
     teacher = run.teacher()
     labels = run.labels(teacher)
     run.students(*labels)
-    if teacher is not None and hasattr(teacher, "close"):
+    if teacher is not None:
         teacher.close()  # an API teacher's connections
     del teacher  # free its memory before the measurements
     candidates = [run.evaluate(name) for name in list(run.keys)]  # the teacher first

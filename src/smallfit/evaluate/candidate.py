@@ -90,7 +90,7 @@ def evaluate_candidate(
     if remote is not None:
         # behind an API: the latencies of the real requests in the ledger, and token prices
         speed, cost = remote(), model.cost_per_1m_queries()  # type: ignore[attr-defined]
-        model.close()  # type: ignore[attr-defined]
+        model.close()
     else:
         del model  # the speed probe loads its own copy
         speed = measure_speed(model_dir, speed_texts, config)

@@ -217,13 +217,12 @@ def _throughput(model: BaseClassifier, texts: list[str], batch: int, batches: in
 
 
 @contextlib.contextmanager
-def limit_threads(n: int, *models: object) -> Iterator[None]:
+def limit_threads(n: int, *models: BaseClassifier) -> Iterator[None]:
     """Run the block with ``n`` compute threads: torch (only if already imported), the
     BLAS/OpenMP pools that threadpoolctl can reach, and any of ``models`` that keep a pool of
     their own (``set_num_threads``, e.g. ONNX Runtime). Restores torch's previous setting."""
     for model in models:
-        if hasattr(model, "set_num_threads"):
-            model.set_num_threads(n)
+        model.set_num_threads(n)
     torch = sys.modules.get("torch")
     before = torch.get_num_threads() if torch is not None else None
     with contextlib.ExitStack() as stack:

@@ -97,9 +97,22 @@ class BaseClassifier(ABC):
     kind: str = ""
     remote: bool = False
     """True for models behind a network API (they may be slow, fail, or cost per call)."""
+    temperature: float = 1.0
+    """The softmax temperature its probabilities are taken at (calibrated by training)."""
+    bytes_on_disk: int = 0
+    """The size of its saved directory (set by :func:`load` and :meth:`save`)."""
     labels: list[str]
     name: str
     lineage: dict[str, Any]
+
+    def close(self) -> None:
+        """Release what the model holds open (connections, an answer store); nothing here."""
+        return None  # a neutral default, not an abstract method
+
+    def set_num_threads(self, threads: int) -> None:
+        """Size a compute pool the model keeps of its own (ONNX Runtime's); nothing here:
+        torch and BLAS pools are sized by :func:`smallfit.evaluate.speed.limit_threads`."""
+        return None  # a neutral default, not an abstract method
 
     @abstractmethod
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -140,7 +153,7 @@ class BaseClassifier(ABC):
             name=self.name,
             backend=self.kind,
             parameters=self.num_parameters,
-            bytes_on_disk=getattr(self, "bytes_on_disk", 0),
+            bytes_on_disk=self.bytes_on_disk,
             lineage=dict(self.lineage),
         )
 

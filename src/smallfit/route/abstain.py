@@ -126,7 +126,7 @@ def score_tier(
             probs=probs[split],
             logits=extra.get("logits"),
             embeddings=extra.get("embeddings"),
-            temperature=float(getattr(model, "temperature", 1.0)),
+            temperature=model.temperature,
         )
     fitted = [s for s in scores.values() if s.fitted]
     if fitted:
@@ -137,7 +137,7 @@ def score_tier(
             probs=np.zeros((len(train_texts), len(model.labels)), np.float32),
             logits=extra.get("logits"),
             embeddings=extra.get("embeddings"),
-            temperature=float(getattr(model, "temperature", 1.0)),
+            temperature=model.temperature,
         )
         for score in fitted:
             score.fit(train, np.asarray(train_labels))

@@ -52,7 +52,7 @@ class Tier:
 
     @property
     def remote(self) -> bool:
-        return bool(getattr(self.model, "remote", False))
+        return self.model.remote
 
 
 @dataclass(frozen=True)
@@ -281,8 +281,7 @@ class Cascade(BaseClassifier):
 
     def close(self) -> None:
         for tier in self.tiers:
-            if hasattr(tier.model, "close"):
-                tier.model.close()
+            tier.model.close()
 
     def save_files(self, path: Path) -> dict[str, Any]:
         tiers = []

@@ -96,8 +96,7 @@ def load_served(path: str | Path, config: ServeConfig, metrics: Metrics | None) 
     for i, tier in enumerate(cascade.tiers):
         call = cascade.tier_call(i)  # what the routing loop takes back from this tier
         if not tier.remote:
-            if hasattr(tier.model, "set_num_threads"):  # a pool of its own (ONNX Runtime)
-                tier.model.set_num_threads(threads)
+            tier.model.set_num_threads(threads)  # a pool of its own (ONNX Runtime)
             call(WARMUP_TEXTS)
         label = f"{i}:{tier.model.name}"
         on_batch = None
