@@ -132,7 +132,8 @@ def test_compare_runs_says_whether_two_runs_answered_alike(tmp_path: Path) -> No
 def test_the_core_asks_models_what_they_declare_not_what_they_happen_to_have(
     snips_linear: Path,
 ) -> None:
-    """Every model has close, set_num_threads, temperature, bytes_on_disk and remote (neutral
+    """Every model has close, set_num_threads, temperature, bytes_on_disk, remote,
+    measured_speed/measured_cost, unanswered, label_texts, bulk and count_tokens (neutral
     defaults on the base class), so the core calls them instead of probing for them."""
     import ast
 
@@ -147,8 +148,18 @@ def test_the_core_asks_models_what_they_declare_not_what_they_happen_to_have(
         assert linear.predict(["play some jazz"])
     assert linear.temperature == 1.0 and linear.remote is False
     assert linear.info.bytes_on_disk == linear.bytes_on_disk > 0
+    texts = ["play some jazz", "book a table"]
+    assert linear.measured_speed() is None and linear.measured_cost() is None
+    assert linear.unanswered(texts) is None and linear.count_tokens(texts) is None
+    assert linear.label_texts(texts, progress=False) is None  # labelled by predict_proba
+    with linear.bulk():
+        assert len(linear.predict_proba(texts)) == 2
 
-    declared = {"close", "set_num_threads", "temperature", "bytes_on_disk", "remote"}
+    declared = {
+        *("close", "set_num_threads", "temperature", "bytes_on_disk", "remote"),
+        # declared as measured_speed, measured_cost, unanswered, label_texts, bulk, count_tokens
+        *("measured_speed", "unanswered_texts", "labeller", "bf16", "tokenize", "tokenizer"),
+    }
     root = Path(smallfit.__file__).parent
     probes = []
     for file in sorted(root.rglob("*.py")):

@@ -7,7 +7,6 @@ never labels the same pool twice.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -193,9 +192,9 @@ def label_pool(
     text it gave no answer for (unparseable, or failed after retries) gets a row of NaN, for
     the caller to leave out."""
     run.labels_dir.mkdir(parents=True, exist_ok=True)
-    labeller = getattr(teacher, "labeller", None)
-    if labeller is not None:
-        return _llm_labels(teacher, labeller, texts, labels=labels, progress=progress)
+    own = teacher.label_texts(texts, progress=progress)
+    if own is not None:
+        return align_probs(own, teacher.labels, labels)
     key = hash_json(
         {"teacher": hash_dir(teacher_dir), "texts": hash_texts(texts), "labels": labels}
     )
@@ -204,9 +203,8 @@ def label_pool(
         return np.load(file, allow_pickle=False)
     started = time.monotonic()
     parts = []
-    bulk = getattr(teacher, "bf16", None)
     with (
-        bulk() if bulk else contextlib.nullcontext(),
+        teacher.bulk(),
         tqdm(total=len(texts), desc="teacher labelling", unit="text", disable=not progress) as bar,
     ):
         for start in range(0, len(texts), chunk):
@@ -229,19 +227,3 @@ def label_pool(
         }
         ledger.write(json.dumps(entry) + "\n")
     return probs
-
-
-def _llm_labels(
-    teacher: BaseClassifier, labeller: Any, texts: list[str], *, labels: list[str], progress: bool
-) -> np.ndarray:
-    answers, report = labeller.label(texts, progress=progress, desc="teacher (LLM) labelling")
-    if report.stopped:
-        raise SmallfitError(
-            f"teacher labelling stopped by {report.stopped}: {report.summary()}. Every answer "
-            "so far is cached: raise the budget (teacher.budget_usd / budget_tokens) and rerun"
-        )
-    probs = np.full((len(texts), len(teacher.labels)), np.nan, dtype=np.float32)
-    for i, answer in enumerate(answers):
-        if answer is not None and answer.probs is not None:
-            probs[i] = answer.probs
-    return align_probs(probs, teacher.labels, labels)

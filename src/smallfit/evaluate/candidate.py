@@ -66,10 +66,7 @@ def evaluate_candidate(
         teacher = align_probs(
             np.asarray(teacher_test_probs), teacher_labels or model.labels, model.labels
         )
-    unanswered_texts = getattr(model, "unanswered_texts", None)  # an LLM's unparseable replies
-    unanswered = None
-    if unanswered_texts is not None:
-        unanswered = np.array([t in unanswered_texts for t in test.texts], dtype=bool)
+    unanswered = model.unanswered(test.texts)  # an LLM's unparseable replies
     quality = quality_metrics(
         probs,
         list(test.labels),
@@ -86,10 +83,10 @@ def evaluate_candidate(
         # the texts the batch-1 latency loop sends, in its order (see speed.interleaved_latency)
         sent = [speed_texts[i % len(speed_texts)] for i in range(config.latency_queries)]
         tokens = mean_query_tokens(model, sent)
-    remote = getattr(model, "measured_speed", None)
-    if remote is not None:
+    own_speed = model.measured_speed()
+    if own_speed is not None:
         # behind an API: the latencies of the real requests in the ledger, and token prices
-        speed, cost = remote(), model.cost_per_1m_queries()  # type: ignore[attr-defined]
+        speed, cost = own_speed, model.measured_cost() or local_cost(own_speed, config)
         model.close()
     else:
         del model  # the speed probe loads its own copy

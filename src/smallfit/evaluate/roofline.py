@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from smallfit.evaluate.environment import environment
-from smallfit.models.base import write_json
+from smallfit.models.base import BaseClassifier, write_json
 
 PRECISIONS = ("fp32", "bf16", "int8")
 # (M, K, N): M tokens in flight (one short query, one long query, a batch of queries);
@@ -63,21 +63,14 @@ def flops_per_query(architecture: dict[str, Any] | None, tokens: float) -> float
     return total + 2 * hidden * float(architecture["num_labels"])
 
 
-def mean_query_tokens(model: Any, texts: Sequence[str]) -> float | None:
+def mean_query_tokens(model: BaseClassifier, texts: Sequence[str]) -> float | None:
     """Mean number of real (unpadded, truncated) tokens per text as ``model`` encodes them,
-    special tokens included; None when the model has no tokenizer we know how to ask (a
-    ``tokenize`` method returning an attention mask, as torch models have, or a ``tokenizers``
-    ``Tokenizer`` with ``encode_batch``, as ONNX models have)."""
+    special tokens included (its ``count_tokens``); None when it has no tokenizer to ask."""
     if not texts:
         return None
     texts = list(texts)
-    if callable(getattr(model, "tokenize", None)):
-        mask = np.asarray(model.tokenize(texts)["attention_mask"])
-        return float(mask.sum(axis=1).mean())
-    tokenizer = getattr(model, "tokenizer", None)
-    if callable(getattr(tokenizer, "encode_batch", None)):
-        return float(np.mean([sum(e.attention_mask) for e in tokenizer.encode_batch(texts)]))
-    return None
+    counts = model.count_tokens(texts)
+    return None if counts is None else float(np.mean(counts))
 
 
 def precision_of(result_or_manifest: dict[str, Any]) -> str:

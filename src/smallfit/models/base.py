@@ -8,6 +8,7 @@ never branches on backend names. Nothing here unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from abc import ABC, abstractmethod
@@ -113,6 +114,36 @@ class BaseClassifier(ABC):
         """Size a compute pool the model keeps of its own (ONNX Runtime's); nothing here:
         torch and BLAS pools are sized by :func:`smallfit.evaluate.speed.limit_threads`."""
         return None  # a neutral default, not an abstract method
+
+    def measured_speed(self) -> dict[str, Any] | None:
+        """Its speed as the model itself measured it (an API's real request latencies); None:
+        the evaluation measures it locally."""
+        return None
+
+    def measured_cost(self) -> dict[str, Any] | None:
+        """Its cost per million queries as the model itself knows it (an API's tokens at its
+        prices); None: the evaluation prices this machine's time."""
+        return None
+
+    def unanswered(self, texts: Sequence[str]) -> np.ndarray | None:
+        """Which of ``texts`` (already predicted) it gave no real answer for, as a bool mask
+        (an LLM's unparseable replies: counted wrong); None: it answers every text."""
+        return None
+
+    def label_texts(self, texts: list[str], *, progress: bool) -> np.ndarray | None:
+        """Label a training pool its own way (an LLM: through its budgeted, resumable store;
+        NaN rows for texts it gave no answer), probabilities in its label order; None: label
+        with :meth:`predict_proba`, cached by content (:func:`smallfit.teach.label_pool`)."""
+        return None
+
+    def bulk(self) -> contextlib.AbstractContextManager[Any]:
+        """A context for predicting many texts at once (a torch model: bfloat16 autocast)."""
+        return contextlib.nullcontext()
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray | None:
+        """Real (unpadded, truncated) tokens per text, special tokens included, as the model
+        encodes them; None when it has no tokenizer to ask (roofline arithmetic)."""
+        return None
 
     @abstractmethod
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...

@@ -127,6 +127,30 @@ class LLMClassifier(BaseClassifier):
                 out[i] = answer.probs
         return out
 
+    def unanswered(self, texts: Sequence[str]) -> np.ndarray | None:
+        return np.array([t in self.unanswered_texts for t in texts], dtype=bool)
+
+    def label_texts(self, texts: list[str], *, progress: bool) -> np.ndarray | None:
+        """Through the labeller (cached per text, resumable, budgeted): NaN rows for texts
+        with no answer; a budget stop raises, every answer so far kept."""
+        answers, report = self.labeller.label(
+            texts, progress=progress, desc="teacher (LLM) labelling"
+        )
+        if report.stopped:
+            raise SmallfitError(
+                f"teacher labelling stopped by {report.stopped}: {report.summary()}. Every "
+                "answer so far is cached: raise the budget (teacher.budget_usd / budget_tokens) "
+                "and rerun"
+            )
+        probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
+        for i, answer in enumerate(answers):
+            if answer is not None and answer.probs is not None:
+                probs[i] = answer.probs
+        return probs
+
+    def measured_cost(self) -> dict[str, Any] | None:
+        return self.cost_per_1m_queries()
+
     def cost_per_1m_queries(self) -> dict[str, Any]:
         """Mean tokens of one answered text (from the store, whichever run paid for the
         answers) at the prices: the configured ones, else those an earlier run recorded."""
@@ -144,7 +168,7 @@ class LLMClassifier(BaseClassifier):
             "basis": basis,
         }
 
-    def measured_speed(self) -> dict[str, Any]:
+    def measured_speed(self) -> dict[str, Any] | None:
         """Latency of the successful requests in the ledger, as the speed probe reports it
         for local models (one "thread": requests are timed one by one)."""
         from smallfit.evaluate.speed import latency_percentiles

@@ -127,6 +127,10 @@ class OnnxClassifier(BaseClassifier):
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return softmax(self.logits(texts), temperature=self.temperature)
 
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray | None:
+        encoded = self.tokenizer.encode_batch(list(texts)) if texts else []
+        return np.array([sum(e.attention_mask) for e in encoded], dtype=np.int64)
+
     @property
     def signals(self) -> frozenset[str]:
         return frozenset({"logits"} | ({"embeddings"} & set(self.graph_outputs)))

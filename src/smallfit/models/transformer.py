@@ -216,6 +216,14 @@ class TorchClassifier(BaseClassifier):
         finally:
             self.autocast_bf16 = previous
 
+    def bulk(self) -> contextlib.AbstractContextManager[Any]:
+        return self.bf16()
+
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray | None:
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(self.tokenize(texts)["attention_mask"]).sum(axis=1)
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Padded ``input_ids`` and ``attention_mask`` tensors of a batch of texts."""
         return self.tokenizer(
