@@ -60,7 +60,17 @@ def catch_curve(
     dev, test, oos = (np.asarray(x, np.float64) for x in (dev, test, oos))
     if len(test) == 0 or len(oos) == 0:
         return {"auroc": None, "curve": []}
-    boot = _Resamples(test, oos, resamples=resamples, seed=seed)
+    return _curve(dev, test, oos, _Resamples(test, oos, resamples=resamples, seed=seed), losses)
+
+
+def _curve(
+    dev: np.ndarray,
+    test: np.ndarray,
+    oos: np.ndarray,
+    boot: _Resamples,
+    losses: Sequence[float] = LOSSES,
+) -> dict[str, Any]:
+    """:func:`catch_curve` on float64 scores, both sets non-empty, with their resamples."""
     ordered = np.sort(test)
     points = []
     for loss in losses:
@@ -115,12 +125,13 @@ def evaluate_scores(
         if isinstance(values, str):
             out[name] = {"available": False, "why": values}
             continue
-        dev, test, oos = values
-        out[name] = {"available": True, **catch_curve(dev=dev, test=test, oos=oos)}
-        if len(test) and len(oos):
-            test, oos = np.asarray(test, np.float64), np.asarray(oos, np.float64)
-            boot = _Resamples(test, oos, resamples=RESAMPLES, seed=SEED)
-            paired[name] = boot.caught(HEADLINE_LOSS)
+        dev, test, oos = (np.asarray(x, np.float64) for x in values)
+        if len(test) == 0 or len(oos) == 0:
+            out[name] = {"available": True, "auroc": None, "curve": []}
+            continue
+        boot = _Resamples(test, oos, resamples=RESAMPLES, seed=SEED)  # the curve's and the pair's
+        out[name] = {"available": True, **_curve(dev, test, oos, boot)}
+        paired[name] = boot.caught(HEADLINE_LOSS)
     reference = paired.get("max_prob")
     for name, caught in paired.items():
         if reference is not None:
