@@ -159,6 +159,23 @@ class BaseClassifier(ABC):
         self._check_signals(need)
         return Signals(probs=self.predict_proba(texts))
 
+    def _from_logits(
+        self, logits: np.ndarray, need: frozenset[str], embeddings: np.ndarray | None = None
+    ) -> Signals:
+        """Signals from raw logits: probabilities at the model's temperature, the logits when
+        ``need`` asks for them, and ``embeddings`` as given."""
+        probs = (
+            softmax(logits, temperature=self.temperature)
+            if len(logits)
+            else np.zeros((0, len(self.labels)), dtype=np.float32)
+        )
+        return Signals(
+            probs=probs,
+            logits=logits if "logits" in need else None,
+            embeddings=embeddings,
+            temperature=self.temperature,
+        )
+
     def _check_signals(self, need: frozenset[str]) -> None:
         missing = sorted(set(need) - self.signals)
         if missing:

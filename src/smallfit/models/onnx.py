@@ -140,18 +140,7 @@ class OnnxClassifier(BaseClassifier):
         self._check_signals(need)
         names = ["logits", *(["embeddings"] if "embeddings" in need else [])]
         got = self._forward(texts, names)
-        logits = got[0]
-        probs = (
-            softmax(logits, temperature=self.temperature)
-            if len(texts)
-            else np.zeros((0, len(self.labels)), dtype=np.float32)
-        )
-        return Signals(
-            probs=probs,
-            logits=logits if "logits" in need else None,
-            embeddings=got[1] if len(got) > 1 else None,
-            temperature=self.temperature,
-        )
+        return self._from_logits(got[0], need, got[1] if len(got) > 1 else None)
 
     def save_files(self, path: Path) -> dict[str, Any]:
         import shutil

@@ -284,22 +284,7 @@ class TorchClassifier(BaseClassifier):
         self._check_signals(need)
         logits = self.logits(texts)
         embeddings = self.embed(texts) if "embeddings" in need else None
-        return self._signals(logits, embeddings, need)
-
-    def _signals(
-        self, logits: np.ndarray, embeddings: np.ndarray | None, need: frozenset[str]
-    ) -> Signals:
-        probs = (
-            softmax(logits, temperature=self.temperature)
-            if len(logits)
-            else np.zeros((0, len(self.labels)), dtype=np.float32)
-        )
-        return Signals(
-            probs=probs,
-            logits=logits if "logits" in need else None,
-            embeddings=embeddings,
-            temperature=self.temperature,
-        )
+        return self._from_logits(logits, need, embeddings)
 
 
 @register_backend("transformer")
@@ -353,7 +338,8 @@ class TransformerClassifier(TorchClassifier):
             return torch.cat([pooled, self.module.head(self.module.dropout(pooled))], dim=1)
 
         out = self._run(texts, hidden + len(self.labels), both)
-        return self._signals(np.ascontiguousarray(out[:, hidden:]), out[:, :hidden].copy(), need)
+        logits, embeddings = np.ascontiguousarray(out[:, hidden:]), out[:, :hidden].copy()
+        return self._from_logits(logits, need, embeddings)
 
     def prepare_training(self, *, freeze_embeddings: bool, freeze_layers: int) -> None:
         """Fix the word embeddings and/or the bottom ``freeze_layers`` encoder layers (with all
