@@ -193,7 +193,9 @@ class NearestNeighbours(Score):
         self.reference: np.ndarray | None = None
 
     def fit(self, train: Signals, labels: np.ndarray) -> NearestNeighbours:
-        self.reference = _unit(self._need(train, "embeddings")).astype(np.float32)
+        # kept at the precision it is saved in, so the run scores as the saved cascade does
+        unit = _unit(self._need(train, "embeddings")).astype(np.float16)
+        self.reference = unit.astype(np.float32)
         return self
 
     def __call__(self, signals: Signals) -> np.ndarray:
@@ -253,6 +255,7 @@ class Mahalanobis(Score):
         keep = labels >= 0
         centered = x[keep] - self.means[np.searchsorted(classes, labels[keep])]
         self.precision = _precision(centered)
+        self.means = self.means.astype(np.float32).astype(np.float64)  # as saved (see state)
         return self
 
     def __call__(self, signals: Signals) -> np.ndarray:
