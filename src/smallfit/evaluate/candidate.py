@@ -86,7 +86,7 @@ def evaluate_candidate(
     own_speed = model.measured_speed()
     if own_speed is not None:
         # behind an API: the latencies of the real requests in the ledger, and token prices
-        speed, cost = own_speed, model.measured_cost() or local_cost(own_speed, config)
+        speed, cost = own_speed, model.measured_cost()
         model.close()
     else:
         del model  # the speed probe loads its own copy

@@ -179,6 +179,7 @@ def build_cascade(
     from smallfit.evaluate.speed import measure_speed
 
     run_dir = Path(run_dir)
+    layout = RunDir(run_dir)
     names = tier_names(config, candidates, chosen, metric=metric)
     dirs = [_tier_dir(run_dir, n) for n in names]
     models = [load(d) for d in dirs]
@@ -196,7 +197,7 @@ def build_cascade(
     def outputs(split: str, texts: list[str]) -> list[TierOutputs]:
         out = []
         for name, model_dir, model in zip(names, dirs, models, strict=True):
-            saved = RunDir(run_dir).test_probs(name)
+            saved = layout.test_probs(name)
             if split == "dev" and name == TEACHER and teacher_dev_probs is not None:
                 # the labels stage's, in the dataset's label order
                 p = align_probs(np.asarray(teacher_dev_probs, np.float32), data.labels, labels)
@@ -226,7 +227,7 @@ def build_cascade(
             for split, p in (("dev", dev[tier].probs), ("test", test[tier].probs))
         } | {"oos": align_probs(oos_probs[tier], labels, model.labels)}  # type: ignore[arg-type]
         scored = score_tier(
-            cache=SignalCache(RunDir(run_dir), progress),
+            cache=SignalCache(layout, progress),
             model=model,
             model_dir=dirs[tier],
             probs=own,
@@ -285,7 +286,6 @@ def build_cascade(
         name=CASCADE,
         lineage={"tiers": names, "target": config.target, "calibrated_on": "dev"},
     )
-    layout = RunDir(run_dir)
     out_dir = layout.model(CASCADE)
     # back to each tier's own label order, as its model answers; the abstaining tier with the
     # signals its score reads
