@@ -287,3 +287,39 @@ def test_a_run_that_chose_nothing_says_why(run: Path, tmp_path) -> None:
     assert f"No model was chosen: {escape(reason)}." in html
     assert 'data-chosen=""' in html and 'id="weaker"' not in html
     assert 'id="cost"' in html and "API LLM (reference)" in html
+
+
+def test_every_file_of_the_run_reads_back_as_the_records_it_was_written_from(run: Path) -> None:
+    """Each JSON file of a real run validates as its record, and the record written again is
+    the same file, byte for byte (key order, ints and floats, absent keys)."""
+    from smallfit.run.records import (
+        CandidateResult,
+        CascadeSummary,
+        DataSummary,
+        LabelsSummary,
+        RunResults,
+    )
+    from smallfit.run.store import Run, validate
+
+    store = Run(run)
+    files = [
+        (store.dir.results_file, RunResults),
+        (store.dir.cascade_file, CascadeSummary),
+        (store.dir.data_file, DataSummary),
+        *((f, CandidateResult) for f in sorted(store.dir.results_dir.glob("*.json"))),
+    ]
+    assert len(files) >= 6  # results, cascade, data, teacher, linear, cascade candidate
+    for file, kind in files:
+        raw = json.loads(file.read_text("utf-8"))
+        assert json.dumps(validate(file, raw, kind).dump()) == json.dumps(raw), file
+    assert not store.dir.labels_summary.exists() or LabelsSummary.model_validate(
+        json.loads(store.dir.labels_summary.read_text("utf-8"))
+    )
+    results = store.read_results()
+    assert results.candidate("linear") is not None and results.cascade is not None
+    assert results.selection is not None and results.selection.chosen in results.names
+    assert set(store.read_stages() or {}) >= {"teacher", "student:linear", "route"}
+    assert store.read_test_probs("linear").shape == (  # type: ignore[union-attr]
+        results.candidate("linear").quality.n,  # type: ignore[union-attr]
+        len(store.model_labels("linear") or []),
+    )

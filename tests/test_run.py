@@ -3,7 +3,11 @@ and the same as the paths earlier runs wrote (a changed name would orphan their 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from smallfit.run import CASCADE, TEACHER, RunDir, stage, work_key, work_of
 
@@ -174,3 +178,135 @@ def test_the_core_asks_models_what_they_declare_not_what_they_happen_to_have(
             ):
                 probes.append(f"{file.relative_to(root)}:{node.lineno} {ast.unparse(node)}")
     assert not probes, "probes for declared capabilities:\n" + "\n".join(probes)
+
+
+def _candidate(**quality: Any) -> dict[str, Any]:
+    """A candidate's results as evaluation writes them (the figures are made up)."""
+    return {
+        "name": "linear",
+        "backend": "linear",
+        "model_dir": "/runs/r/models/linear",
+        "parameters": 1000,
+        "bytes_on_disk": 4096,
+        "lineage": {"teacher": "teacher"},
+        "quality": {
+            "accuracy": 0.9,
+            "macro_f1": 0.88,
+            "teacher_agreement": 0.95,
+            "ece": 0.03,
+            "n": 100,
+            "unanswered": 0,
+            "per_class": {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}},
+            "ci95": {
+                "accuracy": [0.84, 0.95],
+                "macro_f1": [0.8, 0.93],
+                "teacher_agreement": [0.9, 0.98],
+                "ece": [0.02, 0.06],
+            },
+            "vs_teacher": {"accuracy": {"diff": -0.01, "ci95": [-0.03, 0.01]}},
+            "bootstrap": {"method": "percentile", "resamples": 1000, "seed": 0, "level": 0.95},
+            **quality,
+        },
+        "speed": {
+            "threads": {"1": {"p50_ms": 0.2, "p95_ms": 0.3, "p99_ms": 0.4, "mean_ms": 0.2, "n": 9}},
+            "throughput_b16_per_s": 5000.0,
+            "throughput_batch": 16,
+            "peak_rss_bytes": 1 << 20,
+        },
+        "roofline": None,
+        "cost": {"per_1m_queries_usd": 0.01, "basis": "this machine"},
+    }
+
+
+def test_a_candidate_result_keeps_its_shape_on_disk() -> None:
+    """The throughput key keeps its batch in its name, in its place; absent keys stay absent;
+    the figures read through the record's accessors."""
+    from smallfit.run.records import CandidateResult
+
+    raw = _candidate()
+    record = CandidateResult.model_validate(raw)
+    assert json.dumps(record.dump()) == json.dumps(raw)
+    assert record.speed.throughput_per_s == 5000.0 and record.speed.p50_ms() == 0.2
+    assert record.quality.value("accuracy") == 0.9 and record.quality.value("per_class") is None
+    assert "cascade" not in record.dump()
+
+
+def test_results_of_older_runs_load_with_the_fields_added_since_absent() -> None:
+    from smallfit.run.records import CandidateResult, RunResults
+
+    raw = _candidate()
+    for key in ("ci95", "vs_teacher", "bootstrap", "unanswered"):
+        raw["quality"].pop(key)
+    for key in ("cost", "roofline"):
+        raw.pop(key)
+    old = CandidateResult.model_validate(raw)
+    assert old.cost is None and old.quality.ci95 is None and old.quality.unanswered == 0
+    results = RunResults.model_validate(
+        {"environment": {}, "candidates": [raw], "selection": _selection("linear")}
+    )
+    assert results.not_built == [] and results.cascade is None
+    assert results.candidate("linear") is not None and results.candidate("x") is None
+
+
+def _selection(chosen: str | None) -> dict[str, Any]:
+    return {"chosen": chosen, "metric": "accuracy", "floor": 0.5, "reason": "the smallest"}
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (
+            lambda c: c["quality"].pop("accuracy"),
+            "candidate 'linear': missing field 'quality.accuracy'",
+        ),
+        (
+            lambda c: c["quality"].update(extra=1),
+            "candidate 'linear': unknown field 'quality.extra'",
+        ),
+        (
+            lambda c: c["quality"]["ci95"].update(accuracy=[0.9, 0.8]),
+            "field 'quality.ci95.accuracy' is [0.9, 0.8], not a [low, high] interval",
+        ),
+        (lambda c: c["quality"].update(accuracy=True), "field 'quality.accuracy' is True, not"),
+        (lambda c: c["quality"].update(accuracy="0.9"), "field 'quality.accuracy' is '0.9', not"),
+        (lambda c: c["quality"].update(accuracy=float("nan")), "field 'quality.accuracy' is nan"),
+        (
+            lambda c: c["speed"].update(throughput_b8_per_s=1.0),
+            "unknown field 'speed.throughput_b8_per_s'",
+        ),
+        (lambda c: c.update(parameters=1.5), "field 'parameters' is 1.5, not an integer"),
+    ],
+)
+def test_a_bad_results_file_is_one_line_naming_the_file_and_the_field(
+    tmp_path: Path, change: Any, says: str
+) -> None:
+    from smallfit.errors import SmallfitError
+    from smallfit.run.store import Run
+
+    run = Run(tmp_path / "r")
+    c = _candidate()
+    change(c)
+    file = run.dir.results_file
+    file.parent.mkdir(parents=True)
+    file.write_text(json.dumps({"environment": {}, "candidates": [c]}), "utf-8")
+    with pytest.raises(SmallfitError) as info:
+        run.read_results()
+    message = str(info.value)
+    assert message.startswith(f"{file}: ") and says in message and "\n" not in message
+
+
+def test_the_chosen_candidate_must_be_one_of_the_run(tmp_path: Path) -> None:
+    from smallfit.errors import SmallfitError
+    from smallfit.run.store import Run
+
+    run = Run(tmp_path / "r")
+    run.dir.root.mkdir()
+    run.dir.results_file.write_text(
+        json.dumps({"environment": {}, "candidates": [_candidate()], "selection": _selection("x")})
+    )
+    with pytest.raises(SmallfitError, match=r"results\.json: selection\.chosen 'x' is not among"):
+        run.read_results()
+    for corrupt, says in (("{", "corrupt results file"), ("[]", "no 'candidates' list")):
+        run.dir.results_file.write_text(corrupt)
+        with pytest.raises(SmallfitError, match=says):
+            run.read_results()

@@ -1,0 +1,364 @@
+"""The typed records of a run: what ``results/<name>.json``, ``results.json``, ``cascade.json``,
+``data.json``, ``stages.json`` and ``labels/summary.json`` hold.
+
+Every record forbids unknown fields and rejects a bool or a string where a number belongs, and
+NaN; a file from an older run either loads (fields added since default, see each field) or
+fails with one line naming the file and the field (:func:`smallfit.run.store.invalid`).
+
+Records are written with :func:`dump` (``exclude_unset``): a field a writer did not set stays
+absent on disk, so a file read and written again keeps its shape. Fields are declared in the
+order the files list them.
+
+Free-form parts stay dicts: a model's ``lineage`` (its manifest's), the host ``environment``,
+the run's ``config`` (a :class:`smallfit.config.FitConfig` dump, checked where it is used), and
+a cascade's ``out_of_scope`` summary.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+
+Num = int | float
+"""A measured number as the writer gave it (an int stays an int on disk)."""
+
+
+def _interval(value: list[Num]) -> list[Num]:
+    if len(value) != 2 or not all(math.isfinite(v) for v in value) or value[0] > value[1]:
+        raise ValueError("not a [low, high] interval")
+    return value
+
+
+Interval = Annotated[list[Num], AfterValidator(_interval)]
+"""A 95% interval ``[low, high]``."""
+
+
+class Record(BaseModel):
+    """The base of every run record: strict, closed, finite."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def dump(self) -> dict[str, Any]:
+        """The JSON-ready dict written to disk (fields never set stay absent)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+# -- one candidate --------------------------------------------------------------------------------
+
+
+class ClassScore(Record):
+    precision: Num
+    recall: Num
+    f1: Num
+    support: int
+
+
+class Intervals(Record):
+    accuracy: Interval
+    macro_f1: Interval
+    teacher_agreement: Interval | None = None
+    ece: Interval
+
+
+class Paired(Record):
+    """A paired difference from the teacher (model - teacher) and its 95% interval."""
+
+    diff: Num
+    ci95: Interval
+
+
+class Bootstrap(Record):
+    method: str
+    resamples: int
+    seed: int
+    level: Num
+
+
+class Quality(Record):
+    """Quality on the test split against gold and the teacher (classification)."""
+
+    accuracy: Num
+    macro_f1: Num
+    teacher_agreement: Num | None = None
+    ece: Num
+    n: int
+    unanswered: int = 0  # absent before 2026-11-24
+    per_class: dict[str, ClassScore] = {}
+    ci95: Intervals | None = None  # the three below: absent before 2026-11-29
+    vs_teacher: dict[str, Paired] | None = None
+    bootstrap: Bootstrap | None = None
+
+    def value(self, metric: str) -> float | None:
+        """The figure selection and routing compare (``accuracy``, ``macro_f1`` ...)."""
+        v = getattr(self, metric, None) if metric in type(self).model_fields else None
+        return None if v is None or isinstance(v, (dict, BaseModel)) else float(v)
+
+
+class Latency(Record):
+    p50_ms: Num
+    p95_ms: Num | None = None
+    p99_ms: Num | None = None
+    mean_ms: Num | None = None
+    n: int | None = None
+    samples_ms: list[Num] | None = None  # absent before 2026-11-24
+    estimated: bool = False  # a remote cascade's estimate from its tiers
+
+
+_THROUGHPUT = re.compile(r"^throughput_b(\d+)_per_s$")
+
+
+class Speed(Record):
+    """Latency per thread count, batched throughput and memory (local models); the ledger's
+    request latencies (an API model); an estimate (a cascade with a remote tier)."""
+
+    threads: dict[str, Latency]
+    throughput_per_s: Num | None = None  # on disk: throughput_b<batch>_per_s
+    throughput_batch: int | None = None
+    requests_per_s: Num | None = None
+    concurrency: int | None = None
+    peak_rss_bytes: int | None = None
+    load_rss_bytes: int | None = None
+    cpu_threads_all: int | None = None
+    isolated: bool | None = None
+    remote: bool = False
+    source: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _throughput_key(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        keys = [k for k in data if isinstance(k, str) and _THROUGHPUT.match(k)]
+        if not keys:
+            return data
+        out = {}
+        for k, v in data.items():  # in place, so the key order survives
+            if k in keys:
+                if k == keys[0]:
+                    out["throughput_per_s"] = v
+                continue
+            out[k] = v
+        if len(keys) > 1:
+            out[keys[1]] = data[keys[1]]  # rejected as an unknown field
+        return out
+
+    @model_serializer(mode="wrap")
+    def _write_throughput_key(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if "throughput_per_s" not in data:
+            return dict(data)
+        key = f"throughput_b{self.throughput_batch or 32}_per_s"
+        return {(key if k == "throughput_per_s" else k): v for k, v in data.items()}
+
+    def p50_ms(self, threads: int = 1) -> float | None:
+        one = self.threads.get(str(threads))
+        return None if one is None else float(one.p50_ms)
+
+
+class Roofline(Record):
+    flops_per_query: Num
+    tokens_per_query: Num
+    p50_ms: Num
+    achieved_gflops: Num
+    precision: Literal["fp32", "bf16", "int8"]
+    peak_gflops: Num | None = None
+    peak_source: str | None = None
+    share_of_peak: Num | None = None
+    threads: int | None = None
+
+
+class Cost(Record):
+    per_1m_queries_usd: Num | None = None
+    prompt_tokens_per_query: Num | None = None
+    completion_tokens_per_query: Num | None = None
+    basis: str
+
+
+class CascadeTiers(Record):
+    """The cascade candidate's tiers, thresholds and measured escalation on test."""
+
+    tiers: list[str]
+    thresholds: list[Num]
+    escalation: Num | None = None
+    answered_by: list[Num] | None = None
+
+
+class CandidateResult(Record):
+    """One candidate, measured (``results/<name>.json``; ``results.json``'s ``candidates``)."""
+
+    name: str
+    backend: str
+    model_dir: str
+    parameters: int
+    bytes_on_disk: int
+    lineage: dict[str, Any] = {}
+    quality: Quality
+    speed: Speed
+    roofline: Roofline | None = None  # absent before 2026-11-23
+    cost: Cost | None = None  # absent before 2026-11-24
+    cascade: CascadeTiers | None = None  # the cascade candidate only
+
+    @classmethod
+    def of(
+        cls,
+        info: dict[str, Any],
+        *,
+        model_dir: str,
+        bytes_on_disk: int,
+        quality: dict[str, Any],
+        speed: dict[str, Any],
+        cost: dict[str, Any] | None,
+        roofline: dict[str, Any] | None = None,
+        cascade: dict[str, Any] | None = None,
+    ) -> CandidateResult:
+        """The one constructor: a model's ``info`` (``ModelInfo.to_dict()``: name, backend,
+        parameters, lineage) and what was measured. Evaluation and the cascade stage both
+        build their results here."""
+        fields: dict[str, Any] = {
+            "name": info["name"],
+            "backend": info["backend"],
+            "model_dir": model_dir,
+            "parameters": info["parameters"],
+            "bytes_on_disk": bytes_on_disk,
+            "lineage": info["lineage"],
+            "quality": quality,
+            "speed": speed,
+            "roofline": roofline,
+            "cost": cost,
+        }
+        if cascade is not None:
+            fields["cascade"] = cascade
+        return cls.model_validate(fields)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+class NotBuilt(Record):
+    name: str
+    reason: str
+
+
+class Recommendation(Record):
+    name: str | None
+    reason: str
+
+
+class SelectionRecord(Record):
+    """What selection chose and why (``results.json``'s ``selection``; the printed line)."""
+
+    chosen: str | None
+    recommended: Recommendation | None = None  # absent before 2026-11-29
+    metric: str
+    floor: Num
+    ceiling_ms: Num | None = None
+    reason: str
+    resolution: list[str] = []  # absent before 2026-11-29
+    backend: str | None = None  # the rest: only when something was chosen
+    quality: dict[str, Any] | None = None
+    latency_1t_ms: dict[str, Num | None] | None = None
+    throughput_per_s: Num | None = None
+    throughput_batch: int | None = None
+    peak_rss_bytes: int | None = None
+    bytes_on_disk: int | None = None
+    parameters: int | None = None
+    vs_teacher: dict[str, Num | None] | None = None
+
+
+class Point(Record):
+    """The cascade at one set of thresholds."""
+
+    thresholds: list[Num]
+    answered_by: list[Num]
+    reach: list[Num]
+    abstained: Num
+    escalation: Num
+    accuracy: Num
+    last_tier_agreement: Num
+    cost_per_1m_usd: Num | None = None
+    mean_latency_ms: Num | None = None
+
+
+class CascadeSummary(Record):
+    """The calibrated cascade (``cascade.json``; ``results.json``'s ``cascade``)."""
+
+    target: str
+    confidence: str
+    tiers: list[str]
+    thresholds: list[Num]
+    abstain_threshold: Num | None = None
+    reference_accuracy: dict[str, Num]
+    dev: Point
+    test: Point | None = None
+    met_on_dev: bool
+    met_on_test: bool | None = None  # absent before 2026-11-29
+    curve: list[Point]
+    out_of_scope: dict[str, Any] | None = None
+    model_dir: str
+
+
+class RunResults(Record):
+    """``results.json``: the host, every candidate, the selection and the cascade."""
+
+    environment: dict[str, Any]
+    candidates: list[CandidateResult]
+    selection: SelectionRecord | None = None
+    not_built: list[NotBuilt] = []  # absent before 2026-11-23
+    config: dict[str, Any] | None = None
+    seconds: Num | None = None
+    cascade: CascadeSummary | None = None
+
+    @model_validator(mode="after")
+    def _chosen_is_a_candidate(self) -> RunResults:
+        chosen = None if self.selection is None else self.selection.chosen
+        if chosen is not None and self.candidate(chosen) is None:
+            raise ValueError(f"selection.chosen '{chosen}' is not among the candidates")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.candidates]
+
+    def candidate(self, name: str | None) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.name == name), None)
+
+
+class DataSummary(Record):
+    """``data.json``: split sizes, labels, held-out labels and the data key."""
+
+    train: int
+    dev: int
+    test: int
+    labels: list[str]
+    held_out_labels: list[str] = []
+    out_of_scope: int = 0
+    key: str | None = None
+    config: dict[str, Any] | None = None
+
+
+class LabelsSummary(Record):
+    """``labels/summary.json``: the teacher's labels of the pool."""
+
+    train_gold_agreement: Num | None = None
+    train: int
+    dev: int
+    unanswered: dict[str, int] = {}
+    seconds: Num
+
+
+class StageRecord(Record):
+    """One entry of ``stages.json``."""
+
+    key: str
+    seconds: Num
+    finished: Num
