@@ -38,8 +38,8 @@ from _report import save_and_report
 from smallfit.config import AbstainConfig, RouteConfig, load_fit_config
 from smallfit.data import load_dataset, read_split
 from smallfit.evaluate import environment
-from smallfit.evaluate.results import read_results
 from smallfit.route.stage import build_cascade, route_run
+from smallfit.run.store import Run
 from smallfit.testing.llama_server import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -173,7 +173,7 @@ def main() -> int:
     run = args.run_dir
     tiers = [args.student, "teacher"]
     fit_config = load_fit_config(run / "config.yaml")
-    results = read_results(run)
+    results = Run(run).read_results().dump()
     candidates = [c for c in results["candidates"] if c.get("name") != "cascade"]
 
     # 2. out of scope first (it writes a cascade with abstention; step 1 writes the final one)
@@ -194,11 +194,11 @@ def main() -> int:
             evaluate=fit_config.evaluate,
             log=print,
         )
-        oos = json.loads((run / "cascade.json").read_text("utf-8"))
+        oos = Run(run).read_cascade().dump()  # type: ignore[union-attr]
     # 1. the calibrated cascade, checked on test
     route = route_run(
         run, RouteConfig(tiers=tiers, target="accuracy >= teacher - 0.5pt"), log=print
-    )
+    ).dump()
     test_point, reference = route["test"], route["reference_accuracy"]["test"]
 
     # 3. load

@@ -53,7 +53,7 @@ def main() -> int:
     result = fit(config, progress=False)
     search_seconds = time.monotonic() - started
     print(result.table)
-    by_name = {c["name"]: c for c in result.results["candidates"]}
+    by_name = {c["name"]: c for c in result.results.dump()["candidates"]}
     chosen = result.chosen
     assert chosen is not None, "nothing met the quality floor"
     l3 = "minilm-l6-l3-int8"
@@ -93,7 +93,7 @@ def main() -> int:
         "minilm_l3_int8_p50_speedup_1_thread_interleaved": interleaved["teacher"]["p50_ms"]
         / interleaved[l3]["p50_ms"],
         "candidates_measured": len(by_name),
-        "not_built": result.results["not_built"],
+        "not_built": result.results.dump()["not_built"],
         "search_seconds": round(search_seconds, 1),
     }
     checks = {
@@ -117,8 +117,8 @@ def main() -> int:
         "figures": figures,
         "passed": checks,
         "interleaved_latency_ms_1_thread": interleaved,
-        "candidates": [_summary(c, t_acc) for c in result.results["candidates"]],
-        "selection": result.results["selection"],
+        "candidates": [_summary(c, t_acc) for c in result.results.dump()["candidates"]],
+        "selection": result.results.dump()["selection"],
         "environment": environment(),
     }
     for name, stats in interleaved.items():

@@ -156,7 +156,7 @@ def main() -> int:
             test=dataset.test,
             teacher_test_probs=aligned_teacher,
             config=EvalConfig(latency_queries=200, warmup=20),
-        )
+        ).result.dump()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

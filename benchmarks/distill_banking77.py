@@ -60,7 +60,7 @@ def main() -> int:
     started = time.monotonic()
     result = fit(config, progress=sys.stderr.isatty(), log=lambda m: print(m, file=sys.stderr))
     wall = time.monotonic() - started
-    by_name = {c["name"]: c for c in result.results["candidates"]}
+    by_name = {c["name"]: c for c in result.results.dump()["candidates"]}
     teacher, student, linear = by_name["teacher"], by_name[args.student], by_name["linear"]
 
     def p50(c: dict, threads: str) -> float:
@@ -127,7 +127,7 @@ def main() -> int:
             }
             for name, c in by_name.items()
         },
-        "environment": result.results["environment"],
+        "environment": result.results.environment,
     }
     print(result.table)
     save_and_report(out)

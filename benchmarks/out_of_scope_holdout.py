@@ -169,7 +169,7 @@ def main() -> None:
         # signals are cached under the run's route/: this costs seconds)
         cascade = route_run(config.run_dir, config.route, progress=False)
         summary = summarise(cascade)
-        students = {c["name"]: c["quality"] for c in result.results["candidates"]}
+        students = {c["name"]: c["quality"] for c in result.results.dump()["candidates"]}
         summary["accuracy"] = {n: q.get("accuracy") for n, q in students.items()}
         summary["seconds_this_invocation"] = round(seconds, 1)  # cached stages: see stage_seconds
         stages = json.loads((Path(config.run_dir) / "stages.json").read_text("utf-8"))

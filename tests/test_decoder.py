@@ -251,7 +251,7 @@ def test_fit_measures_a_decoder_student(snips_slice: Path, tmp_path: Path) -> No
         select=SelectConfig(quality_floor="0.0"),
     )
     result = fit(config, progress=False, log=lambda _: None)
-    (candidate,) = result.results["candidates"]
+    (candidate,) = result.results.dump()["candidates"]
     assert (candidate["name"], candidate["backend"]) == ("smollm2-lora", "decoder")
     assert candidate["quality"]["n"] == 28
     assert candidate["speed"]["threads"]["1"]["p50_ms"] > 0

@@ -18,9 +18,8 @@ from smallfit.evaluate import (
     expected_calibration_error,
     measure_speed,
     quality_metrics,
-    read_results,
-    write_results,
 )
+from smallfit.evaluate.environment import CPU_FLAGS
 
 LABELS = ["a", "b", "c"]
 
@@ -31,16 +30,16 @@ def onehot(idx: list[int], k: int = 3) -> np.ndarray:
 
 def test_public_api() -> None:
     assert sorted(ev.__all__) == [
+        "Measured",
         "environment",
         "evaluate_candidate",
         "expected_calibration_error",
         "interleaved_latency",
         "limit_threads",
         "measure_speed",
+        "measured",
         "peak_rates",
         "quality_metrics",
-        "read_results",
-        "write_results",
     ]
 
 
@@ -107,7 +106,9 @@ def test_environment_keys() -> None:
         "packages",
         "timestamp",
     }
-    assert set(env["cpu_flags"]) >= {"avx512f", "avx512_vnni", "amx_bf16", "amx_int8"}
+    # which flags are reported, not which this host has
+    assert set(env["cpu_flags"]) == set(CPU_FLAGS)
+    assert all(isinstance(v, bool) for v in env["cpu_flags"].values())
     assert env["packages"]["numpy"] == np.__version__
     assert env["packages"]["smallfit"] is not None
     assert "onnxruntime" in env["packages"]
@@ -115,26 +116,6 @@ def test_environment_keys() -> None:
     if "torch" not in sys.modules:
         assert env["torch_threads"] is None
     json.dumps(env)
-
-
-def test_results_roundtrip_and_errors(tmp_path: Path) -> None:
-    path = write_results(tmp_path / "run", [{"name": "x"}], extra={"selection": {"chosen": "x"}})
-    assert path == tmp_path / "run" / "results.json"
-    data = read_results(path)
-    assert data["candidates"] == [{"name": "x"}] and data["selection"] == {"chosen": "x"}
-    assert "environment" in data
-    assert read_results(tmp_path / "run") == data
-    with pytest.raises(SmallfitError, match="no results file"):
-        read_results(tmp_path / "nowhere.json")
-    bad = tmp_path / "bad.json"
-    bad.write_text("{not json", encoding="utf-8")
-    with pytest.raises(SmallfitError, match=r"bad\.json"):
-        read_results(bad)
-    bad.write_text("[]", encoding="utf-8")
-    with pytest.raises(SmallfitError, match="candidates"):
-        read_results(bad)
-    with pytest.raises(ValueError):
-        write_results(tmp_path, [], extra={"candidates": []})
 
 
 # --- speed, on the real linear backend ---------------------------------------------------------
@@ -219,15 +200,15 @@ def test_evaluate_candidate_linear(linear_dir: Path, tmp_path: Path) -> None:
     )
     teacher = np.eye(3, dtype=np.float32)  # the gold labels, columns billing, bug, account
     config = EvalConfig(isolate=False, **FAST)
-    out = tmp_path / "cand.json"
-    result = evaluate_candidate(
+    measured = evaluate_candidate(
         linear_dir,
         test=test,
         teacher_test_probs=teacher,
         config=config,
-        out_file=out,
         teacher_labels=["billing", "bug", "account"],
     )
+    assert measured.test_probs.shape == (3, 3) and measured.test_probs.dtype == np.float32
+    result = measured.result.dump()
     assert set(result) == {
         "name",
         "backend",
@@ -251,7 +232,6 @@ def test_evaluate_candidate_linear(linear_dir: Path, tmp_path: Path) -> None:
     # the teacher is the gold here, so agreement equals accuracy once columns are aligned
     assert result["quality"]["teacher_agreement"] == result["quality"]["accuracy"]
     check_speed(result["speed"], config)
-    assert json.loads(out.read_text(encoding="utf-8"))["name"] == "tiny-linear"
 
 
 def test_speed_errors(tmp_path: Path) -> None:

@@ -57,10 +57,10 @@ def run(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_grid_candidates_are_built_and_measured(run) -> None:
     _, result = run
-    names = [c["name"] for c in result.results["candidates"]]
+    names = [c["name"] for c in result.results.dump()["candidates"]]
     assert names == ["student", "student-int8", "student-l3-torch", "student-l3-int8"]
-    by_name = {c["name"]: c for c in result.results["candidates"]}
-    l3 = read_manifest(result.run_dir / "models" / "student-l3-int8")
+    by_name = {c["name"]: c for c in result.results.dump()["candidates"]}
+    l3 = read_manifest(result.model_dir("student-l3-int8"))
     assert l3["architecture"]["layers"] == 3
     assert [s["method"] for s in l3["lineage"]["compression"]] == [
         "drop-layers",
@@ -79,8 +79,8 @@ def test_grid_candidates_are_built_and_measured(run) -> None:
 
 def test_candidates_sharing_steps_build_them_once(run) -> None:
     _, result = run
-    torch_l3 = read_manifest(result.run_dir / "models" / "student-l3-torch")
-    int8_l3 = read_manifest(result.run_dir / "models" / "student-l3-int8")
+    torch_l3 = read_manifest(result.model_dir("student-l3-torch"))
+    int8_l3 = read_manifest(result.model_dir("student-l3-int8"))
     # The same healed model: identical metrics, one cached directory per distinct prefix.
     assert torch_l3["lineage"]["compression"][0] == int8_l3["lineage"]["compression"][0]
     cached = sorted(p.name for p in (result.run_dir / "compress-cache").iterdir())
@@ -106,9 +106,9 @@ def test_rerun_skips_and_a_spent_budget_builds_nothing_new(run, snips_slice: Pat
     )
     logs: list[str] = []
     third = fit(changed, progress=False, log=logs.append)
-    names = [c["name"] for c in third.results["candidates"]]
+    names = [c["name"] for c in third.results.dump()["candidates"]]
     assert "student-l3-int8" in names and "student-onnx" not in names
-    not_built = third.results["not_built"]
+    not_built = third.results.dump()["not_built"]
     assert {n["name"] for n in not_built} == {"student-onnx", "student-l3-onnx"}
     assert any("budget" in line for line in logs)
     saved = json.loads((first.run_dir / "results.json").read_text("utf-8"))

@@ -320,7 +320,7 @@ def test_fit_with_llm_teacher(llama_url: str, tmp_path: Path, llm_env: str) -> N
         }
     )  # fmt: skip
     result = fit(config, progress=False, log=lambda _: None)
-    by_name = {c["name"]: c for c in result.results["candidates"]}
+    by_name = {c["name"]: c for c in result.results.dump()["candidates"]}
     teacher, student = by_name["teacher"], by_name["linear"]
     assert teacher["backend"] == "llm" and teacher["speed"]["remote"] is True
     assert teacher["speed"]["threads"]["1"]["p50_ms"] > 0

@@ -18,7 +18,6 @@ from smallfit.config import (
     TrainConfig,
     TransformerStudent,
 )
-from smallfit.models import load
 from smallfit.pipeline import fit
 
 pytestmark = pytest.mark.slow
@@ -76,26 +75,27 @@ def test_fit_writes_the_run_directory(first_run) -> None:
 
 def test_candidates_are_measured_against_gold_and_teacher(first_run) -> None:
     _, result = first_run
-    by_name = {c["name"]: c for c in result.results["candidates"]}
+    by_name = {c.name: c for c in result.results.candidates}
     teacher = by_name["teacher"]
     # 7 intents, 40 examples each: a real teacher is far above chance (1/7).
-    assert teacher["quality"]["accuracy"] > 0.7
-    assert teacher["quality"]["teacher_agreement"] is None
+    assert teacher.quality.accuracy > 0.7
+    assert teacher.quality.teacher_agreement is None
     for name in ("student", "linear"):
-        quality = by_name[name]["quality"]
-        assert quality["accuracy"] > 0.5
-        assert 0.5 < quality["teacher_agreement"] <= 1.0
-        speed = by_name[name]["speed"]
-        assert speed["threads"]["1"]["p50_ms"] > 0
-        assert speed["peak_rss_bytes"] > 0
+        quality = by_name[name].quality
+        assert quality.accuracy > 0.5
+        assert quality.teacher_agreement is not None and 0.5 < quality.teacher_agreement <= 1.0
+        speed = by_name[name].speed
+        assert (speed.p50_ms() or 0) > 0
+        assert (speed.peak_rss_bytes or 0) > 0
     # the students learnt from the teacher only: the manifest says so
-    student = load(Path(by_name["student"]["model_dir"]))
+    student = result.model("student")
+    assert result.model_dir("student") == Path(by_name["student"].model_dir)
     assert student.lineage["trained_on"] == "teacher labels only"
     assert student.lineage["teacher"] == "teacher"
     rows = result.table.splitlines()
     for name in ("teacher", "student", "linear"):
         assert any(
-            row.split()[:2] == [name, by_name[name]["backend"]] or name in row.split()[1:3]
+            row.split()[:2] == [name, by_name[name].backend] or name in row.split()[1:3]
             for row in rows
         )
     assert "selection:" in result.table
@@ -122,7 +122,7 @@ def test_rerun_skips_every_stage_and_reruns_only_what_changed(first_run, snips_s
     again = fit(config, progress=False, log=logs.append)
     assert again.stages_run == []
     assert set(again.stages_skipped) >= {"teacher", "student:student", "student:linear"}
-    assert again.results["candidates"] == first.results["candidates"]
+    assert again.results.candidates == first.results.candidates
 
     changed = _config(Path(config.run_dir), snips_slice, student_epochs=2.0)
     third = fit(changed, progress=False, log=logs.append)

@@ -170,7 +170,7 @@ def test_evaluate_candidate_adds_a_roofline(tiny_transformer_dir: Path, tmp_path
     )
     result = evaluate_candidate(
         tiny_transformer_dir, test=test, teacher_test_probs=None, config=config, peaks=PEAKS
-    )
+    ).result.dump()
     r = result["roofline"]
     manifest = json.loads((tiny_transformer_dir / "smallfit.json").read_text("utf-8"))
     assert manifest["architecture"]["attention"] == [32, 32]

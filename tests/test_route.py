@@ -134,18 +134,18 @@ def test_fit_calibrates_saves_and_measures_the_cascade(routed_run) -> None:
     assert summary["met_on_dev"] is True
     test = summary["test"]
     assert sum(test["answered_by"]) + test["abstained"] == pytest.approx(1.0)
-    teacher = next(c for c in result.results["candidates"] if c["name"] == "teacher")
+    teacher = next(c for c in result.results.dump()["candidates"] if c["name"] == "teacher")
     # the reference abstains as the cascade does, so it is below the teacher's own accuracy
     assert summary["reference_accuracy"]["test"] < teacher["quality"]["accuracy"]
     assert test["accuracy"] >= summary["reference_accuracy"]["test"] - 0.05
-    cascade = next(c for c in result.results["candidates"] if c["name"] == "cascade")
+    cascade = next(c for c in result.results.dump()["candidates"] if c["name"] == "cascade")
     assert cascade["backend"] == "cascade"
     assert cascade["quality"]["n"] == len(load_dataset(config.data).test)
     assert cascade["speed"]["threads"]["1"]["p50_ms"] > 0
     assert cascade["bytes_on_disk"] > sum(
-        c["bytes_on_disk"] for c in result.results["candidates"] if c["name"] == "linear"
+        c["bytes_on_disk"] for c in result.results.dump()["candidates"] if c["name"] == "linear"
     )
-    assert result.results["cascade"]["thresholds"] == summary["thresholds"]
+    assert result.results.dump()["cascade"]["thresholds"] == summary["thresholds"]
     assert "cascade" in result.table
     # out of scope: the movie reviews are caught far more often than in-scope queries
     oos = summary["out_of_scope"]
@@ -181,8 +181,8 @@ def test_recalibrating_a_run_for_a_budget_target(routed_run) -> None:
         progress=False,
         log=lambda _: None,
     )
-    assert summary["met_on_dev"] and summary["dev"]["escalation"] <= 0.10
-    assert summary["out_of_scope"] is None  # no abstention configured this time
+    assert summary.met_on_dev and summary.dev.escalation <= 0.10
+    assert summary.out_of_scope is None  # no abstention configured this time
     results = json.loads((Path(config.run_dir) / "results.json").read_text("utf-8"))
     assert [c["name"] for c in results["candidates"]].count("cascade") == 1
     assert results["cascade"]["target"] == "escalation <= 10%"
@@ -257,20 +257,22 @@ def test_when_the_teacher_wins_the_cascade_is_the_way_off_it(
 
 def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
     from smallfit.route.stage import best_local, recommend
+    from smallfit.run.records import CascadeSummary, Point
 
-    cascade = {
-        "tiers": ["linear", "teacher"],
-        "target": "accuracy >= teacher - 0.5pt",
-        "met_on_dev": True,
-        "met_on_test": True,
-        "test": {"escalation": 0.9},
-    }
+    def summary(escalation: float, met: bool = True) -> CascadeSummary:
+        # the fields recommend reads (model_construct: the rest of a summary is not needed)
+        return CascadeSummary.model_construct(
+            tiers=["linear", "teacher"],
+            target="accuracy >= teacher - 0.5pt",
+            met_on_dev=True,
+            met_on_test=met,
+            test=Point.model_construct(escalation=escalation),
+        )
+
+    cascade = summary(0.9)
     assert recommend("teacher", cascade, min_local=0.25)["name"] == "teacher"
-    assert (
-        recommend("teacher", cascade | {"test": {"escalation": 0.5}}, min_local=0.25)["name"]
-        == "cascade"
-    )
-    missed = cascade | {"test": {"escalation": 0.1}, "met_on_test": False}
+    assert recommend("teacher", summary(0.5), min_local=0.25)["name"] == "cascade"
+    missed = summary(0.1, met=False)
     assert "misses its target" in recommend("teacher", missed, min_local=0.25)["reason"]
     assert recommend("linear", cascade, min_local=0.25)["name"] == "linear"
     candidates = [

@@ -211,8 +211,20 @@ def test_a_run_directory_serves_its_cascade_or_its_choice(models, tmp_path: Path
     run = tmp_path / "run"
     (run / "models").mkdir(parents=True)
     (run / "models" / "linear").symlink_to(linear_dir)
-    (run / "results.json").write_text(
-        json.dumps({"candidates": [], "selection": {"chosen": "linear"}})
+    from smallfit.config import EvalConfig
+    from smallfit.data import Split
+    from smallfit.evaluate import evaluate_candidate
+    from smallfit.models.base import load
+    from smallfit.run.records import RunResults, SelectionRecord
+    from smallfit.run.store import Run
+
+    gold = load(linear_dir).labels[:2]
+    test = Split(texts=["play some jazz", "will it rain"], labels=gold, source="inline")
+    fast = EvalConfig(isolate=False, threads=[1], latency_queries=4, warmup=1, throughput_batches=1)
+    measured = evaluate_candidate(linear_dir, test=test, teacher_test_probs=None, config=fast)
+    chose = SelectionRecord(chosen="linear", metric="accuracy", floor=0.0, reason="a test")
+    Run(run).write_results(
+        RunResults(environment={}, candidates=[measured.result], selection=chose)
     )
     assert resolve_model_path(run) == run / "models" / "linear"
     (run / "models" / "cascade").symlink_to(cascade_dir)

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from smallfit.compress.steps import cli_help
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -177,9 +179,7 @@ def teacher(
     "steps",
     multiple=True,
     required=True,
-    help="A step, in order: 'drop-layers:keep=3', 'prune:heads=0.25,ffn=0.3', "
-    "'magnitude:sparsity=0.5', 'onnx', 'int8-dynamic', 'int8-static' (options after ':'; "
-    "healing options as 'heal.epochs=2').",
+    help=f"A step, in order: {cli_help()} (options after ':'; healing options as 'heal.epochs=2').",
 )
 @click.option(
     "--check-data",
@@ -399,10 +399,10 @@ def route(
     with library_output(RunDir(run_dir).log_file, what="route"):
         summary = route_run(run_dir, config, progress=_progress(quiet), log=_log)
     click.echo(
-        f"cascade: {' -> '.join(summary['tiers'])}, thresholds "
-        + ", ".join(f"{t:.4f}" for t in summary["thresholds"])
+        f"cascade: {' -> '.join(summary.tiers)}, thresholds "
+        + ", ".join(f"{t:.4f}" for t in summary.thresholds)
     )
-    click.echo(f"written: {RunDir(run_dir).cascade_file}, {summary['model_dir']}")
+    click.echo(f"written: {RunDir(run_dir).cascade_file}, {summary.model_dir}")
     from smallfit.report import write_report
 
     click.echo(f"report rebuilt: {write_report(run_dir)}")

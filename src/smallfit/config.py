@@ -19,7 +19,16 @@ from pydantic import (
     model_validator,
 )
 
-from smallfit.compress.steps import CompressionStep, HealConfig
+from smallfit.compress.steps import (
+    QUANTIZE,
+    CompressionStep,
+    DropLayers,
+    HealConfig,
+    OnnxExport,
+    PruneStructured,
+    parse_quant,
+    short_name,
+)
 from smallfit.errors import ConfigError
 
 
@@ -561,11 +570,8 @@ class CompressCandidate(Strict):
     name: str
     """Suffix of the candidate's name: `<student>-<name>`."""
     steps: list[CompressionStep] = Field(min_length=1)
-    """The steps, each `method: drop-layers | prune | magnitude | onnx | int8-dynamic |
-    int8-static | int4-weight` with its options."""
-
-
-_SHORT = {"int8-dynamic": "int8", "int8-static": "int8s", "int4-weight": "int4"}
+    """The steps, each a `method` (`drop-layers`, `prune`, `magnitude`, `onnx`, `int8-dynamic`,
+    `int8-static`, `int4-weight`; each step's options below) with its options."""
 
 
 class CompressGrid(Strict):
@@ -575,18 +581,22 @@ class CompressGrid(Strict):
     """Layers kept (`drop-layers`, alternate); null keeps them all."""
     prune: list[float] = [0.0]
     """Share of attention heads and of FFN neurons removed (`prune`); 0 prunes nothing."""
-    quantize: list[Literal["torch", "onnx", "int8-dynamic", "int8-static", "int4-weight"]] = [
-        "int8-dynamic"
-    ]
-    """How the result runs: PyTorch fp32, float ONNX, ONNX int8 (dynamic or static) or ONNX
-    with 4-bit weights."""
+    quantize: list[str] = ["int8-dynamic"]
+    """How the result runs: `torch` (PyTorch fp32), `onnx` (float ONNX) or ONNX with a
+    quantization method: `int8-dynamic`, `int8-static` or `int4-weight`."""
     heal: HealConfig = HealConfig()
     """Healing after dropping layers or pruning."""
 
+    @field_validator("quantize")
+    @classmethod
+    def _known_quantize(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value not in QUANTIZE:
+                raise ValueError(f"{value!r} is not one of {', '.join(QUANTIZE)}")
+        return values
+
     def expand(self) -> list[CompressCandidate]:
         """The candidates in build order (least compressed first, so prefixes are shared)."""
-        from smallfit.compress.steps import DropLayers, OnnxExport, PruneStructured, parse_quant
-
         out = []
         for layers in self.layers:
             for share in sorted(self.prune):
@@ -595,15 +605,15 @@ class CompressGrid(Strict):
                     parts = []
                     if layers is not None:
                         steps.append(DropLayers(keep=layers, heal=self.heal))
-                        parts.append(f"l{layers}")
+                        parts.append(DropLayers.short.format(keep=layers))
                     if share > 0:
                         steps.append(PruneStructured(heads=share, ffn=share, heal=self.heal))
-                        parts.append(f"p{round(share * 100)}")
+                        parts.append(PruneStructured.short.format(percent=round(share * 100)))
                     if quant != "torch":
                         steps.append(OnnxExport())
                     if quant not in ("torch", "onnx"):
                         steps.append(parse_quant(quant))
-                    parts.append(_SHORT.get(quant, quant))
+                    parts.append(short_name(quant))
                     if len(steps) > 0:
                         out.append(CompressCandidate(name="-".join(parts), steps=steps))
         return out

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,16 +23,27 @@ from smallfit.data import Dataset, Split, load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json, hash_texts
 from smallfit.logs import routed
-from smallfit.models.base import BaseClassifier, write_json, write_text
+from smallfit.models.base import BaseClassifier, write_json
 from smallfit.run.layout import CASCADE, TEACHER, RunDir, stage, work_key, work_of
+from smallfit.run.records import (
+    CandidateResult,
+    DataSummary,
+    LabelsSummary,
+    RunResults,
+    SelectionRecord,
+)
+from smallfit.run.store import Run
+
+if TYPE_CHECKING:
+    from smallfit.route.stage import Routed
 
 
 @dataclass(frozen=True)
 class FitResult:
-    """Where the run lives and what it chose."""
+    """Where the run lives, what it measured and what it chose."""
 
-    run_dir: Path
-    results: dict[str, Any]
+    run: Run
+    results: RunResults
     table: str
     selection_json: str
     chosen: str | None
@@ -42,6 +53,22 @@ class FitResult:
     recommended: str | None = None
     """What to deploy: ``chosen`` when it is a local model; the cascade when the teacher was
     chosen and the cascade keeps a real share of queries off it."""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.root
+
+    def model(self, name: str) -> BaseClassifier:
+        """Candidate ``name`` of this run, loaded (``result.model("linear")``)."""
+        return self.run.model(name)
+
+    def model_dir(self, name: str) -> Path:
+        """Where candidate ``name`` is saved (what ``smallfit serve`` and ``load`` take)."""
+        return self.run.model_dir(name)
+
+    def candidate(self, name: str) -> CandidateResult | None:
+        """Candidate ``name``'s measured results."""
+        return self.results.candidate(name)
 
 
 class _Stages:
@@ -127,6 +154,10 @@ class _Run:
     def run(self) -> RunDir:
         return RunDir(self.config.run_dir)
 
+    @property
+    def store(self) -> Run:
+        return Run(self.config.run_dir)
+
     def teacher(self) -> BaseClassifier | None:
         """Build (or reuse) the teacher; None when the gold labels stand in for it."""
         from smallfit.models.base import load
@@ -193,14 +224,15 @@ class _Run:
         gold = np.array([data.labels.index(g) for g in data.train.labels])
         agreement = float((train.argmax(1) == gold).mean())
         self.log(f"[labels] teacher agrees with gold on {agreement:.1%} of the training pool")
-        summary = {
-            "train_gold_agreement": agreement,
-            "train": len(train),
-            "dev": len(dev),
-            "unanswered": unanswered,
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        write_json(self.run.labels_summary, summary)
+        self.store.write_labels_summary(
+            LabelsSummary(
+                train_gold_agreement=agreement,
+                train=len(train),
+                dev=len(dev),
+                unanswered=unanswered,
+                seconds=round(time.monotonic() - started, 1),
+            )
+        )
         return train, dev, hash_json({"teacher": self.keys[TEACHER], "data": self.data_key})
 
     def students(self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str) -> None:
@@ -227,14 +259,13 @@ class _Run:
             )
             self.stages.finish(stage("student", student.name), key, started)
 
-    def evaluate(self, name: str) -> dict[str, Any]:
+    def evaluate(self, name: str) -> CandidateResult:
         """Measure (or reuse) one candidate; the teacher must come first, so the others can be
         compared with its test answers."""
         from smallfit.evaluate import evaluate_candidate
 
         test = self.dataset.test
         test_key = hash_json([hash_texts(test.texts), hash_texts(test.labels)])
-        out_file, probs_file = self.run.result(name), self.run.test_probs(name)
         key = hash_json(
             {
                 "eval": self.config.evaluate.model_dump(mode="json"),
@@ -243,27 +274,29 @@ class _Run:
                 "teacher": self.keys.get(TEACHER) if name != TEACHER else None,
             }
         )
-        if self.stages.fresh(stage("evaluate", name), key, out_file, probs_file):
-            result = json.loads(out_file.read_text("utf-8"))
+        if self.stages.fresh(stage("evaluate", name), key, *self.store.candidate_files(name)):
+            result = self.store.read_candidate(name)
+            test_probs = self.store.read_test_probs(name)
         else:
             started = time.monotonic()
-            result = evaluate_candidate(
+            measured = evaluate_candidate(
                 self.run.model(name),
                 test=test,
                 teacher_test_probs=self.teacher_test_probs,
                 config=self.config.evaluate,
-                out_file=out_file,
-                probs_file=probs_file,
                 progress=self.progress,
+                peaks_file=self.run.peaks_file,
             )
+            result, test_probs = measured.result, measured.test_probs
+            self.store.save_candidate(result, test_probs)
             self.stages.finish(stage("evaluate", name), key, started)
         if name == TEACHER:
-            self.teacher_test_probs = np.load(probs_file, allow_pickle=False)
+            self.teacher_test_probs = test_probs
         return result
 
     def compress(
         self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    ) -> tuple[list[CandidateResult], list[dict[str, Any]]]:
         """Build and measure the compressed candidates, in order, until the budget is spent.
         Returns (measured results, candidates not built with the reason)."""
         from smallfit.compress import HealData, compress
@@ -328,9 +361,10 @@ class _Run:
 
     def route(
         self, candidates: list[dict[str, Any]], chosen: str | None, teacher_dev_probs: np.ndarray
-    ) -> dict[str, Any] | None:
-        """Calibrate (or reuse) the cascade: its candidate result, or None when there is none."""
-        from smallfit.route.stage import build_cascade, tier_names
+    ) -> Routed | None:
+        """Calibrate (or reuse) the cascade: its result and summary, or None when there is
+        none."""
+        from smallfit.route.stage import Routed, build_cascade, tier_names
 
         config = self.config.route
         if config is None:
@@ -349,11 +383,13 @@ class _Run:
                 "out_of_scope": hash_texts(self.dataset.out_of_scope),
             }
         )
-        out_file = self.run.result(CASCADE)
-        if self.stages.fresh("route", key, out_file, self.run.cascade_file):
-            return json.loads(out_file.read_text("utf-8"))
+        outputs = (*self.store.candidate_files(CASCADE), self.run.cascade_file)
+        if self.stages.fresh("route", key, *outputs):
+            summary = self.store.read_cascade()
+            assert summary is not None  # one of the outputs checked
+            return Routed(self.store.read_candidate(CASCADE), summary)
         started = time.monotonic()
-        result = build_cascade(
+        routed = build_cascade(
             self.dir,
             config,
             dataset=self.dataset,
@@ -366,7 +402,7 @@ class _Run:
             log=self.log,
         )
         self.stages.finish("route", key, started)
-        return result
+        return routed
 
 
 @routed(lambda config, **_: RunDir(config.run_dir).log_file)  # library output: the run's log
@@ -374,34 +410,33 @@ def fit(
     config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
 ) -> FitResult:
     """Run the whole chain into ``config.run_dir``; returns what was measured and chosen."""
-    from smallfit.evaluate import write_results
+    from smallfit.evaluate.environment import environment
     from smallfit.route.stage import recommend
     from smallfit.select import format_table, select, selection_json
 
     started = time.monotonic()
-    run_dir = Path(config.run_dir)
-    layout = RunDir(run_dir)
-    layout.models_dir.mkdir(parents=True, exist_ok=True)
-    layout.config_file.write_text(dump_fit_config(config), encoding="utf-8")
+    store = Run(config.run_dir)
+    store.start(dump_fit_config(config))
     dataset = load_dataset(config.data)
     data_key = _data_key(dataset)
     log(
         f"[data] {len(dataset.train)} train / {len(dataset.dev)} dev / {len(dataset.test)} test, "
         f"{len(dataset.labels)} labels"
     )
-    summary = {
-        "train": len(dataset.train),
-        "dev": len(dataset.dev),
-        "test": len(dataset.test),
-        "labels": dataset.labels,
-        "held_out_labels": dataset.held_out,
-        "out_of_scope": len(dataset.out_of_scope),
-        "key": data_key,
-        "config": config.data.model_dump(mode="json"),
-    }
-    write_json(layout.data_file, summary)
-    _write_test_split(layout.test_split, dataset.test)
-    run = _Run(config, dataset, _Stages(run_dir, log), progress, log, data_key)
+    store.write_data(
+        DataSummary(
+            train=len(dataset.train),
+            dev=len(dataset.dev),
+            test=len(dataset.test),
+            labels=dataset.labels,
+            held_out_labels=dataset.held_out,
+            out_of_scope=len(dataset.out_of_scope),
+            key=data_key,
+            config=config.data.model_dump(mode="json"),
+        )
+    )
+    store.write_test_split(dataset.test.texts, dataset.test.labels)
+    run = _Run(config, dataset, _Stages(store.root, log), progress, log, data_key)
 
     teacher = run.teacher()
     labels = run.labels(teacher)
@@ -413,42 +448,43 @@ def fit(
     compressed, not_built = run.compress(*labels)
     candidates += compressed
 
-    selection = select(candidates, config.select, teacher_name=TEACHER)
-    cascade = run.route(candidates, selection.chosen, labels[1])
-    extra_cascade = {}
+    measured = [c.dump() for c in candidates]
+    selection = select(measured, config.select, teacher_name=TEACHER)
+    cascade = run.route(measured, selection.chosen, labels[1])
     if cascade is not None:
-        candidates.append(cascade)
-        extra_cascade["cascade"] = json.loads(layout.cascade_file.read_text("utf-8"))
+        candidates.append(cascade.result)
+        measured.append(cascade.result.dump())
     recommended = recommend(
         selection.chosen,
-        extra_cascade.get("cascade"),
+        None if cascade is None else cascade.summary,
         min_local=config.route.recommend_min_local if config.route else 1.0,
     )
-    line = selection_json(candidates, selection, recommended=recommended)
-    results = write_results(
-        run_dir,
-        candidates,
-        extra={
-            "selection": json.loads(line),
-            "not_built": not_built,
-            "config": config.model_dump(mode="json"),
-            "seconds": round(time.monotonic() - started, 1),
-            **extra_cascade,
-        },
-    )
+    line = selection_json(measured, selection, recommended=recommended)
+    fields: dict[str, Any] = {
+        "environment": environment(),
+        "candidates": candidates,
+        "selection": SelectionRecord.model_validate_json(line),
+        "not_built": not_built,
+        "config": config.model_dump(mode="json"),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if cascade is not None:
+        fields["cascade"] = cascade.summary
+    results = RunResults.model_validate(fields)
+    store.write_results(results)
     report = None
     try:  # from the saved results only, like `smallfit report` (never a cached stage)
         from smallfit.report import write_report
 
-        report = write_report(run_dir)
+        report = write_report(store.root)
         log(f"[report] {report}")
     except SmallfitError as exc:  # the run itself is complete: say so and keep it
         log(f"[report] not written: {exc}")
     return FitResult(
-        run_dir=run_dir,
-        results=json.loads(Path(results).read_text("utf-8")),
+        run=store,
+        results=results,
         table=format_table(
-            candidates, selection, metric=config.select.metric, recommended=recommended
+            measured, selection, metric=config.select.metric, recommended=recommended
         ),
         selection_json=line,
         chosen=selection.chosen,
@@ -456,15 +492,4 @@ def fit(
         stages_run=run.stages.ran,
         stages_skipped=run.stages.skipped,
         report=report,
-    )
-
-
-def _write_test_split(path: Path, test: Split) -> None:
-    """The test texts and gold labels in the order of every saved ``*.test_probs.npy`` (the
-    report's confusion examples)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = zip(test.texts, test.labels, strict=True)
-    write_text(
-        path,
-        "".join(json.dumps({"text": t, "label": g}, ensure_ascii=False) + "\n" for t, g in rows),
     )

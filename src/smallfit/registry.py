@@ -38,3 +38,7 @@ class Registry(Generic[H]):
             raise SmallfitError(
                 f"no {self.what} handler for {type(config).__name__} (known: {known})"
             ) from None
+
+    def types(self) -> set[type]:
+        """The config types with a handler."""
+        return set(self._handlers)

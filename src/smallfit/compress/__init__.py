@@ -1,31 +1,54 @@
-"""Compression: each method is a config plus one registered handler (STYLE rule 1).
+"""Compression: each method is a config (:mod:`smallfit.compress.steps`) plus one registered
+handler (:func:`smallfit.compress.base.register_step`; STYLE rule 1).
 
 ``compress(model_dir, steps, out_dir=...)`` checks every step against the model it will meet
 before any work starts, applies them in order and records each in the output's lineage.
+
+The step configs import light (pydantic only); the rest loads on first use.
 """
 
-from smallfit.compress.core import HealData, compress, parse_step
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from smallfit.compress.steps import (
+    METHODS,
     CompressionStep,
     DropLayers,
     HealConfig,
     OnnxExport,
     OrtDynamicInt8,
+    OrtInt4Weight,
     OrtStaticInt8,
     PruneMagnitude,
     PruneStructured,
 )
 
+_LAZY = {
+    "HealData": "smallfit.compress.base",
+    "compress": "smallfit.compress.core",
+    "parse_step": "smallfit.compress.core",
+}
+
 __all__ = [
+    "METHODS",
     "CompressionStep",
     "DropLayers",
     "HealConfig",
     "HealData",
     "OnnxExport",
     "OrtDynamicInt8",
+    "OrtInt4Weight",
     "OrtStaticInt8",
     "PruneMagnitude",
     "PruneStructured",
     "compress",
     "parse_step",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'smallfit.compress' has no attribute {name!r}")

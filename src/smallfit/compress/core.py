@@ -5,15 +5,18 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
-from smallfit.compress.steps import CompressionStep
+# the built-in steps' handlers register themselves on import
+from smallfit.compress import onnx_steps as _onnx_steps  # noqa: F401
+from smallfit.compress import ort_int4 as _ort_int4  # noqa: F401
+from smallfit.compress import ort_quantize as _ort_quantize  # noqa: F401
+from smallfit.compress import torch_steps as _torch_steps  # noqa: F401
+from smallfit.compress.base import HealData, StepContext, handler_of, precondition_of
+from smallfit.compress.steps import METHODS, CompressionStep
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json
 from smallfit.logs import beside, routed
@@ -24,70 +27,8 @@ from smallfit.models.base import (
     manifest_with_architecture,
     read_manifest,
 )
-from smallfit.registry import Registry
 
 _STEP = TypeAdapter(CompressionStep)
-METHODS = (
-    "drop-layers",
-    "prune",
-    "magnitude",
-    "onnx",
-    "int8-dynamic",
-    "int8-static",
-    "int4-weight",
-)
-
-
-@dataclass(frozen=True)
-class HealData:
-    """Texts with the teacher's probabilities (columns in the model's label order) that
-    steps removing weights distil against; dev picks the best checkpoint and the temperature."""
-
-    train_texts: list[str]
-    train_probs: np.ndarray
-    dev_texts: list[str]
-    dev_probs: np.ndarray
-    source: str
-
-    @classmethod
-    def from_model(
-        cls, model_dir: str | Path, texts: list[str], *, dev_share: float = 0.1
-    ) -> HealData:
-        """Self-distillation: the model's own probabilities on ``texts`` (a teacher's, when
-        ``model_dir`` holds one); a seeded tenth (at most 500) is held out as dev."""
-        model = load(model_dir)
-        probs = model.predict_proba(texts)
-        order = np.random.default_rng(0).permutation(len(texts))
-        n_dev = min(500, max(1, int(len(texts) * dev_share)))
-        dev, train = order[:n_dev], order[n_dev:]
-        return cls(
-            train_texts=[texts[i] for i in train],
-            train_probs=probs[train],
-            dev_texts=[texts[i] for i in dev],
-            dev_probs=probs[dev],
-            source=str(Path(model_dir)),
-        )
-
-
-@dataclass(frozen=True)
-class StepContext:
-    """What a step may use besides the model: the user's texts to check itself on, healing
-    data (None: steps heal against the model as it was before compression), a scratch
-    directory for checkpoints, and whether to show progress."""
-
-    check_texts: list[str]
-    heal: HealData | None
-    work_dir: Path
-    progress: bool = False
-
-    def heal_data(self, model_dir: Path) -> HealData:
-        return self.heal or HealData.from_model(model_dir, self.check_texts)
-
-
-# A handler: (step, model_dir, out_dir, context) -> metrics dict; it writes a model dir.
-HANDLERS: Registry[Callable[..., dict[str, Any]]] = Registry("compression step")
-# A precondition: (step, manifest) -> the manifest the step will produce (or raises).
-PRECONDITIONS: Registry[Callable[..., dict[str, Any]]] = Registry("compression step")
 
 
 def parse_step(text: str) -> Any:
@@ -125,7 +66,7 @@ def check_steps(manifest: dict[str, Any], steps: list[Any]) -> dict[str, Any]:
     """Every step against the model it will meet; returns the final manifest or raises."""
     for i, step in enumerate(steps, start=1):
         try:
-            manifest = PRECONDITIONS.handler(step)(step, manifest)
+            manifest = precondition_of(step)(step, manifest)
         except SmallfitError as exc:
             raise SmallfitError(f"step {i} ({step.method}): {exc}") from None
     return manifest
@@ -187,7 +128,7 @@ def compress(
             # failed or killed step never looks built on the next run.
             target = Path(tmp) / f"step{i}"
             started = time.monotonic()
-            metrics = HANDLERS.handler(step)(step, current, target, context)
+            metrics = handler_of(step)(step, current, target, context)
             seconds = round(time.monotonic() - started, 2)
             record = {**step.model_dump(mode="json"), "metrics": metrics, "seconds": seconds}
             lineage_steps.append(record)
@@ -219,10 +160,3 @@ def _publish(built: Path, dest: Path) -> Path:
     shutil.move(str(built), str(partial))
     partial.rename(dest)
     return dest
-
-
-# Built-in steps register themselves on import.
-from smallfit.compress import onnx_steps as _onnx_steps  # noqa: E402, F401
-from smallfit.compress import ort_int4 as _ort_int4  # noqa: E402, F401
-from smallfit.compress import ort_quantize as _ort_quantize  # noqa: E402, F401
-from smallfit.compress import torch_steps as _torch_steps  # noqa: E402, F401

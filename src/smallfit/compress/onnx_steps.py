@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.compress.core import HANDLERS, PRECONDITIONS, StepContext
+from smallfit.compress.base import StepContext, register_step
 from smallfit.compress.steps import OnnxExport
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load
@@ -21,7 +21,6 @@ from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-@PRECONDITIONS.register(OnnxExport)
 def _onnx_can_apply(step: OnnxExport, manifest: dict[str, Any]) -> dict[str, Any]:
     if manifest["kind"] != "transformer":
         raise SmallfitError(
@@ -51,7 +50,7 @@ def _logits_graph(module: Any) -> Any:
     return Logits().eval()
 
 
-@HANDLERS.register(OnnxExport)
+@register_step(OnnxExport, precondition=_onnx_can_apply)
 def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
     import torch
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from smallfit.compress.core import HANDLERS, PRECONDITIONS, StepContext
+from smallfit.compress.base import StepContext, register_step
 from smallfit.compress.onnx_steps import quiet
 from smallfit.compress.ort_quantize import copy_beside_graph, quantizable
 from smallfit.compress.steps import OrtInt4Weight
@@ -14,10 +14,8 @@ from smallfit.errors import SmallfitError
 from smallfit.models.base import load
 from smallfit.models.onnx import ONNX_FILE
 
-PRECONDITIONS.register(OrtInt4Weight)(quantizable)
 
-
-@HANDLERS.register(OrtInt4Weight)
+@register_step(OrtInt4Weight, precondition=quantizable)
 def _int4(step: OrtInt4Weight, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.compress.core import HANDLERS, PRECONDITIONS, StepContext
+from smallfit.compress.base import StepContext, register_step
 from smallfit.compress.onnx_steps import quiet
 from smallfit.compress.steps import OrtDynamicInt8, OrtStaticInt8
 from smallfit.errors import SmallfitError
@@ -38,8 +38,6 @@ SENSITIVITY_TEXTS = 128  # each node's sensitivity, on this many
 CALIBRATION_BATCH = 16
 
 
-@PRECONDITIONS.register(OrtDynamicInt8)
-@PRECONDITIONS.register(OrtStaticInt8)
 def quantizable(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """ONNX only (the quantizers rewrite an ONNX graph), and never twice: quantizing a
     quantized model would quantize the dequantized weights again and only lose accuracy."""
@@ -53,7 +51,7 @@ def quantizable(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "quantization": step.method}
 
 
-@HANDLERS.register(OrtDynamicInt8)
+@register_step(OrtDynamicInt8, precondition=quantizable)
 def _int8_dynamic(
     step: OrtDynamicInt8, model_dir: Path, out: Path, ctx: StepContext
 ) -> dict[str, Any]:
@@ -73,7 +71,7 @@ def _int8_dynamic(
     return _quantize_checked(step, model_dir, out, ctx, quantize=quantize, details=[granularity])
 
 
-@HANDLERS.register(OrtStaticInt8)
+@register_step(OrtStaticInt8, precondition=quantizable)
 def _int8_static(
     step: OrtStaticInt8, model_dir: Path, out: Path, ctx: StepContext
 ) -> dict[str, Any]:

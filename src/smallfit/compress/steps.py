@@ -1,8 +1,13 @@
-"""Compression step configs (one per method; ``method`` tells them apart in YAML)."""
+"""Compression step configs: one per method, ``method`` tells them apart in YAML.
+
+A method's config class is its registration here: :data:`CompressionStep` lists them, and the
+method list, the grid's choices, short names and the CLI help are derived from it. Its handler
+registers with :func:`smallfit.compress.base.register_step`.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,12 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 class _Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
+    short: ClassVar[str]
+    """The step's part of a grid candidate's name (``minilm-l6-l3-int8``)."""
+    quantizes: ClassVar[bool] = False
+    """A way the result runs that the grid's ``quantize`` offers (after an ONNX export)."""
+    example: ClassVar[str]
+    """How the step is written on the command line (``--step``)."""
+
 
 class OnnxExport(_Step):
     """Export a transformer classifier to ONNX with the dynamo exporter, checked against
     PyTorch on padded batches."""
 
     method: Literal["onnx"] = "onnx"
+    short = "onnx"
+    example = "onnx"
     tolerance: float = Field(1e-3, gt=0)
     """Largest allowed |logit difference| to PyTorch on the check texts; above it the step fails."""
     opset: int = Field(18, ge=17)
@@ -26,6 +40,9 @@ class OrtDynamicInt8(_Step):
     """ONNX Runtime dynamic int8 quantization of the weights (activations quantized per batch)."""
 
     method: Literal["int8-dynamic"] = "int8-dynamic"
+    short = "int8"
+    quantizes = True
+    example = "int8-dynamic"
     per_channel: bool = True
     """One scale per output channel (per-tensor breaks models with outlier channels, e.g. mpnet)."""
     min_agreement: float = Field(0.97, ge=0, le=1)
@@ -39,6 +56,9 @@ class OrtStaticInt8(_Step):
     """ONNX Runtime static int8 (QDQ): activation ranges calibrated on your own texts."""
 
     method: Literal["int8-static"] = "int8-static"
+    short = "int8s"
+    quantizes = True
+    example = "int8-static"
     per_channel: bool = True
     """One weight scale per output channel."""
     calibration_texts: int = Field(256, gt=0)
@@ -72,6 +92,8 @@ class DropLayers(_Step):
     """Keep ``keep`` of the encoder's layers, then heal."""
 
     method: Literal["drop-layers"] = "drop-layers"
+    short = "l{keep}"
+    example = "drop-layers:keep=3"
     keep: int = Field(..., ge=1)
     """How many layers remain."""
     strategy: Literal["alternate", "bottom", "top", "importance"] = "alternate"
@@ -86,6 +108,8 @@ class PruneStructured(_Step):
     summed over each head's or neuron's weights), measured on your texts."""
 
     method: Literal["prune"] = "prune"
+    short = "p{percent}"
+    example = "prune:heads=0.25,ffn=0.3"
     heads: float = Field(0.0, ge=0, lt=1)
     """Share of all attention heads removed (at least one head stays in every layer)."""
     ffn: float = Field(0.0, ge=0, lt=1)
@@ -100,6 +124,8 @@ class PruneMagnitude(_Step):
     CPU kernels run no faster and the file is no smaller; only a compressed copy shrinks."""
 
     method: Literal["magnitude"] = "magnitude"
+    short = "m{percent}"  # not in the grid
+    example = "magnitude:sparsity=0.5"
     sparsity: float = Field(0.5, gt=0, lt=1)
     """Share of the encoder's linear-layer weights set to zero (per matrix)."""
     heal: HealConfig = HealConfig(epochs=0)
@@ -112,6 +138,9 @@ class OrtInt4Weight(_Step):
     does)."""
 
     method: Literal["int4-weight"] = "int4-weight"
+    short = "int4"
+    quantizes = True
+    example = "int4-weight"
     block_size: Literal[16, 32, 64, 128, 256] = 128
     """Weights sharing one scale (smaller: more accurate, slightly larger)."""
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4
@@ -135,7 +164,36 @@ CompressionStep = Annotated[
 """One step; ``method`` picks the type."""
 
 
-def parse_quant(method: str) -> OrtDynamicInt8 | OrtStaticInt8 | OrtInt4Weight:
-    """The quantization step called ``method``, with its defaults."""
-    steps = {"int8-static": OrtStaticInt8, "int4-weight": OrtInt4Weight}
-    return steps.get(method, OrtDynamicInt8)()
+STEP_TYPES: tuple[type[_Step], ...] = get_args(get_args(CompressionStep)[0])
+"""Every method's config class, in the order above."""
+METHODS: tuple[str, ...] = tuple(t.model_fields["method"].default for t in STEP_TYPES)
+"""Every method's name."""
+QUANTIZE: tuple[str, ...] = (
+    "torch",
+    "onnx",
+    *(t.model_fields["method"].default for t in STEP_TYPES if t.quantizes),
+)
+"""How a grid candidate runs: PyTorch, float ONNX, or ONNX with a quantizing method."""
+
+
+def step_type(method: str) -> type[_Step]:
+    """The config class of ``method``."""
+    return STEP_TYPES[METHODS.index(method)]
+
+
+def parse_quant(method: str) -> Any:
+    """The quantizing step called ``method``, with its defaults."""
+    kind = step_type(method)
+    if not kind.quantizes:
+        raise ValueError(f"{method!r} is not a quantization method")
+    return kind()
+
+
+def short_name(method: str) -> str:
+    """A grid's ``quantize`` choice as it appears in a candidate's name."""
+    return method if method == "torch" else step_type(method).short
+
+
+def cli_help() -> str:
+    """Every method as written on the command line, for ``smallfit compress --step``."""
+    return ", ".join(f"'{t.example}'" for t in STEP_TYPES)

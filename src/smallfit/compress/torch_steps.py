@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.compress.core import HANDLERS, PRECONDITIONS, HealData, StepContext
+from smallfit.compress.base import HealData, StepContext, register_step
 from smallfit.compress.steps import DropLayers, HealConfig, PruneMagnitude, PruneStructured
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load
@@ -31,7 +31,6 @@ def _transformer_only(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     return arch
 
 
-@PRECONDITIONS.register(DropLayers)
 def _drop_can_apply(step: DropLayers, manifest: dict[str, Any]) -> dict[str, Any]:
     arch = _transformer_only(step, manifest)
     if step.keep >= arch["layers"]:
@@ -41,7 +40,6 @@ def _drop_can_apply(step: DropLayers, manifest: dict[str, Any]) -> dict[str, Any
     return {**manifest, "architecture": kept}
 
 
-@PRECONDITIONS.register(PruneStructured)
 def _prune_can_apply(step: PruneStructured, manifest: dict[str, Any]) -> dict[str, Any]:
     arch = _transformer_only(step, manifest)
     if step.heads == 0 and step.ffn == 0:
@@ -54,7 +52,6 @@ def _prune_can_apply(step: PruneStructured, manifest: dict[str, Any]) -> dict[st
     return manifest
 
 
-@PRECONDITIONS.register(PruneMagnitude)
 def _magnitude_can_apply(step: PruneMagnitude, manifest: dict[str, Any]) -> dict[str, Any]:
     _transformer_only(step, manifest)
     return manifest
@@ -176,7 +173,7 @@ def layers_to_keep(step: DropLayers, n: int, importance: list[float] | None = No
     return sorted({round(i * (n - 1) / (step.keep - 1)) for i in range(step.keep)})
 
 
-@HANDLERS.register(DropLayers)
+@register_step(DropLayers, precondition=_drop_can_apply)
 def _drop_layers(step: DropLayers, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
     from torch import nn
 
@@ -250,7 +247,7 @@ def _replace(layer: Any, path: str, module: Any) -> None:
     setattr(layer.get_submodule(parent), leaf, module)
 
 
-@HANDLERS.register(PruneStructured)
+@register_step(PruneStructured, precondition=_prune_can_apply)
 def _prune(step: PruneStructured, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
     import torch
 
@@ -314,7 +311,7 @@ def _mask_gradients(masks: dict[Any, Any]) -> list[Any]:
     return [p.register_hook(lambda g, m=m: g * m) for p, m in masks.items()]
 
 
-@HANDLERS.register(PruneMagnitude)
+@register_step(PruneMagnitude, precondition=_magnitude_can_apply)
 def _magnitude(
     step: PruneMagnitude, model_dir: Path, out: Path, ctx: StepContext
 ) -> dict[str, Any]:

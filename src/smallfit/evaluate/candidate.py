@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,59 @@ from smallfit.models.base import (
     dir_bytes,
     load,
     manifest_with_architecture,
-    write_json,
-    write_npy,
 )
-from smallfit.run.layout import RunDir
+from smallfit.run.records import CandidateResult
 
 PREDICT_BATCH = 64
 SPEED_TEXTS = 256
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A candidate's results and its answers on the test split (one row per test text, in the
+    model's label order)."""
+
+    result: CandidateResult
+    test_probs: np.ndarray
+
+
+def measured(
+    info: dict[str, Any],
+    *,
+    model_dir: Path,
+    bytes_on_disk: int,
+    probs: np.ndarray,
+    test: Split,
+    labels: list[str],
+    teacher_probs: np.ndarray | None,
+    ece_bins: int,
+    speed: dict[str, Any],
+    cost: dict[str, Any] | None,
+    unanswered: np.ndarray | None = None,
+    roofline: dict[str, Any] | None = None,
+    cascade: dict[str, Any] | None = None,
+) -> CandidateResult:
+    """A candidate's results from its test answers and measured speed: the one place a result
+    is built (evaluation and the cascade stage both come here). ``teacher_probs`` uses
+    ``labels``' columns."""
+    quality = quality_metrics(
+        probs,
+        list(test.labels),
+        labels,
+        teacher_probs=teacher_probs,
+        ece_bins=ece_bins,
+        unanswered=unanswered,
+    )
+    return CandidateResult.of(
+        info,
+        model_dir=str(model_dir),
+        bytes_on_disk=bytes_on_disk,
+        quality=quality,
+        speed=speed,
+        cost=cost,
+        roofline=roofline,
+        cascade=cascade,
+    )
 
 
 def evaluate_candidate(
@@ -35,47 +82,32 @@ def evaluate_candidate(
     test: Split,
     teacher_test_probs: np.ndarray | None,
     config: EvalConfig,
-    out_file: Path | None = None,
-    probs_file: Path | None = None,
     teacher_labels: list[str] | None = None,
     progress: bool = False,
     peaks: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Measure the model saved in ``model_dir`` on ``test``.
+    peaks_file: Path | None = None,
+) -> Measured:
+    """Measure the model saved in ``model_dir`` on ``test``: quality against gold and the
+    teacher, speed and memory, size, cost, and the roofline.
 
     ``teacher_test_probs`` (one row per test text) uses the model's label order, or
     ``teacher_labels`` when given (its columns are then reordered to the model's labels).
 
-    Returns ``{"name", "backend", "model_dir", "parameters", "bytes_on_disk", "lineage",
-    "quality": quality_metrics(...), "speed": measure_speed(...), "roofline": roofline(...)}``
-    and, when ``out_file`` is given, also writes it there as JSON; ``probs_file`` receives the
-    test probabilities (.npy).
-
     ``roofline`` relates the batch-1 p50 at 1 thread to ``peaks`` (:func:`peak_rates` at 1
     thread); it is None for models without an ``architecture`` in their manifest (linear models)
     or without a 1-thread latency. When ``peaks`` is None they are measured once per process,
-    and kept in ``peak_rates.json`` beside the results directory when ``out_file`` is given.
+    and kept in ``peaks_file`` when given.
     """
     model_dir = Path(model_dir)
     model = load(model_dir)
     probs = predict_in_batches(model, test.texts, progress=progress)
-    if probs_file is not None:
-        write_npy(probs_file, probs.astype(np.float32))
     teacher = None
     if teacher_test_probs is not None:
         teacher = align_probs(
             np.asarray(teacher_test_probs), teacher_labels or model.labels, model.labels
         )
     unanswered = model.unanswered(test.texts)  # an LLM's unparseable replies
-    quality = quality_metrics(
-        probs,
-        list(test.labels),
-        model.labels,
-        teacher_probs=teacher,
-        ece_bins=config.ece_bins,
-        unanswered=unanswered,
-    )
-    info = model.info.to_dict()
+    info, labels = model.info.to_dict(), list(model.labels)
     speed_texts = list(test.texts[:SPEED_TEXTS])
     manifest = manifest_with_architecture(model_dir)
     tokens = None
@@ -92,22 +124,21 @@ def evaluate_candidate(
         del model  # the speed probe loads its own copy
         speed = measure_speed(model_dir, speed_texts, config)
         cost = local_cost(speed, config)
-    result = {
-        "name": info["name"],
-        "backend": info["backend"],
-        "model_dir": str(model_dir),
-        "parameters": info["parameters"],
-        "bytes_on_disk": dir_bytes(model_dir),
-        "lineage": info["lineage"],
-        "quality": quality,
-        "speed": speed,
-        "roofline": _roofline(manifest, tokens, speed=speed, peaks=peaks, out_file=out_file),
-        "cost": cost,
-    }
-    if out_file is not None:
-        Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-        write_json(out_file, result)
-    return result
+    result = measured(
+        info,
+        model_dir=model_dir,
+        bytes_on_disk=dir_bytes(model_dir),
+        probs=probs,
+        test=test,
+        labels=labels,
+        teacher_probs=teacher,
+        ece_bins=config.ece_bins,
+        unanswered=unanswered,
+        speed=speed,
+        cost=cost,
+        roofline=_roofline(manifest, tokens, speed=speed, peaks=peaks, peaks_file=peaks_file),
+    )
+    return Measured(result, probs.astype(np.float32))
 
 
 def per_1m_at(hour_usd: float, speed: dict[str, Any]) -> float | None:
@@ -132,14 +163,13 @@ def _roofline(
     *,
     speed: dict[str, Any],
     peaks: dict[str, Any] | None,
-    out_file: Path | None,
+    peaks_file: Path | None,
 ) -> dict[str, Any] | None:
     one = speed.get("threads", {}).get("1")
     if not manifest.get("architecture") or tokens is None or not one:
         return None
     if peaks is None:
-        cache = None if out_file is None else RunDir(Path(out_file).parent.parent).peaks_file
-        peaks = peak_rates(1, cache_file=cache)
+        peaks = peak_rates(1, cache_file=peaks_file)
     return roofline(
         manifest["architecture"],
         tokens,

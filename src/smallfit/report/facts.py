@@ -6,8 +6,6 @@ written half-way."""
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +16,11 @@ import numpy as np
 from smallfit.config import DEFAULT_INSTRUCTION, FitConfig, ReportConfig, format_validation_error
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import per_1m_at
-from smallfit.evaluate.results import read_results
 from smallfit.evaluate.speed import batched_throughput
-from smallfit.models.base import MANIFEST
 from smallfit.report.cost import CostOption
-from smallfit.run.layout import ONE_OFF_STAGES, TEACHER, RunDir
+from smallfit.run.layout import ONE_OFF_STAGES, TEACHER
+from smallfit.run.records import RunResults
+from smallfit.run.store import Run
 from smallfit.select import pareto_front, vs_teacher
 
 CHARS_PER_TOKEN = 4.0
@@ -41,6 +39,7 @@ class Facts:
     """Everything the page and the model cards show, already checked."""
 
     run_dir: Path
+    store: Run
     results: dict[str, Any]
     candidates: list[dict[str, Any]]
     config: FitConfig
@@ -69,90 +68,23 @@ class Facts:
         return self.config.evaluate.machine_hour_usd
 
 
-def _need(obj: Any, path: str, where: str, kind: type | tuple[type, ...] = (int, float)) -> Any:
-    """``obj[a][b]...`` for ``path`` 'a.b', or a SmallfitError naming ``where`` and the field."""
-    value = obj
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise SmallfitError(f"{where}: missing field '{path}'")
-        value = value[part]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise SmallfitError(f"{where}: field '{path}' is {value!r}, not a {_kind_name(kind)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise SmallfitError(f"{where}: field '{path}' is {value!r}")
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join("number" if k in (int, float) else k.__name__ for k in kinds)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SmallfitError(f"{path}: corrupt JSON ({exc})") from exc
-
-
-def check_candidate(c: Any, index: int, file: Path) -> None:
-    """The fields every candidate must have for the page; a clear error otherwise."""
-    if not isinstance(c, dict) or not isinstance(c.get("name"), str):
-        raise SmallfitError(f"{file}: candidates[{index}] has no name")
-    where = f"{file}: candidate '{c['name']}'"
-    _need(c, "quality.accuracy", where)
-    _need(c, "speed.threads", where, dict)
-    if not c["speed"]["threads"]:
-        raise SmallfitError(f"{where}: field 'speed.threads' is empty")
-    for n, row in c["speed"]["threads"].items():
-        _need(row, "p50_ms", f"{where} speed.threads.{n}")
-    if not (c.get("speed") or {}).get("remote"):
-        _need(c, "bytes_on_disk", where, int)
-    _check_intervals(c, where)
-
-
-def _check_intervals(c: dict[str, Any], where: str) -> None:
-    """95% intervals are optional (older runs have none); when present, each is ``[lo, hi]``
-    and each paired difference ``{"diff", "ci95": [lo, hi]}``."""
-    q = c["quality"]
-    for key in ("ci95", "vs_teacher"):
-        if q.get(key) is not None and not isinstance(q[key], dict):
-            raise SmallfitError(f"{where}: field 'quality.{key}' is {q[key]!r}, not an object")
-    for name, ci in (q.get("ci95") or {}).items():
-        if ci is not None:
-            _need_interval(ci, f"quality.ci95.{name}", where)
-    for name, paired in (q.get("vs_teacher") or {}).items():
-        if paired is not None:
-            _need(c, f"quality.vs_teacher.{name}.diff", where)
-            _need_interval(paired.get("ci95"), f"quality.vs_teacher.{name}.ci95", where)
-
-
-def _need_interval(value: Any, path: str, where: str) -> None:
-    ok = (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        and all(math.isfinite(v) for v in value)
-        and value[0] <= value[1]
-    )
-    if not ok:
-        raise SmallfitError(f"{where}: field '{path}' is {value!r}, not a [low, high] interval")
-
-
 def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) -> Facts:
     """Read and check everything the report needs from ``run_dir``; ``overrides`` replace
     fields of the run's ``report`` config."""
     run = Path(run_dir)
     if not run.is_dir():
         raise SmallfitError(f"{run}: no such run directory")
-    file = RunDir(run).results_file
-    results = read_results(run)
-    for i, c in enumerate(results["candidates"]):
-        check_candidate(c, i, file)
-    candidates = results["candidates"]
-    if not candidates:
+    store = Run(run)
+    file = store.dir.results_file
+    records = store.read_results()
+    if not records.candidates:
         raise SmallfitError(f"{file}: no candidates to report on")
-    config = _config(results, file)
+    for c in records.candidates:
+        if not c.speed.threads:
+            raise SmallfitError(f"{file}: candidate '{c.name}': field 'speed.threads' is empty")
+    results = records.dump()
+    candidates = results["candidates"]
+    config = _config(records, file)
     if overrides:
         from pydantic import ValidationError
 
@@ -161,22 +93,17 @@ def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) 
         except ValidationError as exc:
             raise SmallfitError(format_validation_error(exc, source="report options")) from exc
         config = config.model_copy(update={"report": report})
-    metric = (results.get("selection") or {}).get("metric") or config.select.metric
-    for c in candidates:
-        if metric not in c["quality"]:
-            raise SmallfitError(f"{file}: candidate '{c['name']}' has no quality.{metric}")
+    metric = records.selection.metric if records.selection else config.select.metric
     selection = results.get("selection") or {}
-    if not isinstance(selection, dict):
-        raise SmallfitError(f"{file}: field 'selection' is not an object")
     chosen = selection.get("chosen")
-    names = [c["name"] for c in candidates]
-    if chosen is not None and chosen not in names:
-        raise SmallfitError(f"{file}: selection.chosen '{chosen}' is not among the candidates")
-    cascade = _cascade(run, results)
+    if records.cascade is not None and records.cascade.test is None:
+        raise SmallfitError(f"{file}: cascade: missing field 'test' (its check on test)")
+    cascade = results.get("cascade")
     teacher = next((c for c in candidates if c["name"] == TEACHER), None)
-    labels = _labels(run, candidates)
+    labels = _labels(store, candidates)
     facts = Facts(
         run_dir=run,
+        store=store,
         results=results,
         candidates=candidates,
         config=config,
@@ -192,49 +119,29 @@ def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) 
         one_off={},
         api_basis="",
     )
-    facts.one_off = _one_off(run, facts)
+    facts.one_off = _one_off(store, facts)
     facts.cost_options, facts.api_basis = _cost_options(facts)
     _confusions(facts)
     return facts
 
 
-def _config(results: dict[str, Any], file: Path) -> FitConfig:
-    raw = results.get("config")
-    if not isinstance(raw, dict):
+def _config(results: RunResults, file: Path) -> FitConfig:
+    if results.config is None:
         raise SmallfitError(f"{file}: missing field 'config' (the run's configuration)")
     from pydantic import ValidationError
 
     try:
-        return FitConfig.model_validate(raw)
+        return FitConfig.model_validate(results.config)
     except ValidationError as exc:
         raise SmallfitError(
             format_validation_error(exc, source=f"{file} (field 'config')")
         ) from exc
 
 
-def _cascade(run: Path, results: dict[str, Any]) -> dict[str, Any] | None:
-    cascade = results.get("cascade")
-    if cascade is None:
-        return None
-    where = f"{RunDir(run).results_file}: cascade"
-    _need(cascade, "tiers", where, list)
-    _need(cascade, "curve", where, list)
-    _need(cascade, "test.accuracy", where)
-    _need(cascade, "test.escalation", where)
-    for i, point in enumerate(cascade["curve"]):
-        for key in ("accuracy", "escalation"):
-            _need(point, key, f"{where}.curve[{i}]")
-    return cascade
-
-
-def _labels(run: Path, candidates: list[dict[str, Any]]) -> list[str]:
-    data = RunDir(run).data_file
-    if data.is_file():
-        summary = _read_json(data)
-        labels = summary.get("labels") if isinstance(summary, dict) else None
-        if isinstance(labels, list) and all(isinstance(x, str) for x in labels):
-            return labels
-        raise SmallfitError(f"{data}: missing field 'labels'")
+def _labels(store: Run, candidates: list[dict[str, Any]]) -> list[str]:
+    data = store.read_data()
+    if data is not None:
+        return data.labels
     per_class = candidates[0]["quality"].get("per_class") or {}
     return sorted(per_class)
 
@@ -251,26 +158,25 @@ def per_1m(c: dict[str, Any], hour_usd: float) -> float | None:
     return per_1m_at(hour_usd, c.get("speed") or {})
 
 
-def _one_off(run: Path, facts: Facts) -> dict[str, float]:
+def _one_off(store: Run, facts: Facts) -> dict[str, float]:
     """One-off dollars: machine time of the teacher, labelling, training and compression stages
     (stages.json) at the hourly price, plus an API teacher's labelling spend."""
     out = {"machine_seconds": 0.0, "machine_usd": 0.0, "labelling_api_usd": 0.0}
-    stages_file = RunDir(run).stages_file
-    if stages_file.is_file():
-        stages = _read_json(stages_file)
-        if not isinstance(stages, dict):
-            raise SmallfitError(f"{stages_file}: not an object of stages")
+    stages = store.read_stages()
+    if stages is not None:
         for name, entry in stages.items():
-            if name.startswith(ONE_OFF_STAGES) and isinstance(entry, dict):
-                out["machine_seconds"] += float(entry.get("seconds") or 0.0)
+            if name.startswith(ONE_OFF_STAGES):
+                out["machine_seconds"] += float(entry.seconds)
     else:
-        facts.notes.append(f"{stages_file.name} is missing: one-off machine time counted as 0")
+        missing = store.dir.stages_file.name
+        facts.notes.append(f"{missing} is missing: one-off machine time counted as 0")
     out["machine_usd"] = out["machine_seconds"] / 3600.0 * facts.hour_usd
     teacher = facts.teacher
     if teacher is not None and (teacher.get("speed") or {}).get("remote"):
-        spent = _api_ledger_usd(RunDir(run).answers_file)
+        spent = _api_ledger_usd(store.dir.answers_file)
         if spent is None:  # estimate: its cost per query over the texts it labelled
-            rows = _labelled_rows(run)
+            data = store.read_data()
+            rows = 0 if data is None else data.train + data.dev
             spent = (per_1m(teacher, facts.hour_usd) or 0.0) / 1e6 * rows
         out["labelling_api_usd"] = spent
     out["total_usd"] = out["machine_usd"] + out["labelling_api_usd"]
@@ -288,14 +194,6 @@ def _api_ledger_usd(path: Path) -> float | None:
     except sqlite3.DatabaseError as exc:
         raise SmallfitError(f"{path}: unreadable ledger ({exc})") from exc
     return float(total)
-
-
-def _labelled_rows(run: Path) -> int:
-    data = RunDir(run).data_file
-    if not data.is_file():
-        return 0
-    summary = _read_json(data)
-    return int(summary.get("train", 0)) + int(summary.get("dev", 0))
 
 
 def estimated_prompt_tokens(labels: list[str], text_tokens: float) -> tuple[float, float]:
@@ -405,24 +303,14 @@ def _confusions(facts: Facts) -> None:
     k = facts.report.confused_pairs
     if name is None or k == 0:
         return
-    layout = RunDir(facts.run_dir)
-    probs_file, split_file = layout.test_probs(name), layout.test_split
-    if not probs_file.is_file() or not split_file.is_file():
-        missing = probs_file if not probs_file.is_file() else split_file
+    store = facts.store
+    probs, split = store.read_test_probs(name), store.read_test_split()
+    if probs is None or split is None:
+        missing = store.dir.test_probs(name) if probs is None else store.dir.test_split
         facts.confusion_note = f"no confusion pairs: {missing} is missing (written by fit)"
         return
-    try:
-        probs = np.load(probs_file, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise SmallfitError(f"{probs_file}: corrupt probabilities ({exc})") from exc
-    texts, gold = [], []
-    for n, line in enumerate(split_file.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-            texts.append(str(row["text"]))
-            gold.append(str(row["label"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise SmallfitError(f"{split_file}:{n}: not a {{text, label}} row ({exc})") from exc
+    texts, gold = split
+    probs_file = store.dir.test_probs(name)
     model_labels = _model_labels(facts, name)
     if probs.ndim != 2 or probs.shape != (len(texts), len(model_labels)):
         raise SmallfitError(
@@ -443,14 +331,7 @@ def _confusions(facts: Facts) -> None:
 
 def _model_labels(facts: Facts, name: str) -> list[str]:
     """The label order of a model's saved probabilities (its manifest; else the run's)."""
-    c = facts.candidate(name) or {}
-    manifest = Path(str(c.get("model_dir", ""))) / MANIFEST
-    for where in (manifest, RunDir(facts.run_dir).model(name) / MANIFEST):
-        if where.is_file():
-            labels = (_read_json(where) or {}).get("labels")
-            if isinstance(labels, list):
-                return [str(x) for x in labels]
-    return facts.labels
+    return facts.store.model_labels(name) or facts.labels
 
 
 def ratios(facts: Facts, c: dict[str, Any]) -> dict[str, float | None]:

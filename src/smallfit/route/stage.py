@@ -5,9 +5,8 @@ score's catch-against-loss curve) and the cascade measured like any candidate.""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,13 @@ import numpy as np
 from smallfit.config import EvalConfig, RouteConfig, load_fit_config
 from smallfit.data import Dataset, load_dataset
 from smallfit.errors import SmallfitError
-from smallfit.evaluate.candidate import predict_in_batches
-from smallfit.evaluate.quality import quality_metrics
+from smallfit.evaluate.candidate import measured, predict_in_batches
 from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import (
     BaseClassifier,
     Signals,
     align_probs,
     load,
-    read_manifest,
-    write_json,
     write_npy,
 )
 from smallfit.route.abstain import Scored, SignalCache, score_tier
@@ -39,6 +35,16 @@ from smallfit.route.calibrate import (
 from smallfit.route.cascade import Abstain, Cascade, Tier
 from smallfit.route.oos import at_loss, by_label
 from smallfit.run.layout import CASCADE, TEACHER, RunDir
+from smallfit.run.records import CandidateResult, CascadeSummary, Recommendation
+from smallfit.run.store import Run
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The route stage's outcome: the cascade measured as a candidate, and its summary."""
+
+    result: CandidateResult
+    summary: CascadeSummary
 
 
 def tier_names(
@@ -64,7 +70,7 @@ def tier_names(
 
 
 def recommend(
-    chosen: str | None, cascade: dict[str, Any] | None, *, min_local: float
+    chosen: str | None, cascade: CascadeSummary | None, *, min_local: float
 ) -> dict[str, Any]:
     """What to deploy: the selected candidate when it is a local model; when the teacher was
     selected (no local candidate reached the floor) or nothing was, the cascade, if it met its
@@ -74,16 +80,15 @@ def recommend(
         return {"name": chosen, "reason": f"{chosen} alone is over the quality floor"}
     if cascade is None:
         return {"name": chosen, "reason": "no cascade was built"}
-    test = cascade.get("test") or cascade.get("dev") or {}
-    met = cascade.get("met_on_test")
-    met = cascade.get("met_on_dev") if met is None else met
-    local = 1 - float(test.get("escalation", 1.0))
-    tiers = " -> ".join(cascade.get("tiers") or [])
+    test = cascade.test or cascade.dev
+    met = cascade.met_on_dev if cascade.met_on_test is None else cascade.met_on_test
+    local = 1 - float(test.escalation)
+    tiers = " -> ".join(cascade.tiers)
     if met and local >= min_local:
         return {
             "name": CASCADE,
             "reason": f"no local model alone reaches the floor, but the cascade {tiers} meets "
-            f"its target ({cascade.get('target')}) with {local:.1%} of test queries answered "
+            f"its target ({cascade.target}) with {local:.1%} of test queries answered "
             "before the teacher",
         }
     why = "misses its target" if not met else f"keeps only {local:.1%} of queries off the teacher"
@@ -172,14 +177,15 @@ def build_cascade(
     metric: str = "accuracy",
     progress: bool = False,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Calibrate the cascade of ``run_dir`` on dev, check it on test, save it as
-    ``models/cascade`` with ``cascade.json``, measure it; returns its candidate result.
+) -> Routed:
+    """Calibrate the cascade of ``run_dir`` on dev, check it on test, save it as a model of the
+    run with its summary, measure it (saved like any candidate); returns both.
     ``metric`` picks the first tier when the teacher was selected (see :func:`tier_names`)."""
     from smallfit.evaluate.speed import measure_speed
 
     run_dir = Path(run_dir)
-    layout = RunDir(run_dir)
+    run = Run(run_dir)
+    layout = run.dir
     names = tier_names(config, candidates, chosen, metric=metric)
     dirs = [_tier_dir(run_dir, n) for n in names]
     models = [load(d) for d in dirs]
@@ -197,12 +203,12 @@ def build_cascade(
     def outputs(split: str, texts: list[str]) -> list[TierOutputs]:
         out = []
         for name, model_dir, model in zip(names, dirs, models, strict=True):
-            saved = layout.test_probs(name)
+            saved = run.read_test_probs(name) if split == "test" and name in by_name else None
             if split == "dev" and name == TEACHER and teacher_dev_probs is not None:
                 # the labels stage's, in the dataset's label order
                 p = align_probs(np.asarray(teacher_dev_probs, np.float32), data.labels, labels)
-            elif split == "test" and name in by_name and saved.is_file():
-                p = align_probs(np.load(saved, allow_pickle=False), model.labels, labels)
+            elif saved is not None:
+                p = align_probs(saved, model.labels, labels)
             else:
                 p = probs.get(model, model_dir, texts, split)
             cost, p50 = facts[name]
@@ -297,25 +303,19 @@ def build_cascade(
     test_probs = cascade.decide_from(replay).probs
     cascade.save(out_dir, metrics={"dev": calibration.dev.to_dict()})
     cascade.close()  # an API tier's connections; the speed probe loads its own copy
-    summary = calibration.to_dict() | {"out_of_scope": oos, "model_dir": str(out_dir)}
-    write_json(layout.cascade_file, summary)
+    summary = CascadeSummary.model_validate(
+        calibration.to_dict() | {"out_of_scope": oos, "model_dir": str(out_dir)}
+    )
+    run.write_cascade(summary)
     _log_summary(calibration, oos, log)
 
     teacher_probs = None
-    teacher_file = layout.test_probs(TEACHER)
-    if TEACHER in by_name and teacher_file.is_file():
+    saved_teacher = run.read_test_probs(TEACHER) if TEACHER in by_name else None
+    if saved_teacher is not None:
         # in the teacher's own label order on disk; the cascade's, plus its abstain column
-        teacher_labels = read_manifest(layout.model(TEACHER))["labels"]
-        t = align_probs(np.load(teacher_file, allow_pickle=False), teacher_labels, labels)
+        teacher_labels = run.model_labels(TEACHER) or labels
+        t = align_probs(saved_teacher, teacher_labels, labels)
         teacher_probs = np.pad(t, ((0, 0), (0, len(cascade.labels) - t.shape[1])))
-    quality = quality_metrics(
-        test_probs,
-        list(data.test.labels),
-        cascade.labels,
-        teacher_probs=teacher_probs,
-        ece_bins=evaluate.ece_bins,
-    )
-    write_npy(layout.test_probs(CASCADE), test_probs)
     if any(m.remote for m in models):
         # an API tier is not run again for a latency probe: the tiers' p50s, weighted by reach
         estimate = calibration.test.mean_latency_ms if calibration.test else None
@@ -323,29 +323,29 @@ def build_cascade(
         speed: dict[str, Any] = {"threads": {"1": one} if one else {}, "remote": True}
     else:
         speed = measure_speed(out_dir, list(data.test.texts[:256]), evaluate)
-    result = {
-        "name": CASCADE,
-        "backend": CASCADE,
-        "model_dir": str(out_dir),
-        "parameters": cascade.num_parameters,
-        "bytes_on_disk": cascade.bytes_on_disk,
-        "lineage": cascade.lineage,
-        "quality": quality,
-        "speed": speed,
-        "roofline": None,
-        "cost": {
+    result = measured(
+        cascade.info.to_dict(),
+        model_dir=out_dir,
+        bytes_on_disk=cascade.bytes_on_disk,
+        probs=test_probs,
+        test=data.test,
+        labels=cascade.labels,
+        teacher_probs=teacher_probs,
+        ece_bins=evaluate.ece_bins,
+        speed=speed,
+        cost={
             "per_1m_queries_usd": calibration.test.cost_per_1m_usd if calibration.test else None,
             "basis": "each tier's cost per 1M, weighted by the share of test queries it ran on",
         },
-        "cascade": {
+        cascade={
             "tiers": names,
             "thresholds": calibration.thresholds,
             "escalation": calibration.test.escalation if calibration.test else None,
             "answered_by": calibration.test.answered_by if calibration.test else None,
         },
-    }
-    write_json(layout.result(CASCADE), result)
-    return result
+    )
+    run.save_candidate(result, test_probs)
+    return Routed(result, summary)
 
 
 def _oos_facts(
@@ -406,34 +406,37 @@ def route_run(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> CascadeSummary:
     """Calibrate (again) the cascade of a finished run; ``config`` defaults to the run's own
-    ``route`` section. Updates ``results.json``; returns ``cascade.json``'s content."""
-    from smallfit.evaluate.results import read_results, write_results
-
-    run = Path(run_dir)
-    fit_config = load_fit_config(RunDir(run).config_file)
+    ``route`` section. Updates ``results.json``; returns the cascade's summary."""
+    run = Run(run_dir)
+    fit_config = load_fit_config(run.dir.config_file)
     config = config or fit_config.route or RouteConfig()
-    results = read_results(run)
-    candidates = [c for c in results["candidates"] if c.get("name") != CASCADE]
-    chosen = (results.get("selection") or {}).get("chosen")
+    results = run.read_results()
+    candidates = [c for c in results.candidates if c.name != CASCADE]
+    chosen = None if results.selection is None else results.selection.chosen
     dataset = load_dataset(fit_config.data)
-    result = build_cascade(
-        run,
+    routed = build_cascade(
+        run.root,
         config,
         dataset=dataset,
-        candidates=candidates,
+        candidates=[c.dump() for c in candidates],
         chosen=chosen,
         evaluate=fit_config.evaluate,
         metric=fit_config.select.metric,
         progress=progress,
         log=log,
     )
-    extra = {k: v for k, v in results.items() if k not in ("environment", "candidates")}
-    extra["cascade"] = json.loads(RunDir(run).cascade_file.read_text("utf-8"))
-    if isinstance(extra.get("selection"), dict):
-        extra["selection"]["recommended"] = recommend(
-            chosen, extra["cascade"], min_local=config.recommend_min_local
+    update: dict[str, Any] = {"candidates": [*candidates, routed.result], "cascade": routed.summary}
+    if results.selection is not None:
+        advice = recommend(chosen, routed.summary, min_local=config.recommend_min_local)
+        update["selection"] = results.selection.model_copy(
+            update={"recommended": Recommendation.model_validate(advice)}
         )
-    write_results(run, [*candidates, result], extra=extra)
-    return extra["cascade"]
+    again = results.model_copy(update=update)
+    # the fields now set: model_copy does not mark them, and unset fields are not written
+    again.model_fields_set.update(update)
+    if "selection" in update:
+        again.selection.model_fields_set.add("recommended")  # type: ignore[union-attr]
+    run.write_results(again)
+    return routed.summary

@@ -1,5 +1,12 @@
-"""A run directory: its layout (:mod:`smallfit.run.layout`), the one place that spells a run's
-paths."""
+"""A run directory: its layout (:mod:`smallfit.run.layout`, the one place that spells a run's
+paths), its typed records (:mod:`smallfit.run.records`) and :class:`Run`, which reads and writes
+them (:mod:`smallfit.run.store`). The records and the store load on first use, so importing the
+layout stays light."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from smallfit.run.layout import (
     CASCADE,
@@ -11,4 +18,31 @@ from smallfit.run.layout import (
     work_of,
 )
 
-__all__ = ["CASCADE", "ONE_OFF_STAGES", "TEACHER", "RunDir", "stage", "work_key", "work_of"]
+_LAZY = {
+    "Run": "smallfit.run.store",
+    "CandidateResult": "smallfit.run.records",
+    "CascadeSummary": "smallfit.run.records",
+    "DataSummary": "smallfit.run.records",
+    "RunResults": "smallfit.run.records",
+}
+
+__all__ = [
+    "CASCADE",
+    "ONE_OFF_STAGES",
+    "TEACHER",
+    "CandidateResult",
+    "CascadeSummary",
+    "DataSummary",
+    "Run",
+    "RunDir",
+    "RunResults",
+    "stage",
+    "work_key",
+    "work_of",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'smallfit.run' has no attribute {name!r}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import time
@@ -24,7 +23,7 @@ from smallfit import __version__
 from smallfit.config import ServeConfig
 from smallfit.errors import SmallfitError
 from smallfit.models.base import MANIFEST
-from smallfit.run.layout import CASCADE, RunDir
+from smallfit.run.store import Run
 from smallfit.serve.engine import Engine, TierUnavailable
 from smallfit.serve.metrics import Metrics
 
@@ -407,13 +406,13 @@ def resolve_model_path(path: str | Path) -> Path:
     where = Path(path)
     if (where / MANIFEST).is_file():
         return where
-    run = RunDir(where)
-    if (run.model(CASCADE) / MANIFEST).is_file():
-        return run.model(CASCADE)
-    results = run.results_file
-    if results.is_file():
-        chosen = (json.loads(results.read_text("utf-8")).get("selection") or {}).get("chosen")
-        if chosen and (run.model(chosen) / MANIFEST).is_file():
-            return run.model(chosen)
+    run = Run(where)
+    try:
+        served = run.served_model_dir()
+    except SmallfitError as exc:  # a results file that does not read
+        raise NoModel(str(exc)) from None
+    if served is not None:
+        return served
+    if run.dir.results_file.is_file():
         raise NoModel(f"{where}: the run selected no model and has no cascade to serve")
     raise NoModel(f"{where}: neither a model directory ({MANIFEST}) nor a run directory")

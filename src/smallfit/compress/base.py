@@ -1,0 +1,101 @@
+"""What a compression step's handler is given (:class:`StepContext`, :class:`HealData`), and
+:func:`register_step`, the one registration of a method's handler and precondition.
+
+A method is its config class in :mod:`smallfit.compress.steps` (which names it, gives its short
+name in grid candidates and says whether it quantizes) and one handler registered here with its
+precondition; the step union, the method list, the grid's choices and the CLI help are derived
+from the configs. Handler modules import this module, never :mod:`smallfit.compress.core`, so
+there is no import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from smallfit.models.base import load
+from smallfit.registry import Registry
+
+Handler = Callable[..., dict[str, Any]]
+"""(step, model_dir, out_dir, context) -> metrics; it writes a model directory to out_dir."""
+Precondition = Callable[..., dict[str, Any]]
+"""(step, manifest) -> the manifest the step will produce, or a SmallfitError saying why not."""
+
+_HANDLERS: Registry[Handler] = Registry("compression step")
+_PRECONDITIONS: Registry[Precondition] = Registry("compression step")
+H = TypeVar("H", bound=Handler)
+
+
+def register_step(config: type, *, precondition: Precondition) -> Callable[[H], H]:
+    """Decorator above a step's handler: ``@register_step(OrtInt4Weight, precondition=...)``
+    registers the handler and the check run on every step before any work starts."""
+
+    def decorate(handler: H) -> H:
+        _HANDLERS.register(config)(handler)
+        _PRECONDITIONS.register(config)(precondition)
+        return handler
+
+    return decorate
+
+
+def handler_of(step: object) -> Handler:
+    return _HANDLERS.handler(step)
+
+
+def precondition_of(step: object) -> Precondition:
+    return _PRECONDITIONS.handler(step)
+
+
+def registered() -> set[type]:
+    """The step configs with a handler (the test checks every method has one)."""
+    return _HANDLERS.types() & _PRECONDITIONS.types()
+
+
+@dataclass(frozen=True)
+class HealData:
+    """Texts with the teacher's probabilities (columns in the model's label order) that
+    steps removing weights distil against; dev picks the best checkpoint and the temperature."""
+
+    train_texts: list[str]
+    train_probs: np.ndarray
+    dev_texts: list[str]
+    dev_probs: np.ndarray
+    source: str
+
+    @classmethod
+    def from_model(
+        cls, model_dir: str | Path, texts: list[str], *, dev_share: float = 0.1
+    ) -> HealData:
+        """Self-distillation: the model's own probabilities on ``texts`` (a teacher's, when
+        ``model_dir`` holds one); a seeded tenth (at most 500) is held out as dev."""
+        model = load(model_dir)
+        probs = model.predict_proba(texts)
+        order = np.random.default_rng(0).permutation(len(texts))
+        n_dev = min(500, max(1, int(len(texts) * dev_share)))
+        dev, train = order[:n_dev], order[n_dev:]
+        return cls(
+            train_texts=[texts[i] for i in train],
+            train_probs=probs[train],
+            dev_texts=[texts[i] for i in dev],
+            dev_probs=probs[dev],
+            source=str(Path(model_dir)),
+        )
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step may use besides the model: the user's texts to check itself on, healing
+    data (None: steps heal against the model as it was before compression), a scratch
+    directory for checkpoints, and whether to show progress."""
+
+    check_texts: list[str]
+    heal: HealData | None
+    work_dir: Path
+    progress: bool = False
+
+    def heal_data(self, model_dir: Path) -> HealData:
+        return self.heal or HealData.from_model(model_dir, self.check_texts)

@@ -1,0 +1,62 @@
+"""One registration per compression method: every method's config has a handler and a
+precondition, and the method list, the grid's choices, candidate names, the CLI help and the
+package's exports all come from the configs (no hand-kept list to drift)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+import smallfit.compress as compress_pkg
+from smallfit.compress.base import registered
+from smallfit.compress.core import parse_step
+from smallfit.compress.steps import METHODS, QUANTIZE, STEP_TYPES, parse_quant, short_name
+from smallfit.config import CompressGrid
+
+
+def test_every_method_has_a_handler_a_precondition_and_an_export() -> None:
+    assert set(STEP_TYPES) == registered()
+    assert len(set(METHODS)) == len(METHODS) == len(STEP_TYPES)
+    for kind in STEP_TYPES:
+        assert kind.__name__ in compress_pkg.__all__, kind
+        assert getattr(compress_pkg, kind.__name__) is kind
+        assert type(parse_step(kind.example)) is kind  # its CLI example parses to it
+    assert "int4-weight" in METHODS and "OrtInt4Weight" in compress_pkg.__all__
+
+
+def test_the_grid_offers_every_quantizing_method_and_names_it_once() -> None:
+    quantizing = [m for m, k in zip(METHODS, STEP_TYPES, strict=True) if k.quantizes]
+    assert ("torch", "onnx", *quantizing) == QUANTIZE
+    shorts = [short_name(q) for q in QUANTIZE]
+    assert len(set(shorts)) == len(shorts)
+    for quant in quantizing:
+        assert parse_quant(quant).method == quant
+    names = [c.name for c in CompressGrid(layers=[None, 3], quantize=list(QUANTIZE)).expand()]
+    # the uncompressed torch model is the student itself, not a candidate
+    assert names == [*shorts[1:], *(f"l3-{s}" for s in shorts)]
+    with pytest.raises(ValidationError, match="'int3' is not one of torch, onnx, int8-dynamic"):
+        CompressGrid(quantize=["int3"])
+    with pytest.raises(ValueError, match="not a quantization method"):
+        parse_quant("onnx")
+
+
+def test_the_compress_help_lists_every_method() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "smallfit.cli", "compress", "--help"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    text = " ".join(out.stdout.split())
+    for kind in STEP_TYPES:
+        assert f"'{kind.example}'" in text, kind
+
+
+def test_the_config_docs_name_every_method() -> None:
+    from smallfit.config import CompressCandidate
+
+    grid = CompressGrid.model_fields["quantize"].description or ""
+    steps = CompressCandidate.model_fields["steps"].description or ""
+    assert all(f"`{q}`" in grid for q in QUANTIZE), grid
+    assert all(f"`{m}`" in steps for m in METHODS), steps
