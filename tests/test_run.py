@@ -310,3 +310,36 @@ def test_the_chosen_candidate_must_be_one_of_the_run(tmp_path: Path) -> None:
         run.dir.results_file.write_text(corrupt)
         with pytest.raises(SmallfitError, match=says):
             run.read_results()
+
+
+def test_the_core_never_branches_on_a_model_or_a_teacher_or_student_type() -> None:
+    """No isinstance on a model class (models/, the cascade) or a teacher/student config
+    anywhere in the package: the pipeline asks declared capabilities (builds_model, schedule,
+    compressible, ...). The one exception is Cascade.of, the cascade recognising itself."""
+    import ast
+
+    import smallfit
+
+    root = Path(smallfit.__file__).parent
+    trees = {f: ast.parse(f.read_text("utf-8")) for f in sorted(root.rglob("*.py"))}
+    kinds: set[str] = set()
+    for file, tree in trees.items():
+        in_models = file.parent.name == "models" or file.name == "cascade.py"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(b) for b in node.bases}
+                model = in_models and node.name.endswith(("Classifier", "Cascade"))
+                if model or bases & {"TeacherBase", "StudentBase"}:
+                    kinds.add(node.name)
+    assert {"Cascade", "LinearClassifier", "GoldTeacher", "TransformerStudent"} <= kinds
+    branches = []
+    for file, tree in trees.items():
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "isinstance"):
+                continue
+            types = node.args[1]
+            names = {ast.unparse(e) for e in getattr(types, "elts", [types])}
+            itself = file.name == "cascade.py" and names == {"Cascade"}  # Cascade.of
+            if names & kinds and not itself:
+                branches.append(f"{file.relative_to(root)}:{node.lineno} {ast.unparse(node)}")
+    assert not branches, "branches on a model or config type:\n" + "\n".join(branches)

@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -190,13 +190,20 @@ class KDConfig(Strict):
     alpha: float = Field(0.7, ge=0, le=1, description="weight of the soft (KL) term")
 
 
-class _Teacher(Strict):
+class TeacherBase(Strict):
+    builds_model: ClassVar[bool] = True
+    """Whether a model stands behind the labels (gold labels: none to build, label or measure)."""
+
+    def schedule(self, examples: int) -> Schedule | None:
+        """How long its training is planned to be on ``examples`` texts; None: not trained."""
+        return None
+
     def identity(self) -> dict[str, Any]:
         """What identifies this teacher for stage reuse (a rerun rebuilds when it changes)."""
         return self.model_dump(mode="json")
 
 
-class FinetuneTeacher(_Teacher):
+class FinetuneTeacher(TeacherBase):
     """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
 
     source: Literal["finetune"] = "finetune"
@@ -212,8 +219,11 @@ class FinetuneTeacher(_Teacher):
     def _default_min_steps(cls, train: TrainConfig) -> TrainConfig:
         return _with_min_steps(train, TEACHER_MIN_STEPS)
 
+    def schedule(self, examples: int) -> Schedule | None:
+        return self.train.schedule(examples)
 
-class ModelTeacher(_Teacher):
+
+class ModelTeacher(TeacherBase):
     """A classifier the user already has: a smallfit model dir or a HF sequence-classifier dir."""
 
     source: Literal["model"] = "model"
@@ -230,8 +240,10 @@ class ModelTeacher(_Teacher):
         return {**self.model_dump(mode="json"), "content": content}
 
 
-class GoldTeacher(_Teacher):
+class GoldTeacher(TeacherBase):
     """No teacher: the gold labels stand in for it (probabilities are one-hot)."""
+
+    builds_model: ClassVar[bool] = False
 
     source: Literal["gold"] = "gold"
     """Selects this teacher type."""
@@ -252,7 +264,7 @@ class LLMPrices(Strict):
     """Price of a million completion tokens."""
 
 
-class LLMTeacher(_Teacher):
+class LLMTeacher(TeacherBase):
     """An LLM behind an OpenAI-compatible API (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
 
     Unset fields come from the environment: `SMALLFIT_LLM_BASE_URL` (else `OPENAI_BASE_URL`),
@@ -322,8 +334,19 @@ TeacherConfig = Annotated[
 ]
 
 
-class TransformerStudent(Strict):
+class StudentBase(Strict):
+    compressible: ClassVar[bool] = False
+    """Whether compression steps apply to it (a PyTorch transformer)."""
+
+    def schedule(self, examples: int) -> Schedule | None:
+        """How long its training is planned to be on ``examples`` texts; None: no schedule."""
+        return None
+
+
+class TransformerStudent(StudentBase):
     """A zoo transformer distilled from the teacher's probabilities."""
+
+    compressible: ClassVar[bool] = True
 
     kind: Literal["transformer"] = "transformer"
     """Selects this student type."""
@@ -342,8 +365,11 @@ class TransformerStudent(Strict):
     def _default_min_steps(cls, train: TrainConfig) -> TrainConfig:
         return _with_min_steps(train, STUDENT_MIN_STEPS)
 
+    def schedule(self, examples: int) -> Schedule | None:
+        return self.train.schedule(examples)
 
-class LinearStudent(Strict):
+
+class LinearStudent(StudentBase):
     """Logistic regression on sparse word and char n-grams (the tiny tier, trains in seconds)."""
 
     kind: Literal["linear"] = "linear"
@@ -380,7 +406,7 @@ class LoraSettings(Strict):
     `gate_proj`, `up_proj`, `down_proj` in Llama-class models."""
 
 
-class DecoderStudent(Strict):
+class DecoderStudent(StudentBase):
     """A causal LM (LLaMA-class) as a sequence classifier, fine-tuned with LoRA on the teacher's
     probabilities; saved as adapter + head, loaded onto the base named by `base`."""
 
@@ -414,6 +440,9 @@ class DecoderStudent(Strict):
         if value.count("{text}") != 1:
             raise ValueError(f"the prompt must hold {{text}} exactly once, got {value!r}")
         return value
+
+    def schedule(self, examples: int) -> Schedule | None:
+        return self.train.schedule(examples)
 
 
 StudentConfig = Annotated[

@@ -84,9 +84,9 @@ def conflicts(config: FitConfig) -> list[Conflict]:
 
 
 def _select(config: FitConfig) -> Iterator[Conflict]:
-    from smallfit.config import GoldTeacher, parse_floor
+    from smallfit.config import parse_floor
 
-    gold = isinstance(config.teacher, GoldTeacher)
+    gold = not config.teacher.builds_model
     floor, metric = config.select.quality_floor, config.select.metric
     _, relative = parse_floor(floor)
     default = "" if "quality_floor" in config.select.model_fields_set else " (the default)"
@@ -113,9 +113,7 @@ def _select(config: FitConfig) -> Iterator[Conflict]:
 
 
 def _students(config: FitConfig) -> Iterator[Conflict]:
-    from smallfit.config import GoldTeacher
-
-    if not config.students and isinstance(config.teacher, GoldTeacher):
+    if not config.students and not config.teacher.builds_model:
         yield Conflict(
             ("students", "teacher.source"),
             "students is empty and teacher.source is gold: there is no candidate to measure",
@@ -123,13 +121,11 @@ def _students(config: FitConfig) -> Iterator[Conflict]:
 
 
 def _compress(config: FitConfig) -> Iterator[Conflict]:
-    from smallfit.config import TransformerStudent
-
     compress = config.compress
     if compress is None:
         return
     kinds = {s.name: s.kind for s in config.students}
-    transformers = [s.name for s in config.students if isinstance(s, TransformerStudent)]
+    transformers = [s.name for s in config.students if s.compressible]
     if compress.students is None and not transformers:
         yield Conflict(
             ("compress", "students"),
@@ -165,29 +161,24 @@ def _compress(config: FitConfig) -> Iterator[Conflict]:
 def candidate_names(config: FitConfig) -> list[str]:
     """The names of the candidates a run of ``config`` can measure: the teacher (unless gold
     labels stand in for it), the students, and the compressed students, ``<student>-<name>``."""
-    from smallfit.config import GoldTeacher, TransformerStudent
-
-    names = [] if isinstance(config.teacher, GoldTeacher) else ["teacher"]
+    names = [] if not config.teacher.builds_model else ["teacher"]
     names += [s.name for s in config.students]
     compress = config.compress
     if compress is not None:
         sources = [
             s.name
             for s in config.students
-            if isinstance(s, TransformerStudent)
-            and (compress.students is None or s.name in compress.students)
+            if s.compressible and (compress.students is None or s.name in compress.students)
         ]
         names += [f"{s}-{c.name}" for s in sources for c in compress.expand()]
     return names
 
 
 def _route(config: FitConfig) -> Iterator[Conflict]:
-    from smallfit.config import GoldTeacher
-
     route = config.route
     if route is None:
         return
-    gold = isinstance(config.teacher, GoldTeacher)
+    gold = not config.teacher.builds_model
     if route.tiers is None and gold:
         yield Conflict(
             ("route", "teacher.source"),

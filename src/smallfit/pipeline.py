@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smallfit.config import FitConfig, GoldTeacher, TrainConfig, dump_fit_config
+from smallfit.config import FitConfig, StudentBase, TeacherBase, dump_fit_config
 from smallfit.data import Dataset, Split, load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json, hash_texts
@@ -163,7 +163,7 @@ class _Run:
         from smallfit.models.base import load
         from smallfit.teach import build_teacher
 
-        if isinstance(self.config.teacher, GoldTeacher):
+        if not self.config.teacher.builds_model:
             return None
         out = self.run.model(TEACHER)
         key = hash_json({"teacher": self.config.teacher.identity(), "data": self.data_key})
@@ -180,11 +180,11 @@ class _Run:
         self.stages.finish(TEACHER, key, started)
         return model
 
-    def _log_schedule(self, name: str, config: Any) -> None:
+    def _log_schedule(self, name: str, config: TeacherBase | StudentBase) -> None:
         """Say how long a trained model's training is planned to be, and why."""
-        train = getattr(config, "train", None)
-        if isinstance(train, TrainConfig):
-            self.log(f"[{name}] {train.schedule(len(self.dataset.train)).describe()}")
+        schedule = config.schedule(len(self.dataset.train))
+        if schedule is not None:
+            self.log(f"[{name}] {schedule.describe()}")
 
     def labels(self, teacher: BaseClassifier | None) -> tuple[np.ndarray, np.ndarray, str]:
         """The teacher's probabilities for the training pool and dev, and their key."""
@@ -301,7 +301,7 @@ class _Run:
         Returns (measured results, candidates not built with the reason)."""
         from smallfit.compress import HealData, compress
         from smallfit.compress.core import step_key
-        from smallfit.config import TransformerStudent, parse_duration
+        from smallfit.config import parse_duration
 
         config = self.config.compress
         if config is None:
@@ -309,8 +309,7 @@ class _Run:
         sources = [
             s.name
             for s in self.config.students
-            if isinstance(s, TransformerStudent)
-            and (config.students is None or s.name in config.students)
+            if s.compressible and (config.students is None or s.name in config.students)
         ]
         data = self.dataset
         heal = HealData(

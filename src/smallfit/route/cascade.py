@@ -133,6 +133,14 @@ class Cascade(BaseClassifier):
         extra = [abstain.label] if abstain is not None and abstain.label not in first else []
         self.labels = [*first, *extra]
 
+    @classmethod
+    def of(cls, model: BaseClassifier, *, path: Path) -> Cascade:
+        """``model`` as a cascade: itself when it is one, else a cascade of one tier (what
+        serving routes every model through)."""
+        if isinstance(model, Cascade):
+            return model
+        return cls([Tier(model=model, threshold=None, path=path)], name=model.name)
+
     # -- routing ----------------------------------------------------------------------------
 
     def needs(self, index: int) -> frozenset[str]:

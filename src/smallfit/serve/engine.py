@@ -17,7 +17,7 @@ from smallfit.config import ServeConfig
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import cpu_threads_all
 from smallfit.models.base import MANIFEST, BaseClassifier, load, read_manifest
-from smallfit.route.cascade import Cascade, Decisions, Tier
+from smallfit.route.cascade import Cascade, Decisions
 from smallfit.serve.batcher import MicroBatcher
 from smallfit.serve.metrics import Metrics
 
@@ -71,13 +71,6 @@ class Served:
         return self.model.name
 
 
-def _as_cascade(model: BaseClassifier, path: Path) -> Cascade:
-    """A Cascade as is; any other Classifier as a cascade of one tier."""
-    if isinstance(model, Cascade):
-        return model
-    return Cascade([Tier(model=model, threshold=None, path=path)], name=model.name)
-
-
 def _version(path: Path) -> str:
     stat = (path / MANIFEST).stat()
     return f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
@@ -90,7 +83,7 @@ def load_served(path: str | Path, config: ServeConfig, metrics: Metrics | None) 
     read_manifest(where)  # a clear error for a wrong path before anything heavy
     version = _version(where)
     model = load(where)
-    cascade = _as_cascade(model, where)
+    cascade = Cascade.of(model, path=where)
     threads = config.threads or max(1, cpu_threads_all() - 1)
     batchers = []
     for i, tier in enumerate(cascade.tiers):
