@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -705,6 +705,10 @@ class ReportConfig(Strict):
     examples_per_pair: int = Field(3, ge=0)
 
 
+def _default_students() -> list[StudentConfig]:
+    return [TransformerStudent(), LinearStudent()]
+
+
 class FitConfig(Strict):
     """The whole run: data -> teacher labels -> students -> evaluate -> select."""
 
@@ -716,9 +720,7 @@ class FitConfig(Strict):
     """The data."""
     teacher: TeacherConfig = FinetuneTeacher()
     """The teacher: `source: finetune | model | gold`."""
-    students: list[StudentConfig] = Field(
-        default_factory=lambda: [TransformerStudent(), LinearStudent()]
-    )
+    students: list[StudentConfig] = Field(default_factory=lambda: _default_students())
     """The students, each `kind: transformer | linear | decoder`."""
     compress: CompressConfig | None = None
     """Compressed variants of the transformer students (layer dropping, pruning, ONNX, int8);
@@ -771,6 +773,29 @@ class FitConfig(Strict):
 
 
 _FLOOR = re.compile(r"^\s*(?P<x>\d+(\.\d+)?)\s*(\*\s*teacher)?\s*$")
+
+
+def all_configs() -> list[type[BaseModel]]:
+    """Every config class a user writes: FitConfig and everything reachable from its fields
+    (each member of a union: every teacher, student and compression step), then ServeConfig
+    and its reachable classes; each once, in the order first reached. The docs and the YAML
+    round-trip test are built from this list, so a new config cannot be left out of them."""
+    found: list[type[BaseModel]] = []
+
+    def visit(annotation: Any) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation in found:
+                return
+            found.append(annotation)
+            for field in annotation.model_fields.values():
+                visit(field.annotation)
+            return
+        for arg in get_args(annotation):
+            visit(arg)
+
+    visit(FitConfig)
+    visit(ServeConfig)
+    return found
 
 
 def parse_floor(text: str) -> tuple[float, bool]:

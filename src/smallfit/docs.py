@@ -17,7 +17,6 @@ from pydantic import BaseModel
 
 from smallfit import config as cfg
 from smallfit.cli import main as cli_main
-from smallfit.compress import steps
 
 
 def cli_markdown() -> str:
@@ -76,15 +75,7 @@ def _model_section(model: type[BaseModel]) -> list[str]:
 
 def config_markdown() -> str:
     """Every config model's keys, types, defaults and meanings."""
-    models = [
-        cfg.FitConfig, cfg.DataConfig, cfg.FinetuneTeacher, cfg.ModelTeacher, cfg.GoldTeacher,
-        cfg.TransformerStudent, cfg.LinearStudent, cfg.DecoderStudent, cfg.LoraSettings,
-        cfg.TrainConfig, cfg.KDConfig,
-        cfg.CompressConfig, cfg.CompressGrid, cfg.CompressCandidate, steps.HealConfig,
-        steps.DropLayers, steps.PruneStructured, steps.PruneMagnitude, steps.OnnxExport,
-        steps.OrtDynamicInt8, steps.OrtStaticInt8, steps.OrtInt4Weight,
-        cfg.EvalConfig, cfg.SelectConfig, cfg.RouteConfig, cfg.AbstainConfig,
-    ]  # fmt: skip
+    models = cfg.all_configs()
     parts = [
         "# Config reference",
         "",

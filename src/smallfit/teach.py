@@ -21,7 +21,7 @@ from smallfit.config import FinetuneTeacher, GoldTeacher, KDConfig, LLMTeacher, 
 from smallfit.data import Dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_dir, hash_json, hash_texts
-from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load, write_npy
+from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load, load_as, write_npy
 from smallfit.registry import Registry
 from smallfit.run.layout import TEACHER, RunDir, work_of
 
@@ -160,13 +160,14 @@ def llm_classifier(
 @TEACHERS.register(LLMTeacher)
 def _llm(config: LLMTeacher, dataset: Dataset, *, out_dir: Path, progress: bool) -> BaseClassifier:
     from smallfit.llm.prompt import draw_examples
+    from smallfit.models.llm import LLMClassifier
 
     examples = draw_examples(
         dataset.train.texts, dataset.train.labels, config.few_shot, seed=config.seed
     )
     model = llm_classifier(config, dataset.labels, examples=examples, cache=LLM_CACHE)
     model.save(out_dir)
-    model = load(out_dir)
+    model = load_as(out_dir, LLMClassifier)
     model.labeller.check()  # server, key and model, before any paid call
     return model
 

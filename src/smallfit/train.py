@@ -84,6 +84,7 @@ class _KDTrainer(Trainer):
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         if self.optimizer is None:
+            assert self.model is not None  # given to the Trainer when it was made
             trained = [p for p in self.model.parameters() if p.requires_grad]
             head = [p for p in trained if id(p) in self.head_ids]
             body = [p for p in trained if id(p) not in self.head_ids]

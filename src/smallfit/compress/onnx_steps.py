@@ -15,7 +15,7 @@ import numpy as np
 from smallfit.compress.base import StepContext, register_step
 from smallfit.compress.steps import OnnxExport
 from smallfit.errors import SmallfitError
-from smallfit.models.base import load
+from smallfit.models.base import load_as
 from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -54,9 +54,11 @@ def _logits_graph(module: Any) -> Any:
 def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
     import torch
 
+    from smallfit.models.transformer import TransformerClassifier
+
     texts = ctx.check_texts
 
-    model = load(model_dir)
+    model = load_as(model_dir, TransformerClassifier)
     graph = _logits_graph(model.module)
     out.mkdir(parents=True)
     sample = model.tokenize(texts[:4] if len(texts) > 1 else texts * 2)
@@ -100,7 +102,7 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
     got = exported.logits(check)
     diff = float(np.abs(got - reference).max())
     embedded = exported.outputs(check, need=frozenset({"embeddings"})).embeddings
-    embed_diff = float(np.abs(embedded - model.embed(check)).max())  # type: ignore[operator]
+    embed_diff = float(np.abs(embedded - model.embed(check)).max())
     worst = max(diff, embed_diff)
     if not worst <= step.tolerance:
         raise SmallfitError(

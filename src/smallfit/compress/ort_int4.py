@@ -11,8 +11,8 @@ from smallfit.compress.onnx_steps import quiet
 from smallfit.compress.ort_quantize import copy_beside_graph, quantizable
 from smallfit.compress.steps import OrtInt4Weight
 from smallfit.errors import SmallfitError
-from smallfit.models.base import load
-from smallfit.models.onnx import ONNX_FILE
+from smallfit.models.base import load_as
+from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
 
 
 @register_step(OrtInt4Weight, precondition=quantizable)
@@ -23,7 +23,7 @@ def _int4(step: OrtInt4Weight, model_dir: Path, out: Path, ctx: StepContext) -> 
         MatMulNBitsQuantizer,
     )
 
-    source = load(model_dir)
+    source = load_as(model_dir, OnnxClassifier)
     copy_beside_graph(model_dir, out)
     ops = ("MatMul", "Gather") if step.embeddings else ("MatMul",)
     config = DefaultWeightOnlyQuantConfig(
@@ -39,7 +39,7 @@ def _int4(step: OrtInt4Weight, model_dir: Path, out: Path, ctx: StepContext) -> 
         quantizer = MatMulNBitsQuantizer(onnx.load(str(model_dir / ONNX_FILE)), algo_config=config)
         quantizer.process()
         quantizer.model.save_model_to_file(str(out / ONNX_FILE), use_external_data_format=False)
-    quantized = load(out)
+    quantized = load_as(out, OnnxClassifier)
     compute = {4: "int8 compute", 1: "fp32 compute"}.get(step.accuracy_level, "default compute")
     quantized.quantization = f"int4-weight (block {step.block_size}, {compute})"
     quantized.save(out)

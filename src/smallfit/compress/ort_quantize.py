@@ -28,8 +28,8 @@ from smallfit.compress.base import StepContext, register_step
 from smallfit.compress.onnx_steps import quiet
 from smallfit.compress.steps import OrtDynamicInt8, OrtStaticInt8
 from smallfit.errors import SmallfitError
-from smallfit.models.base import load
-from smallfit.models.onnx import ONNX_FILE
+from smallfit.models.base import load_as
+from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
 
 # (destination file, nodes to quantize (None: all the step quantizes), nodes left in float)
 Quantizer = Callable[[Path, list[str] | None, list[str]], None]
@@ -86,7 +86,7 @@ def _int8_static(
     texts = (rest if len(rest) >= step.calibration_texts else ctx.check_texts)[
         : step.calibration_texts
     ]
-    reader = _Calibration(load(model_dir).tokenizer, texts)
+    reader = _Calibration(load_as(model_dir, OnnxClassifier).tokenizer, texts)
     matmuls, gathers = weight_nodes(model_dir / ONNX_FILE)
     # Calibrate once: every later quantization (per-node sensitivity, exclusions) reads the
     # ranges from this cache instead of running the texts again.
@@ -172,13 +172,13 @@ def _quantize_checked(
     Below ``step.min_agreement`` it raises a SmallfitError that says what was tried (``out``
     is scratch space of :func:`~smallfit.compress.core.compress`: nothing half-done is kept)."""
     check = ctx.check_texts[:CHECK_TEXTS]
-    reference = load(model_dir).logits(check)
+    reference = load_as(model_dir, OnnxClassifier).logits(check)
     nodes = weight_nodes(model_dir / ONNX_FILE)[0]
 
     def logits(texts: list[str], only: list[str] | None, exclude: list[str]) -> np.ndarray:
         with quiet(""):  # the quantizers log a pre-processing hint to the root logger
             quantize(out / ONNX_FILE, only, exclude)
-        return load(out).logits(texts)  # the source's manifest, copied above
+        return load_as(out, OnnxClassifier).logits(texts)  # the source's manifest, copied above
 
     def agreement(exclude: list[str]) -> float:
         return float((logits(check, None, exclude).argmax(1) == reference.argmax(1)).mean())
@@ -198,7 +198,7 @@ def _quantize_checked(
             size *= 2
     if tried[-1][1] < step.min_agreement:
         raise SmallfitError(_failure(step, tried, len(check), len(nodes)))
-    quantized = load(out)
+    quantized = load_as(out, OnnxClassifier)
     float_note = [f"{len(excluded)} of {len(nodes)} matmuls in float"] if excluded else []
     quantized.quantization = f"{step.method} ({', '.join(details + float_note)})"
     quantized.save(out)

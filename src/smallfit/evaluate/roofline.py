@@ -289,6 +289,7 @@ def _kernels(threads: int) -> Iterator[Kernel]:
                 sessions[k, n] = _ort_session(op, k, n, threads)
             session = sessions[k, n]
             rng = np.random.default_rng(m)
+            x: np.ndarray
             if op == "MatMulInteger":
                 x = rng.integers(0, 256, (m, k), dtype=np.uint8)
             else:
@@ -311,6 +312,7 @@ def _ort_session(op: str, k: int, n: int, threads: int) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(k * 7919 + n)
+    weight: np.ndarray
     if op == "MatMulInteger":
         weight = rng.integers(-128, 128, (k, n), dtype=np.int8)
         types = (TensorProto.UINT8, TensorProto.INT32)

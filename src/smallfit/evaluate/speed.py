@@ -25,6 +25,7 @@ import numpy as np
 from smallfit.config import EvalConfig
 from smallfit.errors import SmallfitError
 from smallfit.models.base import BaseClassifier, read_manifest
+from smallfit.stats import latency_percentiles
 
 _STDERR_TAIL = 2000
 
@@ -147,19 +148,6 @@ def batched_throughput(speed: dict[str, Any]) -> float | None:
     None when it has none (an API model)."""
     value = speed.get(f"throughput_b{speed.get('throughput_batch', 32)}_per_s")
     return None if value is None else float(value)
-
-
-def latency_percentiles(times_ms: np.ndarray) -> dict[str, float | int]:
-    """p50/p95/p99, mean and count of latencies in milliseconds."""
-    ms = np.asarray(times_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {
-        "p50_ms": float(p50),
-        "p95_ms": float(p95),
-        "p99_ms": float(p99),
-        "mean_ms": float(ms.mean()),
-        "n": len(ms),
-    }
 
 
 def _latency(model: BaseClassifier, texts: list[str], queries: int) -> dict[str, Any]:

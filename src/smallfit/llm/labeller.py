@@ -240,7 +240,7 @@ class Labeller:
             max_tokens=prompt.max_tokens,
             temperature=1.0 if sampling else 0.0,
             seed=prompt.seed + i,
-            begin=lambda attempt, i=i: self.store.begin(
+            begin=lambda attempt: self.store.begin(
                 key, model=self.endpoint.model, attempt=attempt + 100 * i
             ),
             finish=self.store.finish,

@@ -317,6 +317,18 @@ def load(path: str | Path) -> BaseClassifier:
     return model
 
 
+M = TypeVar("M", bound=BaseClassifier)
+
+
+def load_as(path: str | Path, kind: type[M]) -> M:
+    """:func:`load`, for a caller that needs a model of class ``kind`` (a step that reads a
+    backend's own methods); a SmallfitError when the directory holds another kind of model."""
+    model = load(path)
+    if not isinstance(model, kind):
+        raise SmallfitError(f"{path}: a {model.kind} model, expected {kind.__name__}")
+    return model
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 text atomically (temp file + rename), so a crash never leaves half a file."""
     target = Path(path)

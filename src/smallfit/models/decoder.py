@@ -34,18 +34,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from smallfit import zoo
 from smallfit.config import LoraSettings
 from smallfit.errors import SmallfitError
 from smallfit.models.base import register_backend
 from smallfit.models.transformer import TorchClassifier
+
+if TYPE_CHECKING:  # peft is imported where it is used
+    from peft import LoraConfig, PeftModel
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 TEXT = "{text}"
@@ -90,7 +93,8 @@ def _convert_gguf(base: zoo.CausalLM, out: Path) -> None:
         raise SmallfitError(f"{where}: transformers cannot load this GGUF file ({exc})") from exc
     # The weights are dequantised fp32 now; drop the GGUF quantizer so they save as plain
     # safetensors (transformers refuses to serialise a model it believes is quantized).
-    model.hf_quantizer = None
+    # nn.Module.__setattr__ is typed for tensors and modules only; this is a plain attribute.
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(str(out))
@@ -128,9 +132,11 @@ class DecoderClassifier(TorchClassifier):
     ``base`` records the base for the manifest: ``name`` (alias, path or Hub id), ``gguf_file``
     and ``sha256`` of its weights, and its shape."""
 
+    module: PeftModel
+
     def __init__(
         self,
-        module: nn.Module,
+        module: PeftModel,
         tokenizer: Any,
         *,
         labels: list[str],
@@ -239,8 +245,9 @@ class DecoderClassifier(TorchClassifier):
             p.numel() for n, p in self.module.named_parameters() if "original_module" not in n
         )
 
-    def head(self) -> nn.Module:
-        wrapper = self._base_model().score
+    def head(self) -> nn.Linear:
+        # The head (``score``, a Linear) inside peft's ModulesToSaveWrapper, reached by name.
+        wrapper: Any = self._base_model().score
         return wrapper.modules_to_save[self.module.active_adapter]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -271,8 +278,9 @@ class DecoderClassifier(TorchClassifier):
             if "lora_" in name and found and int(found[1]) < freeze_layers:
                 param.requires_grad_(False)
 
-    def _base_model(self) -> nn.Module:
-        return self.module.get_base_model()
+    def _base_model(self) -> PreTrainedModel:
+        # peft types it nn.Module; it is the *ForSequenceClassification of _sequence_model.
+        return cast(PreTrainedModel, self.module.get_base_model())
 
     # ------------------------------------------------------------------ inference
 
@@ -307,7 +315,8 @@ class DecoderClassifier(TorchClassifier):
     # ------------------------------------------------------------------ files
 
     def save_files(self, path: Path) -> dict[str, Any]:
-        config = self.module.peft_config[self.module.active_adapter]
+        # peft types it PeftConfig; a decoder student's adapter is always LoRA (from_base).
+        config = cast("LoraConfig", self.module.peft_config[self.module.active_adapter])
         config.base_model_name_or_path = self.base["name"]
         # adapter_config.json + adapter_model.safetensors; the embeddings never train, so
         # peft need not check (on the Hub, for a name like ours) whether they changed.
@@ -323,7 +332,8 @@ class DecoderClassifier(TorchClassifier):
                 "r": config.r,
                 "alpha": config.lora_alpha,
                 "dropout": config.lora_dropout,
-                "target_modules": sorted(config.target_modules),
+                # peft types it list | str | None, but keeps the list it was given as a set.
+                "target_modules": sorted(cast("set[str]", config.target_modules)),
             },
             "merged_at_load": True,
         }

@@ -171,7 +171,7 @@ class LLMClassifier(BaseClassifier):
     def measured_speed(self) -> dict[str, Any] | None:
         """Latency of the successful requests in the ledger, as the speed probe reports it
         for local models (one "thread": requests are timed one by one)."""
-        from smallfit.evaluate.speed import latency_percentiles
+        from smallfit.stats import latency_percentiles
 
         latencies = self.labeller.store.latencies_ms(self.endpoint.model)
         if not latencies:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from smallfit.errors import SmallfitError
@@ -56,7 +56,7 @@ LAYER_PARTS = {
 }
 
 
-def load_encoder(path: str | Path, *, resized: bool = False) -> nn.Module:
+def load_encoder(path: str | Path, *, resized: bool = False) -> PreTrainedModel:
     """The bare encoder, without the pooler layer that mean pooling never uses (BERT, MPNet
     and most encoders accept ``add_pooling_layer``; others load as they are).
 
@@ -108,7 +108,9 @@ def canonical_keys(state: dict[str, torch.Tensor], module: nn.Module) -> dict[st
 
 def encoder_layers(module: PooledClassifier) -> nn.ModuleList:
     """The encoder's list of transformer layers."""
-    return module.encoder.encoder.layer
+    # The family's layer stack (BertEncoder, MPNetEncoder, ...) is a submodule reached by name.
+    stack: Any = module.encoder.encoder
+    return stack.layer
 
 
 def architecture(module: PooledClassifier) -> dict[str, Any]:
@@ -139,7 +141,7 @@ def architecture(module: PooledClassifier) -> dict[str, Any]:
 class PooledClassifier(nn.Module):
     """encoder -> masked mean pooling -> L2 normalisation -> dropout -> linear head."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, *, dropout: float = 0.1) -> None:
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, *, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)

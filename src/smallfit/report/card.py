@@ -10,7 +10,7 @@ from typing import Any
 from smallfit.evaluate.speed import batched_throughput
 from smallfit.models.base import MANIFEST, MODEL_CARD, write_text
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
-from smallfit.report.page import mb, ms, pct, times, usd
+from smallfit.report.fmt import mb, ms, pct, times, usd
 from smallfit.report.uncertainty import ci_text, diff_text
 from smallfit.run.layout import RunDir
 

@@ -211,13 +211,13 @@ def _cost_options(facts: Facts) -> tuple[list[CostOption], str]:
     options: list[CostOption] = []
     teacher = facts.teacher
     api_teacher = teacher is not None and bool((teacher.get("speed") or {}).get("remote"))
-    if api_teacher:
-        per_q = (per_1m(teacher, hour) or 0.0) / 1e6  # type: ignore[arg-type]
+    if teacher is not None and api_teacher:
+        per_q = (per_1m(teacher, hour) or 0.0) / 1e6
         basis = (teacher.get("cost") or {}).get("basis", "measured tokens at its prices")
         options.append(CostOption("API teacher", "api", per_query_usd=per_q, basis=basis))
     else:
         tokens = [
-            (c.get("roofline") or {}).get("tokens_per_query")
+            float(c["roofline"]["tokens_per_query"])
             for c in facts.candidates
             if (c.get("roofline") or {}).get("tokens_per_query")
         ]

@@ -179,7 +179,7 @@ class Cascade(BaseClassifier):
         if index == len(self.tiers) - 1:
             answer = ~abstain
         else:
-            answer = (conf >= self.tiers[index].threshold) & ~abstain  # type: ignore[operator]
+            answer = (conf >= self.tiers[index].threshold) & ~abstain
         return Step(confidence=conf, answer=answer, abstain=abstain)
 
     def abstain_row(self) -> np.ndarray:
@@ -276,7 +276,7 @@ class Cascade(BaseClassifier):
         return sum(t.model.info.parameters for t in self.tiers)
 
     @property
-    def bytes_on_disk(self) -> int:  # type: ignore[override]
+    def bytes_on_disk(self) -> int:
         """A cascade's size is its tiers' and its abstaining score's statistics (its own
         directory holds only those and the manifest)."""
         tiers = sum(dir_bytes(t.path) if t.path else t.model.info.bytes_on_disk for t in self.tiers)

@@ -80,7 +80,7 @@ def classify_request_model(config: ServeConfig) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid"),
         __doc__="Texts to classify (one or more).",
         texts=(
-            list[text],  # type: ignore[valid-type]
+            list[text],
             Field(min_length=1, max_length=config.max_texts, description="one answer each"),
         ),
     )

@@ -1,0 +1,2 @@
+"""The report's sections, one module each, in page order; each renders from the checked
+:class:`smallfit.report.facts.Facts`."""

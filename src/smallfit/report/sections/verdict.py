@@ -1,0 +1,116 @@
+"""The verdict: what to run, how sure the test set is, and what it saves."""
+
+from __future__ import annotations
+
+from html import escape
+
+from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
+from smallfit.report.fmt import (
+    pct,
+    usd,
+)
+from smallfit.report.uncertainty import (
+    cascade_vs_teacher_html,
+    ci_text,
+    diff_text,
+    paired_diff,
+    quality_ci,
+    resolution_html,
+)
+
+
+def verdict(f: Facts) -> str:
+    chosen = f.candidate(f.chosen)
+    metric = f.metric.replace("_", " ")
+    if chosen is None:
+        reason = f.selection.get("reason") or "no candidate met the quality floor"
+        return (
+            f'<section id="verdict"><h2>Verdict</h2>{recommended_html(f)}'
+            '<p class="verdict" data-chosen="">'
+            f"No model was chosen: {escape(reason)}.</p>{resolution_html(f)}</section>"
+        )
+    r = ratios(f, chosen)
+    cost = per_1m(chosen, f.hour_usd)
+    parts = [f'<strong data-field="chosen">{escape(chosen["name"])}</strong>']
+    if f.teacher is not None and chosen["name"] != TEACHER:
+        teacher_cost = per_1m(f.teacher, f.hour_usd)
+        paired = paired_diff(chosen, f.metric)
+        parts.append(
+            f' keeps <span data-field="quality_pct">{r["quality_pct"]:.1f}%</span> of the '
+            f"teacher's {escape(metric)} "
+            f'(<span data-field="metric">{pct(chosen["quality"][f.metric])}</span>, 95% CI '
+            f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>, against '
+            f"{pct(f.teacher['quality'][f.metric])}"
+            + (
+                f'; paired difference <span data-field="diff">{diff_text(paired)}</span>'
+                if f.metric in ("accuracy", "macro_f1")
+                else ""
+            )
+            + ")"
+        )
+        if r["speedup_p50_1t"] is not None:
+            parts.append(f', <span data-field="speedup">{r["speedup_p50_1t"]:.0f}x</span> faster')
+        if r["size_ratio"] is not None:
+            parts.append(f', <span data-field="size_ratio">{r["size_ratio"]:.0f}x</span> smaller')
+        if cost is not None and teacher_cost is not None:
+            parts.append(
+                f', <span data-field="cost">{usd(cost)}</span> per 1M queries instead of '
+                f'<span data-field="teacher_cost">{usd(teacher_cost)}</span>'
+            )
+        parts.append(".")
+    else:
+        parts.append(
+            f" was chosen: {escape(metric)} "
+            f'<span data-field="metric">{pct(chosen["quality"][f.metric])}</span> (95% CI '
+            f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>), '
+            f"{usd(cost)} per 1M queries. {escape(str(f.selection.get('reason', '')))}."
+        )
+    lines = [f'<p class="verdict" data-chosen="{escape(chosen["name"])}">{"".join(parts)}</p>']
+    api = f.cost_options[0] if f.cost_options and f.cost_options[0].kind == "api" else None
+    if api is not None and chosen["name"] != TEACHER and cost is not None:
+        lines.append(
+            f'<p class="aside">For comparison: {escape(api.name)} costs about '
+            f"{usd(api.per_query_usd * 1e6)} per 1M queries ({escape(api.basis)}).</p>"
+        )
+    if f.cascade is not None:
+        t = f.cascade["test"]
+        ref = (f.cascade.get("reference_accuracy") or {}).get("test")
+        tiers = " → ".join(f.cascade["tiers"])
+        lines.append(
+            f'<p class="verdict2">With the cascade <strong>{escape(tiers)}</strong>, '
+            f'<span data-field="cascade_local">{pct(1 - t["escalation"], 1)}</span> of test '
+            f"queries never reach the last tier, at accuracy "
+            f'<span data-field="cascade_accuracy">{pct(t["accuracy"])}</span>'
+            + (f" (the last tier alone: {pct(ref)})" if ref is not None else "")
+            + cascade_vs_teacher_html(f)
+            + (
+                f", {usd(t['cost_per_1m_usd'])} per 1M queries"
+                if t.get("cost_per_1m_usd") is not None
+                else ""
+            )
+            + ".</p>"
+        )
+    reason = f.selection.get("reason")
+    if reason:
+        lines.append(f'<p class="aside">Selection: {escape(str(reason))}.</p>')
+    lines.append(resolution_html(f))
+    return (
+        '<section id="verdict"><h2>Verdict</h2>'
+        + recommended_html(f)
+        + "".join(lines)
+        + "</section>"
+    )
+
+
+def recommended_html(f: Facts) -> str:
+    """The recommended deployment first, when it is not the chosen model (the cascade, when
+    the teacher was chosen and the cascade keeps a real share of queries off it)."""
+    advice = f.selection.get("recommended") or {}
+    name = advice.get("name")
+    if not name or name == f.chosen:
+        return ""
+    tiers = " → ".join((f.cascade or {}).get("tiers") or [name])
+    return (
+        f'<p class="verdict" data-recommended="{escape(str(name))}">Recommended deployment: '
+        f"<strong>the cascade {escape(tiers)}</strong>: {escape(str(advice.get('reason')))}.</p>"
+    )

@@ -1,0 +1,83 @@
+"""Where the chosen model is weaker: per-class scores and the most confused pairs."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from smallfit.report.facts import Facts
+from smallfit.report.fmt import (
+    pct,
+)
+
+
+def weaker(f: Facts) -> str:
+    chosen = f.candidate(f.chosen)
+    if chosen is None:
+        return ""
+    mine = chosen["quality"].get("per_class") or {}
+    theirs = ((f.teacher or {}).get("quality") or {}).get("per_class") or {}
+    if not mine:
+        return (
+            '<section id="weaker"><h2>Where it is weaker</h2><p>No per-class figures in '
+            "results.json.</p></section>"
+        )
+    rows = []
+    for label, m in mine.items():
+        t = theirs.get(label) or {}
+        gap = None if t.get("f1") is None else m["f1"] - t["f1"]
+        rows.append((label, m, t, gap))
+    rows.sort(key=lambda r: (r[3] if r[3] is not None else r[1]["f1"], r[0]))
+    k = f.report.worst_classes
+
+    def tr(label: str, m: dict[str, Any], t: dict[str, Any], gap: float | None) -> str:
+        width = max(0.0, min(1.0, m["f1"])) * 100
+        return (
+            f'<tr data-label="{escape(label)}"><td>{escape(label)}</td>'
+            f'<td data-field="f1">{pct(m["f1"], 1)}'
+            f'<span class="bar" style="width:{width:.0f}px"></span></td>'
+            f"<td>{pct(t.get('f1'), 1)}</td>"
+            f'<td class="{"neg" if gap is not None and gap < 0 else ""}">'
+            f"{'–' if gap is None else f'{100 * gap:+.1f} pt'}</td>"
+            f"<td>{pct(m.get('precision'), 1)}</td><td>{pct(m.get('recall'), 1)}</td>"
+            f"<td>{m.get('support', '–')}</td></tr>"
+        )
+
+    head = (
+        "<thead><tr><th>class</th><th>F1 (chosen)</th><th>F1 (teacher)</th><th>gap</th>"
+        "<th>precision</th><th>recall</th><th>test rows</th></tr></thead>"
+    )
+    worst = "".join(tr(*r) for r in rows[:k])
+    rest = "".join(tr(*r) for r in rows[k:])
+    pairs = ""
+    if f.confusions:
+        items = "".join(
+            f'<tr data-gold="{escape(c.gold)}" data-predicted="{escape(c.predicted)}">'
+            f"<td>{escape(c.gold)}</td><td>{escape(c.predicted)}</td>"
+            f'<td data-field="count">{c.count}</td><td><ul class="examples">'
+            + "".join(f"<li>{escape(e)}</li>" for e in c.examples)
+            + "</ul></td></tr>"
+            for c in f.confusions
+        )
+        pairs = (
+            f"<h3>Most confused pairs ({escape(chosen['name'])}, test)</h3>"
+            '<table class="small" id="confusions"><thead><tr><th>gold label</th>'
+            "<th>predicted</th><th>texts</th><th>examples</th></tr></thead>"
+            f"<tbody>{items}</tbody></table>"
+        )
+    elif f.confusion_note:
+        pairs = f'<p class="caption">{escape(f.confusion_note)}</p>'
+    return (
+        '<section id="weaker"><h2>Where it is weaker</h2>'
+        f"<p>Per-class F1 of <strong>{escape(chosen['name'])}</strong> on test against the "
+        "teacher's, largest loss first.</p>"
+        f'<table class="small" id="per-class">{head}<tbody>{worst}</tbody></table>'
+        + (
+            f"<details><summary>All {len(rows)} classes</summary>"
+            f'<table class="small">{head}<tbody>{rest}</tbody></table></details>'
+            if rest
+            else ""
+        )
+        + pairs
+        + "</section>"
+    )
