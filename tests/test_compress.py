@@ -10,6 +10,7 @@ import pytest
 
 from smallfit.compress import OnnxExport, OrtDynamicInt8, compress, parse_step
 from smallfit.config import LinearStudent
+from smallfit.distill import linear_args
 from smallfit.errors import SmallfitError
 from smallfit.models import load
 
@@ -83,7 +84,7 @@ def test_inapplicable_steps_are_refused_before_any_work(int8_dir, trained_dir, t
         ["play music", "book a table", "play jazz", "book dinner"],
         np.eye(2, dtype=np.float32)[[0, 1, 0, 1]],
         labels=labels,
-        config=LinearStudent(char_ngrams=None),
+        **linear_args(LinearStudent(char_ngrams=None)),
     ).save(tmp_path / "linear")
     cases.append((linear, [OnnxExport()], "transformer models; this one is 'linear'"))
     for source, steps, message in cases:

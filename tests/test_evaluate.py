@@ -11,6 +11,7 @@ import pytest
 import smallfit.evaluate as ev
 from smallfit.config import EvalConfig, LinearStudent
 from smallfit.data import Split
+from smallfit.distill import linear_args
 from smallfit.errors import SmallfitError
 from smallfit.evaluate import (
     environment,
@@ -144,7 +145,9 @@ def linear_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels = sorted({y for _, y in TRAIN})
     targets = np.eye(len(labels), dtype=np.float32)[[labels.index(y) for _, y in TRAIN]]
     config = LinearStudent(name="tiny-linear", char_ngrams=None, max_features=500)
-    model = LinearClassifier.fit(texts, targets, labels=labels, config=config)
+    model = LinearClassifier.fit(
+        texts, targets, labels=labels, name=config.name, **linear_args(config)
+    )
     return model.save(tmp_path_factory.mktemp("models") / "linear")
 
 

@@ -11,6 +11,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 import smallfit.models
 from smallfit.config import LinearStudent
+from smallfit.distill import linear_args
 from smallfit.errors import SmallfitError
 from smallfit.models.linear import LinearClassifier, _expand_targets
 
@@ -64,7 +65,7 @@ def hard_model(banking: dict) -> LinearClassifier:
         texts,
         one_hot(gold, banking["labels"]),
         labels=banking["labels"],
-        config=LinearStudent(soft_labels=False),
+        **linear_args(LinearStudent(soft_labels=False)),
         lineage={"trained_on": "banking77 (2000 rows)", "teacher": "gold"},
     )
 
@@ -148,7 +149,7 @@ def test_soft_labels_with_unseen_classes(banking: dict) -> None:
         texts,
         one_hot([g for _, g in kept], labels),
         labels=labels,
-        config=LinearStudent(soft_labels=False, char_ngrams=None),
+        **linear_args(LinearStudent(soft_labels=False, char_ngrams=None)),
     )
     targets = teacher.predict_proba(texts)
     assert (targets[:, :3] == 0).all()
@@ -156,7 +157,7 @@ def test_soft_labels_with_unseen_classes(banking: dict) -> None:
         texts,
         targets,
         labels=labels,
-        config=LinearStudent(soft_labels=True, min_prob=0.01, char_ngrams=None),
+        **linear_args(LinearStudent(soft_labels=True, min_prob=0.01, char_ngrams=None)),
     )
     assert student.lineage["soft_labels"] is True
     probe = banking["test"][0]
@@ -192,7 +193,7 @@ def sms() -> dict:
 def test_sms_spam_binary(sms: dict, tmp_path: Path) -> None:
     texts, gold = sms["train"]
     model = LinearClassifier.fit(
-        texts, one_hot(gold, sms["labels"]), labels=sms["labels"], config=LinearStudent()
+        texts, one_hot(gold, sms["labels"]), labels=sms["labels"], **linear_args(LinearStudent())
     )
     assert model.coef.shape[0] == 1  # sklearn's binary regression: one row, sigmoid
     test_texts, test_gold = sms["test"]
@@ -209,7 +210,9 @@ def test_deterministic_given_seed(sms: dict) -> None:
     texts, gold = sms["train"][0][:400], sms["train"][1][:400]
     targets = one_hot(gold, sms["labels"]) * 0.9 + 0.05
     fits = [
-        LinearClassifier.fit(texts, targets, labels=sms["labels"], config=LinearStudent(seed=3))
+        LinearClassifier.fit(
+            texts, targets, labels=sms["labels"], **linear_args(LinearStudent(seed=3))
+        )
         for _ in range(2)
     ]
     probe = sms["test"][0][:200]
@@ -221,13 +224,13 @@ def test_empty_input_and_bad_targets(sms: dict) -> None:
     texts, gold = sms["train"][0][:50], sms["train"][1][:50]
     labels = sms["labels"]
     with pytest.raises(SmallfitError, match="shape"):
-        LinearClassifier.fit(texts, np.ones((50, 3)), labels=labels, config=LinearStudent())
+        LinearClassifier.fit(texts, np.ones((50, 3)), labels=labels, **linear_args(LinearStudent()))
     single = np.zeros((50, 2))
     single[:, 0] = 1.0
     with pytest.raises(SmallfitError, match="single class"):
-        LinearClassifier.fit(texts, single, labels=labels, config=LinearStudent())
+        LinearClassifier.fit(texts, single, labels=labels, **linear_args(LinearStudent()))
     model = LinearClassifier.fit(
-        texts, one_hot(gold, labels), labels=labels, config=LinearStudent()
+        texts, one_hot(gold, labels), labels=labels, **linear_args(LinearStudent())
     )
     assert model.predict_proba([]).shape == (0, 2)
     assert model.predict([]) == []

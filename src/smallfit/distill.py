@@ -103,7 +103,10 @@ def _decoder(
         config.base,
         labels=dataset.labels,
         name=config.name,
-        lora=config.lora,
+        lora_r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        lora_targets=config.lora.target_modules,
         prompt=config.prompt,
         max_length=config.train.max_length,
         lineage={"base": config.base, **lineage},
@@ -167,7 +170,7 @@ def _linear(
         dataset.train.texts,
         targets,
         labels=dataset.labels,
-        config=config,
+        **linear_args(config),
         name=config.name,
         lineage=lineage,
     )
@@ -176,3 +179,9 @@ def _linear(
     )
     model.lineage["training"] = {"dev_agreement": dev_agree}
     return model
+
+
+def linear_args(config: LinearStudent) -> dict[str, Any]:
+    """The linear backend's arguments from the ``linear`` student config (the backend takes
+    plain arguments, never the user's config)."""
+    return config.model_dump(exclude={"kind", "name", "use_gold"})

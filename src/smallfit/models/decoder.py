@@ -42,7 +42,6 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from smallfit import zoo
-from smallfit.config import LoraSettings
 from smallfit.errors import SmallfitError
 from smallfit.models.base import register_backend
 from smallfit.models.transformer import TorchClassifier
@@ -177,7 +176,10 @@ class DecoderClassifier(TorchClassifier):
         *,
         labels: list[str],
         name: str,
-        lora: LoraSettings,
+        lora_r: int,
+        lora_alpha: int,
+        lora_dropout: float,
+        lora_targets: Sequence[str],
         prompt: str = TEXT,
         max_length: int = 64,
         lineage: dict[str, Any] | None = None,
@@ -194,15 +196,15 @@ class DecoderClassifier(TorchClassifier):
         model = _sequence_model(directory, labels=labels, pad_token_id=tokenizer.pad_token_id)
         config = LoraConfig(
             task_type=TaskType.SEQ_CLS,  # also keeps the head (`score`) trainable and saved
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
+            r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=list(lora_targets),
         )
         try:
             module = get_peft_model(model, config)
         except ValueError as exc:  # e.g. a target module the architecture does not have
-            raise SmallfitError(f"lora.target_modules={lora.target_modules}: {exc}") from exc
+            raise SmallfitError(f"lora.target_modules={list(lora_targets)}: {exc}") from exc
         record = {"name": base_name(base), "gguf_file": files.gguf_file, "sha256": sha256}
         return cls(
             module,

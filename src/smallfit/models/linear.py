@@ -28,7 +28,6 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from smallfit.config import LinearStudent
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_texts
 from smallfit.models.base import BaseClassifier, Signals, normalise_rows, register_backend
@@ -172,11 +171,24 @@ class LinearClassifier(BaseClassifier):
         targets: np.ndarray,
         *,
         labels: list[str],
-        config: LinearStudent,
-        name: str | None = None,
+        word_ngrams: tuple[int, int],
+        char_ngrams: tuple[int, int] | None,
+        max_features: int,
+        C: float,
+        soft_labels: bool,
+        min_prob: float,
+        seed: int,
+        name: str = "linear",
         lineage: dict[str, Any] | None = None,
     ) -> LinearClassifier:
-        """Fit on ``targets``, an (n, len(labels)) probability matrix (teacher or one-hot gold)."""
+        """Fit on ``targets``, an (n, len(labels)) probability matrix (teacher or one-hot gold).
+
+        Word n-grams in ``word_ngrams`` and, unless None, character n-grams within word
+        boundaries in ``char_ngrams`` (each family capped at ``max_features``), then a logistic
+        regression of inverse strength ``C`` (solver seeded with ``seed``) on the teacher's
+        probabilities (``soft_labels``: each text weighted by each label's probability, those
+        under ``min_prob`` dropped) or their argmax. The ``linear`` student config documents
+        each choice and its default."""
         targets = np.asarray(targets, dtype=np.float64)
         if targets.ndim != 2 or targets.shape != (len(texts), len(labels)):
             raise SmallfitError(
@@ -192,38 +204,36 @@ class LinearClassifier(BaseClassifier):
         blocks = [
             _fit_block(
                 "word",
-                _vectorizer_params("word", config.word_ngrams),
+                _vectorizer_params("word", word_ngrams),
                 texts,
-                max_features=config.max_features,
+                max_features=max_features,
                 min_df=1,
             )
         ]
-        if config.char_ngrams is not None:
+        if char_ngrams is not None:
             min_df = 2 if len(texts) >= _CHAR_MIN_DF_FROM else 1
             blocks.append(
                 _fit_block(
                     "char",
-                    _vectorizer_params("char_wb", config.char_ngrams),
+                    _vectorizer_params("char_wb", char_ngrams),
                     texts,
-                    max_features=config.max_features,
+                    max_features=max_features,
                     min_df=min_df,
                 )
             )
         features = sp.hstack([block.transform(texts) for block in blocks], format="csr")
 
-        rows, y, weight = _expand_targets(
-            targets, soft=config.soft_labels, min_prob=config.min_prob
-        )
+        rows, y, weight = _expand_targets(targets, soft=soft_labels, min_prob=min_prob)
         if len(np.unique(y)) < 2:
             raise SmallfitError(
                 "linear model: the targets name a single class; need at least two to fit"
             )
         regression = LogisticRegression(
-            C=config.C,
+            C=C,
             solver="lbfgs",
             tol=_TOL,
             max_iter=_MAX_ITER,
-            random_state=config.seed,
+            random_state=seed,
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
@@ -234,15 +244,15 @@ class LinearClassifier(BaseClassifier):
 
         mine: dict[str, Any] = {
             "base": "tfidf-logreg",
-            "word_ngrams": list(config.word_ngrams),
-            "char_ngrams": list(config.char_ngrams) if config.char_ngrams else None,
-            "C": config.C,
-            "soft_labels": config.soft_labels,
-            "min_prob": config.min_prob if config.soft_labels else None,
+            "word_ngrams": list(word_ngrams),
+            "char_ngrams": list(char_ngrams) if char_ngrams else None,
+            "C": C,
+            "soft_labels": soft_labels,
+            "min_prob": min_prob if soft_labels else None,
             "features": int(features.shape[1]),
             "iterations": int(np.max(regression.n_iter_)),
             "converged": converged,
-            "seed": config.seed,
+            "seed": seed,
             "trained_on": {"texts": len(texts), "sha256": hash_texts(texts)},
         }
         return cls(
@@ -251,7 +261,7 @@ class LinearClassifier(BaseClassifier):
             coef=regression.coef_,
             intercept=regression.intercept_,
             classes=regression.classes_,
-            name=name or config.name,
+            name=name,
             lineage={**mine, **(lineage or {})},
         )
 
