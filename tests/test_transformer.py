@@ -29,6 +29,21 @@ def model() -> TransformerClassifier:
     return TransformerClassifier.from_base(zoo.resolve("minilm-l6"), labels=LABELS, name="t")
 
 
+def test_a_fresh_head_is_drawn_from_its_seed_not_the_process(model: TransformerClassifier) -> None:
+    """Two fresh classifiers with one seed start alike whatever the process drew before (the
+    head came from torch's unseeded process RNG, so no two fits of a run were alike)."""
+    import torch
+
+    torch.manual_seed(12345)  # whatever state the process is in
+    again = TransformerClassifier.from_base(zoo.resolve("minilm-l6"), labels=LABELS, name="t")
+    other = TransformerClassifier.from_base(
+        zoo.resolve("minilm-l6"), labels=LABELS, name="t", seed=1
+    )
+    head = model.module.head.weight
+    assert torch.equal(again.module.head.weight, head)
+    assert not torch.equal(other.module.head.weight, head)
+
+
 def test_probabilities_have_the_right_shape(model: TransformerClassifier) -> None:
     probs = model.predict_proba(TEXTS)
     assert probs.shape == (len(TEXTS), len(LABELS)) and probs.dtype == np.float32

@@ -76,6 +76,7 @@ def _transformer(
         name=config.name,
         max_length=config.train.max_length,
         lineage={"base": config.base, **lineage},
+        seed=config.train.seed,
     )
     return _train(
         model,

@@ -58,6 +58,7 @@ def _finetune(
         name="teacher",
         max_length=config.train.max_length,
         lineage={"base": config.base, "recipe": "fine-tuned on gold labels"},
+        seed=config.train.seed,
     )
     work = work_of(out_dir)
     summary = train_classifier(

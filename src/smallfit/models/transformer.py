@@ -304,10 +304,13 @@ class TransformerClassifier(TorchClassifier):
         name: str,
         max_length: int = 64,
         lineage: dict[str, Any] | None = None,
+        seed: int = 0,
     ) -> TransformerClassifier:
-        """A fresh classifier on a pretrained encoder directory (head randomly initialised)."""
+        """A fresh classifier on a pretrained encoder directory; its head is initialised from
+        ``seed`` (it drew from torch's unseeded process RNG, so no two fits were alike)."""
         encoder = load_encoder(base_dir)
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+        torch.manual_seed(seed)
         module = PooledClassifier(encoder, len(labels))
         return cls(
             module, tokenizer, labels=labels, name=name, max_length=max_length, lineage=lineage
