@@ -6,8 +6,7 @@ Heavy modules (torch, transformers) load on first use of the names that need the
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from smallfit.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,7 +28,4 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'smallfit' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -9,9 +9,6 @@ The step configs import light (pydantic only); the rest loads on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from smallfit.compress.steps import (
     METHODS,
     CompressionStep,
@@ -24,6 +21,7 @@ from smallfit.compress.steps import (
     PruneMagnitude,
     PruneStructured,
 )
+from smallfit.lazy import lazy_exports
 
 _LAZY = {
     "HealData": "smallfit.compress.base",
@@ -48,7 +46,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'smallfit.compress' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -18,7 +18,6 @@ from smallfit.evaluate.speed import batched_throughput, measure_speed
 from smallfit.models.base import (
     BaseClassifier,
     align_probs,
-    dir_bytes,
     load,
     manifest_with_architecture,
 )
@@ -41,7 +40,6 @@ def measured(
     info: dict[str, Any],
     *,
     model_dir: Path,
-    bytes_on_disk: int,
     probs: np.ndarray,
     test: Split,
     labels: list[str],
@@ -54,8 +52,9 @@ def measured(
     cascade: dict[str, Any] | None = None,
 ) -> CandidateResult:
     """A candidate's results from its test answers and measured speed: the one place a result
-    is built (evaluation and the cascade stage both come here). ``teacher_probs`` uses
-    ``labels``' columns."""
+    is built (evaluation and the cascade stage both come here). ``info`` is
+    ``ModelInfo.to_dict()`` (its size on disk measured when the model was loaded or saved);
+    ``teacher_probs`` uses ``labels``' columns."""
     quality = quality_metrics(
         probs,
         list(test.labels),
@@ -67,7 +66,6 @@ def measured(
     return CandidateResult.of(
         info,
         model_dir=str(model_dir),
-        bytes_on_disk=bytes_on_disk,
         quality=quality,
         speed=speed,
         cost=cost,
@@ -127,7 +125,6 @@ def evaluate_candidate(
     result = measured(
         info,
         model_dir=model_dir,
-        bytes_on_disk=dir_bytes(model_dir),
         probs=probs,
         test=test,
         labels=labels,

@@ -326,7 +326,6 @@ def build_cascade(
     result = measured(
         cascade.info.to_dict(),
         model_dir=out_dir,
-        bytes_on_disk=cascade.bytes_on_disk,
         probs=test_probs,
         test=data.test,
         labels=cascade.labels,
@@ -433,10 +432,5 @@ def route_run(
         update["selection"] = results.selection.model_copy(
             update={"recommended": Recommendation.model_validate(advice)}
         )
-    again = results.model_copy(update=update)
-    # the fields now set: model_copy does not mark them, and unset fields are not written
-    again.model_fields_set.update(update)
-    if "selection" in update:
-        again.selection.model_fields_set.add("recommended")  # type: ignore[union-attr]
-    run.write_results(again)
+    run.write_results(results.model_copy(update=update))  # updated fields count as set
     return routed.summary

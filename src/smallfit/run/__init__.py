@@ -5,9 +5,7 @@ layout stays light."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from smallfit.lazy import lazy_exports
 from smallfit.run.layout import (
     CASCADE,
     ONE_OFF_STAGES,
@@ -42,7 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'smallfit.run' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

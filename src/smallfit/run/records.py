@@ -214,7 +214,6 @@ class CandidateResult(Record):
         info: dict[str, Any],
         *,
         model_dir: str,
-        bytes_on_disk: int,
         quality: dict[str, Any],
         speed: dict[str, Any],
         cost: dict[str, Any] | None,
@@ -222,14 +221,14 @@ class CandidateResult(Record):
         cascade: dict[str, Any] | None = None,
     ) -> CandidateResult:
         """The one constructor: a model's ``info`` (``ModelInfo.to_dict()``: name, backend,
-        parameters, lineage) and what was measured. Evaluation and the cascade stage both
-        build their results here."""
+        parameters, size on disk, lineage) and what was measured. Evaluation and the cascade
+        stage both build their results here."""
         fields: dict[str, Any] = {
             "name": info["name"],
             "backend": info["backend"],
             "model_dir": model_dir,
             "parameters": info["parameters"],
-            "bytes_on_disk": bytes_on_disk,
+            "bytes_on_disk": info["bytes_on_disk"],
             "lineage": info["lineage"],
             "quality": quality,
             "speed": speed,
