@@ -20,7 +20,7 @@ from smallfit.evaluate import (
     measure_speed,
     quality_metrics,
 )
-from smallfit.evaluate.environment import CPU_FLAGS
+from smallfit.evaluate.host import CPU_FLAGS
 
 LABELS = ["a", "b", "c"]
 
@@ -31,6 +31,7 @@ def onehot(idx: list[int], k: int = 3) -> np.ndarray:
 
 def test_public_api() -> None:
     assert sorted(ev.__all__) == [
+        "EvalConfig",
         "Measured",
         "environment",
         "evaluate_candidate",
@@ -42,6 +43,7 @@ def test_public_api() -> None:
         "peak_rates",
         "quality_metrics",
     ]
+    assert all(getattr(ev, name) is not None for name in ev.__all__)
 
 
 def test_accuracy_macro_f1_agreement() -> None:

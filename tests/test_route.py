@@ -27,7 +27,7 @@ from smallfit.errors import SmallfitError
 from smallfit.models import load
 from smallfit.pipeline import fit
 from smallfit.route import Cascade, Tier, calibrate, confidence_scores, load_tiers
-from smallfit.route.calibrate import NEVER, TierOutputs
+from smallfit.route.calibration import NEVER, TierOutputs
 from smallfit.route.stage import route_run
 
 pytestmark = pytest.mark.slow

@@ -237,7 +237,7 @@ def test_a_stalled_remote_tier_falls_back_to_the_best_local_answer(
     """The big tier is SmolLM2 on llama.cpp behind a proxy that holds every reply past the
     cascade's timeout: the cheap tier's answer stands, flagged; with fallback 'error', 503."""
     from smallfit.config import LLMTeacher
-    from smallfit.route.calibrate import NEVER
+    from smallfit.route.calibration import NEVER
     from smallfit.teach import llm_classifier
     from smallfit.testing.fault_proxy import FaultProxy
 

@@ -151,10 +151,12 @@ def teacher(
     quiet: bool,
 ) -> None:
     """Fine-tune a zoo base on gold labels: a stand-in for the big model you run today."""
-    from smallfit.config import DataConfig, FinetuneTeacher, TrainConfig
     from smallfit.data import load_dataset
+    from smallfit.data.config import DataConfig
     from smallfit.logs import beside, library_output
     from smallfit.teach import build_teacher
+    from smallfit.teach.config import FinetuneTeacher
+    from smallfit.train.config import TrainConfig
 
     dataset = load_dataset(
         DataConfig(train=train_file, test=test_file, text_field=text_field, label_field=label_field)
@@ -371,8 +373,10 @@ def route(
     RUN_DIR/models/cascade, and adds the cascade to results.json."""
     from pydantic import ValidationError
 
-    from smallfit.config import ConfigError, RouteConfig, format_validation_error, load_fit_config
+    from smallfit.config import format_validation_error, load_fit_config
+    from smallfit.errors import ConfigError
     from smallfit.logs import library_output
+    from smallfit.route.config import RouteConfig
     from smallfit.route.stage import route_run
     from smallfit.run.layout import RunDir
 
@@ -431,9 +435,11 @@ def serve(path: Path, config_path: Path | None, **options: Any) -> None:
     (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
     from pydantic import ValidationError
 
-    from smallfit.config import ConfigError, ServeConfig, format_validation_error, read_yaml_mapping
+    from smallfit.config import format_validation_error, read_yaml_mapping
+    from smallfit.errors import ConfigError
     from smallfit.serve import serve as run
     from smallfit.serve.app import resolve_model_path
+    from smallfit.serve.config import ServeConfig
 
     raw = read_yaml_mapping(config_path) if config_path else {}
     raw.update({k: v for k, v in options.items() if v is not None})

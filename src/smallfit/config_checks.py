@@ -84,7 +84,7 @@ def conflicts(config: FitConfig) -> list[Conflict]:
 
 
 def _select(config: FitConfig) -> Iterator[Conflict]:
-    from smallfit.config import parse_floor
+    from smallfit.select.config import parse_floor
 
     gold = not config.teacher.builds_model
     floor, metric = config.select.quality_floor, config.select.metric

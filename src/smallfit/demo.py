@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smallfit.config import (
-    STUDENT_MIN_STEPS,
-    TEACHER_MIN_STEPS,
-    CompressConfig,
-    CompressGrid,
-    DataConfig,
-    EvalConfig,
-    FinetuneTeacher,
-    FitConfig,
-    LinearStudent,
-    TrainConfig,
-    TransformerStudent,
-)
+from smallfit.compress.config import CompressConfig, CompressGrid
+from smallfit.config import FitConfig
+from smallfit.data.config import DataConfig
+from smallfit.distill.config import LinearStudent, TransformerStudent
 from smallfit.errors import SmallfitError
+from smallfit.evaluate.config import EvalConfig
+from smallfit.teach.config import FinetuneTeacher
+from smallfit.train.config import STUDENT_MIN_STEPS, TEACHER_MIN_STEPS, TrainConfig
 
 
 def demo_config(

@@ -35,9 +35,7 @@ def cli_markdown() -> str:
 
 def _type_name(annotation: Any) -> str:
     text = str(annotation) if get_args(annotation) else getattr(annotation, "__name__", "")
-    text = re.sub(
-        r"\b(typing|pathlib|smallfit\.config|smallfit\.compress\.steps|annotated_types)\.", "", text
-    )
+    text = re.sub(r"\b(typing|pathlib|annotated_types|smallfit(\.\w+)*)\.(?=[A-Za-z_])", "", text)
     text = re.sub(r"Annotated\[(.*?), FieldInfo\(.*?\)\]", r"\1", text)
     return text.replace("NoneType", "None").replace("<class '", "").replace("'>", "")
 

@@ -22,12 +22,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from smallfit.config import LLMTeacher, format_validation_error, read_yaml_mapping
+from smallfit.config import format_validation_error, read_yaml_mapping
 from smallfit.data import read_split
 from smallfit.errors import ConfigError, SmallfitError
 from smallfit.llm.labeller import PRICES_FROM_CACHE, PRICES_UNKNOWN, LabelReport
 from smallfit.llm.prompt import draw_examples
 from smallfit.logs import routed
+from smallfit.teach.config import LLMTeacher
 
 SHOWN_PROB = 0.01
 

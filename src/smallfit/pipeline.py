@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from smallfit.config import FitConfig, StudentBase, TeacherBase, dump_fit_config
+from smallfit.config import FitConfig, dump_fit_config
 from smallfit.data import Dataset, Split, load_dataset
+from smallfit.distill.config import StudentBase
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json, hash_texts
 from smallfit.logs import routed
@@ -33,6 +34,7 @@ from smallfit.run.records import (
     SelectionRecord,
 )
 from smallfit.run.store import Run
+from smallfit.teach.config import TeacherBase
 
 if TYPE_CHECKING:
     from smallfit.route.stage import Routed
@@ -301,7 +303,7 @@ class _Run:
         Returns (measured results, candidates not built with the reason)."""
         from smallfit.compress import HealData, compress
         from smallfit.compress.core import step_key
-        from smallfit.config import parse_duration
+        from smallfit.schema import parse_duration
 
         config = self.config.compress
         if config is None:
@@ -409,7 +411,7 @@ def fit(
     config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
 ) -> FitResult:
     """Run the whole chain into ``config.run_dir``; returns what was measured and chosen."""
-    from smallfit.evaluate.environment import environment
+    from smallfit.evaluate.host import environment
     from smallfit.route.stage import recommend
     from smallfit.select import format_table, select, selection_json
 

@@ -24,6 +24,9 @@ from smallfit.compress.steps import (
 from smallfit.lazy import lazy_exports
 
 _LAZY = {
+    "CompressCandidate": "smallfit.compress.config",
+    "CompressConfig": "smallfit.compress.config",
+    "CompressGrid": "smallfit.compress.config",
     "HealData": "smallfit.compress.base",
     "compress": "smallfit.compress.core",
     "parse_step": "smallfit.compress.core",
@@ -31,6 +34,9 @@ _LAZY = {
 
 __all__ = [
     "METHODS",
+    "CompressCandidate",
+    "CompressConfig",
+    "CompressGrid",
     "CompressionStep",
     "DropLayers",
     "HealConfig",

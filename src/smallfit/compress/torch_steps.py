@@ -69,8 +69,8 @@ def heal(
     model: Any, config: HealConfig, data: HealData, work_dir: Path, *, progress: bool
 ) -> dict[str, Any] | None:
     """Distil ``model`` against ``data`` for ``config.epochs``; returns the training summary."""
-    from smallfit.config import KDConfig, TrainConfig
     from smallfit.train import train_classifier
+    from smallfit.train.config import KDConfig, TrainConfig
 
     if config.epochs == 0:
         return None
@@ -201,8 +201,8 @@ def _importance(model: Any, data: HealData, n_texts: int, parts: tuple[str, ...]
     (equal to the gradient of a head/neuron mask), summed over batches."""
     import torch
 
-    from smallfit.config import KDConfig
     from smallfit.train import kd_loss
+    from smallfit.train.config import KDConfig
 
     layers = model.module.encoder.encoder.layer
     head_dim = model.architecture()["head_dim"]

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.config import EvalConfig
 from smallfit.data import Split
+from smallfit.evaluate.config import EvalConfig
 from smallfit.evaluate.quality import quality_metrics
 from smallfit.evaluate.roofline import mean_query_tokens, peak_rates, precision_of, roofline
 from smallfit.evaluate.speed import batched_throughput, measure_speed

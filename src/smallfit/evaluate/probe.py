@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-json", default="{}", help="an EvalConfig as JSON")
     args = parser.parse_args(argv)
 
-    from smallfit.config import EvalConfig
     from smallfit.errors import SmallfitError
+    from smallfit.evaluate.config import EvalConfig
     from smallfit.evaluate.speed import current_rss, measure_loaded
     from smallfit.models.base import load
 

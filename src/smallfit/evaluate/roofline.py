@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.evaluate.environment import environment
+from smallfit.evaluate.host import environment
 from smallfit.models.base import BaseClassifier, write_json
 
 PRECISIONS = ("fp32", "bf16", "int8")

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import EvalConfig
 from smallfit.errors import SmallfitError
+from smallfit.evaluate.config import EvalConfig
 from smallfit.models.base import BaseClassifier, read_manifest
 from smallfit.stats import latency_percentiles
 

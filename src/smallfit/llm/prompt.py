@@ -16,6 +16,11 @@ from typing import Any
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json
 
+DEFAULT_INSTRUCTION = (
+    "Classify the text into exactly one of these labels.\n\n{labels}\n\n"
+    'Answer with JSON: {{"label": "<one of the labels>"}}.\n\nText: {text}'
+)
+
 SLOTS = {"text", "labels"}
 
 

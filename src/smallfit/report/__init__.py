@@ -7,14 +7,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from smallfit.models.base import write_text
-from smallfit.report.card import model_card, write_model_cards
-from smallfit.report.facts import Facts, load_facts
+from smallfit.lazy import lazy_exports
 from smallfit.run.layout import RunDir
 
 REPORT = RunDir(".").report_file.name
 
-__all__ = ["REPORT", "Facts", "load_facts", "model_card", "write_model_cards", "write_report"]
+_LAZY = {
+    "ReportConfig": "smallfit.report.config",
+    "Facts": "smallfit.report.facts",
+    "load_facts": "smallfit.report.facts",
+    "model_card": "smallfit.report.card",
+    "write_model_cards": "smallfit.report.card",
+}
+
+__all__ = [
+    "REPORT",
+    "Facts",
+    "ReportConfig",
+    "load_facts",
+    "model_card",
+    "write_model_cards",
+    "write_report",
+]
+
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 def write_report(
@@ -30,6 +46,9 @@ def write_report(
     Everything is read and checked before anything is written: a missing or corrupt results
     file raises :class:`~smallfit.errors.SmallfitError` naming it, and leaves any earlier
     report as it was."""
+    from smallfit.models.base import write_text
+    from smallfit.report.card import write_model_cards
+    from smallfit.report.facts import load_facts
     from smallfit.report.page import render
 
     facts = load_facts(run_dir, overrides=overrides)

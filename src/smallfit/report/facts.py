@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import DEFAULT_INSTRUCTION, FitConfig, ReportConfig, format_validation_error
+from smallfit.config import FitConfig, format_validation_error
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import per_1m_at
 from smallfit.evaluate.speed import batched_throughput
+from smallfit.llm.prompt import DEFAULT_INSTRUCTION
+from smallfit.report.config import ReportConfig
 from smallfit.report.cost import CostOption
 from smallfit.run.layout import ONE_OFF_STAGES, TEACHER
 from smallfit.run.records import RunResults

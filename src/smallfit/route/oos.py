@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.route.calibrate import abstain_threshold
+from smallfit.route.calibration import abstain_threshold
 
 LOSSES: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 21))
 """In-scope losses of the curve: 1% to 20%."""

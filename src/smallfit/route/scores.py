@@ -1,6 +1,6 @@
 """Out-of-scope scores: how in-scope a query looks to one tier, higher = more in scope. The
 abstaining tier of a cascade abstains where its score falls below a threshold calibrated on
-in-scope dev queries (:func:`smallfit.route.calibrate.abstain_threshold`).
+in-scope dev queries (:func:`smallfit.route.calibration.abstain_threshold`).
 
 One name, one registered class: the cascade, the route stage and the server ask a score for
 what it needs (:attr:`Score.needs`: logits, embeddings), fit it on the tier's training signals

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import EvalConfig, RouteConfig, load_fit_config
+from smallfit.config import load_fit_config
 from smallfit.data import Dataset, load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import measured, predict_in_batches
+from smallfit.evaluate.config import EvalConfig
 from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import (
     BaseClassifier,
@@ -25,7 +26,7 @@ from smallfit.models.base import (
     write_npy,
 )
 from smallfit.route.abstain import Scored, SignalCache, score_tier
-from smallfit.route.calibrate import (
+from smallfit.route.calibration import (
     Calibration,
     TierOutputs,
     abstain_threshold,
@@ -33,6 +34,7 @@ from smallfit.route.calibrate import (
     out_of_scope_caught,
 )
 from smallfit.route.cascade import Abstain, Cascade, Tier
+from smallfit.route.config import RouteConfig
 from smallfit.route.oos import at_loss, by_label
 from smallfit.run.layout import CASCADE, TEACHER, RunDir
 from smallfit.run.records import CandidateResult, CascadeSummary, Recommendation

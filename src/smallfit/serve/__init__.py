@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smallfit.config import ServeConfig
+from smallfit.serve.config import ServeConfig
 
 
 def serve(model_path: str | Path, config: ServeConfig | None = None) -> None:

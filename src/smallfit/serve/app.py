@@ -20,10 +20,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from smallfit import __version__
-from smallfit.config import ServeConfig
 from smallfit.errors import SmallfitError
 from smallfit.models.base import MANIFEST
 from smallfit.run.store import Run
+from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, TierUnavailable
 from smallfit.serve.metrics import Metrics
 

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import ServeConfig
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import cpu_threads_all
 from smallfit.models.base import MANIFEST, BaseClassifier, load, read_manifest
 from smallfit.route.cascade import Cascade, Decisions
 from smallfit.serve.batcher import MicroBatcher
+from smallfit.serve.config import ServeConfig
 from smallfit.serve.metrics import Metrics
 
 WARMUP_TEXTS = ["warm up", "hello, can you help me with my account?"]

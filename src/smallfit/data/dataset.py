@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import DataConfig
+from smallfit.data.config import DataConfig
 from smallfit.errors import DataError
 
 FORMATS = {

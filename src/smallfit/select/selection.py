@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from smallfit.config import SelectConfig, parse_floor
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import batched_throughput
+from smallfit.select.config import SelectConfig, parse_floor
 
 Candidate = dict[str, Any]
 

@@ -38,8 +38,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from smallfit.config import KDConfig, TrainConfig, parse_duration
 from smallfit.models.transformer import TorchClassifier
+from smallfit.schema import parse_duration
+from smallfit.train.config import KDConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.config import FinetuneTeacher, GoldTeacher, KDConfig, LLMTeacher, ModelTeacher
 from smallfit.data import Dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load, load_as, write_npy
 from smallfit.registry import Registry
 from smallfit.run.layout import TEACHER, RunDir, work_of
+from smallfit.teach.config import FinetuneTeacher, GoldTeacher, LLMTeacher, ModelTeacher
+from smallfit.train.config import KDConfig
 
 TEACHERS: Registry[Callable[..., Any]] = Registry("teacher")
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import Target, parse_target
 from smallfit.errors import SmallfitError
+from smallfit.route.config import Target, parse_target
 from smallfit.route.scores import confidence_scores
 
 NEVER = 1.0 + 1e-6

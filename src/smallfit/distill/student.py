@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.config import DecoderStudent, LinearStudent, TransformerStudent
 from smallfit.data import Dataset
+from smallfit.distill.config import DecoderStudent, LinearStudent, TransformerStudent
 from smallfit.models.base import BaseClassifier
 from smallfit.registry import Registry
 from smallfit.run.layout import work_of

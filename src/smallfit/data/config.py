@@ -1,0 +1,56 @@
+"""The data stage's config: where the data is and how to read it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from smallfit.schema import Strict
+
+
+class DataConfig(Strict):
+    """Where the data is and how to read it."""
+
+    train: Path
+    """Training file (JSONL, CSV or Parquet): the pool the teacher labels."""
+    test: Path | None = None
+    """Test file; without one, `test_fraction` of train is held out."""
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    """File format; `auto` picks by suffix (.jsonl/.json, .csv, .parquet/.pq)."""
+    text_field: str = "text"
+    """Field (column) holding the text."""
+    label_field: str = "label"
+    """Field (column) holding the gold label."""
+    dev_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    """Share of train carved out as the dev split (stratified, seeded)."""
+    max_train: int | None = Field(None, gt=0, description="use a stratified slice of train")
+    max_test: int | None = Field(None, gt=0, description="use a stratified slice of test")
+    out_of_scope: str | None = None
+    """The label of out-of-scope examples (e.g. `oos`): never a class; such rows are left out of
+    training, and those in test measure how many the cascade's abstention catches."""
+    hold_out_labels: int | list[str] | None = None
+    """Labels to treat as unknown, for an out-of-scope evaluation that needs no special data:
+    a number (that many labels, drawn with `seed`) or the label names. Their rows leave train
+    and dev (no model, the teacher included, sees them) and their test rows join the
+    out-of-scope test texts; at least 2 labels must remain. The labels drawn are recorded in
+    the run's `data.json` and `cascade.json`."""
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=0.5, description="held out of train when there is no test file"
+    )
+    seed: int = 0
+    """Seed of every split and slice."""
+
+    @field_validator("hold_out_labels")
+    @classmethod
+    def _check_hold_out(cls, value: int | list[str] | None) -> int | list[str] | None:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("hold_out_labels must be at least 1 (or null for none)")
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("hold_out_labels is an empty list; use null to hold none out")
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            if repeated:
+                raise ValueError(f"hold_out_labels repeats {repeated}")
+        return value

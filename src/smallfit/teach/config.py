@@ -1,0 +1,156 @@
+"""The teacher's config: one of a fine-tuned stand-in, a model the user has, the gold labels or
+an LLM behind an OpenAI-compatible API (``source`` selects)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from smallfit.llm.prompt import DEFAULT_INSTRUCTION
+from smallfit.schema import Strict
+from smallfit.train.config import (
+    TEACHER_MIN_STEPS,
+    Schedule,
+    TrainConfig,
+    with_min_steps,
+)
+
+
+class TeacherBase(Strict):
+    builds_model: ClassVar[bool] = True
+    """Whether a model stands behind the labels (gold labels: none to build, label or measure)."""
+
+    def schedule(self, examples: int) -> Schedule | None:
+        """How long its training is planned to be on ``examples`` texts; None: not trained."""
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies this teacher for stage reuse (a rerun rebuilds when it changes)."""
+        return self.model_dump(mode="json")
+
+
+class FinetuneTeacher(TeacherBase):
+    """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
+
+    source: Literal["finetune"] = "finetune"
+    """Selects this teacher type."""
+    base: str = "mpnet-base"
+    """Zoo alias, local HF directory or hub id of the encoder."""
+    train: TrainConfig = TrainConfig(epochs=1.0, lr=3e-5, min_steps=TEACHER_MIN_STEPS)
+    """How it is trained (`min_steps`, when unset: 280; `patience` stops the passes a small
+    pool adds once dev stops improving)."""
+
+    @field_validator("train")
+    @classmethod
+    def _default_min_steps(cls, train: TrainConfig) -> TrainConfig:
+        return with_min_steps(train, TEACHER_MIN_STEPS)
+
+    def schedule(self, examples: int) -> Schedule | None:
+        return self.train.schedule(examples)
+
+
+class ModelTeacher(TeacherBase):
+    """A classifier the user already has: a smallfit model dir or a HF sequence-classifier dir."""
+
+    source: Literal["model"] = "model"
+    """Selects this teacher type."""
+    path: Path
+    """A smallfit model directory, or a HF sequence-classification directory."""
+
+    def identity(self) -> dict[str, Any]:
+        """The directory's contents count, not just its path: a teacher retrained in place is
+        a new teacher."""
+        from smallfit.hashing import hash_dir
+
+        content = hash_dir(self.path) if Path(self.path).is_dir() else None
+        return {**self.model_dump(mode="json"), "content": content}
+
+
+class GoldTeacher(TeacherBase):
+    """No teacher: the gold labels stand in for it (probabilities are one-hot)."""
+
+    builds_model: ClassVar[bool] = False
+
+    source: Literal["gold"] = "gold"
+    """Selects this teacher type."""
+
+
+class LLMPrices(Strict):
+    """What the API charges, in US dollars per million tokens (0 for a server you run)."""
+
+    input_per_1m: float = Field(0.0, ge=0)
+    """Price of a million prompt tokens."""
+    output_per_1m: float = Field(0.0, ge=0)
+    """Price of a million completion tokens."""
+
+
+class LLMTeacher(TeacherBase):
+    """An LLM behind an OpenAI-compatible API (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM).
+
+    Unset fields come from the environment: `SMALLFIT_LLM_BASE_URL` (else `OPENAI_BASE_URL`),
+    `SMALLFIT_LLM_MODEL`, `SMALLFIT_LLM_PRICE_INPUT` / `SMALLFIT_LLM_PRICE_OUTPUT` (per million
+    tokens). The key is read from the variable named by `api_key_env` and is never written
+    anywhere."""
+
+    source: Literal["llm"] = "llm"
+    """Selects this teacher type."""
+    base_url: str | None = None
+    """API root, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`."""
+    model: str | None = None
+    """Model name as the server knows it."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key (the key itself never goes in a config)."""
+    prices: LLMPrices | None = None
+    """Prices per million tokens; null: from the environment, else 0."""
+    instruction: str = DEFAULT_INSTRUCTION
+    """Prompt template: must hold `{text}`; `{labels}` is replaced by the label list (one per
+    line, with its description when given). Literal braces are doubled: `{{` `}}`."""
+    label_descriptions: dict[str, str] = {}
+    """Optional one-line description per label, shown beside its name."""
+    few_shot: int = Field(0, ge=0, le=64)
+    """Worked examples drawn from the training data (seeded; at most one per label first)."""
+    answer: Literal["json-schema", "text"] = "json-schema"
+    """`json-schema`: ask the server to constrain the answer to `{"label": <enum>}`;
+    `text`: free text, parsed (unparseable answers are counted, never guessed)."""
+    probabilities: Literal["logprobs", "samples", "argmax"] = "logprobs"
+    """How probabilities are estimated: from token logprobs; from the vote share over
+    `samples` answers at temperature 1; or one-hot on the single answer."""
+    samples: int = Field(5, ge=2, le=50)
+    """Answers per text with `probabilities: samples`."""
+    top_logprobs: int = Field(5, ge=1, le=20)
+    """Alternatives per answer token with `probabilities: logprobs`."""
+    max_tokens: int = Field(48, gt=0)
+    """Completion tokens per answer."""
+    concurrency: int = Field(4, gt=0, le=256)
+    """Requests in flight at once."""
+    timeout_s: float = Field(60.0, gt=0)
+    """Per-request timeout."""
+    max_retries: int = Field(6, ge=0)
+    """Retries per request on 429, 5xx, timeouts, connection errors and broken responses."""
+    budget_usd: float | None = Field(None, gt=0)
+    """Stop cleanly before the ledger's total spending passes this (reruns included: the
+    ledger lives with the answer cache; requests in flight may add at most one each)."""
+    budget_tokens: int | None = Field(None, gt=0)
+    """Stop cleanly before using more tokens than this (prompt + completion)."""
+    seed: int = 0
+    """Seed of the few-shot draw and of sampling."""
+
+    @field_validator("instruction")
+    @classmethod
+    def _check_instruction(cls, value: str) -> str:
+        from smallfit.llm.prompt import check_template
+
+        check_template(value)
+        return value
+
+    def identity(self) -> dict[str, Any]:
+        """What the answers depend on: not the concurrency, timeouts or budgets."""
+        dropped = {"concurrency", "timeout_s", "max_retries", "budget_usd", "budget_tokens"}
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in dropped}
+
+
+TeacherConfig = Annotated[
+    FinetuneTeacher | ModelTeacher | GoldTeacher | LLMTeacher, Field(discriminator="source")
+]
