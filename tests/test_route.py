@@ -257,7 +257,7 @@ def test_when_the_teacher_wins_the_cascade_is_the_way_off_it(
 
 def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
     from smallfit.route.stage import best_local, recommend
-    from smallfit.run.records import CascadeSummary, Point
+    from smallfit.run.records import CandidateResult, CascadeSummary, Point, Quality, Speed
 
     def summary(escalation: float, met: bool = True) -> CascadeSummary:
         # the fields recommend reads (model_construct: the rest of a summary is not needed)
@@ -275,10 +275,20 @@ def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
     missed = summary(0.1, met=False)
     assert "misses its target" in recommend("teacher", missed, min_local=0.25)["reason"]
     assert recommend("linear", cascade, min_local=0.25)["name"] == "linear"
+
+    def candidate(name: str, accuracy: float, size: int, remote: bool = False) -> CandidateResult:
+        # the fields best_local reads (model_construct: the rest of a result is not needed)
+        return CandidateResult.model_construct(
+            name=name,
+            bytes_on_disk=size,
+            quality=Quality.model_construct(accuracy=accuracy),
+            speed=Speed.model_construct(remote=remote),
+        )
+
     candidates = [
-        {"name": "teacher", "quality": {"accuracy": 0.95}, "bytes_on_disk": 9},
-        {"name": "a", "quality": {"accuracy": 0.90}, "bytes_on_disk": 5},
-        {"name": "b", "quality": {"accuracy": 0.90}, "bytes_on_disk": 3},
-        {"name": "api", "quality": {"accuracy": 0.99}, "speed": {"remote": True}},
+        candidate("teacher", 0.95, 9),
+        candidate("a", 0.90, 5),
+        candidate("b", 0.90, 3),
+        candidate("api", 0.99, 1, remote=True),
     ]
     assert best_local(candidates, "accuracy") == "b"

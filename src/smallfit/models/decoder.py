@@ -45,6 +45,7 @@ from smallfit import zoo
 from smallfit.errors import SmallfitError
 from smallfit.models.base import register_backend
 from smallfit.models.transformer import TorchClassifier
+from smallfit.weights import build_once
 
 if TYPE_CHECKING:  # peft is imported where it is used
     from peft import LoraConfig, PeftModel
@@ -70,7 +71,7 @@ def hf_directory(base: zoo.CausalLM, sha256: str) -> Path:
     if base.gguf_file is None:
         return base.directory
     target = zoo.cache_dir() / "models" / f"{Path(base.gguf_file).stem}-{sha256[:12]}"
-    return zoo.build_once(
+    return build_once(
         target,
         checksum=sha256,
         build=lambda out: _convert_gguf(base, out),

@@ -5,21 +5,20 @@ weaker, and how to load and serve it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from smallfit.evaluate.speed import batched_throughput
 from smallfit.models.base import MANIFEST, MODEL_CARD, write_text
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
-from smallfit.report.fmt import mb, ms, pct, times, usd
-from smallfit.report.uncertainty import ci_text, diff_text
+from smallfit.report.fmt import latency_ms, mb, ms, pct, times, usd
+from smallfit.report.uncertainty import ci_text, diff_text, paired_diff, quality_ci
 from smallfit.run.layout import RunDir
+from smallfit.run.records import CandidateResult
 
 
-def model_card(f: Facts, c: dict[str, Any]) -> str:
+def model_card(f: Facts, c: CandidateResult) -> str:
     """The card of candidate ``c``."""
-    q, lin = c["quality"], c.get("lineage") or {}
+    q, lin = c.quality, c.lineage
     r = ratios(f, c)
-    name = c["name"]
+    name = c.name
     role = (
         "the chosen model"
         if name == f.chosen
@@ -30,7 +29,7 @@ def model_card(f: Facts, c: dict[str, Any]) -> str:
     lines = [
         f"# {name}",
         "",
-        f"{role.capitalize()} of the smallfit run `{f.run_dir}`: a `{c.get('backend')}` "
+        f"{role.capitalize()} of the smallfit run `{f.run_dir}`: a `{c.backend}` "
         f"classifier over {len(f.labels)} labels.",
         "",
         "## How it was made",
@@ -50,24 +49,23 @@ def model_card(f: Facts, c: dict[str, Any]) -> str:
             f"- training: {training.get('epochs')} epoch(s), {training.get('seconds')} s, "
             f"best dev agreement {training.get('best_dev_agreement')}"
         )
-    s = c["speed"]
-    one = s["threads"].get("1") or {}
+    s = c.speed
     lines += [
         "",
         "## Measured on this run's test split",
         "",
         "| metric | value |",
         "|---|---|",
-        f"| {f.metric} | {pct(q.get(f.metric))} |",
-        f"| {f.metric}, 95% interval | {ci_text((q.get('ci95') or {}).get(f.metric))} |",
-        f"| macro F1 | {pct(q.get('macro_f1'))} |",
-        f"| agreement with the teacher | {pct(q.get('teacher_agreement'))} |",
-        f"| expected calibration error | {q.get('ece', float('nan')):.4f} |",
-        f"| batch-1 latency, 1 thread (p50 / p95 / p99) | {ms(one.get('p50_ms'))} / "
-        f"{ms(one.get('p95_ms'))} / {ms(one.get('p99_ms'))} |",
-        f"| throughput (batches, all threads) | {batched_throughput(s) or 0:,.0f} texts/s |",
-        f"| size on disk | {mb(c.get('bytes_on_disk'))} |",
-        f"| peak memory | {mb(s.get('peak_rss_bytes'))} |",
+        f"| {f.metric} | {pct(q.value(f.metric))} |",
+        f"| {f.metric}, 95% interval | {ci_text(quality_ci(c, f.metric))} |",
+        f"| macro F1 | {pct(q.macro_f1)} |",
+        f"| agreement with the teacher | {pct(q.teacher_agreement)} |",
+        f"| expected calibration error | {q.ece:.4f} |",
+        f"| batch-1 latency, 1 thread (p50 / p95 / p99) | {ms(latency_ms(c, '1'))} / "
+        f"{ms(latency_ms(c, '1', 'p95_ms'))} / {ms(latency_ms(c, '1', 'p99_ms'))} |",
+        f"| throughput (batches, all threads) | {s.throughput_per_s or 0:,.0f} texts/s |",
+        f"| size on disk | {mb(c.bytes_on_disk)} |",
+        f"| peak memory | {mb(s.peak_rss_bytes)} |",
         f"| cost per 1M queries | {usd(per_1m(c, f.hour_usd))} |",
     ]
     if f.teacher is not None and name != TEACHER:
@@ -75,23 +73,22 @@ def model_card(f: Facts, c: dict[str, Any]) -> str:
             f"| against the teacher | {r['quality_pct'] or 0:.1f}% of its {f.metric}, "
             f"{times(r['speedup_p50_1t'])} faster, {times(r['size_ratio'])} smaller |"
         )
-        paired = q.get("vs_teacher")
+        paired = q.vs_teacher
         if paired is None or f.metric in paired:
             lines.append(
                 f"| {f.metric} minus the teacher's (paired 95% interval) | "
-                f"{diff_text((paired or {}).get(f.metric))} |"
+                f"{diff_text(paired_diff(c, f.metric))} |"
             )
-    env = f.results.get("environment") or {}
+    env = f.results.environment
     lines += [
         "",
         f"Measured on {env.get('cpu_model', '?')} ({env.get('usable_cores', '?')} cores), "
         f"{env.get('timestamp', '')}.",
     ]
-    per_class = q.get("per_class") or {}
-    if per_class:
-        worst = sorted(per_class.items(), key=lambda kv: (kv[1]["f1"], kv[0]))[:5]
+    if q.per_class:
+        worst = sorted(q.per_class.items(), key=lambda kv: (kv[1].f1, kv[0]))[:5]
         lines += ["", "## Weakest classes (F1 on test)", ""]
-        lines += [f"- {label}: {pct(m['f1'], 1)} ({m.get('support')} texts)" for label, m in worst]
+        lines += [f"- {label}: {pct(m.f1, 1)} ({m.support} texts)" for label, m in worst]
     lines += [
         "",
         "## Use",
@@ -117,7 +114,7 @@ def write_model_cards(f: Facts) -> list[Path]:
     """A card beside each of the run's saved models (those under ``run_dir/models``)."""
     written = []
     for c in f.candidates:
-        where = RunDir(f.run_dir).model(c["name"])
+        where = RunDir(f.run_dir).model(c.name)
         if not (where / MANIFEST).is_file():
             continue
         path = where / MODEL_CARD

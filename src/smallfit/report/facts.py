@@ -16,12 +16,11 @@ import numpy as np
 from smallfit.config import FitConfig, format_validation_error
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import per_1m_at
-from smallfit.evaluate.speed import batched_throughput
 from smallfit.llm.prompt import DEFAULT_INSTRUCTION
 from smallfit.report.config import ReportConfig
 from smallfit.report.cost import CostOption
 from smallfit.run.layout import ONE_OFF_STAGES, TEACHER
-from smallfit.run.records import RunResults
+from smallfit.run.records import CandidateResult, CascadeSummary, RunResults, SelectionRecord
 from smallfit.run.store import Run
 from smallfit.select import pareto_front, vs_teacher
 
@@ -42,16 +41,16 @@ class Facts:
 
     run_dir: Path
     store: Run
-    results: dict[str, Any]
-    candidates: list[dict[str, Any]]
+    results: RunResults
+    candidates: list[CandidateResult]
     config: FitConfig
     report: ReportConfig
     metric: str
     chosen: str | None
-    selection: dict[str, Any]
+    selection: SelectionRecord | None
     front: list[str]
-    teacher: dict[str, Any] | None
-    cascade: dict[str, Any] | None
+    teacher: CandidateResult | None
+    cascade: CascadeSummary | None
     labels: list[str]
     cost_options: list[CostOption]
     one_off: dict[str, float]
@@ -60,8 +59,8 @@ class Facts:
     confusion_note: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def candidate(self, name: str | None) -> dict[str, Any] | None:
-        return next((c for c in self.candidates if c["name"] == name), None)
+    def candidate(self, name: str | None) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.name == name), None)
 
     @property
     def hour_usd(self) -> float:
@@ -84,8 +83,7 @@ def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) 
     for c in records.candidates:
         if not c.speed.threads:
             raise SmallfitError(f"{file}: candidate '{c.name}': field 'speed.threads' is empty")
-    results = records.dump()
-    candidates = results["candidates"]
+    candidates = records.candidates
     config = _config(records, file)
     if overrides:
         from pydantic import ValidationError
@@ -96,17 +94,17 @@ def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) 
             raise SmallfitError(format_validation_error(exc, source="report options")) from exc
         config = config.model_copy(update={"report": report})
     metric = records.selection.metric if records.selection else config.select.metric
-    selection = results.get("selection") or {}
-    chosen = selection.get("chosen")
-    if records.cascade is not None and records.cascade.test is None:
+    selection = records.selection
+    chosen = None if selection is None else selection.chosen
+    cascade = records.cascade
+    if cascade is not None and cascade.test is None:
         raise SmallfitError(f"{file}: cascade: missing field 'test' (its check on test)")
-    cascade = results.get("cascade")
-    teacher = next((c for c in candidates if c["name"] == TEACHER), None)
+    teacher = next((c for c in candidates if c.name == TEACHER), None)
     labels = _labels(store, candidates)
     facts = Facts(
         run_dir=run,
         store=store,
-        results=results,
+        results=records,
         candidates=candidates,
         config=config,
         report=config.report,
@@ -140,24 +138,23 @@ def _config(results: RunResults, file: Path) -> FitConfig:
         ) from exc
 
 
-def _labels(store: Run, candidates: list[dict[str, Any]]) -> list[str]:
+def _labels(store: Run, candidates: list[CandidateResult]) -> list[str]:
     data = store.read_data()
     if data is not None:
         return data.labels
-    per_class = candidates[0]["quality"].get("per_class") or {}
-    return sorted(per_class)
+    return sorted(candidates[0].quality.per_class)
 
 
 # -- cost ----------------------------------------------------------------------------------------
 
 
-def per_1m(c: dict[str, Any], hour_usd: float) -> float | None:
+def per_1m(c: CandidateResult, hour_usd: float) -> float | None:
     """A candidate's dollars per million queries: its own figure (an API's tokens at its
     prices, a cascade's weighted tiers), else this machine's hour at its batched throughput."""
-    own = (c.get("cost") or {}).get("per_1m_queries_usd")
+    own = None if c.cost is None else c.cost.per_1m_queries_usd
     if own is not None:
         return float(own)
-    return per_1m_at(hour_usd, c.get("speed") or {})
+    return per_1m_at(hour_usd, c.speed.dump())
 
 
 def _one_off(store: Run, facts: Facts) -> dict[str, float]:
@@ -174,7 +171,7 @@ def _one_off(store: Run, facts: Facts) -> dict[str, float]:
         facts.notes.append(f"{missing} is missing: one-off machine time counted as 0")
     out["machine_usd"] = out["machine_seconds"] / 3600.0 * facts.hour_usd
     teacher = facts.teacher
-    if teacher is not None and (teacher.get("speed") or {}).get("remote"):
+    if teacher is not None and teacher.speed.remote:
         spent = _api_ledger_usd(store.dir.answers_file)
         if spent is None:  # estimate: its cost per query over the texts it labelled
             data = store.read_data()
@@ -212,16 +209,16 @@ def _cost_options(facts: Facts) -> tuple[list[CostOption], str]:
     common = {"hour_usd": hour, "utilization": r.utilization, "amortize_months": r.amortize_months}
     options: list[CostOption] = []
     teacher = facts.teacher
-    api_teacher = teacher is not None and bool((teacher.get("speed") or {}).get("remote"))
+    api_teacher = teacher is not None and teacher.speed.remote
     if teacher is not None and api_teacher:
         per_q = (per_1m(teacher, hour) or 0.0) / 1e6
-        basis = (teacher.get("cost") or {}).get("basis", "measured tokens at its prices")
+        basis = "measured tokens at its prices" if teacher.cost is None else teacher.cost.basis
         options.append(CostOption("API teacher", "api", per_query_usd=per_q, basis=basis))
     else:
         tokens = [
-            float(c["roofline"]["tokens_per_query"])
+            float(c.roofline.tokens_per_query)
             for c in facts.candidates
-            if (c.get("roofline") or {}).get("tokens_per_query")
+            if c.roofline is not None and c.roofline.tokens_per_query
         ]
         text_tokens = float(np.median(tokens)) if tokens else 20.0
         pt, ct = estimated_prompt_tokens(facts.labels, text_tokens)
@@ -233,53 +230,54 @@ def _cost_options(facts: Facts) -> tuple[list[CostOption], str]:
             f"with {len(facts.labels)} labels, ~4 characters a token: an estimate)"
         )
         options.append(CostOption("API LLM (reference)", "api", per_query_usd=per_q, basis=basis))
-        if teacher is not None and batched_throughput(teacher["speed"]):
+        if teacher is not None and teacher.speed.throughput_per_s:
             options.append(
                 CostOption(
                     "self-hosted teacher",
                     "self-hosted",
-                    throughput_per_s=batched_throughput(teacher["speed"]),
+                    throughput_per_s=teacher.speed.throughput_per_s,
                     one_off_usd=_teacher_one_off(facts),
                     basis="the teacher on machines like this one",
                     **common,
                 )
             )
     chosen = facts.candidate(facts.chosen)
-    if chosen is not None and chosen["name"] != TEACHER and batched_throughput(chosen["speed"]):
+    if chosen is not None and chosen.name != TEACHER and chosen.speed.throughput_per_s:
         options.append(
             CostOption(
-                f"{chosen['name']} (chosen)",
+                f"{chosen.name} (chosen)",
                 "self-hosted",
-                throughput_per_s=batched_throughput(chosen["speed"]),
+                throughput_per_s=chosen.speed.throughput_per_s,
                 one_off_usd=facts.one_off["total_usd"],
                 basis="the chosen model on machines like this one",
                 **common,
             )
         )
     cascade = facts.candidate("cascade")
-    if cascade is not None and facts.cascade is not None:
-        escalation = float(facts.cascade["test"]["escalation"])
-        remote_last = api_teacher and facts.cascade["tiers"][-1] == TEACHER
-        first = facts.candidate(facts.cascade["tiers"][0])
+    summary = facts.cascade
+    if cascade is not None and summary is not None and summary.test is not None:
+        escalation = float(summary.test.escalation)
+        remote_last = api_teacher and summary.tiers[-1] == TEACHER
+        first = facts.candidate(summary.tiers[0])
         if remote_last and first is not None:  # local tiers on machines, escalations paid per query
             options.append(
                 CostOption(
                     "cascade",
                     "cascade",
                     per_query_usd=escalation * options[0].per_query_usd,
-                    throughput_per_s=batched_throughput(first["speed"]),
+                    throughput_per_s=first.speed.throughput_per_s,
                     one_off_usd=facts.one_off["total_usd"],
-                    basis=f"{first['name']} on machines, {escalation:.1%} of queries sent to "
+                    basis=f"{first.name} on machines, {escalation:.1%} of queries sent to "
                     "the API teacher",
                     **common,
                 )
             )
-        elif batched_throughput(cascade["speed"]):
+        elif cascade.speed.throughput_per_s:
             options.append(
                 CostOption(
                     "cascade",
                     "cascade",
-                    throughput_per_s=batched_throughput(cascade["speed"]),
+                    throughput_per_s=cascade.speed.throughput_per_s,
                     one_off_usd=facts.one_off["total_usd"],
                     basis=f"every tier on machines like this one ({escalation:.1%} of queries "
                     "reach the teacher)",
@@ -291,7 +289,7 @@ def _cost_options(facts: Facts) -> tuple[list[CostOption], str]:
 
 def _teacher_one_off(facts: Facts) -> float:
     """A fine-tuned teacher's own training time at the hourly price."""
-    training = ((facts.teacher or {}).get("lineage") or {}).get("training") or {}
+    training = (facts.teacher.lineage.get("training") if facts.teacher else None) or {}
     return float(training.get("seconds") or 0.0) / 3600.0 * facts.hour_usd
 
 
@@ -336,6 +334,6 @@ def _model_labels(facts: Facts, name: str) -> list[str]:
     return facts.store.model_labels(name) or facts.labels
 
 
-def ratios(facts: Facts, c: dict[str, Any]) -> dict[str, float | None]:
+def ratios(facts: Facts, c: CandidateResult) -> dict[str, float | None]:
     """x faster, x smaller and % of the teacher's quality (None without a teacher)."""
     return vs_teacher(c, facts.teacher, metric=facts.metric)

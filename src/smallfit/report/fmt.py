@@ -3,7 +3,10 @@ and the model cards (the tests format results.json the same way)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smallfit.run.records import CandidateResult
 
 # -- number formats (the tests format results.json the same way) -------------------------------
 
@@ -43,20 +46,19 @@ def volume(v: float) -> str:
     return f"{v:.3g}"
 
 
-def latency_ms(c: dict[str, Any], threads: str, key: str = "p50_ms") -> float | None:
-    row = (c.get("speed") or {}).get("threads", {}).get(threads)
-    return None if not row else row.get(key)
+def latency_ms(c: CandidateResult, threads: str, key: str = "p50_ms") -> float | None:
+    row = c.speed.threads.get(threads)
+    return None if row is None else getattr(row, key)
 
 
-def all_threads(c: dict[str, Any]) -> str:
-    speed = c.get("speed") or {}
-    n = str(speed.get("cpu_threads_all", ""))
-    threads = speed.get("threads", {})
+def all_threads(c: CandidateResult) -> str:
+    n = "" if c.speed.cpu_threads_all is None else str(c.speed.cpu_threads_all)
+    threads = c.speed.threads
     return n if n in threads else max(threads, key=lambda t: int(t) if t.isdigit() else 0)
 
 
-def is_remote(c: dict[str, Any]) -> bool:
-    return bool((c.get("speed") or {}).get("remote"))
+def is_remote(c: CandidateResult) -> bool:
+    return c.speed.remote
 
 
 # -- sections ------------------------------------------------------------------------------------

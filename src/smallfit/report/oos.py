@@ -21,9 +21,10 @@ def _at(curve: list[dict[str, Any]], loss: float) -> dict[str, Any] | None:
     return next((p for p in curve if abs(p["loss"] - loss) < 1e-9), None)
 
 
-def out_of_scope_html(cascade: dict[str, Any]) -> str:
-    """The out-of-scope paragraph, chart and tables ('' when the cascade does not abstain)."""
-    oos = cascade.get("out_of_scope") or {}
+def out_of_scope_html(out_of_scope: dict[str, Any] | None) -> str:
+    """The out-of-scope paragraph, chart and tables from a cascade's ``out_of_scope`` ('' when
+    the cascade does not abstain)."""
+    oos = out_of_scope or {}
     if oos.get("caught") is None:
         return ""
     held = oos.get("held_out_labels") or []

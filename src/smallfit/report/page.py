@@ -29,7 +29,7 @@ def static(name: str) -> str:
 def render(f: Facts) -> str:
     """The whole page."""
     name = f.run_dir.resolve().name
-    env = f.results.get("environment") or {}
+    env = f.results.environment
     sections = [verdict(f), pareto(f), latency(f), cascade(f), cost(f), weaker(f), lineage(f)]
     nav = "".join(
         f'<a href="#{i}">{t}</a>'

@@ -5,9 +5,9 @@ measured before smallfit recorded them."""
 from __future__ import annotations
 
 from html import escape
-from typing import Any
 
 from smallfit.report.facts import TEACHER, Facts
+from smallfit.run.records import CandidateResult, Paired
 
 
 def ci_text(ci: list[float] | None) -> str:
@@ -15,31 +15,33 @@ def ci_text(ci: list[float] | None) -> str:
     return "no interval" if not ci else f"{100 * ci[0]:.2f}–{100 * ci[1]:.2f}%"
 
 
-def diff_text(paired: dict[str, Any] | None) -> str:
+def diff_text(paired: Paired | None) -> str:
     """A paired difference from the teacher and its 95% interval, in points:
     '-0.94 pt (-1.42 to -0.49)'; 'no interval' for results without one."""
-    if not paired or paired.get("ci95") is None:
+    if paired is None:
         return "no interval"
-    lo, hi = paired["ci95"]
-    return f"{100 * paired['diff']:+.2f} pt ({100 * lo:+.2f} to {100 * hi:+.2f})"
+    lo, hi = paired.ci95
+    return f"{100 * paired.diff:+.2f} pt ({100 * lo:+.2f} to {100 * hi:+.2f})"
 
 
-def paired_diff(c: dict[str, Any], metric: str) -> dict[str, Any] | None:
-    """A candidate's measured ``{"diff", "ci95"}`` from the teacher on ``metric``, or None."""
-    return ((c.get("quality") or {}).get("vs_teacher") or {}).get(metric)
+def paired_diff(c: CandidateResult, metric: str) -> Paired | None:
+    """A candidate's measured difference from the teacher on ``metric`` (``diff``, ``ci95``),
+    or None."""
+    return (c.quality.vs_teacher or {}).get(metric)
 
 
-def quality_ci(c: dict[str, Any], metric: str) -> list[float] | None:
+def quality_ci(c: CandidateResult, metric: str) -> list[float] | None:
     """A candidate's measured 95% interval of ``metric``, or None."""
-    return ((c.get("quality") or {}).get("ci95") or {}).get(metric)
+    intervals = c.quality.ci95
+    return None if intervals is None else getattr(intervals, metric, None)
 
 
-def vs_teacher_cell(f: Facts, c: dict[str, Any]) -> str:
+def vs_teacher_cell(f: Facts, c: CandidateResult) -> str:
     """'–' for the teacher itself and for figures with no difference (agreement is already a
     comparison with the teacher); 'no interval' for results measured without one."""
-    if c["name"] == TEACHER or f.teacher is None:
+    if c.name == TEACHER or f.teacher is None:
         return "–"
-    measured = c["quality"].get("vs_teacher")
+    measured = c.quality.vs_teacher
     if measured is None:
         return "no interval"
     return diff_text(measured[f.metric]) if f.metric in measured else "–"
@@ -47,7 +49,7 @@ def vs_teacher_cell(f: Facts, c: dict[str, Any]) -> str:
 
 def resolution_html(f: Facts) -> str:
     """What the test set cannot tell apart, as selection said (older runs: nothing)."""
-    notes = f.selection.get("resolution")
+    notes = [] if f.selection is None else f.selection.resolution
     if not notes:
         return ""
     return (
@@ -60,17 +62,20 @@ def resolution_html(f: Facts) -> str:
 def cascade_vs_teacher_html(f: Facts) -> str:
     """'; against the teacher, a paired difference of ...' for the verdict's cascade sentence,
     saying when the test set cannot tell the two apart; '' without a measured difference."""
-    q = (f.candidate("cascade") or {}).get("quality") or {}
-    paired = (q.get("vs_teacher") or {}).get("accuracy")
-    if not paired:
+    cascade = f.candidate("cascade")
+    if cascade is None:
         return ""
-    lo, hi = paired["ci95"]
+    q = cascade.quality
+    paired = (q.vs_teacher or {}).get("accuracy")
+    if paired is None:
+        return ""
+    lo, hi = paired.ci95
     unresolved = ""
     if lo == hi == 0:
         unresolved = " (no resample tells them apart)"
     elif lo <= 0 <= hi:
         unresolved = (
-            f" (its interval includes 0: the {q.get('n')} test texts cannot tell the cascade "
+            f" (its interval includes 0: the {q.n} test texts cannot tell the cascade "
             "from the teacher)"
         )
     return (

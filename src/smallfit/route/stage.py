@@ -51,7 +51,7 @@ class Routed:
 
 def tier_names(
     config: RouteConfig,
-    candidates: list[dict[str, Any]],
+    candidates: list[CandidateResult],
     chosen: str | None,
     *,
     metric: str = "accuracy",
@@ -61,7 +61,7 @@ def tier_names(
     ``metric`` goes first: the cascade is then the way off the teacher."""
     if config.tiers:
         return list(config.tiers)
-    if not any(c.get("name") == TEACHER for c in candidates):
+    if not any(c.name == TEACHER for c in candidates):
         raise SmallfitError("no teacher candidate to escalate to (gold labels stand in for it)")
     if chosen is None or chosen == TEACHER:
         best = best_local(candidates, metric)
@@ -100,20 +100,17 @@ def recommend(
     }
 
 
-def best_local(candidates: list[dict[str, Any]], metric: str) -> str | None:
+def best_local(candidates: list[CandidateResult], metric: str) -> str | None:
     """The local (not behind an API) non-teacher candidate with the highest ``metric``; the
     smaller on disk among equals."""
     local = [
-        c
+        (quality, -c.bytes_on_disk, c.name)
         for c in candidates
-        if c.get("name") not in (TEACHER, CASCADE)
-        and not (c.get("speed") or {}).get("remote")
-        and (c.get("quality") or {}).get(metric) is not None
+        if c.name not in (TEACHER, CASCADE)
+        and not c.speed.remote
+        and (quality := c.quality.value(metric)) is not None
     ]
-    if not local:
-        return None
-    best = max(local, key=lambda c: (c["quality"][metric], -(c.get("bytes_on_disk") or 0)))
-    return str(best["name"])
+    return max(local, key=lambda q: q[:2])[2] if local else None
 
 
 def _tier_dir(run_dir: Path, name: str) -> Path:
@@ -153,18 +150,17 @@ class _Probs:
 
 
 def _tier_facts(
-    result: dict[str, Any] | None, evaluate: EvalConfig
+    result: CandidateResult | None, evaluate: EvalConfig
 ) -> tuple[float | None, float | None]:
     """(cost per 1M queries, batch-1 p50 at 1 thread) from a candidate's saved result."""
     from smallfit.evaluate.candidate import local_cost
 
-    if not result:
+    if result is None:
         return None, None
-    cost = (result.get("cost") or {}).get("per_1m_queries_usd")
-    if cost is None and result.get("speed"):  # measured before costs were recorded
-        cost = local_cost(result["speed"], evaluate)["per_1m_queries_usd"]
-    one = ((result.get("speed") or {}).get("threads") or {}).get("1") or {}
-    return cost, one.get("p50_ms")
+    cost = None if result.cost is None else result.cost.per_1m_queries_usd
+    if cost is None:  # measured before costs were recorded
+        cost = local_cost(result.speed.dump(), evaluate)["per_1m_queries_usd"]
+    return cost, result.speed.p50_ms(1)
 
 
 def build_cascade(
@@ -172,7 +168,7 @@ def build_cascade(
     config: RouteConfig,
     *,
     dataset: Dataset,
-    candidates: list[dict[str, Any]],
+    candidates: list[CandidateResult],
     chosen: str | None,
     evaluate: EvalConfig,
     teacher_dev_probs: np.ndarray | None = None,
@@ -194,7 +190,7 @@ def build_cascade(
     labels = list(models[0].labels)
     for model in models:
         align_probs(np.zeros((0, len(model.labels))), model.labels, labels)  # same label set
-    by_name = {c.get("name"): c for c in candidates}
+    by_name = {c.name: c for c in candidates}
     facts = {name: _tier_facts(by_name.get(name), evaluate) for name in names}
     probs = _Probs(run_dir, labels, progress)
     data = dataset
@@ -421,7 +417,7 @@ def route_run(
         run.root,
         config,
         dataset=dataset,
-        candidates=[c.dump() for c in candidates],
+        candidates=candidates,
         chosen=chosen,
         evaluate=fit_config.evaluate,
         metric=fit_config.select.metric,

@@ -1,11 +1,8 @@
 """Choosing the winner: the Pareto front of quality, latency and size, and the smallest candidate
 over the quality floor and under the latency ceiling.
 
-A candidate is a dict as written by :func:`smallfit.evaluate.evaluate_candidate`: it has
-``name``, ``backend``, ``bytes_on_disk``, ``parameters``, ``quality`` (accuracy, macro_f1,
-teacher_agreement, ece; ``ci95`` and ``vs_teacher``, their 95% intervals, when measured),
-``speed`` (``threads["1"]["p50_ms"]`` and friends) and, optionally, ``roofline``
-(``share_of_peak``).
+A candidate is its :class:`~smallfit.run.records.CandidateResult`, as evaluation measured it
+(``quality``, with ``ci95`` and ``vs_teacher`` where measured; ``speed``; ``roofline``; ``cost``).
 
 The rule compares point estimates. What the test set cannot resolve is said beside it, in
 ``Selection.resolution``: a quality interval that straddles the floor, a paired difference from
@@ -22,9 +19,10 @@ from typing import Any
 
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import batched_throughput
+from smallfit.run.records import CandidateResult, Latency
 from smallfit.select.config import SelectConfig, parse_floor
 
-Candidate = dict[str, Any]
+Candidate = CandidateResult
 
 
 @dataclass(frozen=True)
@@ -46,28 +44,27 @@ class Selection:
 
 
 def _quality(c: Candidate, metric: str) -> float | None:
-    value = c.get("quality", {}).get(metric)
-    return None if value is None else float(value)
+    return c.quality.value(metric)
 
 
 def _ci(c: Candidate, metric: str) -> tuple[float, float] | None:
     """The 95% interval of ``metric`` (None for results measured without one)."""
-    ci = ((c.get("quality") or {}).get("ci95") or {}).get(metric)
+    intervals = c.quality.ci95
+    ci = None if intervals is None else getattr(intervals, metric, None)
     return None if not ci else (float(ci[0]), float(ci[1]))
 
 
 def paired_diff(c: Candidate, metric: str) -> tuple[float, float, float] | None:
     """``(diff, lo, hi)``: ``metric`` minus the teacher's on the same test texts and its paired
     95% interval, as measured (None without one, e.g. for ``teacher_agreement``)."""
-    d = ((c.get("quality") or {}).get("vs_teacher") or {}).get(metric)
-    if not d or d.get("ci95") is None:
+    d = (c.quality.vs_teacher or {}).get(metric)
+    if d is None:
         return None
-    return float(d["diff"]), float(d["ci95"][0]), float(d["ci95"][1])
+    return float(d.diff), float(d.ci95[0]), float(d.ci95[1])
 
 
 def _texts(c: Candidate) -> str:
-    n = (c.get("quality") or {}).get("n")
-    return f"the test set ({n:,} texts)" if isinstance(n, int) else "the test set"
+    return f"the test set ({c.quality.n:,} texts)"
 
 
 def _range(lo: float, hi: float) -> str:
@@ -94,19 +91,19 @@ def resolution(
       whose interval reaches the floor;
     - ``chosen`` against the teacher, when the paired interval of the difference includes 0.
     """
-    by_name = {c.get("name"): c for c in candidates}
+    by_name: dict[str | None, Candidate] = {c.name: c for c in candidates}
     notes: list[str] = []
     c = by_name.get(subject)
     if c is not None:
         q, ci = _quality(c, metric) or 0.0, _ci(c, metric)
         if ci is None:
             notes.append(
-                f"{c['name']} has no 95% interval for {metric} (measured before smallfit "
+                f"{c.name} has no 95% interval for {metric} (measured before smallfit "
                 "recorded them): whether the test set resolves the floor is unknown"
             )
         elif ci[0] < floor <= ci[1] + 1e-12:
             notes.append(
-                f"{_texts(c)} cannot tell {c['name']} from the floor: its {metric} "
+                f"{_texts(c)} cannot tell {c.name} from the floor: its {metric} "
                 f"{100 * q:.2f}% has the 95% interval {_range(*ci)}, which straddles the floor "
                 f"{100 * floor:.2f}%"
             )
@@ -135,26 +132,22 @@ def resolution(
     return tuple(notes)
 
 
-def _p50(c: Candidate, threads: str = "1") -> float:
-    try:
-        return float(c["speed"]["threads"][threads]["p50_ms"])
-    except (KeyError, TypeError) as exc:
-        raise SmallfitError(
-            f"candidate {c.get('name')!r} has no batch-1 latency at {threads} thread(s)"
-        ) from exc
+def _p50(c: Candidate, threads: int = 1) -> float:
+    p50 = c.speed.p50_ms(threads)
+    if p50 is None:
+        raise SmallfitError(f"candidate {c.name!r} has no batch-1 latency at {threads} thread(s)")
+    return p50
 
 
 def _remote(c: Candidate) -> bool:
     """Behind an API (an LLM teacher): nothing of its own to ship, so never 'small'."""
-    return bool((c.get("speed") or {}).get("remote"))
+    return c.speed.remote
 
 
 def _size(c: Candidate, size: str) -> float:
     if _remote(c):
         return math.inf
-    if c.get(size) is None:
-        raise SmallfitError(f"candidate {c.get('name')!r} has no {size!r}")
-    return float(c[size])
+    return float(getattr(c, size))
 
 
 def pareto_front(
@@ -164,7 +157,7 @@ def pareto_front(
     p50 latency at 1 thread, smaller ``size``) while being strictly better on one. Candidates
     without a value for ``metric`` are left out. Input order is kept."""
     points = [
-        (c["name"], q, _p50(c), _size(c, size))
+        (c.name, q, _p50(c), _size(c, size))
         for c in candidates
         if (q := _quality(c, metric)) is not None
     ]
@@ -190,7 +183,7 @@ def select(
         raise SmallfitError(str(exc)) from exc
     floor = factor
     if relative:
-        teacher = next((c for c in candidates if c.get("name") == teacher_name), None)
+        teacher = _teacher(candidates, teacher_name)
         if teacher is None:
             raise SmallfitError(
                 f"quality_floor {config.quality_floor!r} is relative to the teacher, but there "
@@ -214,12 +207,12 @@ def select(
 
     good = [c for c in candidates if over_floor(c)]
     eligible = [c for c in good if under_ceiling(c)]
-    names = [c["name"] for c in eligible]
+    names = [c.name for c in eligible]
     scored = [c for c in candidates if _quality(c, metric) is not None]
 
     def outcome(chosen: Candidate | None, reason: str, subject: Candidate | None) -> Selection:
         rivals = [
-            c["name"]
+            c.name
             for c in scored
             if not over_floor(c)
             and c is not subject
@@ -228,14 +221,14 @@ def select(
         ]
         notes = resolution(
             candidates,
-            subject=None if subject is None else subject["name"],
-            chosen=None if chosen is None else chosen["name"],
+            subject=None if subject is None else subject.name,
+            chosen=None if chosen is None else chosen.name,
             floor=floor,
             metric=metric,
             rivals=rivals,
             teacher_name=teacher_name,
         )
-        name = None if chosen is None else chosen["name"]
+        name = None if chosen is None else chosen.name
         return Selection(name, floor, ceiling, front, names, reason, metric, notes)
 
     if not candidates:
@@ -246,27 +239,27 @@ def select(
         best = max(scored, key=lambda c: _quality(c, metric) or 0.0)
         reason = (
             f"no candidate reaches the quality floor: best {metric} "
-            f"{_quality(best, metric):.4f} ({best['name']}) < floor {floor:.4f}"
+            f"{_quality(best, metric):.4f} ({best.name}) < floor {floor:.4f}"
         )
         return outcome(None, reason, best)
     if not eligible:
         fastest = min(good, key=_p50)
         reason = (
             f"{len(good)} candidate(s) reach the quality floor {floor:.4f} but none is under the "
-            f"latency ceiling {ceiling:g} ms (fastest: {fastest['name']} at "
+            f"latency ceiling {ceiling:g} ms (fastest: {fastest.name} at "
             f"{_p50(fastest):.3f} ms)"
         )
         return outcome(None, reason, None)
     best = min(eligible, key=rank)
     if _remote(best):
         reason = (
-            f"{best['name']} (behind an API) is chosen: no local candidate reaches the floor "
+            f"{best.name} (behind an API) is chosen: no local candidate reaches the floor "
             f"{floor:.4f} on {metric}"
             + (f" under the ceiling {ceiling:g} ms" if ceiling is not None else "")
         )
         return outcome(best, reason, best)
     reason = (
-        f"{best['name']} is the smallest of {len(eligible)} eligible candidate(s) "
+        f"{best.name} is the smallest of {len(eligible)} eligible candidate(s) "
         f"({size} {_size(best, size):,.0f}): {metric} {_quality(best, metric):.4f} >= floor "
         f"{floor:.4f}"
         + (f", p50 {_p50(best):.3f} ms <= ceiling {ceiling:g} ms" if ceiling is not None else "")
@@ -275,7 +268,7 @@ def select(
 
 
 def _teacher(candidates: list[Candidate], teacher_name: str) -> Candidate | None:
-    return next((c for c in candidates if c.get("name") == teacher_name), None)
+    return next((c for c in candidates if c.name == teacher_name), None)
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -294,9 +287,14 @@ def vs_teacher(c: Candidate, teacher: Candidate | None, *, metric: str) -> dict[
         "speedup_p50_1t": _ratio(_p50(teacher), _p50(c)),
         "size_ratio": None
         if _remote(teacher) or _remote(c)
-        else _ratio(teacher.get("bytes_on_disk"), c.get("bytes_on_disk")),
+        else _ratio(teacher.bytes_on_disk, c.bytes_on_disk),
         "quality_pct": None if pct is None else 100.0 * pct,
     }
+
+
+def _ms(latency: Latency | None, which: str) -> float | None:
+    """A latency figure in ms (``p50_ms``, ``p95_ms``...); None when not measured."""
+    return None if latency is None else getattr(latency, which)
 
 
 ABBREV = {"accuracy": "acc", "macro_f1": "F1", "teacher_agreement": "agree"}
@@ -308,7 +306,7 @@ def _ci_cell(c: Candidate, metric: str) -> str:
 
 
 def _diff_cell(c: Candidate, metric: str, teacher_name: str) -> str:
-    paired = None if c.get("name") == teacher_name else paired_diff(c, metric)
+    paired = None if c.name == teacher_name else paired_diff(c, metric)
     if paired is None:
         return "-"
     d, lo, hi = paired
@@ -336,9 +334,11 @@ def format_table(
     other = advice.get("name") if advice.get("name") != selection.chosen else None
     metric = metric or selection.metric
     teacher = _teacher(candidates, teacher_name)
-    speed0 = candidates[0]["speed"] if candidates else {}
-    all_t = str(speed0.get("cpu_threads_all", "all"))
-    batch = speed0.get("throughput_batch", 32)
+    speed0 = candidates[0].speed if candidates else None
+    all_t = (
+        "all" if speed0 is None or speed0.cpu_threads_all is None else str(speed0.cpu_threads_all)
+    )
+    batch = 32 if speed0 is None or speed0.throughput_batch is None else speed0.throughput_batch
     abbrev = ABBREV.get(metric, metric)
     head = [
         "", "name", "backend", "acc%", "F1%", "agree%", f"{abbrev}% 95% CI",
@@ -348,27 +348,26 @@ def format_table(
     ]  # fmt: skip
     rows = []
     for c in candidates:
-        q, s = c.get("quality", {}), c.get("speed", {})
-        one = s.get("threads", {}).get("1", {})
-        allt = s.get("threads", {}).get(str(s.get("cpu_threads_all")), {})
+        q, s = c.quality, c.speed
+        one, allt = s.threads.get("1"), s.threads.get(str(s.cpu_threads_all))
         ratios = vs_teacher(c, teacher, metric=metric)
-        mark = (">>" if c["name"] == selection.chosen else "=>" if c["name"] == other else "") + (
-            "*" if c["name"] in selection.front else ""
+        mark = (">>" if c.name == selection.chosen else "=>" if c.name == other else "") + (
+            "*" if c.name in selection.front else ""
         )
         rows.append([
-            mark, str(c["name"]), str(c.get("backend", "-")),
-            _fmt(q.get("accuracy"), ".2f", 100), _fmt(q.get("macro_f1"), ".2f", 100),
-            _fmt(q.get("teacher_agreement"), ".2f", 100), _ci_cell(c, metric),
-            _diff_cell(c, metric, teacher_name), _fmt(q.get("ece"), ".4f"),
-            _fmt(one.get("p50_ms"), ".3f"), _fmt(one.get("p95_ms"), ".3f"),
-            _fmt(one.get("p99_ms"), ".3f"), _fmt(allt.get("p50_ms"), ".3f"),
-            _fmt(batched_throughput(s), ".1f"), _fmt(s.get("peak_rss_bytes"), ".1f", 1e-6),
-            _fmt(None if _remote(c) else c.get("bytes_on_disk"), ".2f", 1e-6),
-            _fmt(c.get("parameters") or None, ".3f", 1e-6),
-            _fmt((c.get("cost") or {}).get("per_1m_queries_usd"), ".3g"),
+            mark, c.name, c.backend,
+            _fmt(q.accuracy, ".2f", 100), _fmt(q.macro_f1, ".2f", 100),
+            _fmt(q.teacher_agreement, ".2f", 100), _ci_cell(c, metric),
+            _diff_cell(c, metric, teacher_name), _fmt(q.ece, ".4f"),
+            _fmt(_ms(one, "p50_ms"), ".3f"), _fmt(_ms(one, "p95_ms"), ".3f"),
+            _fmt(_ms(one, "p99_ms"), ".3f"), _fmt(_ms(allt, "p50_ms"), ".3f"),
+            _fmt(s.throughput_per_s, ".1f"), _fmt(s.peak_rss_bytes, ".1f", 1e-6),
+            _fmt(None if _remote(c) else c.bytes_on_disk, ".2f", 1e-6),
+            _fmt(c.parameters or None, ".3f", 1e-6),
+            _fmt(c.cost.per_1m_queries_usd if c.cost else None, ".3g"),
             _fmt(ratios["speedup_p50_1t"], ".1f"), _fmt(ratios["size_ratio"], ".1f"),
             _fmt(ratios["quality_pct"], ".1f"),
-            _fmt((c.get("roofline") or {}).get("share_of_peak"), ".1f", 100),
+            _fmt(c.roofline.share_of_peak if c.roofline else None, ".1f", 100),
         ])  # fmt: skip
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
@@ -427,12 +426,12 @@ def selection_json(
         "reason": selection.reason,
         "resolution": list(selection.resolution),
     }
-    chosen = next((c for c in candidates if c["name"] == selection.chosen), None)
+    chosen = next((c for c in candidates if c.name == selection.chosen), None)
     if chosen is not None:
-        q, s = chosen.get("quality", {}), chosen.get("speed", {})
+        q, s = chosen.quality.dump(), chosen.speed.dump()  # as written to results.json
         one = s.get("threads", {}).get("1", {})
         out.update(
-            backend=chosen.get("backend"),
+            backend=chosen.backend,
             quality={
                 k: q.get(k)
                 for k in ("accuracy", "macro_f1", "teacher_agreement", "ece", "n", "ci95")
@@ -442,8 +441,8 @@ def selection_json(
             throughput_per_s=batched_throughput(s),
             throughput_batch=s.get("throughput_batch"),
             peak_rss_bytes=s.get("peak_rss_bytes"),
-            bytes_on_disk=chosen.get("bytes_on_disk"),
-            parameters=chosen.get("parameters"),
+            bytes_on_disk=chosen.bytes_on_disk,
+            parameters=chosen.parameters,
             vs_teacher=vs_teacher(
                 chosen, _teacher(candidates, teacher_name), metric=selection.metric
             ),

@@ -21,11 +21,11 @@ def cascade(f: Facts) -> str:
             "teacher, and the teacher itself must not be the chosen model).</p></section>"
         )
     cc = f.cascade
-    curve = sorted(cc["curve"], key=lambda p: 1 - p["escalation"])
-    local = [1 - p["escalation"] for p in curve]
-    acc = [p["accuracy"] for p in curve]
-    chosen_dev = cc.get("dev") or {}
-    ref = (cc.get("reference_accuracy") or {}).get("dev")
+    curve = sorted(cc.curve, key=lambda p: 1 - p.escalation)
+    local = [1 - p.escalation for p in curve]
+    acc = [p.accuracy for p in curve]
+    chosen_dev = cc.dev
+    ref = cc.reference_accuracy.get("dev")
     x = Axis.around(
         local,
         "share of queries answered before the last tier (%)",
@@ -49,20 +49,19 @@ def cascade(f: Facts) -> str:
     chart.line(list(zip(local, acc, strict=True)), cls="curve")
     if ref:
         chart.hline(ref, f"last tier alone {pct(ref)}")
-    if chosen_dev:
-        chart.point(
-            1 - chosen_dev["escalation"],
-            chosen_dev["accuracy"],
-            r=7,
-            cls="mark chosen",
-            shape="diamond",
-            tip=f"chosen: {pct(1 - chosen_dev['escalation'], 1)} local, "
-            f"accuracy {pct(chosen_dev['accuracy'])}",
-            data={"field": "chosen-point"},
-        )
+    chart.point(
+        1 - chosen_dev.escalation,
+        chosen_dev.accuracy,
+        r=7,
+        cls="mark chosen",
+        shape="diamond",
+        tip=f"chosen: {pct(1 - chosen_dev.escalation, 1)} local, "
+        f"accuracy {pct(chosen_dev.accuracy)}",
+        data={"field": "chosen-point"},
+    )
     svgs = [chart.render()]
-    costs = [p.get("cost_per_1m_usd") for p in curve]
-    if all(v is not None for v in costs) and costs:
+    costs = [p.cost_per_1m_usd for p in curve if p.cost_per_1m_usd is not None]
+    if costs and len(costs) == len(curve):
         y2 = Axis.around(costs, "$ per 1M queries", pad=0.08, fmt=lambda v: f"{v:.3g}", floor=0.0)
         chart2 = Chart(
             x,
@@ -72,35 +71,34 @@ def cascade(f: Facts) -> str:
             key="cascade-cost",
         )
         chart2.line(list(zip(local, costs, strict=True)), cls="curve cost")
-        if chosen_dev.get("cost_per_1m_usd") is not None:
+        if chosen_dev.cost_per_1m_usd is not None:
             chart2.point(
-                1 - chosen_dev["escalation"],
-                chosen_dev["cost_per_1m_usd"],
+                1 - chosen_dev.escalation,
+                chosen_dev.cost_per_1m_usd,
                 r=7,
                 cls="mark chosen",
                 shape="diamond",
             )
         svgs.append(chart2.render())
     rows = []
-    for split in ("dev", "test"):
-        p = cc.get(split)
-        if not p:
+    for split, p in (("dev", cc.dev), ("test", cc.test)):
+        if p is None:
             continue
-        ref_split = (cc.get("reference_accuracy") or {}).get(split)
+        ref_split = cc.reference_accuracy.get(split)
         rows.append(
             f'<tr data-split="{split}"><td>{split}</td>'
-            f'<td data-field="local">{pct(1 - p["escalation"], 1)}</td>'
-            f'<td data-field="accuracy">{pct(p["accuracy"])}</td><td>{pct(ref_split)}</td>'
-            f"<td>{pct(p.get('abstained'), 1)}</td><td>{usd(p.get('cost_per_1m_usd'))}</td>"
-            f"<td>{ms(p.get('mean_latency_ms'))}</td></tr>"
+            f'<td data-field="local">{pct(1 - p.escalation, 1)}</td>'
+            f'<td data-field="accuracy">{pct(p.accuracy)}</td><td>{pct(ref_split)}</td>'
+            f"<td>{pct(p.abstained, 1)}</td><td>{usd(p.cost_per_1m_usd)}</td>"
+            f"<td>{ms(p.mean_latency_ms)}</td></tr>"
         )
-    thresholds = ", ".join(f"{t:.3f}" for t in cc.get("thresholds") or [])
-    oos_line = out_of_scope_html(cc)
+    thresholds = ", ".join(f"{t:.3f}" for t in cc.thresholds)
+    oos_line = out_of_scope_html(cc.out_of_scope)
     return (
         '<section id="cascade"><h2>Cascade</h2>'
-        f"<p>Tiers <strong>{escape(' → '.join(cc['tiers']))}</strong>; a tier answers when its "
-        f"{escape(str(cc.get('confidence', 'max_prob')))} clears its threshold ({thresholds}); "
-        f"target <code>{escape(str(cc.get('target')))}</code>, calibrated on dev and checked "
+        f"<p>Tiers <strong>{escape(' → '.join(cc.tiers))}</strong>; a tier answers when its "
+        f"{escape(cc.confidence)} clears its threshold ({thresholds}); "
+        f"target <code>{escape(cc.target)}</code>, calibrated on dev and checked "
         "once on test.</p>"
         + "".join(f'<figure class="plot">{s}</figure>' for s in svgs)
         + '<table class="small" id="cascade-points"><thead><tr><th>split</th><th>answered '

@@ -14,14 +14,14 @@ from smallfit.report.svg import Axis, Chart
 
 def latency(f: Facts) -> str:
     rows = [c for c in f.candidates if not is_remote(c)]
-    settings = sorted({t for c in rows for t in c["speed"]["threads"]}, key=int)
+    settings = sorted({t for c in rows for t in c.speed.threads}, key=int)
     charts, missing = [], False
     for threads in settings:
-        have = [c for c in rows if threads in c["speed"]["threads"]]
+        have = [c for c in rows if threads in c.speed.threads]
         values: list[float] = []
         for c in have:
-            row = c["speed"]["threads"][threads]
-            values += row.get("samples_ms") or [row["p50_ms"], row.get("p99_ms") or row["p50_ms"]]
+            row = c.speed.threads[threads]
+            values += row.samples_ms or [row.p50_ms, row.p99_ms or row.p50_ms]
         x = Axis.around(
             values,
             f"batch-1 latency, {threads} thread(s) (ms, log scale)",
@@ -40,9 +40,9 @@ def latency(f: Facts) -> str:
             key=f"latency-{threads}",
         )
         for i, c in enumerate(have):
-            row = c["speed"]["threads"][threads]
+            row = c.speed.threads[threads]
             level = len(have) - 1 - i
-            samples = row.get("samples_ms")
+            samples = row.samples_ms
             if samples:
                 jitter = [((k * 0.618) % 1 - 0.5) * 0.5 for k in range(len(samples))]
                 for k, v in enumerate(samples):
@@ -50,17 +50,18 @@ def latency(f: Facts) -> str:
             else:
                 missing = True
             for key, cls in (("p50_ms", "q50"), ("p95_ms", "q95"), ("p99_ms", "q99")):
-                if row.get(key) is not None:
+                value = getattr(row, key)
+                if value is not None:
                     chart.line(
-                        [(row[key], level - 0.38), (row[key], level + 0.38)],
+                        [(value, level - 0.38), (value, level + 0.38)],
                         cls=cls,
-                        tip=f"{c['name']}: {key[:3]} {ms(row[key])}",
-                        data={"candidate": c["name"], "field": key},
+                        tip=f"{c.name}: {key[:3]} {ms(value)}",
+                        data={"candidate": c.name, "field": key},
                     )
             _, py = chart.px(chart.x.lo, level)
             chart.outside.append(
                 f'<text class="row-label" x="{chart.left - 8}" y="{py + 4:.1f}" '
-                f'text-anchor="end">{escape(c["name"])}</text>'
+                f'text-anchor="end">{escape(c.name)}</text>'
             )
         charts.append(chart)
     svgs = [chart.render() for chart in charts]

@@ -13,7 +13,7 @@ from smallfit.report.fmt import (
 def lineage(f: Facts) -> str:
     items = []
     for c in f.candidates:
-        lin = c.get("lineage") or {}
+        lin = c.lineage
         facts = []
         for key in (
             "base",
@@ -59,12 +59,12 @@ def lineage(f: Facts) -> str:
                 f"<dd>{escape(conf)}{' — ' + escape(checks) if checks else ''}</dd>"
             )
         items.append(
-            f'<div class="lineage" data-candidate="{escape(c["name"])}"><h3>{escape(c["name"])}'
-            f" <small>{escape(str(c.get('backend', '')))}</small></h3><dl>{''.join(facts)}</dl>"
+            f'<div class="lineage" data-candidate="{escape(c.name)}"><h3>{escape(c.name)}'
+            f" <small>{escape(c.backend)}</small></h3><dl>{''.join(facts)}</dl>"
             "</div>"
         )
-    env = f.results.get("environment") or {}
-    settings = ", ".join(sorted({t for c in f.candidates for t in c["speed"]["threads"]}, key=int))
+    env = f.results.environment
+    settings = ", ".join(sorted({t for c in f.candidates for t in c.speed.threads}, key=int))
     flags = ", ".join(k for k, v in (env.get("cpu_flags") or {}).items() if v)
     packages = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items())
     env_rows = [

@@ -23,7 +23,7 @@ def verdict(f: Facts) -> str:
     chosen = f.candidate(f.chosen)
     metric = f.metric.replace("_", " ")
     if chosen is None:
-        reason = f.selection.get("reason") or "no candidate met the quality floor"
+        reason = (f.selection.reason if f.selection else "") or "no candidate met the quality floor"
         return (
             f'<section id="verdict"><h2>Verdict</h2>{recommended_html(f)}'
             '<p class="verdict" data-chosen="">'
@@ -31,16 +31,16 @@ def verdict(f: Facts) -> str:
         )
     r = ratios(f, chosen)
     cost = per_1m(chosen, f.hour_usd)
-    parts = [f'<strong data-field="chosen">{escape(chosen["name"])}</strong>']
-    if f.teacher is not None and chosen["name"] != TEACHER:
+    parts = [f'<strong data-field="chosen">{escape(chosen.name)}</strong>']
+    if f.teacher is not None and chosen.name != TEACHER:
         teacher_cost = per_1m(f.teacher, f.hour_usd)
         paired = paired_diff(chosen, f.metric)
         parts.append(
             f' keeps <span data-field="quality_pct">{r["quality_pct"]:.1f}%</span> of the '
             f"teacher's {escape(metric)} "
-            f'(<span data-field="metric">{pct(chosen["quality"][f.metric])}</span>, 95% CI '
+            f'(<span data-field="metric">{pct(chosen.quality.value(f.metric))}</span>, 95% CI '
             f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>, against '
-            f"{pct(f.teacher['quality'][f.metric])}"
+            f"{pct(f.teacher.quality.value(f.metric))}"
             + (
                 f'; paired difference <span data-field="diff">{diff_text(paired)}</span>'
                 if f.metric in ("accuracy", "macro_f1")
@@ -61,38 +61,38 @@ def verdict(f: Facts) -> str:
     else:
         parts.append(
             f" was chosen: {escape(metric)} "
-            f'<span data-field="metric">{pct(chosen["quality"][f.metric])}</span> (95% CI '
+            f'<span data-field="metric">{pct(chosen.quality.value(f.metric))}</span> (95% CI '
             f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>), '
-            f"{usd(cost)} per 1M queries. {escape(str(f.selection.get('reason', '')))}."
+            f"{usd(cost)} per 1M queries. {escape(f.selection.reason if f.selection else '')}."
         )
-    lines = [f'<p class="verdict" data-chosen="{escape(chosen["name"])}">{"".join(parts)}</p>']
+    lines = [f'<p class="verdict" data-chosen="{escape(chosen.name)}">{"".join(parts)}</p>']
     api = f.cost_options[0] if f.cost_options and f.cost_options[0].kind == "api" else None
-    if api is not None and chosen["name"] != TEACHER and cost is not None:
+    if api is not None and chosen.name != TEACHER and cost is not None:
         lines.append(
             f'<p class="aside">For comparison: {escape(api.name)} costs about '
             f"{usd(api.per_query_usd * 1e6)} per 1M queries ({escape(api.basis)}).</p>"
         )
-    if f.cascade is not None:
-        t = f.cascade["test"]
-        ref = (f.cascade.get("reference_accuracy") or {}).get("test")
-        tiers = " → ".join(f.cascade["tiers"])
+    if f.cascade is not None and f.cascade.test is not None:
+        t = f.cascade.test
+        ref = f.cascade.reference_accuracy.get("test")
+        tiers = " → ".join(f.cascade.tiers)
         lines.append(
             f'<p class="verdict2">With the cascade <strong>{escape(tiers)}</strong>, '
-            f'<span data-field="cascade_local">{pct(1 - t["escalation"], 1)}</span> of test '
+            f'<span data-field="cascade_local">{pct(1 - t.escalation, 1)}</span> of test '
             f"queries never reach the last tier, at accuracy "
-            f'<span data-field="cascade_accuracy">{pct(t["accuracy"])}</span>'
+            f'<span data-field="cascade_accuracy">{pct(t.accuracy)}</span>'
             + (f" (the last tier alone: {pct(ref)})" if ref is not None else "")
             + cascade_vs_teacher_html(f)
             + (
-                f", {usd(t['cost_per_1m_usd'])} per 1M queries"
-                if t.get("cost_per_1m_usd") is not None
+                f", {usd(t.cost_per_1m_usd)} per 1M queries"
+                if t.cost_per_1m_usd is not None
                 else ""
             )
             + ".</p>"
         )
-    reason = f.selection.get("reason")
-    if reason:
-        lines.append(f'<p class="aside">Selection: {escape(str(reason))}.</p>')
+    why = None if f.selection is None else f.selection.reason
+    if why:
+        lines.append(f'<p class="aside">Selection: {escape(why)}.</p>')
     lines.append(resolution_html(f))
     return (
         '<section id="verdict"><h2>Verdict</h2>'
@@ -105,12 +105,11 @@ def verdict(f: Facts) -> str:
 def recommended_html(f: Facts) -> str:
     """The recommended deployment first, when it is not the chosen model (the cascade, when
     the teacher was chosen and the cascade keeps a real share of queries off it)."""
-    advice = f.selection.get("recommended") or {}
-    name = advice.get("name")
-    if not name or name == f.chosen:
+    advice = None if f.selection is None else f.selection.recommended
+    if advice is None or not advice.name or advice.name == f.chosen:
         return ""
-    tiers = " → ".join((f.cascade or {}).get("tiers") or [name])
+    tiers = " → ".join(f.cascade.tiers if f.cascade else [advice.name])
     return (
-        f'<p class="verdict" data-recommended="{escape(str(name))}">Recommended deployment: '
-        f"<strong>the cascade {escape(tiers)}</strong>: {escape(str(advice.get('reason')))}.</p>"
+        f'<p class="verdict" data-recommended="{escape(advice.name)}">Recommended deployment: '
+        f"<strong>the cascade {escape(tiers)}</strong>: {escape(advice.reason)}.</p>"
     )

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from html import escape
-from typing import Any
 
 from smallfit.report.facts import Facts
 from smallfit.report.fmt import (
     pct,
 )
+from smallfit.run.records import ClassScore
 
 
 def weaker(f: Facts) -> str:
     chosen = f.candidate(f.chosen)
     if chosen is None:
         return ""
-    mine = chosen["quality"].get("per_class") or {}
-    theirs = ((f.teacher or {}).get("quality") or {}).get("per_class") or {}
+    mine = chosen.quality.per_class
+    theirs = {} if f.teacher is None else f.teacher.quality.per_class
     if not mine:
         return (
             '<section id="weaker"><h2>Where it is weaker</h2><p>No per-class figures in '
@@ -24,23 +24,23 @@ def weaker(f: Facts) -> str:
         )
     rows = []
     for label, m in mine.items():
-        t = theirs.get(label) or {}
-        gap = None if t.get("f1") is None else m["f1"] - t["f1"]
+        t = theirs.get(label)
+        gap = None if t is None else m.f1 - t.f1
         rows.append((label, m, t, gap))
-    rows.sort(key=lambda r: (r[3] if r[3] is not None else r[1]["f1"], r[0]))
+    rows.sort(key=lambda r: (r[3] if r[3] is not None else r[1].f1, r[0]))
     k = f.report.worst_classes
 
-    def tr(label: str, m: dict[str, Any], t: dict[str, Any], gap: float | None) -> str:
-        width = max(0.0, min(1.0, m["f1"])) * 100
+    def tr(label: str, m: ClassScore, t: ClassScore | None, gap: float | None) -> str:
+        width = max(0.0, min(1.0, m.f1)) * 100
         return (
             f'<tr data-label="{escape(label)}"><td>{escape(label)}</td>'
-            f'<td data-field="f1">{pct(m["f1"], 1)}'
+            f'<td data-field="f1">{pct(m.f1, 1)}'
             f'<span class="bar" style="width:{width:.0f}px"></span></td>'
-            f"<td>{pct(t.get('f1'), 1)}</td>"
+            f"<td>{pct(None if t is None else t.f1, 1)}</td>"
             f'<td class="{"neg" if gap is not None and gap < 0 else ""}">'
             f"{'–' if gap is None else f'{100 * gap:+.1f} pt'}</td>"
-            f"<td>{pct(m.get('precision'), 1)}</td><td>{pct(m.get('recall'), 1)}</td>"
-            f"<td>{m.get('support', '–')}</td></tr>"
+            f"<td>{pct(m.precision, 1)}</td><td>{pct(m.recall, 1)}</td>"
+            f"<td>{m.support}</td></tr>"
         )
 
     head = (
@@ -60,7 +60,7 @@ def weaker(f: Facts) -> str:
             for c in f.confusions
         )
         pairs = (
-            f"<h3>Most confused pairs ({escape(chosen['name'])}, test)</h3>"
+            f"<h3>Most confused pairs ({escape(chosen.name)}, test)</h3>"
             '<table class="small" id="confusions"><thead><tr><th>gold label</th>'
             "<th>predicted</th><th>texts</th><th>examples</th></tr></thead>"
             f"<tbody>{items}</tbody></table>"
@@ -69,7 +69,7 @@ def weaker(f: Facts) -> str:
         pairs = f'<p class="caption">{escape(f.confusion_note)}</p>'
     return (
         '<section id="weaker"><h2>Where it is weaker</h2>'
-        f"<p>Per-class F1 of <strong>{escape(chosen['name'])}</strong> on test against the "
+        f"<p>Per-class F1 of <strong>{escape(chosen.name)}</strong> on test against the "
         "teacher's, largest loss first.</p>"
         f'<table class="small" id="per-class">{head}<tbody>{worst}</tbody></table>'
         + (
