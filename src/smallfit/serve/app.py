@@ -14,18 +14,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smallfit import __version__
 from smallfit.errors import SmallfitError
 from smallfit.models.base import MANIFEST
 from smallfit.run.store import Run
+from smallfit.serve.chat import CHAT_PATH, add_chat_routes, openai_error, validation_error
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, TierUnavailable
 from smallfit.serve.metrics import Metrics
+from smallfit.serve.text import NOT_BLANK, valid_unicode
 
 Scope = dict[str, Any]
 _log = logging.getLogger("smallfit.serve")
@@ -56,24 +60,14 @@ class ErrorDetail(BaseModel):
     detail: str
 
 
-def _valid_unicode(text: str) -> str:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"not valid Unicode: a lone surrogate at character {exc.start}; send UTF-8 text"
-        ) from None
-    return text
-
-
 def classify_request_model(config: ServeConfig) -> type[BaseModel]:
     """The request body of ``/v1/classify`` with this server's limits in its schema, so the
     OpenAPI document states what is refused: 1..``max_texts`` texts, each valid Unicode with
     1..``max_text_chars`` characters and at least one that is not whitespace."""
     text = Annotated[
         str,
-        Field(min_length=1, max_length=config.max_text_chars, pattern=r"\S"),
-        AfterValidator(_valid_unicode),
+        Field(min_length=1, max_length=config.max_text_chars, pattern=NOT_BLANK),
+        AfterValidator(valid_unicode),
     ]
     return create_model(
         "ClassifyRequest",
@@ -229,8 +223,20 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "admin routes need 'Authorization: Bearer <token>'")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if request.url.path == CHAT_PATH:  # e.g. a body that is not UTF-8: OpenAI's shape
+            metrics.requests.labels(status=str(exc.status_code)).inc()
+            error = openai_error(exc.status_code, str(exc.detail))
+            error.headers.update(exc.headers or {})
+            return error
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if request.url.path == CHAT_PATH:  # OpenAI's clients expect its 400 and error shape
+            metrics.requests.labels(status="400").inc()
+            return validation_error(list(exc.errors()))
         if request.url.path == "/v1/classify":
             metrics.requests.labels(status="422").inc()
         problems = [_problem(e, config) for e in exc.errors()]
@@ -273,6 +279,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         response_model=ClassifyResponse,
         responses={**_REFUSED, 500: _error("the model failed on this request"), 503: _UNAVAILABLE},
     )(classify)
+
+    add_chat_routes(app, engine, metrics, config, too_large=_REFUSED[413])  # drop-in OpenAI
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,0 +1,348 @@
+"""The drop-in endpoint: OpenAI's ``POST /v1/chat/completions`` and ``GET /v1/models``, answered
+by the served model (or cascade), so an application that calls an LLM for a label switches by
+changing its base URL.
+
+The text classified is the last user message (a model trained from a plain data file has no
+prompt template to cut it out of). The answer takes the form the request asks for: the bare
+label as the message content; ``{"label": ...}`` for ``response_format`` ``json_object``; for a
+``json_schema``, an object of the schema's one property (a string; its enum, when given, should
+list the labels) holding the label. ``stream: true`` answers as server-sent events in OpenAI's
+chunk shape. Every answer carries ``x-smallfit-tier`` and ``x-smallfit-confidence``.
+
+The request schema in the OpenAPI document is exactly what is accepted (other OpenAI parameters,
+such as ``temperature``, are accepted and ignored); anything else gets OpenAI's error JSON with
+status 400 and the offending ``param``, never a 500.
+
+``usage`` is filled so that clients reading it work; a local model bills nothing, so it counts
+whitespace-separated words of the messages and of the answer, not a tokenizer's tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import JsonDict
+
+from smallfit.serve.config import ServeConfig
+from smallfit.serve.engine import Answer, Engine, TierUnavailable
+from smallfit.serve.metrics import Metrics
+from smallfit.serve.text import NOT_BLANK, valid_unicode
+
+_log = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+
+_OPEN = ConfigDict(extra="allow", strict=True)  # OpenAI's other fields: accepted, ignored
+_CLOSED = ConfigDict(extra="forbid", strict=True)
+
+
+class _FormatText(BaseModel):
+    model_config = _OPEN
+    type: Literal["text"]
+
+
+class _FormatJsonObject(BaseModel):
+    model_config = _OPEN
+    type: Literal["json_object"]
+
+
+class _StringProperty(BaseModel):
+    model_config = _OPEN
+    type: Literal["string"]
+
+
+class _LabelSchema(BaseModel):
+    """The answer's JSON schema: an object with one string property, which gets the label."""
+
+    model_config = _OPEN
+    properties: dict[str, _StringProperty] = Field(min_length=1, max_length=1)
+
+
+class _JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
+    name: str
+    schema_: _LabelSchema = Field(alias="schema")
+
+
+class _FormatJsonSchema(BaseModel):
+    model_config = _OPEN
+    type: Literal["json_schema"]
+    json_schema: _JsonSchemaSpec
+
+
+Role = Literal["system", "developer", "user", "assistant"]
+TextType = Literal["text"]
+
+ResponseFormat = Annotated[
+    _FormatText | _FormatJsonObject | _FormatJsonSchema, Field(discriminator="type")
+]
+
+
+class ChatError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ChatErrorBody(BaseModel):
+    """OpenAI's error shape."""
+
+    error: ChatError
+
+
+class _Message(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class _Choice(BaseModel):
+    index: int
+    message: _Message
+    finish_reason: Literal["stop"]
+    logprobs: None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's chat completion: the label (or JSON) as the assistant's message."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[_Choice]
+    usage: _Usage
+
+
+class _Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[_Model]
+
+
+def chat_request_model(config: ServeConfig) -> type[BaseModel]:
+    """The request body of ``/v1/chat/completions`` with this server's limits in its schema:
+    at least one user message; every message's text valid Unicode with 1..``max_text_chars``
+    characters, at least one not whitespace (as a string, or as text parts)."""
+    text = Annotated[
+        str,
+        Field(min_length=1, max_length=config.max_text_chars, pattern=NOT_BLANK),
+        AfterValidator(valid_unicode),
+    ]
+    part = create_model("TextPart", __config__=_CLOSED, type=(TextType, ...), text=(text, ...))
+    content: Any = text | Annotated[list[part], Field(min_length=1)]
+    message = create_model(
+        "ChatMessage",
+        __config__=_OPEN,
+        role=(Role, ...),
+        content=(content, ...),
+    )
+
+    def one_user(messages: list[Any]) -> list[Any]:
+        if not any(m.role == "user" for m in messages):
+            raise ValueError("holds no user message to answer")
+        return messages
+
+    a_user: JsonDict = {"properties": {"role": {"const": "user"}}, "required": ["role"]}
+    messages: Any = Annotated[
+        list[message],
+        Field(min_length=1, json_schema_extra={"contains": a_user}),
+        AfterValidator(one_user),
+    ]
+    return create_model(
+        "ChatRequest",
+        __config__=_OPEN,
+        __doc__="An OpenAI chat completion request; the last user message is classified.",
+        model=(str, Field(description="any name: the served model answers")),
+        messages=(messages, ...),
+        n=(Literal[1], Field(1, description="one answer per request")),
+        stream=(bool, False),
+        response_format=(ResponseFormat | None, None),
+    )
+
+
+def last_user_text(request: Any) -> str:
+    """The text to classify: the last user message (text parts joined by newlines)."""
+    message = next(m for m in reversed(request.messages) if m.role == "user")
+    content = message.content
+    return content if isinstance(content, str) else "\n".join(p.text for p in content)
+
+
+def answer_content(label: str, response_format: Any) -> str:
+    """The message content in the form the request asks for."""
+    if response_format is None or response_format.type == "text":
+        return label
+    if response_format.type == "json_object":
+        return json.dumps({"label": label}, ensure_ascii=False)
+    (key,) = response_format.json_schema.schema_.properties
+    return json.dumps({key: label}, ensure_ascii=False)
+
+
+def openai_error(
+    status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error"
+) -> JSONResponse:
+    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+def validation_error(errors: list[Any]) -> JSONResponse:
+    """A refused chat request as OpenAI's 400: the first problem, with its field's path in the
+    message and its top-level field as ``param``."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    where: list[str] = []
+    for part in (str(p) for p in first.get("loc", ()) if p != "body"):
+        # pydantic's union branches (`function-after[...]`, `list[TextPart]`) and a tagged
+        # union's tag repeated before its field are not the user's field names
+        if not re.search(r"[\[(]", part) and (not where or where[-1] != part):
+            where.append(part)
+    param = where[0] if where else None
+    return openai_error(400, f"{'.'.join(where) or 'the body'}: {first.get('msg')}", param=param)
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt_words(request: Any) -> int:
+    total = 0
+    for m in request.messages:
+        texts = [m.content] if isinstance(m.content, str) else [p.text for p in m.content]
+        total += sum(_words(t) for t in texts)
+    return total
+
+
+def _completion(model: str, content: str, request: Any) -> dict[str, Any]:
+    prompt, completion = _prompt_words(request), _words(content)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+
+
+async def _stream(model: str, content: str) -> AsyncIterator[bytes]:
+    """The answer as OpenAI's streamed chunks: the role, the content, the stop, ``[DONE]``."""
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        payload = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    yield chunk({"content": content}, None)
+    yield chunk({}, "stop")
+    yield b"data: [DONE]\n\n"
+
+
+def _headers(answer: Answer) -> dict[str, str]:
+    return {"x-smallfit-tier": answer.tier, "x-smallfit-confidence": f"{answer.confidence:.6f}"}
+
+
+_SSE_EVENT = {
+    "type": "object",
+    "description": "one server-sent event: its data a chat.completion.chunk as JSON, then [DONE]",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    return {"model": ChatErrorBody, "description": description}
+
+
+def add_chat_routes(
+    app: FastAPI, engine: Engine, metrics: Metrics, config: ServeConfig, *, too_large: Any
+) -> None:
+    """Add ``POST /v1/chat/completions`` and ``GET /v1/models`` to ``app`` (``too_large``: the
+    documented 413 of the body limit, which answers before any route)."""
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> Any:
+        """The served model, in OpenAI's model list shape."""
+        live = engine.live
+        data = []
+        if live is not None:
+            created = int(live.loaded_at)
+            data.append(
+                {"id": live.name, "object": "model", "created": created, "owned_by": "smallfit"}
+            )
+        return {"object": "list", "data": data}
+
+    async def chat_completions(request: Any) -> Response:
+        """Answer an OpenAI chat completion request with the served model's label (or JSON)."""
+        started = time.perf_counter()
+        try:
+            served, answers = await engine.classify([last_user_text(request)])
+        except TierUnavailable as exc:
+            metrics.requests.labels(status="503").inc()
+            return openai_error(503, str(exc), kind="server_error")
+        except Exception as exc:  # a model error: this request fails, the server goes on
+            metrics.requests.labels(status="500").inc()
+            metrics.errors.labels(kind="request").inc()
+            _log.exception("chat completion failed")
+            message = f"the model failed on this request: {type(exc).__name__}: {exc}"
+            return openai_error(500, message, kind="server_error")
+        metrics.requests.labels(status="200").inc()
+        metrics.request_latency.observe(time.perf_counter() - started)
+        answer = answers[0]
+        content = answer_content(answer.label, request.response_format)
+        headers = _headers(answer)
+        if request.stream:
+            events = _stream(served.name, content)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return JSONResponse(_completion(served.name, content, request), headers=headers)
+
+    chat_completions.__annotations__["request"] = chat_request_model(config)
+    app.post(
+        CHAT_PATH,
+        response_model=ChatCompletion,
+        responses={
+            200: {"content": {"text/event-stream": {"schema": _SSE_EVENT}}},
+            400: _refusal("the request is not one smallfit can answer; `param` names the field"),
+            413: too_large,
+            500: _refusal("the model failed on this request"),
+            503: _refusal("a remote tier failed or timed out and serve.fallback is 'error'"),
+        },
+    )(chat_completions)
