@@ -431,8 +431,9 @@ def serve(path: Path, config_path: Path | None, **options: Any) -> None:
     """Serve a model over HTTP: PATH is a model directory, or a run directory (its cascade,
     else its selected model).
 
-    POST /v1/classify, GET /healthz /readyz /metrics, POST /admin/swap and /admin/shadow
-    (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
+    POST /v1/classify; OpenAI's POST /v1/chat/completions and GET /v1/models (drop-in: the
+    last user message is classified); GET /healthz /readyz /metrics; POST /admin/swap and
+    /admin/shadow (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
     from pydantic import ValidationError
 
     from smallfit.config import format_validation_error, read_yaml_mapping
