@@ -9,7 +9,7 @@ from pathlib import Path
 from smallfit.models.base import MANIFEST, MODEL_CARD, write_text
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
 from smallfit.report.fmt import latency_ms, mb, ms, pct, times, usd
-from smallfit.report.uncertainty import ci_text, diff_text, paired_diff, quality_ci
+from smallfit.report.uncertainty import ci_text, diff_text
 from smallfit.run.layout import RunDir
 from smallfit.run.records import CandidateResult
 
@@ -57,7 +57,7 @@ def model_card(f: Facts, c: CandidateResult) -> str:
         "| metric | value |",
         "|---|---|",
         f"| {f.metric} | {pct(q.value(f.metric))} |",
-        f"| {f.metric}, 95% interval | {ci_text(quality_ci(c, f.metric))} |",
+        f"| {f.metric}, 95% interval | {ci_text(c.quality.interval(f.metric))} |",
         f"| macro F1 | {pct(q.macro_f1)} |",
         f"| agreement with the teacher | {pct(q.teacher_agreement)} |",
         f"| expected calibration error | {q.ece:.4f} |",
@@ -77,7 +77,7 @@ def model_card(f: Facts, c: CandidateResult) -> str:
         if paired is None or f.metric in paired:
             lines.append(
                 f"| {f.metric} minus the teacher's (paired 95% interval) | "
-                f"{diff_text(paired_diff(c, f.metric))} |"
+                f"{diff_text(c.quality.paired(f.metric))} |"
             )
     env = f.results.environment
     lines += [

@@ -24,18 +24,6 @@ def diff_text(paired: Paired | None) -> str:
     return f"{100 * paired.diff:+.2f} pt ({100 * lo:+.2f} to {100 * hi:+.2f})"
 
 
-def paired_diff(c: CandidateResult, metric: str) -> Paired | None:
-    """A candidate's measured difference from the teacher on ``metric`` (``diff``, ``ci95``),
-    or None."""
-    return (c.quality.vs_teacher or {}).get(metric)
-
-
-def quality_ci(c: CandidateResult, metric: str) -> list[float] | None:
-    """A candidate's measured 95% interval of ``metric``, or None."""
-    intervals = c.quality.ci95
-    return None if intervals is None else getattr(intervals, metric, None)
-
-
 def vs_teacher_cell(f: Facts, c: CandidateResult) -> str:
     """'–' for the teacher itself and for figures with no difference (agreement is already a
     comparison with the teacher); 'no interval' for results measured without one."""
@@ -66,7 +54,7 @@ def cascade_vs_teacher_html(f: Facts) -> str:
     if cascade is None:
         return ""
     q = cascade.quality
-    paired = (q.vs_teacher or {}).get("accuracy")
+    paired = q.paired("accuracy")
     if paired is None:
         return ""
     lo, hi = paired.ci95

@@ -103,6 +103,15 @@ class Quality(Record):
         v = getattr(self, metric, None) if metric in type(self).model_fields else None
         return None if v is None or isinstance(v, (dict, BaseModel)) else float(v)
 
+    def interval(self, metric: str) -> list[float] | None:
+        """The 95% interval of ``metric`` as measured; None for results without one."""
+        return None if self.ci95 is None else getattr(self.ci95, metric, None)
+
+    def paired(self, metric: str) -> Paired | None:
+        """``metric`` minus the teacher's on the same texts, with its paired 95% interval; None
+        when not measured (the teacher itself, ``teacher_agreement``, older results)."""
+        return (self.vs_teacher or {}).get(metric)
+
 
 class Latency(Record):
     p50_ms: Num

@@ -49,15 +49,14 @@ def _quality(c: Candidate, metric: str) -> float | None:
 
 def _ci(c: Candidate, metric: str) -> tuple[float, float] | None:
     """The 95% interval of ``metric`` (None for results measured without one)."""
-    intervals = c.quality.ci95
-    ci = None if intervals is None else getattr(intervals, metric, None)
+    ci = c.quality.interval(metric)
     return None if not ci else (float(ci[0]), float(ci[1]))
 
 
 def paired_diff(c: Candidate, metric: str) -> tuple[float, float, float] | None:
     """``(diff, lo, hi)``: ``metric`` minus the teacher's on the same test texts and its paired
     95% interval, as measured (None without one, e.g. for ``teacher_agreement``)."""
-    d = (c.quality.vs_teacher or {}).get(metric)
+    d = c.quality.paired(metric)
     if d is None:
         return None
     return float(d.diff), float(d.ci95[0]), float(d.ci95[1])

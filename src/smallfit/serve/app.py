@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +16,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smallfit import __version__
@@ -27,12 +25,11 @@ from smallfit.models.base import MANIFEST
 from smallfit.run.store import Run
 from smallfit.serve.chat import CHAT_PATH, add_chat_routes, openai_error, validation_error
 from smallfit.serve.config import ServeConfig
-from smallfit.serve.engine import Engine, TierUnavailable
+from smallfit.serve.engine import Engine, RequestFailed
 from smallfit.serve.metrics import Metrics
-from smallfit.serve.text import NOT_BLANK, valid_unicode
+from smallfit.serve.text import served_text
 
 Scope = dict[str, Any]
-_log = logging.getLogger("smallfit.serve")
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
 
 
@@ -64,17 +61,13 @@ def classify_request_model(config: ServeConfig) -> type[BaseModel]:
     """The request body of ``/v1/classify`` with this server's limits in its schema, so the
     OpenAPI document states what is refused: 1..``max_texts`` texts, each valid Unicode with
     1..``max_text_chars`` characters and at least one that is not whitespace."""
-    text = Annotated[
-        str,
-        Field(min_length=1, max_length=config.max_text_chars, pattern=NOT_BLANK),
-        AfterValidator(valid_unicode),
-    ]
+    texts: Any = list[served_text(config.max_text_chars)]  # type: ignore[misc]
     return create_model(
         "ClassifyRequest",
         __config__=ConfigDict(extra="forbid"),
         __doc__="Texts to classify (one or more).",
         texts=(
-            list[text],
+            texts,
             Field(min_length=1, max_length=config.max_texts, description="one answer each"),
         ),
     )
@@ -246,23 +239,10 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
 
     async def classify(request: Any) -> Any:
         """Classify a batch of texts: label, top-k probabilities, which tier answered."""
-        started = time.perf_counter()
         try:
-            served, answers = await engine.classify(request.texts)
-        except TierUnavailable as exc:
-            metrics.requests.labels(status="503").inc()
-            return JSONResponse({"detail": str(exc)}, status_code=503)
-        except Exception as exc:  # a model error: this request fails, the server goes on
-            metrics.requests.labels(status="500").inc()
-            metrics.errors.labels(kind="request").inc()
-            _log.exception("classify failed")
-            return JSONResponse(
-                {"detail": f"the model failed on this request: {type(exc).__name__}: {exc}"},
-                status_code=500,
-            )
-        elapsed = time.perf_counter() - started
-        metrics.requests.labels(status="200").inc()
-        metrics.request_latency.observe(elapsed)
+            served, answers, elapsed = await engine.answer(request.texts)
+        except RequestFailed as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
         # built by hand, not re-validated against the response model (documentation only)
         return JSONResponse(
             {
@@ -280,7 +260,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         responses={**_REFUSED, 500: _error("the model failed on this request"), 503: _UNAVAILABLE},
     )(classify)
 
-    add_chat_routes(app, engine, metrics, config, too_large=_REFUSED[413])  # drop-in OpenAI
+    add_chat_routes(app, engine, config, too_large=_REFUSED[413])  # drop-in OpenAI
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

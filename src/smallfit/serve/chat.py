@@ -20,7 +20,6 @@ whitespace-separated words of the messages and of the answer, not a tokenizer's 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
@@ -33,11 +32,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import JsonDict
 
 from smallfit.serve.config import ServeConfig
-from smallfit.serve.engine import Answer, Engine, TierUnavailable
-from smallfit.serve.metrics import Metrics
-from smallfit.serve.text import NOT_BLANK, valid_unicode
-
-_log = logging.getLogger(__name__)
+from smallfit.serve.engine import Answer, Engine, RequestFailed
+from smallfit.serve.text import served_text
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -145,11 +141,7 @@ def chat_request_model(config: ServeConfig) -> type[BaseModel]:
     """The request body of ``/v1/chat/completions`` with this server's limits in its schema:
     at least one user message; every message's text valid Unicode with 1..``max_text_chars``
     characters, at least one not whitespace (as a string, or as text parts)."""
-    text = Annotated[
-        str,
-        Field(min_length=1, max_length=config.max_text_chars, pattern=NOT_BLANK),
-        AfterValidator(valid_unicode),
-    ]
+    text = served_text(config.max_text_chars)
     part = create_model("TextPart", __config__=_CLOSED, type=(TextType, ...), text=(text, ...))
     content: Any = text | Annotated[list[part], Field(min_length=1)]
     message = create_model(
@@ -182,11 +174,15 @@ def chat_request_model(config: ServeConfig) -> type[BaseModel]:
     )
 
 
-def last_user_text(request: Any) -> str:
-    """The text to classify: the last user message (text parts joined by newlines)."""
-    message = next(m for m in reversed(request.messages) if m.role == "user")
+def _message_text(message: Any) -> str:
+    """A message's text: its content, or its text parts joined by newlines."""
     content = message.content
     return content if isinstance(content, str) else "\n".join(p.text for p in content)
+
+
+def last_user_text(request: Any) -> str:
+    """The text to classify: the last user message."""
+    return _message_text(next(m for m in reversed(request.messages) if m.role == "user"))
 
 
 def answer_content(label: str, response_format: Any) -> str:
@@ -225,16 +221,9 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def _prompt_words(request: Any) -> int:
-    total = 0
-    for m in request.messages:
-        texts = [m.content] if isinstance(m.content, str) else [p.text for p in m.content]
-        total += sum(_words(t) for t in texts)
-    return total
-
-
 def _completion(model: str, content: str, request: Any) -> dict[str, Any]:
-    prompt, completion = _prompt_words(request), _words(content)
+    prompt = sum(_words(_message_text(m)) for m in request.messages)
+    completion = _words(content)
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -292,9 +281,7 @@ def _refusal(description: str) -> dict[str, Any]:
     return {"model": ChatErrorBody, "description": description}
 
 
-def add_chat_routes(
-    app: FastAPI, engine: Engine, metrics: Metrics, config: ServeConfig, *, too_large: Any
-) -> None:
+def add_chat_routes(app: FastAPI, engine: Engine, config: ServeConfig, *, too_large: Any) -> None:
     """Add ``POST /v1/chat/completions`` and ``GET /v1/models`` to ``app`` (``too_large``: the
     documented 413 of the body limit, which answers before any route)."""
 
@@ -312,20 +299,10 @@ def add_chat_routes(
 
     async def chat_completions(request: Any) -> Response:
         """Answer an OpenAI chat completion request with the served model's label (or JSON)."""
-        started = time.perf_counter()
         try:
-            served, answers = await engine.classify([last_user_text(request)])
-        except TierUnavailable as exc:
-            metrics.requests.labels(status="503").inc()
-            return openai_error(503, str(exc), kind="server_error")
-        except Exception as exc:  # a model error: this request fails, the server goes on
-            metrics.requests.labels(status="500").inc()
-            metrics.errors.labels(kind="request").inc()
-            _log.exception("chat completion failed")
-            message = f"the model failed on this request: {type(exc).__name__}: {exc}"
-            return openai_error(500, message, kind="server_error")
-        metrics.requests.labels(status="200").inc()
-        metrics.request_latency.observe(time.perf_counter() - started)
+            served, answers, _ = await engine.answer([last_user_text(request)])
+        except RequestFailed as exc:
+            return openai_error(exc.status, str(exc), kind="server_error")
         answer = answers[0]
         content = answer_content(answer.label, request.response_format)
         headers = _headers(answer)

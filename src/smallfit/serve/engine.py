@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,11 +22,22 @@ from smallfit.serve.batcher import MicroBatcher
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.metrics import Metrics
 
+_log = logging.getLogger("smallfit.serve")
+
 WARMUP_TEXTS = ["warm up", "hello, can you help me with my account?"]
 
 
 class TierUnavailable(SmallfitError):
     """A remote tier failed or timed out and the fallback is 'error'."""
+
+
+class RequestFailed(SmallfitError):
+    """A request :meth:`Engine.answer` could not answer: ``status`` 503 (a remote tier is down
+    and ``serve.fallback`` is 'error') or 500 (a model error, logged); the server goes on."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -182,6 +194,27 @@ class Engine:
         task.add_done_callback(self._background.discard)
 
     # -- answering ---------------------------------------------------------------------------
+
+    async def answer(self, texts: list[str]) -> tuple[Served, list[Answer], float]:
+        """:meth:`classify` for one request of a route, counted in the request metrics (by
+        status, and the latency of those answered); also the seconds it took. A failure is a
+        :class:`RequestFailed`."""
+        started = time.perf_counter()
+        try:
+            served, answers = await self.classify(texts)
+        except TierUnavailable as exc:
+            self.metrics.requests.labels(status="503").inc()
+            raise RequestFailed(503, str(exc)) from exc
+        except Exception as exc:  # a model error: this request fails, the server goes on
+            self.metrics.requests.labels(status="500").inc()
+            self.metrics.errors.labels(kind="request").inc()
+            _log.exception("a request failed")
+            message = f"the model failed on this request: {type(exc).__name__}: {exc}"
+            raise RequestFailed(500, message) from exc
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(status="200").inc()
+        self.metrics.request_latency.observe(elapsed)
+        return served, answers, elapsed
 
     async def classify(self, texts: list[str]) -> tuple[Served, list[Answer]]:
         """Answer ``texts`` with the live model (the one live when the request arrived)."""

@@ -20,8 +20,6 @@ from smallfit.report.fmt import (
 from smallfit.report.svg import Axis, Chart
 from smallfit.report.uncertainty import (
     ci_text,
-    paired_diff,
-    quality_ci,
     vs_teacher_cell,
 )
 from smallfit.run.records import CandidateResult
@@ -146,8 +144,8 @@ def candidates_table(f: Facts) -> str:
     out.append("</tr></thead><tbody>")
     for c in f.candidates:
         q, r = c.quality, ratios(f, c)
-        ci = quality_ci(c, f.metric)
-        paired = None if c.name == TEACHER else paired_diff(c, f.metric)
+        ci = c.quality.interval(f.metric)
+        paired = None if c.name == TEACHER else c.quality.paired(f.metric)
         remote = is_remote(c)
         cells = [
             ("name", c.name, c.name),

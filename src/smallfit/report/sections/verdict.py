@@ -13,8 +13,6 @@ from smallfit.report.uncertainty import (
     cascade_vs_teacher_html,
     ci_text,
     diff_text,
-    paired_diff,
-    quality_ci,
     resolution_html,
 )
 
@@ -32,14 +30,15 @@ def verdict(f: Facts) -> str:
     r = ratios(f, chosen)
     cost = per_1m(chosen, f.hour_usd)
     parts = [f'<strong data-field="chosen">{escape(chosen.name)}</strong>']
+    value = f'<span data-field="metric">{pct(chosen.quality.value(f.metric))}</span>'
+    interval = f'<span data-field="metric_ci">{ci_text(chosen.quality.interval(f.metric))}</span>'
     if f.teacher is not None and chosen.name != TEACHER:
         teacher_cost = per_1m(f.teacher, f.hour_usd)
-        paired = paired_diff(chosen, f.metric)
+        paired = chosen.quality.paired(f.metric)
         parts.append(
             f' keeps <span data-field="quality_pct">{r["quality_pct"]:.1f}%</span> of the '
             f"teacher's {escape(metric)} "
-            f'(<span data-field="metric">{pct(chosen.quality.value(f.metric))}</span>, 95% CI '
-            f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>, against '
+            f"({value}, 95% CI {interval}, against "
             f"{pct(f.teacher.quality.value(f.metric))}"
             + (
                 f'; paired difference <span data-field="diff">{diff_text(paired)}</span>'
@@ -60,9 +59,7 @@ def verdict(f: Facts) -> str:
         parts.append(".")
     else:
         parts.append(
-            f" was chosen: {escape(metric)} "
-            f'<span data-field="metric">{pct(chosen.quality.value(f.metric))}</span> (95% CI '
-            f'<span data-field="metric_ci">{ci_text(quality_ci(chosen, f.metric))}</span>), '
+            f" was chosen: {escape(metric)} {value} (95% CI {interval}), "
             f"{usd(cost)} per 1M queries. {escape(f.selection.reason if f.selection else '')}."
         )
     lines = [f'<p class="verdict" data-chosen="{escape(chosen.name)}">{"".join(parts)}</p>']
