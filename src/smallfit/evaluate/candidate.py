@@ -138,10 +138,10 @@ def evaluate_candidate(
     return Measured(result, probs.astype(np.float32))
 
 
-def per_1m_at(hour_usd: float, speed: dict[str, Any]) -> float | None:
+def per_1m_at(hour_usd: float, per_s: float | None) -> float | None:
     """Dollars per million queries on a machine at ``hour_usd`` an hour, answering in batches
-    at the measured throughput (all threads); None without a throughput (an API model)."""
-    per_s = batched_throughput(speed)
+    at ``per_s`` texts a second (the measured batched throughput, all threads); None without a
+    throughput (an API model)."""
     return hour_usd / 3600.0 / per_s * 1e6 if per_s else None
 
 
@@ -149,7 +149,7 @@ def local_cost(speed: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
     """Cost per million queries on this machine at ``config.machine_hour_usd``, answering in
     batches at the measured throughput (all threads)."""
     return {
-        "per_1m_queries_usd": per_1m_at(config.machine_hour_usd, speed),
+        "per_1m_queries_usd": per_1m_at(config.machine_hour_usd, batched_throughput(speed)),
         "basis": f"this machine at ${config.machine_hour_usd}/hour, batched throughput",
     }
 

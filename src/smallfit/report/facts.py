@@ -154,7 +154,7 @@ def per_1m(c: CandidateResult, hour_usd: float) -> float | None:
     own = None if c.cost is None else c.cost.per_1m_queries_usd
     if own is not None:
         return float(own)
-    return per_1m_at(hour_usd, c.speed.dump())
+    return per_1m_at(hour_usd, c.speed.throughput_per_s)
 
 
 def _one_off(store: Run, facts: Facts) -> dict[str, float]:

@@ -153,13 +153,13 @@ def _tier_facts(
     result: CandidateResult | None, evaluate: EvalConfig
 ) -> tuple[float | None, float | None]:
     """(cost per 1M queries, batch-1 p50 at 1 thread) from a candidate's saved result."""
-    from smallfit.evaluate.candidate import local_cost
+    from smallfit.evaluate.candidate import per_1m_at
 
     if result is None:
         return None, None
     cost = None if result.cost is None else result.cost.per_1m_queries_usd
     if cost is None:  # measured before costs were recorded
-        cost = local_cost(result.speed.dump(), evaluate)["per_1m_queries_usd"]
+        cost = per_1m_at(evaluate.machine_hour_usd, result.speed.throughput_per_s)
     return cost, result.speed.p50_ms(1)
 
 

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from smallfit.errors import SmallfitError
-from smallfit.evaluate.speed import batched_throughput
 from smallfit.run.records import CandidateResult, Latency
 from smallfit.select.config import SelectConfig, parse_floor
 
@@ -437,7 +436,7 @@ def selection_json(
             }
             | {"vs_teacher": q.get("vs_teacher")},
             latency_1t_ms={k: one.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
-            throughput_per_s=batched_throughput(s),
+            throughput_per_s=chosen.speed.throughput_per_s,
             throughput_batch=s.get("throughput_batch"),
             peak_rss_bytes=s.get("peak_rss_bytes"),
             bytes_on_disk=chosen.bytes_on_disk,
