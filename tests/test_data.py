@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from smallfit.config import DataConfig
-from smallfit.data import Dataset, Split, load_dataset, read_split
+from smallfit.data import NO_GOLD, Dataset, Split, load_dataset, read_split
 from smallfit.errors import DataError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the repo
@@ -440,3 +440,99 @@ def test_read_split_without_a_label_field(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="empty text"):
         jsonl.write_text('{"text": ""}\n')
         read_split(jsonl, label_field=None)
+
+
+# -- gold labels are optional when the teacher labels the pool ---------------------------------
+
+POOL = [
+    {"text": f"text number {i}", **({"label": "ab"[i % 2]} if i % 3 == 0 else {})}
+    for i in range(60)
+]
+
+
+def test_optional_labels_read_missing_null_and_empty_as_no_gold(tmp_path: Path) -> None:
+    rows = [{"text": "a", "label": "x"}, {"text": "b"}, {"text": "c", "label": None}]
+    rows.append({"text": "d", "label": ""})
+    jsonl = read_split(write_jsonl(tmp_path / "p.jsonl", rows), optional_labels=True)
+    assert jsonl.labels == ["x", NO_GOLD, NO_GOLD, NO_GOLD]
+    assert jsonl.n_gold == 1 and jsonl.gold.tolist() == [True, False, False, False]
+    flat = [{"text": r["text"], "label": r.get("label") or ""} for r in rows]
+    assert read_split(write_csv(tmp_path / "p.csv", flat), optional_labels=True).labels == (
+        jsonl.labels
+    )
+    # a CSV or Parquet file without the column at all: no gold anywhere
+    texts_only = write_csv(tmp_path / "t.csv", [{"text": r["text"]} for r in rows])
+    assert read_split(texts_only, optional_labels=True).labels == [NO_GOLD] * 4
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "t.parquet")
+    assert read_split(tmp_path / "t.parquet", optional_labels=True).labels == [NO_GOLD] * 2
+    # a label of the wrong type is still an error, gold optional or not
+    with pytest.raises(DataError, match=r"p2.jsonl:1 field 'label': label must be a string"):
+        read_split(
+            write_jsonl(tmp_path / "p2.jsonl", [{"text": "a", "label": 1.5}]), optional_labels=True
+        )
+
+
+def test_a_pool_without_gold_is_carved_at_random_and_needs_a_label_set(tmp_path: Path) -> None:
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": r["text"]} for r in POOL])
+    config = DataConfig(train=pool, dev_fraction=0.2, test_fraction=0.25)
+    with pytest.raises(DataError) as info:
+        load_dataset(config, gold_required=None)
+    assert str(info.value).startswith(f"{pool} field 'label': no row of train has a gold label")
+    assert "data.labels: [...]" in str(info.value)
+    labelled = config.model_copy(update={"labels": ["b", "a"]})
+    data = load_dataset(labelled, gold_required=None)
+    assert data.labels == ["a", "b"]
+    assert (len(data.train), len(data.dev), len(data.test)) == (36, 9, 15)
+    assert {y for s in (data.train, data.dev, data.test) for y in s.labels} == {NO_GOLD}
+    assert load_dataset(labelled, gold_required=None) == data  # seeded
+    # by default (a teacher that trains on gold) the first row without one is named
+    with pytest.raises(DataError, match=r"pool.jsonl:1 field 'label': missing field 'label'"):
+        load_dataset(labelled)
+
+
+def test_partly_gold_pools_keep_gold_where_given(tmp_path: Path) -> None:
+    pool = write_jsonl(tmp_path / "pool.jsonl", POOL)
+    config = DataConfig(train=pool, test=pool, dev_fraction=0.25)
+    data = load_dataset(config, gold_required=None)
+    assert data.labels == ["a", "b"]
+    assert data.train.n_gold + data.dev.n_gold == 20 and data.dev.n_gold == 5  # stratified
+    for split in (data.train, data.dev, data.test):
+        for line, label in zip(split.lines, split.labels, strict=True):
+            assert label == POOL[line - 1].get("label", NO_GOLD)
+    # a gold label outside data.labels is located
+    with pytest.raises(DataError, match=r"pool.jsonl:4 field 'label': label 'b' is not one of"):
+        load_dataset(config.model_copy(update={"labels": ["a", "c"]}), gold_required=None)
+    # holding labels out needs gold on every row
+    with pytest.raises(DataError, match="hold_out_labels needs a gold label on every row"):
+        load_dataset(config.model_copy(update={"hold_out_labels": 1}), gold_required=None)
+
+
+def test_the_teacher_decides_whether_gold_is_required(tmp_path: Path) -> None:
+    from smallfit.config import FitConfig
+    from smallfit.teach import fit_dataset
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", POOL)
+    data = {"train": str(pool), "labels": ["a", "b"]}
+    with pytest.raises(DataError) as info:
+        fit_dataset(FitConfig.model_validate({"data": data}))  # the finetune stand-in
+    message = str(info.value)
+    assert message.startswith(f"{pool}:2 field 'label': missing field 'label'")
+    assert "teacher.source is finetune, so every row needs a gold label" in message
+    students = [{"kind": "linear", "use_gold": True}]
+    llm = {"source": "llm", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    with pytest.raises(DataError, match="students: linear has use_gold"):
+        fit_dataset(FitConfig.model_validate({"data": data, "teacher": llm, "students": students}))
+    dataset = fit_dataset(FitConfig.model_validate({"data": data, "teacher": llm}))
+    assert dataset.train.n_gold < len(dataset.train)
+
+
+def test_data_labels_are_checked() -> None:
+    from pydantic import ValidationError
+
+    for bad, fragment in (
+        (["a"], "at least 2"),
+        (["a", "a", "b"], "repeats"),
+        (["a", " "], "empty"),
+    ):
+        with pytest.raises(ValidationError, match=fragment):
+            DataConfig(train=Path("x.jsonl"), labels=bad)

@@ -391,3 +391,31 @@ def test_macro_f1_interval_counts_classes_as_the_point_estimate_does() -> None:
     t = quality_metrics(probs, gold, labels)
     assert m["vs_teacher"]["macro_f1"]["diff"] == pytest.approx(m["macro_f1"] - t["macro_f1"])
     assert m["vs_teacher"]["accuracy"]["diff"] == pytest.approx(m["accuracy"] - t["accuracy"])
+
+
+def test_rows_without_gold_count_for_agreement_only() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=40)
+    teacher = rng.dirichlet(np.ones(3), size=40)
+    gold = [LABELS[i] for i in rng.integers(0, 3, size=40)]
+    part = [g if i % 4 == 0 else "" for i, g in enumerate(gold)]
+    m = quality_metrics(probs, part, LABELS, teacher_probs=teacher, resamples=200)
+    rows = [i for i in range(40) if i % 4 == 0]
+    on_gold = quality_metrics(
+        probs[rows], [gold[i] for i in rows], LABELS, teacher_probs=teacher[rows], resamples=200
+    )
+    for key in ("accuracy", "macro_f1", "ece", "per_class", "vs_teacher"):
+        assert m[key] == on_gold[key], key
+    assert (m["n"], m["n_gold"]) == (40, 10)
+    agree = probs.argmax(1) == teacher.argmax(1)
+    assert m["teacher_agreement"] == pytest.approx(agree.mean())
+    lo, hi = m["ci95"]["teacher_agreement"]
+    assert lo <= agree.mean() <= hi and lo < hi
+    none = quality_metrics(probs, [""] * 40, LABELS, teacher_probs=teacher, resamples=200)
+    assert none["accuracy"] is none["macro_f1"] is none["ece"] is None
+    assert none["per_class"] == {} and none["n_gold"] == 0
+    assert none["teacher_agreement"] == m["teacher_agreement"]
+    assert none["ci95"]["accuracy"] is None and none["ci95"]["teacher_agreement"] == [lo, hi]
+    # no gold and no teacher: nothing to measure against but the count
+    bare = quality_metrics(probs, [""] * 40, LABELS, resamples=0)
+    assert bare["teacher_agreement"] is None and bare["n"] == 40

@@ -79,7 +79,8 @@ def test_candidates_are_measured_against_gold_and_teacher(first_run) -> None:
     teacher = by_name["teacher"]
     # 7 intents, 40 examples each: a real teacher is far above chance (1/7).
     assert teacher.quality.accuracy > 0.7
-    assert teacher.quality.teacher_agreement is None
+    assert teacher.quality.teacher_agreement == 1.0  # with itself: a relative floor's base
+    assert teacher.quality.n_gold == teacher.quality.n  # every test text has gold
     for name in ("student", "linear"):
         quality = by_name[name].quality
         assert quality.accuracy > 0.5

@@ -103,13 +103,6 @@ def _select(config: FitConfig) -> Iterator[Conflict]:
             "select.metric is teacher_agreement, but teacher.source is gold: there is no teacher "
             "to agree with (agreement with gold labels is select.metric: accuracy)",
         )
-    elif metric == "teacher_agreement" and relative:
-        yield Conflict(
-            ("select.quality_floor", "select.metric"),
-            f"select.quality_floor {floor!r}{default} is relative to the teacher's "
-            "teacher_agreement (select.metric), which is not measured for the teacher itself; "
-            "give an absolute share such as select.quality_floor: '0.97'",
-        )
 
 
 def _students(config: FitConfig) -> Iterator[Conflict]:

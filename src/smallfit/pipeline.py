@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smallfit.config import FitConfig, dump_fit_config
-from smallfit.data import Dataset, Split, load_dataset
+from smallfit.data import Dataset, Split
 from smallfit.distill.config import StudentBase
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json, hash_texts
@@ -223,12 +223,10 @@ class _Run:
                 data, train=_subset(data.train, train_ok), dev=_subset(data.dev, dev_ok)
             )
             train, dev = train[train_ok], dev[dev_ok]
-        gold = np.array([data.labels.index(g) for g in data.train.labels])
-        agreement = float((train.argmax(1) == gold).mean())
-        self.log(f"[labels] teacher agrees with gold on {agreement:.1%} of the training pool")
+        audit = self._audit(train, dev)
         self.store.write_labels_summary(
             LabelsSummary(
-                train_gold_agreement=agreement,
+                **audit,
                 train=len(train),
                 dev=len(dev),
                 unanswered=unanswered,
@@ -236,6 +234,35 @@ class _Run:
             )
         )
         return train, dev, hash_json({"teacher": self.keys[TEACHER], "data": self.data_key})
+
+    def _audit(self, train: np.ndarray, dev: np.ndarray) -> dict[str, Any]:
+        """The teacher's answers on the pool against the gold labels it has, logged before
+        anything is distilled from them: ``LabelsSummary``'s audit fields."""
+        from smallfit.evaluate.bootstrap import mean_interval
+
+        data = self.dataset
+        index = {label: i for i, label in enumerate(data.labels)}
+        right = np.concatenate(
+            [
+                p[split.gold].argmax(1)
+                == np.array([index[y] for y in split.labels if y in index], dtype=np.int64)
+                for p, split in ((train, data.train), (dev, data.dev))
+            ]
+        )
+        pool = len(data.train) + len(data.dev)
+        if right.size == 0:
+            self.log(
+                f"[labels] no text of the pool ({pool}) has a gold label: every candidate is "
+                "scored by its agreement with the teacher"
+            )
+            return {"gold_rows": 0}
+        share, ci = float(right.mean()), mean_interval(right)
+        where = "every text" if right.size == pool else f"the {right.size} of {pool} texts"
+        self.log(
+            f"[labels] audit: the teacher agrees with gold on {share:.1%} (95% CI "
+            f"{ci[0]:.1%}-{ci[1]:.1%}) of {where} of the pool with a gold label"
+        )
+        return {"gold_agreement": share, "gold_agreement_ci95": ci, "gold_rows": int(right.size)}
 
     def students(self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str) -> None:
         """Distil (or reuse) every student."""
@@ -285,6 +312,7 @@ class _Run:
                 self.run.model(name),
                 test=test,
                 teacher_test_probs=self.teacher_test_probs,
+                is_teacher=name == TEACHER,
                 config=self.config.evaluate,
                 progress=self.progress,
                 peaks_file=self.run.peaks_file,
@@ -361,7 +389,12 @@ class _Run:
         return measured, missed
 
     def route(
-        self, candidates: list[CandidateResult], chosen: str | None, teacher_dev_probs: np.ndarray
+        self,
+        candidates: list[CandidateResult],
+        chosen: str | None,
+        teacher_dev_probs: np.ndarray,
+        *,
+        metric: str,
     ) -> Routed | None:
         """Calibrate (or reuse) the cascade: its result and summary, or None when there is
         none."""
@@ -371,7 +404,7 @@ class _Run:
         if config is None:
             return None
         try:
-            names = tier_names(config, candidates, chosen, metric=self.config.select.metric)
+            names = tier_names(config, candidates, chosen, metric=metric)
         except SmallfitError as exc:
             self.log(f"[route] no cascade: {exc}")
             return None
@@ -398,7 +431,7 @@ class _Run:
             chosen=chosen,
             evaluate=self.config.evaluate,
             teacher_dev_probs=teacher_dev_probs,
-            metric=self.config.select.metric,
+            metric=metric,
             progress=self.progress,
             log=self.log,
         )
@@ -414,11 +447,12 @@ def fit(
     from smallfit.evaluate.host import environment
     from smallfit.route.stage import recommend
     from smallfit.select import format_table, select, selection_json
+    from smallfit.teach import fit_dataset
 
     started = time.monotonic()
     store = Run(config.run_dir)
     store.start(dump_fit_config(config))
-    dataset = load_dataset(config.data)
+    dataset = fit_dataset(config)
     data_key = _data_key(dataset)
     log(
         f"[data] {len(dataset.train)} train / {len(dataset.dev)} dev / {len(dataset.test)} test, "
@@ -450,7 +484,7 @@ def fit(
     candidates += compressed
 
     selection = select(candidates, config.select, teacher_name=TEACHER)
-    cascade = run.route(candidates, selection.chosen, labels[1])
+    cascade = run.route(candidates, selection.chosen, labels[1], metric=selection.metric)
     if cascade is not None:
         candidates.append(cascade.result)
     recommended = recommend(
@@ -482,9 +516,7 @@ def fit(
     return FitResult(
         run=store,
         results=results,
-        table=format_table(
-            candidates, selection, metric=config.select.metric, recommended=recommended
-        ),
+        table=format_table(candidates, selection, metric=selection.metric, recommended=recommended),
         selection_json=line,
         chosen=selection.chosen,
         recommended=recommended["name"],

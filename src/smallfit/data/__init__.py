@@ -9,15 +9,17 @@ from smallfit.lazy import lazy_exports
 
 _LAZY = {
     "DataConfig": "smallfit.data.config",
-    "FORMATS": "smallfit.data.dataset",
+    "FORMATS": "smallfit.data.files",
+    "NO_GOLD": "smallfit.data.files",
     "Dataset": "smallfit.data.dataset",
-    "Split": "smallfit.data.dataset",
+    "Split": "smallfit.data.files",
     "load_dataset": "smallfit.data.dataset",
-    "read_split": "smallfit.data.dataset",
+    "read_split": "smallfit.data.files",
 }
 
 __all__ = [
     "FORMATS",
+    "NO_GOLD",
     "DataConfig",
     "Dataset",
     "Split",

@@ -22,7 +22,13 @@ class DataConfig(Strict):
     text_field: str = "text"
     """Field (column) holding the text."""
     label_field: str = "label"
-    """Field (column) holding the gold label."""
+    """Field (column) holding the gold label. Gold is optional when the teacher labels the pool
+    (an `llm` or `model` teacher): a row without it (missing, null or empty) is labelled by the
+    teacher and scored against the teacher only."""
+    labels: list[str] | None = None
+    """The label set, for a pool with no (or not every) gold label: what an `llm` teacher
+    chooses from. Null: the gold labels of train (a `model` teacher's own labels when it has
+    them)."""
     dev_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     """Share of train carved out as the dev split (stratified, seeded)."""
     max_train: int | None = Field(None, gt=0, description="use a stratified slice of train")
@@ -41,6 +47,21 @@ class DataConfig(Strict):
     )
     seed: int = 0
     """Seed of every split and slice."""
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if len(set(value)) < 2:
+            raise ValueError("labels needs at least 2 distinct labels")
+        blank = [v for v in value if not v.strip()]
+        if blank:
+            raise ValueError("labels holds an empty label")
+        repeated = sorted({v for v in value if value.count(v) > 1})
+        if repeated:
+            raise ValueError(f"labels repeats {repeated}")
+        return value
 
     @field_validator("hold_out_labels")
     @classmethod

@@ -3,14 +3,15 @@
 Every problem with the input is a :class:`~smallfit.errors.DataError` naming the file, the
 1-based line (Parquet: row) and the field. Splits are stratified and seeded with numpy, so the
 same :class:`~smallfit.config.DataConfig` always gives the same splits.
+
+Gold labels are optional when the teacher labels the pool (``load_dataset(...,
+gold_required=None)``): a row without one (the field missing, null or empty) has the label
+:data:`NO_GOLD`, and the rows without gold are carved like one more class, so a pool with no
+gold at all is carved at random.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,33 +19,24 @@ from typing import Any
 import numpy as np
 
 from smallfit.data.config import DataConfig
+from smallfit.data.files import FORMATS, NO_GOLD, Split, read_split
 from smallfit.errors import DataError
 
-FORMATS = {
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
-"""File suffix -> format, for ``format="auto"``."""
+__all__ = [
+    "FORMATS",
+    "GOLD_EVERYWHERE",
+    "NO_GOLD",
+    "Dataset",
+    "Split",
+    "load_dataset",
+    "read_split",
+]
+
+GOLD_EVERYWHERE = "every example needs a label"
+"""Why gold labels are required, by default: there is no other source of labels."""
 
 # One independent random stream per carving step, so e.g. max_test never moves dev.
 _HOLDOUT, _MAX_TRAIN, _DEV, _MAX_TEST, _HOLD_OUT_LABELS = 1, 2, 3, 4, 5
-
-
-@dataclass(frozen=True)
-class Split:
-    """Texts with their gold labels, and where they came from (for messages)."""
-
-    texts: list[str]
-    labels: list[str]
-    source: str
-    lines: list[int] = field(default_factory=list, repr=False)
-    """1-based line (Parquet: row) of each example in its file; empty when unknown."""
-
-    def __len__(self) -> int:
-        return len(self.texts)
 
 
 @dataclass(frozen=True)
@@ -64,224 +56,6 @@ class Dataset:
     held_out: list[str] = field(default_factory=list)
     """The labels held out (``hold_out_labels``), sorted; no split but the out-of-scope texts
     holds them."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading one file
-
-
-def read_split(
-    path: str | Path,
-    *,
-    format: str = "auto",
-    text_field: str = "text",
-    label_field: str | None = "label",
-) -> Split:
-    """Read and validate one JSONL, CSV or Parquet file of ``{text, label}`` records.
-
-    With ``label_field=None`` only the texts are read (an unlabelled pool); labels are then
-    empty strings."""
-    file = Path(path)
-    if not file.exists():
-        raise DataError("no such file", file=file)
-    if file.is_dir():
-        raise DataError("is a directory; expected a .jsonl, .csv or .parquet file", file=file)
-    kind = _resolve_format(file, format)
-    fields = (text_field, label_field) if label_field is not None else (text_field,)
-    if kind == "jsonl":
-        rows = _read_jsonl(file, fields)
-    elif kind == "csv":
-        rows = _read_csv(file, fields)
-    else:
-        rows = _read_parquet(file, fields)
-    if not rows:
-        raise DataError("empty file: no examples", file=file)
-    lines, texts, labels = (list(col) for col in zip(*rows, strict=True))
-    return Split(texts=texts, labels=labels, source=str(file), lines=lines)
-
-
-def _resolve_format(file: Path, format: str) -> str:
-    if format != "auto":
-        if format not in FORMATS.values():
-            raise DataError(
-                f"unknown format {format!r}; use auto, jsonl, csv or parquet", file=file
-            )
-        return format
-    kind = FORMATS.get(file.suffix.lower())
-    if kind is None:
-        known = ", ".join(FORMATS)
-        raise DataError(
-            f"cannot tell the format from the suffix {file.suffix or '(none)'!r}; "
-            f"use one of {known} or set the data format explicitly",
-            file=file,
-        )
-    return kind
-
-
-def _read_text(file: Path) -> str:
-    """The file decoded as UTF-8 (a leading BOM is dropped)."""
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read the file ({exc.strerror or exc})", file=file) from exc
-    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = start + exc.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise DataError(
-            f"not valid UTF-8: byte {data[offset : offset + 1]!r} at byte offset {offset}; "
-            "save the file as UTF-8",
-            file=file,
-            line=line,
-        ) from exc
-
-
-Row = tuple[int, str, str]
-
-
-def _read_jsonl(file: Path, fields: tuple[str, ...]) -> list[Row]:
-    rows: list[Row] = []
-    for number, raw in enumerate(_read_text(file).split("\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            hint = ""
-            if not rows and raw.lstrip().startswith("["):
-                hint = "; expected JSON Lines (one object a line), not a JSON array"
-            raise DataError(
-                f"invalid JSON ({exc.msg} at column {exc.colno}){hint}", file=file, line=number
-            ) from exc
-        if not isinstance(record, dict):
-            raise DataError(
-                f"expected a JSON object, found {_type_name(record)}", file=file, line=number
-            )
-        for name in fields:
-            if name not in record:
-                raise DataError(
-                    f"missing field {name!r}; the record has {_field_list(record)}",
-                    file=file,
-                    line=number,
-                    field=name,
-                )
-        label = record[fields[1]] if len(fields) > 1 else None
-        rows.append(_example(record[fields[0]], label, file, number, fields))
-    return rows
-
-
-def _read_csv(file: Path, fields: tuple[str, ...]) -> list[Row]:
-    reader = csv.reader(io.StringIO(_read_text(file), newline=""))
-    rows: list[Row] = []
-    header: list[str] | None = None
-    columns: list[int] = []
-    end = 0  # last physical line consumed so far
-    try:
-        for record in reader:
-            number, end = end + 1, reader.line_num
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue  # a blank line
-            if header is None:
-                header = record
-                for name in fields:
-                    if name not in header:
-                        raise DataError(
-                            f"missing column {name!r} in the header row; "
-                            f"the header has {_field_list(header)}",
-                            file=file,
-                            line=number,
-                            field=name,
-                        )
-                columns = [header.index(name) for name in fields]
-                continue
-            if len(record) != len(header):
-                raise DataError(
-                    f"malformed row: {len(record)} column(s), the header has {len(header)}",
-                    file=file,
-                    line=number,
-                )
-            label = record[columns[1]] if len(columns) > 1 else None
-            rows.append(_example(record[columns[0]], label, file, number, fields))
-    except csv.Error as exc:
-        raise DataError(f"malformed CSV ({exc})", file=file, line=reader.line_num) from exc
-    if header is None:
-        raise DataError("empty file: no header row and no examples", file=file)
-    return rows
-
-
-def _read_parquet(file: Path, fields: tuple[str, ...]) -> list[Row]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(file)
-        names = parquet.schema_arrow.names
-        for name in fields:
-            if name not in names:
-                raise DataError(
-                    f"missing column {name!r}; the file has {_field_list(names)}",
-                    file=file,
-                    field=name,
-                )
-        table = parquet.read(columns=list(fields))
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"not a readable Parquet file ({exc})", file=file) from exc
-    texts = table.column(fields[0]).to_pylist()
-    labels = table.column(fields[1]).to_pylist() if len(fields) > 1 else [None] * len(texts)
-    return [
-        _example(text, label, file, row, fields, unit="row")
-        for row, (text, label) in enumerate(zip(texts, labels, strict=True), start=1)
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Validating one record
-
-
-def _example(
-    text: Any, label: Any, file: Path, line: int, fields: tuple[str, ...], *, unit: str = ""
-) -> Row:
-    """Check one record's values; ``(line, text, label)`` with the label as a string (empty when
-    ``fields`` names no label field)."""
-    prefix = f"{unit} {line}: " if unit else ""
-
-    def fail(message: str, name: str) -> DataError:
-        return DataError(prefix + message, file=file, line=line, field=name)
-
-    if not isinstance(text, str):
-        raise fail(f"text must be a string, found {_type_name(text)}", fields[0])
-    if not text.strip():
-        raise fail("empty text" if not text else "text is only whitespace", fields[0])
-    if len(fields) == 1:
-        return line, text, ""
-    if isinstance(label, bool):
-        label = "true" if label else "false"
-    elif isinstance(label, int):
-        label = str(label)
-    elif label is None:
-        raise fail("label is null; every example needs a label", fields[1])
-    elif not isinstance(label, str):
-        raise fail(f"label must be a string or an integer, found {_type_name(label)}", fields[1])
-    if not label.strip():
-        raise fail("empty label; every example needs a label", fields[1])
-    return line, text, label
-
-
-def _type_name(value: Any) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a float"}
-    names |= {str: "a string", list: "a list", dict: "an object"}
-    name = names.get(type(value), f"a {type(value).__name__}")
-    shown = repr(value)
-    return name if len(shown) > 40 or value is None else f"{name} ({shown})"
-
-
-def _field_list(names: Any) -> str:
-    names = list(names)
-    if not names:
-        return "no fields"
-    return "fields: " + ", ".join(repr(str(n)) for n in names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +149,12 @@ def _slice(split: Split, size: int, rng: np.random.Generator) -> Split:
 # The whole dataset
 
 
-def load_dataset(config: DataConfig) -> Dataset:
+def load_dataset(
+    config: DataConfig,
+    *,
+    gold_required: str | None = GOLD_EVERYWHERE,
+    labels: list[str] | None = None,
+) -> Dataset:
     """Read train (and test), validate the labels, and carve the seeded stratified splits.
 
     Order: hold out test (only when ``config.test`` is None) from the full train file, then
@@ -383,27 +162,41 @@ def load_dataset(config: DataConfig) -> Dataset:
     out-of-scope texts), then ``max_train`` slices what is left, then dev is carved from that
     slice; ``max_test`` slices test. So the held-out test set does not move when ``max_train``
     or the held-out labels change.
+
+    ``gold_required`` says why every row needs a gold label (it ends the error of a row
+    without one); None makes gold optional on every split (the teacher labels the pool). The
+    label set is then the gold labels and ``config.labels``, or ``labels`` when given (a
+    model teacher's own).
     """
 
     def read(path: Path) -> Split:
-        return read_split(
-            path,
-            format=config.format,
-            text_field=config.text_field,
-            label_field=config.label_field,
-        )
+        try:
+            return read_split(
+                path,
+                format=config.format,
+                text_field=config.text_field,
+                label_field=config.label_field,
+                optional_labels=gold_required is None,
+            )
+        except DataError as exc:
+            if gold_required is None or exc.field != config.label_field:
+                raise
+            raise DataError(
+                f"{exc.message} ({gold_required})", file=exc.file, line=exc.line, field=exc.field
+            ) from exc
 
     oos = [config.out_of_scope] if config.out_of_scope is not None else []
     train, out_of_scope = _split_labels(read(config.train), oos)
-    _check_label_count(train, config.label_field)
     test_file = read(config.test) if config.test is not None else None
+    label_set = _label_set(config, train, labels)
 
     if test_file is None:
         train, test = _carve(train, config.test_fraction, _rng(config.seed, _HOLDOUT), "test")
     else:
         test, out_of_scope = _split_labels(test_file, oos)
-        _check_test_labels(test, set(train.labels), config.label_field, train.source)
-    held = _held_out_labels(config, sorted(set(train.labels)), train.source)
+        where = "data.labels" if config.labels else f"the labels of train ({train.source})"
+        _check_test_labels(test, set(label_set), config.label_field, where)
+    held = _held_out_labels(config, label_set, train)
     if held:
         train, _ = _split_labels(train, held)
         test, held_test = _split_labels(test, held)
@@ -412,8 +205,9 @@ def load_dataset(config: DataConfig) -> Dataset:
             labels=[*out_of_scope.labels, *held_test.labels],
             source=test.source,
         )
+        label_set = [y for y in label_set if y not in held]
     if config.max_train is not None:
-        n_labels = len(set(train.labels))
+        n_labels = len(set(train.labels) - {NO_GOLD})
         if config.max_train < n_labels:
             raise DataError(
                 f"max_train={config.max_train} is smaller than the number of labels "
@@ -429,19 +223,68 @@ def load_dataset(config: DataConfig) -> Dataset:
         train=train,
         dev=dev,
         test=test,
-        labels=sorted(set(train.labels)),
+        labels=label_set,
         out_of_scope=out_of_scope.texts,
         out_of_scope_labels=out_of_scope.labels,
         held_out=held,
     )
 
 
-def _held_out_labels(config: DataConfig, labels: list[str], source: str) -> list[str]:
+def _label_set(config: DataConfig, train: Split, given: list[str] | None) -> list[str]:
+    """The classes: ``given`` (a model teacher's), else the gold labels of train with
+    ``config.labels``; at least 2. A gold label outside ``given`` or ``config.labels`` is an
+    error naming its line."""
+    gold = sorted(set(train.labels) - {NO_GOLD})
+    declared = given if given is not None else config.labels
+    if declared is not None:
+        known = set(declared)
+        where = "the teacher's labels" if given is not None else "data.labels"
+        lines: list[int | None] = list(train.lines) or [None] * len(train)
+        for line, label in zip(lines, train.labels, strict=True):
+            if label != NO_GOLD and label not in known:
+                raise DataError(
+                    f"label {label!r} is not one of {where} ({_preview(declared)})",
+                    file=train.source,
+                    line=line,
+                    field=config.label_field,
+                )
+        labels = sorted(known)
+    else:
+        labels = gold
+    if len(labels) < 2:
+        if not gold:
+            raise DataError(
+                "no row of train has a gold label, so the label set is unknown: list the "
+                "labels in the config (data.labels: [...]) for the teacher to choose from",
+                file=train.source,
+                field=config.label_field,
+            )
+        raise DataError(
+            f"train has only 1 distinct label ({labels[0]!r}); a classifier needs at least 2",
+            file=train.source,
+            field=config.label_field,
+        )
+    return labels
+
+
+def _preview(labels: list[str], limit: int = 20) -> str:
+    return ", ".join(labels[:limit]) + (" ..." if len(labels) > limit else "")
+
+
+def _held_out_labels(config: DataConfig, labels: list[str], train: Split) -> list[str]:
     """The labels ``config.hold_out_labels`` names, or that many drawn with the data seed."""
     want = config.hold_out_labels
     if want is None:
         return []
     key = "hold_out_labels"
+    source = train.source
+    if train.n_gold < len(train):
+        raise DataError(
+            f"{key} needs a gold label on every row of train, to take the held-out labels' "
+            f"rows out; {len(train) - train.n_gold} of {len(train)} rows have none",
+            file=source,
+            field=key,
+        )
     count = want if isinstance(want, int) else len(want)
     if count > len(labels) - 2:
         raise DataError(
@@ -473,24 +316,14 @@ def _split_labels(split: Split, labels: list[str]) -> tuple[Split, Split]:
     )
 
 
-def _check_label_count(train: Split, label_field: str) -> None:
-    distinct = sorted(set(train.labels))
-    if len(distinct) < 2:
-        raise DataError(
-            f"train has only 1 distinct label ({distinct[0]!r}); a classifier needs at least 2",
-            file=train.source,
-            field=label_field,
-        )
-
-
-def _check_test_labels(test: Split, known: set[str], label_field: str, train_source: str) -> None:
+def _check_test_labels(test: Split, known: set[str], label_field: str, where: str) -> None:
     lines: list[int | None] = list(test.lines) or [None] * len(test)
     for line, label in zip(lines, test.labels, strict=True):
-        if label not in known:
-            unseen = sorted(set(test.labels) - known)
+        if label != NO_GOLD and label not in known:
+            unseen = sorted(set(test.labels) - known - {NO_GOLD})
             more = f" ({len(unseen)} unseen labels in all)" if len(unseen) > 1 else ""
             raise DataError(
-                f"label {label!r} never occurs in train ({train_source}){more}",
+                f"label {label!r} is not one of {where}{more}",
                 file=test.source,
                 line=line,
                 field=label_field,

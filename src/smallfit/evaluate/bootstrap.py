@@ -123,8 +123,29 @@ def quality_intervals(
     return {
         "ci95": ci,
         "vs_teacher": paired,
-        "bootstrap": {"method": "percentile", "resamples": resamples, "seed": seed, "level": level},
+        "bootstrap": bootstrap_method(resamples, seed, level),
     }
+
+
+def bootstrap_method(resamples: int, seed: int, level: float = LEVEL) -> dict[str, Any]:
+    """How intervals were drawn, as results record it."""
+    return {"method": "percentile", "resamples": resamples, "seed": seed, "level": level}
+
+
+def mean_interval(
+    values: np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> list[float]:
+    """The interval of the mean of ``values`` (one per row, e.g. 1.0 where a model agrees with
+    the teacher), from the same seeded resampling as :func:`quality_intervals`."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = [
+        values[
+            rng.integers(0, len(values), size=(min(BLOCK, resamples - start), len(values)))
+        ].mean(axis=1)
+        for start in range(0, resamples, BLOCK)
+    ]
+    return _interval(np.concatenate(means), level)
 
 
 def teacher_answers(teacher_probs: np.ndarray, no_answer: int) -> np.ndarray:

@@ -81,6 +81,7 @@ def evaluate_candidate(
     teacher_test_probs: np.ndarray | None,
     config: EvalConfig,
     teacher_labels: list[str] | None = None,
+    is_teacher: bool = False,
     progress: bool = False,
     peaks: dict[str, Any] | None = None,
     peaks_file: Path | None = None,
@@ -90,6 +91,9 @@ def evaluate_candidate(
 
     ``teacher_test_probs`` (one row per test text) uses the model's label order, or
     ``teacher_labels`` when given (its columns are then reordered to the model's labels).
+    ``is_teacher``: the model is the teacher, so its agreement with the teacher is with its own
+    answers (100%, less its unanswered texts): a floor relative to the teacher's agreement is
+    then the agreement itself.
 
     ``roofline`` relates the batch-1 p50 at 1 thread to ``peaks`` (:func:`peak_rates` at 1
     thread); it is None for models without an ``architecture`` in their manifest (linear models)
@@ -99,7 +103,7 @@ def evaluate_candidate(
     model_dir = Path(model_dir)
     model = load(model_dir)
     probs = predict_in_batches(model, test.texts, progress=progress)
-    teacher = None
+    teacher = probs if is_teacher else None
     if teacher_test_probs is not None:
         teacher = align_probs(
             np.asarray(teacher_test_probs), teacher_labels or model.labels, model.labels

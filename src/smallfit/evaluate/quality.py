@@ -6,8 +6,16 @@ from typing import Any
 
 import numpy as np
 
+from smallfit.data import NO_GOLD
 from smallfit.errors import SmallfitError
-from smallfit.evaluate.bootstrap import RESAMPLES, SEED, quality_intervals, teacher_answers
+from smallfit.evaluate.bootstrap import (
+    RESAMPLES,
+    SEED,
+    bootstrap_method,
+    mean_interval,
+    quality_intervals,
+    teacher_answers,
+)
 
 
 def quality_metrics(
@@ -49,7 +57,25 @@ def quality_metrics(
     - ``"bootstrap"``: ``{"method", "resamples", "seed", "level"}``.
 
     With ``resamples=0`` all three are None.
+
+    Rows whose gold label is :data:`NO_GOLD` count for the agreement with the teacher only:
+    the gold figures (accuracy, macro-F1, ECE, per class, their intervals and ``vs_teacher``)
+    are measured on the rows with gold, and are None when no row has it. ``"n_gold"`` counts
+    those rows.
     """
+    has_gold = np.array([g != NO_GOLD for g in gold], dtype=bool)
+    if not has_gold.all():
+        return _part_gold(
+            np.asarray(probs),
+            gold,
+            labels,
+            has_gold,
+            teacher_probs=teacher_probs,
+            ece_bins=ece_bins,
+            unanswered=unanswered,
+            resamples=resamples,
+            seed=seed,
+        )
     probs = np.asarray(probs, dtype=np.float64)
     n = len(gold)
     if n == 0:
@@ -107,9 +133,71 @@ def quality_metrics(
         "teacher_agreement": agreement,
         "ece": expected_calibration_error(confidence, correct, bins=ece_bins),
         "n": n,
+        "n_gold": n,
         "unanswered": int(missing.sum()),
         "per_class": per_class,
         **intervals,
+    }
+
+
+def _part_gold(
+    probs: np.ndarray,
+    gold: list[str],
+    labels: list[str],
+    has_gold: np.ndarray,
+    *,
+    teacher_probs: np.ndarray | None,
+    ece_bins: int,
+    unanswered: np.ndarray | None,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`quality_metrics` when some rows (or all) have no gold label: the gold figures on
+    the rows with gold, the agreement with the teacher on every row."""
+    n = len(gold)
+    if probs.shape != (n, len(labels)):
+        raise SmallfitError(
+            f"probabilities have shape {probs.shape}, expected ({n}, {len(labels)}) "
+            "(one row per text, one column per label)"
+        )
+    missing = np.zeros(n, bool) if unanswered is None else np.asarray(unanswered, bool)
+    if missing.shape != (n,):
+        raise SmallfitError(f"unanswered mask has shape {missing.shape}, expected ({n},)")
+    rows = np.flatnonzero(has_gold)
+    teacher = None if teacher_probs is None else np.asarray(teacher_probs)
+    if rows.size:
+        out = quality_metrics(
+            probs[rows],
+            [gold[i] for i in rows],
+            labels,
+            teacher_probs=None if teacher is None else teacher[rows],
+            ece_bins=ece_bins,
+            unanswered=missing[rows],
+            resamples=resamples,
+            seed=seed,
+        )
+    else:
+        out = {"accuracy": None, "macro_f1": None, "ece": None, "per_class": {}}
+        out |= {"ci95": None, "vs_teacher": None, "bootstrap": None}
+    agreement = None
+    if teacher is not None:
+        if teacher.shape != probs.shape:
+            raise SmallfitError(
+                f"teacher probabilities have shape {teacher.shape}, expected {probs.shape}"
+            )
+        pred = np.where(missing, -1, probs.argmax(axis=1))
+        agree = pred == teacher.argmax(axis=1)
+        agreement = float(agree.mean())
+        if resamples > 0:
+            ci = out["ci95"] or {"accuracy": None, "macro_f1": None, "ece": None}
+            interval = mean_interval(agree, resamples=resamples, seed=seed)
+            out["ci95"] = ci | {"teacher_agreement": interval}
+            out["bootstrap"] = bootstrap_method(resamples, seed)
+    return out | {
+        "teacher_agreement": agreement,
+        "n": n,
+        "n_gold": int(rows.size),
+        "unanswered": int(missing.sum()),
     }
 
 

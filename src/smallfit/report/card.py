@@ -60,7 +60,7 @@ def model_card(f: Facts, c: CandidateResult) -> str:
         f"| {f.metric}, 95% interval | {ci_text(c.quality.interval(f.metric))} |",
         f"| macro F1 | {pct(q.macro_f1)} |",
         f"| agreement with the teacher | {pct(q.teacher_agreement)} |",
-        f"| expected calibration error | {q.ece:.4f} |",
+        f"| expected calibration error | {'–' if q.ece is None else f'{q.ece:.4f}'} |",
         f"| batch-1 latency, 1 thread (p50 / p95 / p99) | {ms(latency_ms(c, '1'))} / "
         f"{ms(latency_ms(c, '1', 'p95_ms'))} / {ms(latency_ms(c, '1', 'p99_ms'))} |",
         f"| throughput (batches, all threads) | {s.throughput_per_s or 0:,.0f} texts/s |",

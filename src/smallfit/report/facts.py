@@ -14,13 +14,20 @@ from typing import Any
 import numpy as np
 
 from smallfit.config import FitConfig, format_validation_error
+from smallfit.data import NO_GOLD
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import per_1m_at
 from smallfit.llm.prompt import DEFAULT_INSTRUCTION
 from smallfit.report.config import ReportConfig
 from smallfit.report.cost import CostOption
 from smallfit.run.layout import ONE_OFF_STAGES, TEACHER
-from smallfit.run.records import CandidateResult, CascadeSummary, RunResults, SelectionRecord
+from smallfit.run.records import (
+    CandidateResult,
+    CascadeSummary,
+    RunResults,
+    SelectionRecord,
+    resolve_metric,
+)
 from smallfit.run.store import Run
 from smallfit.select import pareto_front, vs_teacher
 
@@ -57,6 +64,9 @@ class Facts:
     api_basis: str
     confusions: list[Confusion] = field(default_factory=list)
     confusion_note: str | None = None
+    confusion_against: str = "gold"
+    """What the confused pairs compare with: ``gold``, or ``teacher`` when no test text has a
+    gold label."""
     notes: list[str] = field(default_factory=list)
 
     def candidate(self, name: str | None) -> CandidateResult | None:
@@ -93,7 +103,11 @@ def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) 
         except ValidationError as exc:
             raise SmallfitError(format_validation_error(exc, source="report options")) from exc
         config = config.model_copy(update={"report": report})
-    metric = records.selection.metric if records.selection else config.select.metric
+    metric = (
+        records.selection.metric
+        if records.selection
+        else resolve_metric(config.select.metric, candidates)
+    )
     selection = records.selection
     chosen = None if selection is None else selection.chosen
     cascade = records.cascade
@@ -318,9 +332,18 @@ def _confusions(facts: Facts) -> None:
             f"{len(model_labels)} labels"
         )
     predicted = [model_labels[i] for i in probs.argmax(axis=1)]
+    if not any(g != NO_GOLD for g in gold):
+        # no gold at all: against the teacher's answers, when it saved them
+        teacher = store.read_test_probs(TEACHER) if name != TEACHER else None
+        if teacher is None or teacher.shape[0] != len(texts):
+            facts.confusion_note = "no confusion pairs: no gold labels and no teacher answers"
+            return
+        own = _model_labels(facts, TEACHER)
+        gold = [own[i] for i in teacher.argmax(axis=1)]
+        facts.confusion_against = "teacher"
     counts: dict[tuple[str, str], list[int]] = {}
     for i, (g, p) in enumerate(zip(gold, predicted, strict=True)):
-        if g != p:
+        if g != p and g != NO_GOLD:
             counts.setdefault((g, p), []).append(i)
     top = sorted(counts.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:k]
     facts.confusions = [

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from smallfit.config import load_fit_config
-from smallfit.data import Dataset, load_dataset
+from smallfit.data import Dataset
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.candidate import measured, predict_in_batches
 from smallfit.evaluate.config import EvalConfig
@@ -37,8 +37,9 @@ from smallfit.route.cascade import Abstain, Cascade, Tier
 from smallfit.route.config import RouteConfig
 from smallfit.route.oos import at_loss, by_label
 from smallfit.run.layout import CASCADE, TEACHER, RunDir
-from smallfit.run.records import CandidateResult, CascadeSummary, Recommendation
+from smallfit.run.records import CandidateResult, CascadeSummary, Recommendation, resolve_metric
 from smallfit.run.store import Run
+from smallfit.teach.teacher import fit_dataset
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,17 @@ def build_cascade(
     data = dataset
     index = {label: i for i, label in enumerate(labels)}
     dev_gold = np.array([index.get(y, -1) for y in data.dev.labels])
-    test_gold = np.array([index.get(y, -1) for y in data.test.labels])
+    test_gold: np.ndarray | None = np.array([index.get(y, -1) for y in data.test.labels])
+    against = "gold"
+    if data.dev.n_gold < len(data.dev) or data.test.n_gold < len(data.test):
+        # without gold on every text, "accuracy" in the target is agreement with the teacher
+        against = "teacher"
+        if teacher_dev_probs is None:
+            raise SmallfitError("dev has texts without a gold label, and no teacher answers them")
+        dev_gold = align_probs(np.asarray(teacher_dev_probs), data.labels, labels).argmax(1)
+        saved = run.read_test_probs(TEACHER) if TEACHER in by_name else None
+        order = run.model_labels(TEACHER) or labels
+        test_gold = None if saved is None else align_probs(saved, order, labels).argmax(1)
 
     def outputs(split: str, texts: list[str]) -> list[TierOutputs]:
         out = []
@@ -213,7 +224,10 @@ def build_cascade(
             out.append(TierOutputs(name=name, probs=p, cost_per_1m_usd=cost, p50_ms=p50))
         return out
 
-    log(f"[route] tiers {' -> '.join(names)}; calibrating for '{config.target}' on dev")
+    log(
+        f"[route] tiers {' -> '.join(names)}; calibrating for '{config.target}' on dev"
+        + (" (accuracy: agreement with the teacher)" if against == "teacher" else "")
+    )
     dev = outputs("dev", data.dev.texts)
     test = outputs("test", data.test.texts)
     oos_probs = [  # only an abstaining cascade is asked about out-of-scope texts
@@ -302,7 +316,8 @@ def build_cascade(
     cascade.save(out_dir, metrics={"dev": calibration.dev.to_dict()})
     cascade.close()  # an API tier's connections; the speed probe loads its own copy
     summary = CascadeSummary.model_validate(
-        calibration.to_dict() | {"out_of_scope": oos, "model_dir": str(out_dir)}
+        calibration.to_dict()
+        | {"out_of_scope": oos, "model_dir": str(out_dir), "scored_against": against}
     )
     run.write_cascade(summary)
     _log_summary(calibration, oos, log)
@@ -412,7 +427,7 @@ def route_run(
     results = run.read_results()
     candidates = [c for c in results.candidates if c.name != CASCADE]
     chosen = None if results.selection is None else results.selection.chosen
-    dataset = load_dataset(fit_config.data)
+    dataset = fit_dataset(fit_config)
     routed = build_cascade(
         run.root,
         config,
@@ -420,7 +435,11 @@ def route_run(
         candidates=candidates,
         chosen=chosen,
         evaluate=fit_config.evaluate,
-        metric=fit_config.select.metric,
+        metric=(
+            results.selection.metric
+            if results.selection is not None
+            else resolve_metric(fit_config.select.metric, candidates)
+        ),
         progress=progress,
         log=log,
     )

@@ -64,10 +64,12 @@ class ClassScore(Record):
 
 
 class Intervals(Record):
-    accuracy: Interval
-    macro_f1: Interval
+    """95% intervals; the gold figures' are None where no test text has a gold label."""
+
+    accuracy: Interval | None
+    macro_f1: Interval | None
     teacher_agreement: Interval | None = None
-    ece: Interval
+    ece: Interval | None
 
 
 class Paired(Record):
@@ -85,13 +87,15 @@ class Bootstrap(Record):
 
 
 class Quality(Record):
-    """Quality on the test split against gold and the teacher (classification)."""
+    """Quality on the test split against gold and the teacher (classification). The gold
+    figures are measured on the ``n_gold`` texts with a gold label, and are None without any."""
 
-    accuracy: Num
-    macro_f1: Num
+    accuracy: Num | None
+    macro_f1: Num | None
     teacher_agreement: Num | None = None
-    ece: Num
+    ece: Num | None
     n: int
+    n_gold: int | None = None  # absent before 2026-11-30: every test text had gold
     unanswered: int = 0  # absent before 2026-11-24
     per_class: dict[str, ClassScore] = {}
     ci95: Intervals | None = None  # the three below: absent before 2026-11-29
@@ -111,6 +115,18 @@ class Quality(Record):
         """``metric`` minus the teacher's on the same texts, with its paired 95% interval; None
         when not measured (the teacher itself, ``teacher_agreement``, older results)."""
         return (self.vs_teacher or {}).get(metric)
+
+
+def resolve_metric(metric: str | None, candidates: list[CandidateResult]) -> str:
+    """``metric`` when given; else ``accuracy`` when every candidate measured it on every test
+    text (all have gold labels), else ``teacher_agreement``."""
+    if metric is not None:
+        return metric
+    every_gold = all(
+        c.quality.accuracy is not None and c.quality.n_gold in (None, c.quality.n)
+        for c in candidates
+    )
+    return "accuracy" if every_gold else "teacher_agreement"
 
 
 class Latency(Record):
@@ -313,6 +329,9 @@ class CascadeSummary(Record):
     curve: list[Point]
     out_of_scope: dict[str, Any] | None = None
     model_dir: str
+    scored_against: Literal["gold", "teacher"] = "gold"
+    """What its accuracies are measured against: gold labels, or (when some dev or test text
+    has none) the teacher's answers."""
 
 
 class RunResults(Record):
@@ -357,7 +376,12 @@ class DataSummary(Record):
 class LabelsSummary(Record):
     """``labels/summary.json``: the teacher's labels of the pool."""
 
-    train_gold_agreement: Num | None = None
+    train_gold_agreement: Num | None = None  # before 2026-11-30: train only, every row gold
+    gold_agreement: Num | None = None
+    """The teacher's agreement with gold on the pool's (train + dev) texts that have a gold
+    label: its audit, before anything is distilled from it."""
+    gold_agreement_ci95: Interval | None = None
+    gold_rows: int | None = None
     train: int
     dev: int
     unanswered: dict[str, int] = {}

@@ -219,6 +219,12 @@ class Run:
     def write_labels_summary(self, summary: LabelsSummary) -> None:
         write_json(self.dir.labels_summary, summary.dump())
 
+    def read_labels_summary(self) -> LabelsSummary | None:
+        """``labels/summary.json``: None when missing (a gold teacher labels nothing)."""
+        if not self.dir.labels_summary.is_file():
+            return None
+        return read_record(self.dir.labels_summary, LabelsSummary, what="labels summary")
+
     def read_stages(self) -> dict[str, StageRecord] | None:
         """``stages.json``, None when it is missing; an error when it is corrupt."""
         file = self.dir.stages_file

@@ -15,12 +15,14 @@ _FLOOR = re.compile(r"^\s*(?P<x>\d+(\.\d+)?)\s*(\*\s*teacher)?\s*$")
 class SelectConfig(Strict):
     """How the winner is chosen: smallest candidate over the floor and under the ceiling."""
 
-    metric: Literal["accuracy", "macro_f1", "teacher_agreement"] = "accuracy"
-    """Quality metric for the floor and the Pareto front."""
+    metric: Literal["accuracy", "macro_f1", "teacher_agreement"] | None = None
+    """Quality metric for the floor and the Pareto front. Null: `accuracy` when every test text
+    has a gold label, else `teacher_agreement` (the share of test texts where a candidate gives
+    the teacher's answer; the teacher's own is 100%, less the texts it left unanswered)."""
     quality_floor: str = "0.98 * teacher"
     """`'0.9'` (absolute) or `'0.98 * teacher'` (relative to the teacher's metric). With
-    `teacher.source: gold` (no teacher candidate) or `metric: teacher_agreement` (not measured
-    for the teacher itself) it must be absolute: the default is refused at load, not guessed."""
+    `teacher.source: gold` (no teacher candidate) it must be absolute: the default is refused
+    at load, not guessed."""
     latency_ceiling_ms: float | None = Field(None, gt=0, description="batch-1 p50, 1 thread")
     size: Literal["bytes_on_disk", "parameters"] = "bytes_on_disk"
     """What 'smallest' means."""

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from smallfit.errors import SmallfitError
-from smallfit.run.records import CandidateResult, Latency
+from smallfit.run.records import CandidateResult, Latency, resolve_metric
 from smallfit.select.config import SelectConfig, parse_floor
 
 Candidate = CandidateResult
@@ -173,8 +173,10 @@ def select(
     """The smallest candidate (``config.size``; ties: lower latency) whose ``config.metric`` is at
     least the floor and whose batch-1 p50 at 1 thread is under the ceiling. A relative floor
     (``'0.98 * teacher'``) multiplies the teacher candidate's metric. The teacher is eligible too.
+    An unset metric is resolved by :func:`resolve_metric`; ``Selection.metric`` records it.
     """
-    metric, size, ceiling = config.metric, config.size, config.latency_ceiling_ms
+    metric = resolve_metric(config.metric, candidates)
+    size, ceiling = config.size, config.latency_ceiling_ms
     try:
         factor, relative = parse_floor(config.quality_floor)
     except ValueError as exc:

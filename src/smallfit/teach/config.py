@@ -21,6 +21,9 @@ from smallfit.train.config import (
 class TeacherBase(Strict):
     builds_model: ClassVar[bool] = True
     """Whether a model stands behind the labels (gold labels: none to build, label or measure)."""
+    needs_gold: ClassVar[bool] = False
+    """Whether it needs a gold label on every row (it trains on them, or it is them); otherwise
+    it labels the rows without one."""
 
     def schedule(self, examples: int) -> Schedule | None:
         """How long its training is planned to be on ``examples`` texts; None: not trained."""
@@ -30,9 +33,15 @@ class TeacherBase(Strict):
         """What identifies this teacher for stage reuse (a rerun rebuilds when it changes)."""
         return self.model_dump(mode="json")
 
+    def own_labels(self) -> list[str] | None:
+        """The labels the teacher knows before it is built (a model's); None: the data's."""
+        return None
+
 
 class FinetuneTeacher(TeacherBase):
     """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
+
+    needs_gold: ClassVar[bool] = True
 
     source: Literal["finetune"] = "finetune"
     """Selects this teacher type."""
@@ -67,11 +76,28 @@ class ModelTeacher(TeacherBase):
         content = hash_dir(self.path) if Path(self.path).is_dir() else None
         return {**self.model_dump(mode="json"), "content": content}
 
+    def own_labels(self) -> list[str] | None:
+        """The labels in its manifest (a smallfit model) or ``id2label`` (a HF classifier);
+        None when it cannot tell (building the teacher then says why)."""
+        import json
+
+        path = Path(self.path)
+        try:
+            if (path / "smallfit.json").is_file():
+                labels = json.loads((path / "smallfit.json").read_text("utf-8"))["labels"]
+                return [str(y) for y in labels]
+            config = json.loads((path / "config.json").read_text("utf-8"))
+            id2label = config.get("id2label") or {}
+            return [str(id2label[k]) for k in sorted(id2label, key=int)] or None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
 
 class GoldTeacher(TeacherBase):
     """No teacher: the gold labels stand in for it (probabilities are one-hot)."""
 
     builds_model: ClassVar[bool] = False
+    needs_gold: ClassVar[bool] = True
 
     source: Literal["gold"] = "gold"
     """Selects this teacher type."""

@@ -17,10 +17,18 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.data import Dataset
+from smallfit.config import FitConfig
+from smallfit.data import Dataset, load_dataset
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_dir, hash_json, hash_texts
-from smallfit.models.base import MANIFEST, BaseClassifier, align_probs, load, load_as, write_npy
+from smallfit.models.base import (
+    MANIFEST,
+    BaseClassifier,
+    align_probs,
+    load,
+    load_as,
+    write_npy,
+)
 from smallfit.registry import Registry
 from smallfit.run.layout import TEACHER, RunDir, work_of
 from smallfit.teach.config import FinetuneTeacher, GoldTeacher, LLMTeacher, ModelTeacher
@@ -35,6 +43,26 @@ def build_teacher(
     """The teacher described by ``config``, saved in ``out_dir``; None for the gold teacher."""
     handler = TEACHERS.handler(config)
     return handler(config, dataset, out_dir=Path(out_dir), progress=progress)
+
+
+def fit_dataset(config: FitConfig) -> Dataset:
+    """The dataset a fit of ``config`` reads: gold optional unless the teacher or a student
+    (``use_gold``) trains on it; the label set from a ``model`` teacher's own labels when the
+    data has none."""
+    teacher = config.teacher
+    users = [
+        f"students: {s.name} has use_gold" for s in config.students if getattr(s, "use_gold", False)
+    ]
+    if teacher.needs_gold:
+        users.insert(0, f"teacher.source is {teacher.source}")
+    required = None
+    if users:
+        required = (
+            f"{'; '.join(users)}, so every row needs a gold label; an llm or model teacher "
+            "labels the rows without one"
+        )
+    given = teacher.own_labels() if config.data.labels is None else None
+    return load_dataset(config.data, gold_required=required, labels=given)
 
 
 def one_hot(gold: list[str], labels: list[str]) -> np.ndarray:
@@ -164,8 +192,12 @@ def _llm(config: LLMTeacher, dataset: Dataset, *, out_dir: Path, progress: bool)
     from smallfit.llm.prompt import draw_examples
     from smallfit.models.llm import LLMClassifier
 
+    gold = np.flatnonzero(dataset.train.gold).tolist()  # worked examples need a gold label
     examples = draw_examples(
-        dataset.train.texts, dataset.train.labels, config.few_shot, seed=config.seed
+        [dataset.train.texts[i] for i in gold],
+        [dataset.train.labels[i] for i in gold],
+        config.few_shot,
+        seed=config.seed,
     )
     model = llm_classifier(config, dataset.labels, examples=examples, cache=LLM_CACHE)
     model.save(out_dir)

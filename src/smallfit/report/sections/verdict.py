@@ -35,18 +35,23 @@ def verdict(f: Facts) -> str:
     if f.teacher is not None and chosen.name != TEACHER:
         teacher_cost = per_1m(f.teacher, f.hour_usd)
         paired = chosen.quality.paired(f.metric)
-        parts.append(
-            f' keeps <span data-field="quality_pct">{r["quality_pct"]:.1f}%</span> of the '
-            f"teacher's {escape(metric)} "
-            f"({value}, 95% CI {interval}, against "
-            f"{pct(f.teacher.quality.value(f.metric))}"
-            + (
-                f'; paired difference <span data-field="diff">{diff_text(paired)}</span>'
-                if f.metric in ("accuracy", "macro_f1")
-                else ""
+        if f.metric == "teacher_agreement":
+            parts.append(
+                f" gives the teacher's answer on {value} of test texts (95% CI {interval})"
             )
-            + ")"
-        )
+        else:
+            parts.append(
+                f' keeps <span data-field="quality_pct">{r["quality_pct"]:.1f}%</span> of the '
+                f"teacher's {escape(metric)} "
+                f"({value}, 95% CI {interval}, against "
+                f"{pct(f.teacher.quality.value(f.metric))}"
+                + (
+                    f'; paired difference <span data-field="diff">{diff_text(paired)}</span>'
+                    if f.metric in ("accuracy", "macro_f1")
+                    else ""
+                )
+                + ")"
+            )
         if r["speedup_p50_1t"] is not None:
             parts.append(f', <span data-field="speedup">{r["speedup_p50_1t"]:.0f}x</span> faster')
         if r["size_ratio"] is not None:
@@ -63,6 +68,7 @@ def verdict(f: Facts) -> str:
             f"{usd(cost)} per 1M queries. {escape(f.selection.reason if f.selection else '')}."
         )
     lines = [f'<p class="verdict" data-chosen="{escape(chosen.name)}">{"".join(parts)}</p>']
+    lines.append(gold_html(f))
     api = f.cost_options[0] if f.cost_options and f.cost_options[0].kind == "api" else None
     if api is not None and chosen.name != TEACHER and cost is not None:
         lines.append(
@@ -73,10 +79,11 @@ def verdict(f: Facts) -> str:
         t = f.cascade.test
         ref = f.cascade.reference_accuracy.get("test")
         tiers = " → ".join(f.cascade.tiers)
+        against = "agreement with the teacher" if f.cascade.scored_against == "teacher" else ""
         lines.append(
             f'<p class="verdict2">With the cascade <strong>{escape(tiers)}</strong>, '
             f'<span data-field="cascade_local">{pct(1 - t.escalation, 1)}</span> of test '
-            f"queries never reach the last tier, at accuracy "
+            f"queries never reach the last tier, at {against or 'accuracy'} "
             f'<span data-field="cascade_accuracy">{pct(t.accuracy)}</span>'
             + (f" (the last tier alone: {pct(ref)})" if ref is not None else "")
             + cascade_vs_teacher_html(f)
@@ -97,6 +104,33 @@ def verdict(f: Facts) -> str:
         + "".join(lines)
         + "</section>"
     )
+
+
+def gold_html(f: Facts) -> str:
+    """What the quality figures are measured against: how many test texts have a gold label,
+    and the teacher's audit on the pool's gold labels. Empty when every text has gold."""
+    q = (f.teacher or f.candidates[0]).quality
+    if q.n_gold in (None, q.n):
+        return ""
+    if not q.n_gold:
+        text = (
+            "No test text has a gold label: every quality figure here is agreement with the "
+            "teacher's answers."
+        )
+    else:
+        text = (
+            f"{q.n_gold:,} of the {q.n:,} test texts have a gold label: accuracy, macro F1 and "
+            "calibration are measured on those, agreement with the teacher on all of them."
+        )
+    audit = f.store.read_labels_summary()
+    if audit is not None and audit.gold_agreement is not None:
+        ci = audit.gold_agreement_ci95
+        text += (
+            f" Audit: the teacher agrees with gold on {pct(audit.gold_agreement)}"
+            + (f" (95% CI {ci_text(ci)})" if ci else "")
+            + f" of the {audit.gold_rows or 0:,} pool texts with a gold label."
+        )
+    return f'<p class="aside" data-field="gold">{escape(text)}</p>'
 
 
 def recommended_html(f: Facts) -> str:

@@ -18,9 +18,14 @@ def weaker(f: Facts) -> str:
     mine = chosen.quality.per_class
     theirs = {} if f.teacher is None else f.teacher.quality.per_class
     if not mine:
+        why = (
+            "No test text has a gold label, so there are no per-class scores."
+            if chosen.quality.n_gold == 0
+            else "No per-class figures in results.json."
+        )
         return (
-            '<section id="weaker"><h2>Where it is weaker</h2><p>No per-class figures in '
-            "results.json.</p></section>"
+            f'<section id="weaker"><h2>Where it is weaker</h2><p>{why}</p>'
+            f"{confused_pairs_html(f, chosen.name)}</section>"
         )
     rows = []
     for label, m in mine.items():
@@ -49,24 +54,7 @@ def weaker(f: Facts) -> str:
     )
     worst = "".join(tr(*r) for r in rows[:k])
     rest = "".join(tr(*r) for r in rows[k:])
-    pairs = ""
-    if f.confusions:
-        items = "".join(
-            f'<tr data-gold="{escape(c.gold)}" data-predicted="{escape(c.predicted)}">'
-            f"<td>{escape(c.gold)}</td><td>{escape(c.predicted)}</td>"
-            f'<td data-field="count">{c.count}</td><td><ul class="examples">'
-            + "".join(f"<li>{escape(e)}</li>" for e in c.examples)
-            + "</ul></td></tr>"
-            for c in f.confusions
-        )
-        pairs = (
-            f"<h3>Most confused pairs ({escape(chosen.name)}, test)</h3>"
-            '<table class="small" id="confusions"><thead><tr><th>gold label</th>'
-            "<th>predicted</th><th>texts</th><th>examples</th></tr></thead>"
-            f"<tbody>{items}</tbody></table>"
-        )
-    elif f.confusion_note:
-        pairs = f'<p class="caption">{escape(f.confusion_note)}</p>'
+    pairs = confused_pairs_html(f, chosen.name)
     return (
         '<section id="weaker"><h2>Where it is weaker</h2>'
         f"<p>Per-class F1 of <strong>{escape(chosen.name)}</strong> on test against the "
@@ -81,3 +69,28 @@ def weaker(f: Facts) -> str:
         + pairs
         + "</section>"
     )
+
+
+def confused_pairs_html(f: Facts, name: str) -> str:
+    """The chosen model's most confused pairs on test, against gold (or the teacher's answers
+    when no test text has a gold label)."""
+    pairs = ""
+    if f.confusions:
+        items = "".join(
+            f'<tr data-gold="{escape(c.gold)}" data-predicted="{escape(c.predicted)}">'
+            f"<td>{escape(c.gold)}</td><td>{escape(c.predicted)}</td>"
+            f'<td data-field="count">{c.count}</td><td><ul class="examples">'
+            + "".join(f"<li>{escape(e)}</li>" for e in c.examples)
+            + "</ul></td></tr>"
+            for c in f.confusions
+        )
+        reference = "gold label" if f.confusion_against == "gold" else "teacher's answer"
+        pairs = (
+            f"<h3>Most confused pairs ({escape(name)}, test)</h3>"
+            f'<table class="small" id="confusions"><thead><tr><th>{reference}</th>'
+            "<th>predicted</th><th>texts</th><th>examples</th></tr></thead>"
+            f"<tbody>{items}</tbody></table>"
+        )
+    elif f.confusion_note:
+        pairs = f'<p class="caption">{escape(f.confusion_note)}</p>'
+    return pairs
