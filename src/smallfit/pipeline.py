@@ -190,6 +190,7 @@ class _Run:
 
     def labels(self, teacher: BaseClassifier | None) -> tuple[np.ndarray, np.ndarray, str]:
         """The teacher's probabilities for the training pool and dev, and their key."""
+        from smallfit.evaluate.audit import audit_teacher
         from smallfit.teach import label_pool, one_hot
 
         data = self.dataset
@@ -223,7 +224,8 @@ class _Run:
                 data, train=_subset(data.train, train_ok), dev=_subset(data.dev, dev_ok)
             )
             train, dev = train[train_ok], dev[dev_ok]
-        audit = self._audit(train, dev)
+        audit, line = audit_teacher(data, train, dev)
+        self.log(f"[labels] {line}")
         self.store.write_labels_summary(
             LabelsSummary(
                 **audit,
@@ -234,35 +236,6 @@ class _Run:
             )
         )
         return train, dev, hash_json({"teacher": self.keys[TEACHER], "data": self.data_key})
-
-    def _audit(self, train: np.ndarray, dev: np.ndarray) -> dict[str, Any]:
-        """The teacher's answers on the pool against the gold labels it has, logged before
-        anything is distilled from them: ``LabelsSummary``'s audit fields."""
-        from smallfit.evaluate.bootstrap import mean_interval
-
-        data = self.dataset
-        index = {label: i for i, label in enumerate(data.labels)}
-        right = np.concatenate(
-            [
-                p[split.gold].argmax(1)
-                == np.array([index[y] for y in split.labels if y in index], dtype=np.int64)
-                for p, split in ((train, data.train), (dev, data.dev))
-            ]
-        )
-        pool = len(data.train) + len(data.dev)
-        if right.size == 0:
-            self.log(
-                f"[labels] no text of the pool ({pool}) has a gold label: every candidate is "
-                "scored by its agreement with the teacher"
-            )
-            return {"gold_rows": 0}
-        share, ci = float(right.mean()), mean_interval(right)
-        where = "every text" if right.size == pool else f"the {right.size} of {pool} texts"
-        self.log(
-            f"[labels] audit: the teacher agrees with gold on {share:.1%} (95% CI "
-            f"{ci[0]:.1%}-{ci[1]:.1%}) of {where} of the pool with a gold label"
-        )
-        return {"gold_agreement": share, "gold_agreement_ci95": ci, "gold_rows": int(right.size)}
 
     def students(self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str) -> None:
         """Distil (or reuse) every student."""
@@ -457,6 +430,7 @@ def fit(
     log(
         f"[data] {len(dataset.train)} train / {len(dataset.dev)} dev / {len(dataset.test)} test, "
         f"{len(dataset.labels)} labels"
+        + (f"; {dataset.leaked} test texts are also in train or dev" if dataset.leaked else "")
     )
     store.write_data(
         DataSummary(

@@ -47,6 +47,10 @@ class DataConfig(Strict):
     )
     seed: int = 0
     """Seed of every split and slice."""
+    leakage: Literal["warn", "error"] = "warn"
+    """Test texts that are also in train or dev (after normalising case, punctuation and
+    spaces): `warn` counts them in the log, `error` stops the run naming the first (the
+    default of configs built from captured traffic, whose duplicates are merged first)."""
 
     @field_validator("labels")
     @classmethod

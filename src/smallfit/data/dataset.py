@@ -12,6 +12,8 @@ gold at all is carved at random.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ __all__ = [
     "load_dataset",
     "read_split",
 ]
+
+_PUNCT = re.compile(r"[^\w\s]")
+_SPACE = re.compile(r"\s+")
 
 GOLD_EVERYWHERE = "every example needs a label"
 """Why gold labels are required, by default: there is no other source of labels."""
@@ -56,6 +61,8 @@ class Dataset:
     held_out: list[str] = field(default_factory=list)
     """The labels held out (``hold_out_labels``), sorted; no split but the out-of-scope texts
     holds them."""
+    leaked: int = 0
+    """Test texts also in train or dev, after :func:`normalise_text`."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +226,9 @@ def load_dataset(
     train, dev = _carve(train, config.dev_fraction, _rng(config.seed, _DEV), "dev")
     if config.max_test is not None:
         test = _slice(test, config.max_test, _rng(config.seed, _MAX_TEST))
+    leaked = _leaked(train, dev, test, config)
     return Dataset(
+        leaked=leaked,
         train=train,
         dev=dev,
         test=test,
@@ -228,6 +237,31 @@ def load_dataset(
         out_of_scope_labels=out_of_scope.labels,
         held_out=held,
     )
+
+
+def normalise_text(text: str) -> str:
+    """Case-folded (NFKC), punctuation dropped, whitespace collapsed: texts equal after this
+    are duplicates."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", folded)).strip()
+
+
+def _leaked(train: Split, dev: Split, test: Split, config: DataConfig) -> int:
+    """How many test texts are also in train or dev; with ``leakage: error``, an error naming
+    the first."""
+    seen = {normalise_text(t) for t in (*train.texts, *dev.texts)}
+    lines: list[int | None] = list(test.lines) or [None] * len(test)
+    leaked = [line for line, t in zip(lines, test.texts, strict=True) if normalise_text(t) in seen]
+    if leaked and config.leakage == "error":
+        raise DataError(
+            f"{len(leaked)} test text(s) also in train or dev (after normalising case, "
+            "punctuation and spaces): merge duplicates before splitting, or set "
+            "data.leakage: warn",
+            file=test.source,
+            line=leaked[0],
+            field=config.text_field,
+        )
+    return len(leaked)
 
 
 def _label_set(config: DataConfig, train: Split, given: list[str] | None) -> list[str]:

@@ -26,8 +26,8 @@ import numpy as np
 _JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
 
 
-def parse_label(content: str | None, labels: Sequence[str]) -> str | None:
-    """The label named by ``content`` (a JSON ``{"label": ...}`` object or plain text), or None
+def parse_label(content: str | None, labels: Sequence[str], *, key: str = "label") -> str | None:
+    """The label named by ``content`` (a JSON ``{key: ...}`` object or plain text), or None
     when it names none or is ambiguous."""
     if content is None:
         return None
@@ -37,8 +37,8 @@ def parse_label(content: str | None, labels: Sequence[str]) -> str | None:
             obj = json.loads(candidate)
         except (json.JSONDecodeError, ValueError):
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("label"), str):
-            return _match(obj["label"], labels)
+        if isinstance(obj, dict) and isinstance(obj.get(key), str):
+            return _match(obj[key], labels)
     return _match(text, labels)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.llm.answers import logprob_distribution, one_hot_row, parse_label, vote_share
+from smallfit.llm.answers import logprob_distribution, one_hot_row, vote_share
 from smallfit.llm.client import (
     Endpoint,
     FatalAPIError,
@@ -250,7 +250,7 @@ class Labeller:
 
     def _interpret(self, replies: list[Reply]) -> StoredAnswer:
         labels = self.prompt.labels
-        parsed = [parse_label(r.content, labels) for r in replies]
+        parsed = [self.prompt.parse(r.content) for r in replies]
         probs: np.ndarray | None = None
         label = parsed[0]
         if self.prompt.probabilities == "samples":

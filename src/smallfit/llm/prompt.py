@@ -7,6 +7,7 @@ answer format, sampling). The answer store is keyed by (model, fingerprint, text
 
 from __future__ import annotations
 
+import json
 import random
 import string
 from collections.abc import Sequence
@@ -66,6 +67,12 @@ class Prompt:
     top_logprobs: int = 5
     max_tokens: int = 48
     seed: int = 0
+    context: list[dict[str, Any]] = field(default_factory=list)
+    """Messages before the text's turn, verbatim (a captured template's system prompt)."""
+    answer_key: str | None = None
+    """The answer is a JSON object with the label under this key (a captured task's form)."""
+    response_format_given: dict[str, Any] | None = None
+    """Sent as-is instead of the label schema (the format the application asked for)."""
 
     def __post_init__(self) -> None:
         try:
@@ -87,9 +94,10 @@ class Prompt:
     def user_message(self, text: str) -> str:
         return self.template.format(text=text, labels=self.label_block)
 
-    def messages(self, text: str) -> list[dict[str, str]]:
-        """The chat: each few-shot example as a user turn and its answer, then the text."""
-        out: list[dict[str, str]] = []
+    def messages(self, text: str) -> list[dict[str, Any]]:
+        """The chat: the context, each few-shot example as a user turn and its answer, then
+        the text."""
+        out: list[dict[str, Any]] = [dict(m) for m in self.context]
         for example, label in self.examples:
             out.append({"role": "user", "content": self.user_message(example)})
             out.append({"role": "assistant", "content": self.render_answer(label)})
@@ -97,12 +105,22 @@ class Prompt:
         return out
 
     def render_answer(self, label: str) -> str:
+        if self.answer_key is not None:
+            return json.dumps({self.answer_key: label}, ensure_ascii=False)
         return f'{{"label": "{label}"}}' if self.answer == "json-schema" else label
+
+    def parse(self, content: str | None) -> str | None:
+        """The label an answer names (None: none, or ambiguous)."""
+        from smallfit.llm.answers import parse_label
+
+        return parse_label(content, self.labels, key=self.answer_key or "label")
 
     def response_format(self, style: str = "json_schema") -> dict[str, Any] | None:
         """The JSON schema that constrains the answer to the label set, in the ``style`` the
         server takes: ``json_schema`` (OpenAI, vLLM) or ``json_object`` with a ``schema``
-        (llama-cpp-python); None for free text."""
+        (llama-cpp-python); None for free text. A given format is sent as it is."""
+        if self.response_format_given is not None:
+            return self.response_format_given
         if self.answer != "json-schema" or style == "text":
             return None
         schema = {
@@ -135,6 +153,14 @@ class Prompt:
             "top_logprobs": self.top_logprobs,
             "max_tokens": self.max_tokens,
             "seed": self.seed,
+        } | {  # only when set: a prompt without them keeps the fingerprint it always had
+            name: value
+            for name, value in (
+                ("context", self.context),
+                ("answer_key", self.answer_key),
+                ("response_format_given", self.response_format_given),
+            )
+            if value
         }
 
     @classmethod

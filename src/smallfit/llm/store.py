@@ -199,6 +199,41 @@ class Store:
 
     # ---------------------------------------------------------------- ledger
 
+    def record(
+        self,
+        key: str,
+        *,
+        model: str,
+        fingerprint: str,
+        text: str,
+        answer: StoredAnswer,
+        latency_ms: float | None,
+    ) -> bool:
+        """Put an answer the upstream gave the application (captured traffic), with a ledger
+        row of status ``recorded``: its latency counts as the model's, its cost is not
+        spending (the application paid it). False when the text already had an answer."""
+        if self.get([key]):
+            return False
+        self.put(key, model=model, fingerprint=fingerprint, text=text, answer=answer)
+        with self.lock:
+            now = time.time()
+            self.db.execute(
+                "INSERT INTO requests (key, model, attempt, started, finished, status, "
+                "http_status, prompt_tokens, completion_tokens, cost_usd, latency_ms) "
+                "VALUES (?,?,0,?,?,'recorded',200,?,?,?,?)",
+                (
+                    key,
+                    model,
+                    now,
+                    now,
+                    answer.prompt_tokens,
+                    answer.completion_tokens,
+                    answer.cost_usd,
+                    latency_ms,
+                ),
+            )
+        return True
+
     def begin(self, key: str, *, model: str, attempt: int) -> int:
         """Write the ledger row of an attempt before it is sent; returns its id."""
         with self.lock:
@@ -252,12 +287,14 @@ class Store:
             rows = self.db.execute(
                 "SELECT estimated, COUNT(*), COALESCE(SUM(prompt_tokens),0), "
                 "COALESCE(SUM(completion_tokens),0), COALESCE(SUM(cost_usd),0) "
-                "FROM requests WHERE id > ? GROUP BY estimated",
+                "FROM requests WHERE id > ? AND status != 'recorded' GROUP BY estimated",
                 (after,),
             ).fetchall()
             by_status = dict(
                 self.db.execute(
-                    "SELECT status, COUNT(*) FROM requests WHERE id > ? GROUP BY status", (after,)
+                    "SELECT status, COUNT(*) FROM requests WHERE id > ? AND status != 'recorded' "
+                    "GROUP BY status",
+                    (after,),
                 ).fetchall()
             )
             unknown = self.db.execute(
@@ -286,7 +323,7 @@ class Store:
         """Latency of every successful attempt to ``model``, in ledger order."""
         with self.lock:
             rows = self.db.execute(
-                "SELECT latency_ms FROM requests WHERE model=? AND status='ok' "
+                "SELECT latency_ms FROM requests WHERE model=? AND status IN ('ok', 'recorded') "
                 "AND latency_ms IS NOT NULL ORDER BY id",
                 (model,),
             ).fetchall()

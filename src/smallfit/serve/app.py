@@ -28,6 +28,7 @@ from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, RequestFailed
 from smallfit.serve.metrics import Metrics
 from smallfit.serve.text import served_text
+from smallfit.serve.upstream import UpstreamClient
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
@@ -182,6 +183,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     path = resolve_model_path(model_path)
     metrics = Metrics()
     engine = Engine(config, metrics)
+    upstream_http = UpstreamClient()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -194,6 +196,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         yield
         if watcher is not None:
             watcher.cancel()
+        await upstream_http.aclose()
         await engine.stop()
 
     app = FastAPI(
@@ -260,7 +263,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         responses={**_REFUSED, 500: _error("the model failed on this request"), 503: _UNAVAILABLE},
     )(classify)
 
-    add_chat_routes(app, engine, config, too_large=_REFUSED[413])  # drop-in OpenAI
+    add_chat_routes(app, engine, config, too_large=_REFUSED[413], http=upstream_http)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -2,8 +2,11 @@
 by the served model (or cascade), so an application that calls an LLM for a label switches by
 changing its base URL.
 
-The text classified is the last user message (a model trained from a plain data file has no
-prompt template to cut it out of). The answer takes the form the request asks for: the bare
+The text classified is cut out of the request with the task's template, when the cascade's
+last tier is the upstream a task from captured traffic names (see :mod:`smallfit.serve.upstream`):
+a request that does not follow the template goes straight to that upstream, counted in
+``/metrics``. A model trained from a plain data file has no template: the text is then the last
+user message. The answer takes the form the request asks for: the bare
 label as the message content; ``{"label": ...}`` for ``response_format`` ``json_object``; for a
 ``json_schema``, an object of the schema's one property (a string; its enum, when given, should
 list the labels) holding the label. ``stream: true`` answers as server-sent events in OpenAI's
@@ -34,6 +37,7 @@ from pydantic.json_schema import JsonDict
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Answer, Engine, RequestFailed
 from smallfit.serve.text import served_text
+from smallfit.serve.upstream import UpstreamClient, forward, upstream_of
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -190,7 +194,11 @@ def answer_content(label: str, response_format: Any) -> str:
     if response_format is None or response_format.type == "text":
         return label
     if response_format.type == "json_object":
-        return json.dumps({"label": label}, ensure_ascii=False)
+        # a schema given beside it (llama.cpp's servers take one) names the key, if it has one
+        schema = (response_format.model_extra or {}).get("schema")
+        props = schema.get("properties") if isinstance(schema, dict) else None
+        key = next(iter(props)) if isinstance(props, dict) and len(props) == 1 else "label"
+        return json.dumps({key: label}, ensure_ascii=False)
     (key,) = response_format.json_schema.schema_.properties
     return json.dumps({key: label}, ensure_ascii=False)
 
@@ -281,9 +289,12 @@ def _refusal(description: str) -> dict[str, Any]:
     return {"model": ChatErrorBody, "description": description}
 
 
-def add_chat_routes(app: FastAPI, engine: Engine, config: ServeConfig, *, too_large: Any) -> None:
+def add_chat_routes(
+    app: FastAPI, engine: Engine, config: ServeConfig, *, too_large: Any, http: UpstreamClient
+) -> None:
     """Add ``POST /v1/chat/completions`` and ``GET /v1/models`` to ``app`` (``too_large``: the
-    documented 413 of the body limit, which answers before any route)."""
+    documented 413 of the body limit, which answers before any route; ``http``: the client that
+    passes requests outside the task's template to the upstream)."""
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> Any:
@@ -299,8 +310,18 @@ def add_chat_routes(app: FastAPI, engine: Engine, config: ServeConfig, *, too_la
 
     async def chat_completions(request: Any) -> Response:
         """Answer an OpenAI chat completion request with the served model's label (or JSON)."""
+        live = engine.live
+        upstream = upstream_of(live.cascade) if live is not None else None
+        text = last_user_text(request)
+        if upstream is not None and upstream.template is not None:
+            body = request.model_dump(by_alias=True, exclude_unset=True)
+            cut = upstream.template.cut(body)
+            if cut is None:  # not the task's request: the upstream answers it, as it always did
+                engine.metrics.passthrough.labels(reason="template").inc()
+                return await forward(http.get(), upstream, body, stream=request.stream)
+            text = cut
         try:
-            served, answers, _ = await engine.answer([last_user_text(request)])
+            served, answers, _ = await engine.answer([text])
         except RequestFailed as exc:
             return openai_error(exc.status, str(exc), kind="server_error")
         answer = answers[0]

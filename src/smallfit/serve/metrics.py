@@ -57,6 +57,13 @@ class Metrics:
             registry=r,
         )
         self.errors = Counter("smallfit_errors", "Errors by kind", ["kind"], registry=r)
+        self.passthrough = Counter(
+            "smallfit_passthrough",
+            "Chat requests sent straight to the upstream, by reason (template: the request does "
+            "not follow the task's template)",
+            ["reason"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "smallfit_batch_size",
             "Texts per micro-batch, by tier",

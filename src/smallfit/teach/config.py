@@ -162,6 +162,21 @@ class LLMTeacher(TeacherBase):
     """Stop cleanly before using more tokens than this (prompt + completion)."""
     seed: int = 0
     """Seed of the few-shot draw and of sampling."""
+    context: list[dict[str, Any]] = []
+    """Chat messages sent before the text's user message, verbatim: a captured template's
+    system prompt and turns (`smallfit task` writes them)."""
+    answer_key: str | None = None
+    """The answer is a JSON object with the label under this key (a captured task's answers);
+    null: `{"label": ...}` or a bare label."""
+    response_format: dict[str, Any] | None = None
+    """Sent as it is instead of smallfit's label schema (the format the application sends)."""
+    recorded: Path | None = None
+    """JSON Lines of answers this upstream already gave for this prompt: `{text, upstream,
+    prompt_tokens, completion_tokens, latency_ms}` (`smallfit task` writes it). They go into the
+    answer cache before labelling, so no text is asked twice; their latencies and tokens stand
+    for the teacher's speed and cost, and none counts as spending."""
+    recorded_field: str = "upstream"
+    """The field of `recorded` that holds the upstream's answer."""
 
     @field_validator("instruction")
     @classmethod
@@ -174,8 +189,13 @@ class LLMTeacher(TeacherBase):
     def identity(self) -> dict[str, Any]:
         """What the answers depend on: not the concurrency, timeouts or budgets."""
         dropped = {"concurrency", "timeout_s", "max_retries", "budget_usd", "budget_tokens"}
+        # at their defaults, the captured-task fields leave an older run's identity as it was
+        fields = type(self).model_fields
+        dropped |= {k for k in _CAPTURED if getattr(self, k) == fields[k].default}
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in dropped}
 
+
+_CAPTURED = ("context", "answer_key", "response_format", "recorded", "recorded_field")
 
 TeacherConfig = Annotated[
     FinetuneTeacher | ModelTeacher | GoldTeacher | LLMTeacher, Field(discriminator="source")

@@ -174,6 +174,9 @@ def llm_classifier(
         top_logprobs=config.top_logprobs,
         max_tokens=config.max_tokens,
         seed=config.seed,
+        context=[dict(m) for m in config.context],
+        answer_key=config.answer_key,
+        response_format_given=config.response_format,
     )
     return LLMClassifier(
         endpoint,
@@ -202,8 +205,61 @@ def _llm(config: LLMTeacher, dataset: Dataset, *, out_dir: Path, progress: bool)
     model = llm_classifier(config, dataset.labels, examples=examples, cache=LLM_CACHE)
     model.save(out_dir)
     model = load_as(out_dir, LLMClassifier)
-    model.labeller.check()  # server, key and model, before any paid call
+    known = _seed_recorded(config, model) if config.recorded is not None else set()
+    every = {*dataset.train.texts, *dataset.dev.texts, *dataset.test.texts}
+    if not every <= known:
+        model.labeller.check()  # server, key and model, before any paid call
     return model
+
+
+def _seed_recorded(config: LLMTeacher, model: Any) -> set[str]:
+    """Put ``config.recorded``'s answers into the teacher's answer cache (once per text); the
+    texts that have one. A line that is not JSON, or has no text, names its file and line."""
+    from smallfit.errors import DataError
+    from smallfit.llm.answers import one_hot_row
+    from smallfit.llm.store import StoredAnswer
+
+    file = Path(config.recorded or "")
+    labeller = model.labeller
+    prompt, store = labeller.prompt, labeller.store
+    known: set[str] = set()
+    try:
+        lines = file.read_text("utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read the recorded answers ({exc})", file=file) from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"invalid JSON ({exc})", file=file, line=number) from exc
+        text, answer = row.get("text"), row.get(config.recorded_field)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError("missing text", file=file, line=number, field="text")
+        if answer is None:
+            continue  # not answered yet: the teacher asks
+        label = prompt.parse(str(answer))
+        pt, ct = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
+        stored = StoredAnswer(
+            label=label,
+            status="ok" if label else "unparseable",
+            probs=None if label is None else [float(p) for p in one_hot_row(label, prompt.labels)],
+            reply=str(answer),
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            cost_usd=labeller.prices.cost(pt, ct),
+        )
+        store.record(
+            labeller.key(text),
+            model=labeller.endpoint.model,
+            fingerprint=prompt.fingerprint,
+            text=text,
+            answer=stored,
+            latency_ms=row.get("latency_ms"),
+        )
+        known.add(text)
+    return known
 
 
 @TEACHERS.register(GoldTeacher)

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from smallfit.cli.traffic import capture, serve, task
 from smallfit.compress.steps import cli_help
 
 EXIT_USER_ERROR = 2
@@ -413,48 +414,6 @@ def route(
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Serve YAML.")
-@click.option("--host", help="Interface [127.0.0.1].")
-@click.option("--port", type=int, help="Port [8000].")
-@click.option("--max-batch", type=int, help="Texts per micro-batch [32].")
-@click.option(
-    "--max-wait-ms",
-    type=float,
-    help="Micro-batch wait after its first text [0: batch what queued meanwhile].",
-)
-@click.option("--threads", type=int, help="Compute threads [cores - 1].")
-@click.option("--escalation-log", type=click.Path(path_type=Path), help="JSONL of escalations.")
-@click.option("--shadow", type=click.Path(path_type=Path), help="A model to shadow the live one.")
-@click.option("--watch", is_flag=True, default=None, help="Reload when the model changes.")
-def serve(path: Path, config_path: Path | None, **options: Any) -> None:
-    """Serve a model over HTTP: PATH is a model directory, or a run directory (its cascade,
-    else its selected model).
-
-    POST /v1/classify; OpenAI's POST /v1/chat/completions and GET /v1/models (drop-in: the
-    last user message is classified); GET /healthz /readyz /metrics; POST /admin/swap and
-    /admin/shadow (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
-    from pydantic import ValidationError
-
-    from smallfit.config import format_validation_error, read_yaml_mapping
-    from smallfit.errors import ConfigError
-    from smallfit.serve import serve as run
-    from smallfit.serve.app import resolve_model_path
-    from smallfit.serve.config import ServeConfig
-
-    raw = read_yaml_mapping(config_path) if config_path else {}
-    raw.update({k: v for k, v in options.items() if v is not None})
-    try:
-        config = ServeConfig.model_validate(raw)
-    except ValidationError as exc:
-        source = str(config_path or "options")
-        raise ConfigError(format_validation_error(exc, source=source)) from exc
-    model = resolve_model_path(path)
-    _log(f"serving {model} on http://{config.host}:{config.port} (docs: /docs)")
-    run(model, config)
-
-
-@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option(
     "-o", "--out", type=click.Path(path_type=Path), help="HTML file [RUN_DIR/report.html]."
@@ -487,5 +446,6 @@ def _log(message: str) -> None:
     click.echo(message, err=True)
 
 
-if __name__ == "__main__":
-    main()
+main.add_command(serve)
+main.add_command(capture)
+main.add_command(task)

@@ -1,0 +1,162 @@
+"""The traffic commands: ``serve`` (answer the application's requests) and ``capture`` (record
+them in front of the upstream it calls today)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Serve YAML.")
+@click.option("--host", help="Interface [127.0.0.1].")
+@click.option("--port", type=int, help="Port [8000].")
+@click.option("--max-batch", type=int, help="Texts per micro-batch [32].")
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    help="Micro-batch wait after its first text [0: batch what queued meanwhile].",
+)
+@click.option("--threads", type=int, help="Compute threads [cores - 1].")
+@click.option("--escalation-log", type=click.Path(path_type=Path), help="JSONL of escalations.")
+@click.option("--shadow", type=click.Path(path_type=Path), help="A model to shadow the live one.")
+@click.option("--watch", is_flag=True, default=None, help="Reload when the model changes.")
+def serve(path: Path, config_path: Path | None, **options: Any) -> None:
+    """Serve a model over HTTP: PATH is a model directory, or a run directory (its cascade,
+    else its selected model).
+
+    POST /v1/classify; OpenAI's POST /v1/chat/completions and GET /v1/models (drop-in: the
+    last user message is classified); GET /healthz /readyz /metrics; POST /admin/swap and
+    /admin/shadow (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
+    from pydantic import ValidationError
+
+    from smallfit.config import format_validation_error, read_yaml_mapping
+    from smallfit.errors import ConfigError
+    from smallfit.serve import serve as run
+    from smallfit.serve.app import resolve_model_path
+    from smallfit.serve.config import ServeConfig
+
+    raw = read_yaml_mapping(config_path) if config_path else {}
+    raw.update({k: v for k, v in options.items() if v is not None})
+    try:
+        config = ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        source = str(config_path or "options")
+        raise ConfigError(format_validation_error(exc, source=source)) from exc
+    model = resolve_model_path(path)
+    _log(f"serving {model} on http://{config.host}:{config.port} (docs: /docs)")
+    run(model, config)
+
+
+@click.command()
+@click.option("--upstream", help="API root the application calls today (proxy mode).")
+@click.option("--db", type=click.Path(path_type=Path), help="SQLite file [capture.sqlite].")
+@click.option("--host", help="Interface [127.0.0.1].")
+@click.option("--port", type=int, help="Port [8001].")
+@click.option(
+    "--import",
+    "imports",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Load this log file instead of proxying (repeatable).",
+)
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["openai", "pairs", "inputs"]),
+    help="Format of --import files: openai (request/response or Batch API JSONL), pairs "
+    "(input, output), inputs (bare inputs for the teacher).",
+)
+def capture(
+    upstream: str | None,
+    db: Path | None,
+    host: str | None,
+    port: int | None,
+    imports: tuple[Path, ...],
+    format_: str | None,
+) -> None:
+    """Record the application's LLM traffic: an OpenAI-compatible proxy in front of its
+    upstream (point the application's base URL at http://HOST:PORT/v1), or --import of logs it
+    already has.
+
+    Each POST /v1/chat/completions request goes on unchanged with the client's own key, and the
+    answer comes back unchanged (streamed or not); request and response bodies, usage, latency
+    and status are stored in --db, never a header or a key."""
+    from pydantic import ValidationError
+
+    from smallfit.capture.config import CaptureConfig
+    from smallfit.capture.store import CaptureStore
+    from smallfit.config import format_validation_error
+    from smallfit.errors import ConfigError
+
+    if imports:
+        if upstream:
+            raise ConfigError("give --upstream (record live traffic) or --import, not both")
+        if format_ is None:
+            raise ConfigError("--import needs --format openai, pairs or inputs")
+        from smallfit.capture.imports import import_logs
+
+        file = db or Path("capture.sqlite")
+        with CaptureStore(file) as store:
+            added = import_logs(list(imports), format_, store)
+            counts = store.counts()
+        click.echo(
+            f"imported {added} exchanges into {file} ({counts['all']} in all, "
+            f"{counts['complete']} with a whole answer)"
+        )
+        return
+    if upstream is None:
+        raise ConfigError("capture needs --upstream URL (or --import FILE --format ...)")
+    options = {"upstream": upstream, "db": db, "host": host, "port": port}
+    try:
+        config = CaptureConfig.model_validate({k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source="capture options")) from exc
+    from smallfit.capture import run_capture
+
+    _log(
+        f"capturing http://{config.host}:{config.port}/v1 -> {config.upstream} into {config.db}: "
+        "point the application's base URL there"
+    )
+    run_capture(config)
+
+
+@click.command()
+@click.argument("capture_db", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "-o", "--out", type=click.Path(path_type=Path), default=Path("task"), show_default=True
+)
+@click.option("--template", type=int, help="Which template, when the capture holds several.")
+@click.option("--upstream", help="API root the teacher calls for unanswered texts [captured one].")
+@click.option(
+    "--near-duplicates",
+    type=click.FloatRange(0.5, 1.0),
+    default=0.8,
+    show_default=True,
+    help="Merge texts this similar (Jaccard of character 5-grams; 1: exact duplicates only).",
+)
+def task(
+    capture_db: Path, out: Path, template: int | None, upstream: str | None, near_duplicates: float
+) -> None:
+    """Turn captured traffic (CAPTURE_DB, from smallfit capture) into a task: OUT/task.yaml
+    (the template, the answer's form, the labels with counts), OUT/data.jsonl (one row per
+    distinct text with the upstream's answer) and OUT/fit.yaml (a config whose teacher is the
+    upstream, its answers reused). Review task.yaml, then run smallfit fit OUT/fit.yaml."""
+    from smallfit.capture.store import CaptureStore
+    from smallfit.capture.task import build_task
+    from smallfit.errors import SmallfitError
+
+    if not capture_db.is_file():
+        raise SmallfitError(f"{capture_db}: no such capture file (smallfit capture writes one)")
+    with CaptureStore(capture_db) as store:
+        summary = build_task(
+            store, out, template=template, near_duplicates=near_duplicates, upstream=upstream
+        )
+    click.echo(summary.describe())

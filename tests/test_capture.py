@@ -1,0 +1,224 @@
+"""``smallfit capture``: the recording proxy in front of a real upstream (llama.cpp's server),
+through the official ``openai`` client, and the import of logs a team already has."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from conftest import API_KEY
+
+from smallfit.capture import CaptureConfig, CaptureStore, create_capture_app, import_logs
+from smallfit.capture.proxy import assemble_stream
+from smallfit.errors import DataError
+from smallfit.testing.fault_proxy import FaultProxy
+from smallfit.testing.http import serving
+from smallfit.testing.llama_server import free_port
+
+SYSTEM = "Answer with one word: the city the user names."
+ASK = {
+    "model": "smollm2",
+    "max_tokens": 6,
+    "temperature": 0,
+    "seed": 0,
+}
+
+
+def _messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+
+
+def _stored_bytes(db: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+
+
+@pytest.fixture
+def captured(llama_url: str, tmp_path: Path) -> Iterator[tuple[str, CaptureStore]]:
+    """(base URL of the capture proxy in front of llama.cpp, its store)."""
+    store = CaptureStore(tmp_path / "capture.sqlite")
+    app = create_capture_app(CaptureConfig(upstream=llama_url, db=store.path), store)
+    with serving(app) as url:
+        yield url + "/v1", store
+    store.close()
+
+
+@pytest.mark.server
+def test_capture_passes_answers_through_and_records_them(
+    llama_url: str, captured: tuple[str, CaptureStore]
+) -> None:
+    url, store = captured
+    direct = openai.OpenAI(base_url=llama_url, api_key=API_KEY, max_retries=0)
+    proxied = openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0)
+    text = "I am flying to Paris tomorrow."
+    want = direct.chat.completions.create(messages=_messages(text), **ASK)  # type: ignore[call-overload]
+    got = proxied.chat.completions.create(messages=_messages(text), **ASK)  # type: ignore[call-overload]
+    assert got.choices[0].message.content == want.choices[0].message.content
+    assert got.usage is not None and got.usage == want.usage
+    streamed = proxied.chat.completions.create(  # type: ignore[call-overload]
+        messages=_messages("Book me a hotel in Rome."), stream=True, **ASK
+    )
+    pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
+    assert "smollm2" in [m.id for m in proxied.models.list()]  # passed through, not recorded
+    with pytest.raises(openai.AuthenticationError):  # the client's own key goes upstream
+        openai.OpenAI(base_url=url, api_key="sk-wrong", max_retries=0).chat.completions.create(
+            messages=_messages("Oslo"), **ASK
+        )
+    store.flush()
+    rows = list(store.exchanges())
+    assert [(r.stream, r.complete, r.status) for r in rows] == [
+        (False, True, 200),
+        (True, True, 200),
+        (False, False, 401),
+    ]
+    plain, stream, refused = rows
+    assert plain.request is not None and plain.request["messages"] == _messages(text)
+    assert plain.answer == got.choices[0].message.content and plain.text == text
+    assert plain.response is not None and plain.response["id"] == got.id
+    assert (plain.prompt_tokens, plain.completion_tokens) == (
+        got.usage.prompt_tokens,
+        got.usage.completion_tokens,
+    )
+    assert plain.latency_ms is not None and plain.latency_ms > 0
+    assert stream.answer == "".join(pieces) and stream.text == "Book me a hotel in Rome."
+    assert refused.answer is None and refused.error == "upstream status 401"
+    assert list(store.exchanges(complete_only=True)) == rows[:2]
+    # no key and no header anywhere in what was stored (the database and its WAL files)
+    stored = _stored_bytes(store.path).lower()
+    for secret in (API_KEY, "sk-wrong", "authorization", "bearer"):
+        assert secret.lower().encode() not in stored, secret
+
+
+@pytest.mark.server
+def test_an_upstream_that_is_down_is_a_502_and_no_answer(tmp_path: Path) -> None:
+    store = CaptureStore(tmp_path / "capture.sqlite")
+    down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    app = create_capture_app(CaptureConfig(upstream=down, db=store.path), store)
+    with serving(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(messages=_messages("Lima"), **ASK)  # type: ignore[call-overload]
+    assert info.value.status_code == 502
+    assert "cannot be reached" in info.value.message
+    store.close()
+    (row,) = CaptureStore(store.path).exchanges()
+    assert (row.complete, row.status, row.response, row.answer) == (False, 502, None, None)
+    assert row.text == "Lima"
+
+
+@pytest.mark.server
+def test_a_stream_cut_midway_is_stored_as_incomplete(llama_url: str, tmp_path: Path) -> None:
+    store = CaptureStore(tmp_path / "capture.sqlite")
+    with FaultProxy(llama_url, rate=1.0, faults=("truncate",)) as cutter:
+        app = create_capture_app(CaptureConfig(upstream=cutter.url, db=store.path), store)
+        with serving(app) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+            stream = client.chat.completions.create(  # type: ignore[call-overload]
+                messages=_messages("Fly me to Berlin, then Madrid."),
+                stream=True,
+                **{**ASK, "max_tokens": 24},
+            )
+            # the client may end quietly or fail on the half-sent last event: either way, the
+            # proxy's record is what this test checks
+            with contextlib.suppress(ValueError, openai.APIError):
+                for _ in stream:
+                    pass
+    store.close()
+    (row,) = CaptureStore(store.path).exchanges()
+    assert row.stream and not row.complete and row.status == 200
+    assert row.error == "the stream ended before [DONE]"
+    assert list(CaptureStore(store.path).exchanges(complete_only=True)) == []
+
+
+def test_assemble_stream_adds_up_the_chunks() -> None:
+    chunks = [
+        {
+            "id": "c1",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"role": "assistant"}}],
+        },
+        {"id": "c1", "choices": [{"index": 0, "delta": {"content": "Par"}}]},
+        {
+            "id": "c1",
+            "choices": [{"index": 0, "delta": {"content": "is"}, "finish_reason": "stop"}],
+        },
+        {"id": "c1", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+    ]
+    raw = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks).encode()
+    whole, done = assemble_stream(raw + b"data: [DONE]\n\n")
+    assert done and whole is not None
+    assert whole["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}
+    ]
+    assert whole["usage"] == {"prompt_tokens": 5, "completion_tokens": 2} and whole["id"] == "c1"
+    assert assemble_stream(raw)[1] is False
+    assert assemble_stream(b"") == (None, False)
+
+
+def test_imports_of_each_format(tmp_path: Path) -> None:
+    request = {"model": "m", "messages": _messages("Trains to Vienna")}
+    response = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Vienna"}}]}
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text(
+        json.dumps({"request": request, "response": response})
+        + "\n"
+        + json.dumps({"request": {"messages": _messages("Flights to Quito")}})
+        + "\n",
+        encoding="utf-8",
+    )
+    batch_in, batch_out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    batch_in.write_text(
+        json.dumps({"custom_id": "r1", "method": "POST", "url": CHAT_URL, "body": request}) + "\n",
+        encoding="utf-8",
+    )
+    body = {"status_code": 200, "body": response}
+    batch_out.write_text(json.dumps({"custom_id": "r1", "response": body}) + "\n", encoding="utf-8")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text('input,output\n"Bus to Oslo, please",Oslo\n', encoding="utf-8")
+    inputs = tmp_path / "inputs.txt"
+    inputs.write_text("Ferry to Split\n\nTaxi to Porto\n", encoding="utf-8")
+    with CaptureStore(tmp_path / "c.sqlite") as store:
+        assert import_logs([logs, batch_in, batch_out], "openai", store) == 3
+        assert import_logs([pairs], "pairs", store) == 1
+        assert import_logs([inputs], "inputs", store) == 2
+        rows = list(store.exchanges())
+    got = [(r.text, r.answer, r.complete) for r in rows]
+    assert got == [
+        ("Trains to Vienna", "Vienna", True),
+        ("Flights to Quito", None, False),
+        ("Trains to Vienna", "Vienna", True),
+        ("Bus to Oslo, please", "Oslo", True),
+        ("Ferry to Split", None, False),
+        ("Taxi to Porto", None, False),
+    ]
+    assert rows[0].request == request and rows[2].status == 200
+    assert {r.source for r in rows} == {
+        "import:logs.jsonl",
+        "import:in.jsonl",
+        "import:pairs.csv",
+        "import:inputs.txt",
+    }
+
+
+def test_a_bad_import_line_is_named_and_stores_nothing(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"input": "a", "output": "x"}) + "\n" + json.dumps({"input": "b"}) + "\n",
+        encoding="utf-8",
+    )
+    with CaptureStore(tmp_path / "c.sqlite") as store:
+        with pytest.raises(DataError) as info:
+            import_logs([pairs], "pairs", store)
+        assert str(info.value).startswith(f"{pairs}:2 field 'output': missing field 'output'")
+        broken = tmp_path / "broken.jsonl"
+        broken.write_text('{"request": {"messages": []}, "response": 3}\n', encoding="utf-8")
+        with pytest.raises(DataError, match=r"broken.jsonl:1 field 'response': response must be"):
+            import_logs([broken], "openai", store)
+        assert store.counts() == {"all": 0, "complete": 0}
+
+
+CHAT_URL = "/v1/chat/completions"

@@ -1,0 +1,135 @@
+"""The product's main story end to end, against real servers on 127.0.0.1 and through the
+official ``openai`` client: the application's traffic through ``smallfit capture`` in front of
+llama.cpp's server, a task and ``fit`` from that capture alone (no gold), then the same client
+against ``smallfit serve`` with only its base URL changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+from conftest import API_KEY
+
+from smallfit.capture import CaptureConfig, CaptureStore, create_capture_app
+from smallfit.capture.task import build_task
+from smallfit.config import load_fit_config
+from smallfit.pipeline import fit
+from smallfit.serve.app import create_app
+from smallfit.testing.fault_proxy import FaultProxy
+from smallfit.testing.http import serving
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+INTENTS = [
+    "AddToPlaylist",
+    "BookRestaurant",
+    "GetWeather",
+    "PlayMusic",
+    "RateBook",
+    "SearchCreativeWork",
+    "SearchScreeningEvent",
+]
+SYSTEM = "You sort voice-assistant requests. Answer with the intent of the request."
+FORMAT = {  # the form llama-cpp-python's server takes a JSON schema in
+    "type": "json_object",
+    "schema": {
+        "type": "object",
+        "properties": {"intent": {"type": "string", "enum": INTENTS}},
+        "required": ["intent"],
+    },
+}
+
+
+def _ask(client: openai.OpenAI, text: str, **extra: object) -> object:
+    return client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+        model="smollm2",
+        messages=[
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Request: {text}\nIntent?"},
+        ],
+        response_format=FORMAT,
+        max_tokens=24,
+        temperature=0,
+        seed=0,
+        **extra,
+    )
+
+
+def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
+    llama_url: str, snips_slice: Path, llm_env: str, tmp_path: Path
+) -> None:
+    lines = (snips_slice / "test.jsonl").read_text("utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in lines]
+    with FaultProxy(llama_url, rate=0.0) as upstream:  # logs what reaches llama.cpp
+        # 1. the application's traffic, recorded
+        store = CaptureStore(tmp_path / "capture.sqlite")
+        app = create_capture_app(CaptureConfig(upstream=upstream.url, db=store.path), store)
+        with serving(app) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+            answers = [_ask(client, t).parse().choices[0].message.content for t in texts]
+        store.close()
+        assert len(upstream.log) == len(texts)
+        assert all(json.loads(a)["intent"] in INTENTS for a in answers)
+
+        # 2. the task and fit, from the capture alone
+        with CaptureStore(tmp_path / "capture.sqlite") as store:
+            summary = build_task(store, tmp_path / "task")
+        assert summary.answers.key == "intent" and summary.template is not None
+        assert summary.template.prefix == "Request: " and summary.template.suffix == "\nIntent?"
+        raw = yaml.safe_load((tmp_path / "task" / "fit.yaml").read_text())
+        raw |= {
+            "run_dir": str(tmp_path / "run"),
+            "students": [{"kind": "linear"}],
+            "evaluate": {"latency_queries": 10, "warmup": 2, "throughput_batches": 2},
+            "select": {"quality_floor": "0.5 * teacher"},
+            "route": {"target": "escalation <= 0.5"},
+        }
+        (tmp_path / "fit.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+        asked = len(upstream.log)
+        result = fit(load_fit_config(tmp_path / "fit.yaml"), progress=False, log=lambda _: None)
+        assert len(upstream.log) == asked  # every answer came from the capture: none asked again
+        teacher = next(c for c in result.results.candidates if c.name == "teacher")
+        assert teacher.quality.accuracy is None and teacher.quality.teacher_agreement == 1.0
+        assert result.results.selection is not None
+        assert result.results.selection.metric == "teacher_agreement"
+
+        # 3. the same client against smallfit serve: only the base URL changes
+        with serving(create_app(tmp_path / "run")) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0)
+            local = _ask(client, texts[0])
+            content = local.parse().choices[0].message.content
+            assert json.loads(content)["intent"] in INTENTS  # the form the upstream used
+            assert local.headers["x-smallfit-tier"] in ("linear", "teacher")
+            streamed = client.chat.completions.create(  # type: ignore[call-overload]
+                model="smollm2",
+                messages=[
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": f"Request: {texts[0]}\nIntent?"},
+                ],
+                response_format=FORMAT,
+                stream=True,
+            )
+            pieces = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+            assert pieces == content
+            # an unsure text escalates to the upstream itself
+            before = len(upstream.log)
+            odd = _ask(client, "zx qv blorp wug")
+            assert odd.headers["x-smallfit-tier"] == "teacher"
+            asked_upstream = [r.text for r in upstream.log[before:] if r.text]
+            assert asked_upstream == ["Request: zx qv blorp wug\nIntent?"]
+            # a request outside the task's template goes straight to the upstream
+            other = client.chat.completions.with_raw_response.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": "Say hello."}],
+                max_tokens=5,
+                temperature=0,
+            )
+            assert other.headers["x-smallfit-tier"] == "upstream"
+            assert upstream.log[-1].text == "Say hello."
+            assert other.parse().choices[0].message.content  # llama.cpp's own answer
+            metrics = httpx.get(url + "/metrics").text
+            assert 'smallfit_passthrough_total{reason="template"} 1.0' in metrics
