@@ -24,12 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import openai
 from _report import save_and_report
+from _servers import wait_ok
 
 from smallfit.data import read_split
 from smallfit.evaluate import environment
@@ -38,18 +38,6 @@ from smallfit.testing.llama_server import free_port
 
 TARGETS = {"added_p50_ms_max": 1.0}
 SYSTEM = "Classify the customer's banking query into one of the intents. Answer the intent only."
-
-
-def _wait(url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} was not ready within {timeout_s:g}s")
 
 
 def main() -> int:
@@ -89,8 +77,8 @@ def main() -> int:
     ]
     straight_ms, through_ms, same = [], [], []
     try:
-        _wait(f"{upstream}/readyz")
-        _wait(f"{proxy}/healthz")
+        wait_ok(f"{upstream}/readyz")
+        wait_ok(f"{proxy}/healthz")
         with (
             openai.OpenAI(base_url=f"{upstream}/v1", api_key="k", max_retries=0) as direct,
             openai.OpenAI(base_url=f"{proxy}/v1", api_key="k", max_retries=0) as captured,

@@ -28,13 +28,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
 import numpy as np
 import openai
 from _report import save_and_report
+from _servers import wait_ok
 
 from smallfit.data import read_split
 from smallfit.evaluate import environment
@@ -43,18 +43,6 @@ from smallfit.testing.llama_server import free_port
 
 TARGETS = {"chat_p50_ms_max": 5.0, "same_label_as_classify_min": 1.0}
 SYSTEM = "Classify the customer's banking query into one of the intents. Answer the intent only."
-
-
-def _wait_ready(url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} was not ready within {timeout_s:g}s")
 
 
 def main() -> int:
@@ -82,7 +70,7 @@ def main() -> int:
     )
     chat_ms, raw_chat_ms, classify_ms, same, local, correct = [], [], [], [], [], []
     try:
-        _wait_ready(url)
+        wait_ok(f"{url}/readyz")
         with (
             openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client,
             httpx.Client(base_url=url, timeout=60) as http,

@@ -17,8 +17,11 @@ from conftest import API_KEY
 from smallfit.capture import CaptureConfig, CaptureStore, create_capture_app
 from smallfit.capture.task import build_task
 from smallfit.config import load_fit_config
+from smallfit.errors import DataError
 from smallfit.pipeline import fit
+from smallfit.report import write_report
 from smallfit.serve.app import create_app
+from smallfit.serve.config import ServeConfig
 from smallfit.testing.fault_proxy import FaultProxy
 from smallfit.testing.http import serving
 
@@ -98,7 +101,8 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
         assert result.results.selection.metric == "teacher_agreement"
 
         # 3. the same client against smallfit serve: only the base URL changes
-        with serving(create_app(tmp_path / "run")) as url:
+        traffic = tmp_path / "traffic.jsonl"
+        with serving(create_app(tmp_path / "run", ServeConfig(traffic_log=traffic))) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0)
             local = _ask(client, texts[0])
             content = local.parse().choices[0].message.content
@@ -133,3 +137,16 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
             assert other.parse().choices[0].message.content  # llama.cpp's own answer
             metrics = httpx.get(url + "/metrics").text
             assert 'smallfit_passthrough_total{reason="template"} 1.0' in metrics
+            assert "smallfit_escalation_rate_window" in metrics
+
+    # 4. what served traffic did, in the report: 3 answered here (the passed-through one is not)
+    served = [json.loads(line) for line in traffic.read_text("utf-8").splitlines()]
+    assert [r["tier"] for r in served][-1] == "teacher" and len(served) == 3
+    assert all("text" not in r for r in served)  # never the text itself
+    page = write_report(tmp_path / "run", tmp_path / "r.html", cards=False, traffic_log=traffic)
+    html = page.read_text("utf-8")
+    assert "<h2>Served traffic</h2>" in html and "3 texts answered" in html
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not a traffic log line"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(traffic.read_text("utf-8").splitlines()[0] + "\n{}\n", encoding="utf-8")
+        write_report(tmp_path / "run", tmp_path / "r2.html", traffic_log=bad)

@@ -536,3 +536,25 @@ def test_data_labels_are_checked() -> None:
     ):
         with pytest.raises(ValidationError, match=fragment):
             DataConfig(train=Path("x.jsonl"), labels=bad)
+
+
+def test_extra_train_joins_the_pool_only(tmp_path: Path) -> None:
+    pool = write_jsonl(tmp_path / "pool.jsonl", POOL)
+    escalations = write_jsonl(
+        tmp_path / "esc.jsonl",
+        [
+            {"text": "a new unsure query", "label": "b", "tier": "teacher"},
+            {"text": POOL[0]["text"].upper(), "label": "a"},  # already in a split: left out
+            {"text": "A new unsure query!"},  # the same text, once normalised
+        ],
+    )
+    config = DataConfig(train=pool, test=pool, labels=["a", "b"], extra_train=[escalations])
+    data = load_dataset(config, gold_required=None)
+    plain = load_dataset(config.model_copy(update={"extra_train": []}), gold_required=None)
+    assert data.train.texts == [*plain.train.texts, "a new unsure query"]
+    assert data.train.labels[-1] == NO_GOLD  # the logged label is the big model's, not gold
+    assert (data.dev, data.test) == (plain.dev, plain.test)
+    gold = write_jsonl(tmp_path / "gold.jsonl", ROWS * 4)
+    needs_gold = config.model_copy(update={"train": gold, "test": gold, "labels": None})
+    with pytest.raises(DataError, match=r"data\.extra_train is for a teacher to label, but x"):
+        load_dataset(needs_gold, gold_required="x")

@@ -82,6 +82,10 @@ def test_classify_over_a_socket_answers_as_the_cascade_does(models, tmp_path: Pa
         ).split()[1]
     )
     assert rate == pytest.approx(len(escalated) / len(texts))
+    # fewer texts than the window: the window's rate is the whole rate; a cascade saved without
+    # its calibration has no calibrated rate to compare with
+    assert f"smallfit_escalation_rate_window {rate}" in metrics
+    assert "smallfit_escalation_rate_calibrated NaN" in metrics
     assert 'smallfit_tier_latency_seconds_count{tier="linear"}' in metrics
     assert "/v1/classify" in docs["paths"] and "/admin/swap" in docs["paths"]
     # the escalation log: each escalated text with the big tier's answer, readable as train data
@@ -315,3 +319,23 @@ def test_the_serve_command_serves_a_model(models, tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "neither a model directory" in bad.stderr
+
+
+def test_the_escalation_window_slides_and_restarts_with_a_new_model() -> None:
+    from smallfit.serve.metrics import Metrics
+
+    metrics = Metrics(window=4)
+    metrics.live_model("cascade", "cascade", calibrated=0.25)
+    for tier in (1, 1, 0, 0, 0, 0):  # the two escalations slide out of the last 4
+        metrics.answered(tier)
+    page = metrics.render().decode()
+    assert "smallfit_escalation_rate_window 0.0" in page
+    assert "smallfit_escalation_rate_calibrated 0.25" in page
+    assert "smallfit_escalation_rate 0.3333333333333333" in page  # since start
+    metrics.answered(1, count=2)
+    assert "smallfit_escalation_rate_window 0.5" in metrics.render().decode()
+    metrics.live_model("other", "cascade")
+    metrics.answered(0)
+    page = metrics.render().decode()
+    assert "smallfit_escalation_rate_window 0.0" in page
+    assert "smallfit_escalation_rate_calibrated NaN" in page

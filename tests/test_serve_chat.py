@@ -193,3 +193,17 @@ def test_a_body_that_is_not_json_is_a_400_and_the_server_goes_on(served, client)
         assert listed.json()["error"]["message"].startswith("the body: Input should be a valid")
     reply = client.chat.completions.create(model="m", messages=_messages(texts[1]))
     assert reply.choices[0].message.content
+
+
+def test_tei_predict_is_a_thin_adapter_over_the_same_answers(served) -> None:
+    url, _, texts = served
+    classified = httpx.post(f"{url}/v1/classify", json={"texts": texts[:4]}).json()["results"]
+    one = httpx.post(f"{url}/predict", json={"inputs": texts[0]})
+    assert one.status_code == 200
+    scores = one.json()
+    assert scores[0]["label"] == classified[0]["label"]
+    assert [s["score"] for s in scores] == sorted(classified[0]["probs"].values(), reverse=True)
+    batch = httpx.post(f"{url}/predict", json={"inputs": texts[:4], "truncate": True}).json()
+    assert [b[0]["label"] for b in batch] == [c["label"] for c in classified]
+    for bad in ({"inputs": " "}, {"inputs": []}, {"inputs": [["a", "b"]]}, {"texts": ["a"]}):
+        assert httpx.post(f"{url}/predict", json=bad).status_code == 422, bad

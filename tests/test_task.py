@@ -12,7 +12,7 @@ import yaml
 from smallfit.capture import CaptureStore, Exchange
 from smallfit.capture.dedup import clusters
 from smallfit.capture.task import build_task
-from smallfit.config import FitConfig
+from smallfit.config import FitConfig, load_fit_config
 from smallfit.errors import SmallfitError
 from smallfit.llm.template import find_templates
 
@@ -140,3 +140,22 @@ def test_a_capture_of_two_tasks_asks_which(tmp_path: Path) -> None:
         "tech",
     ]
     assert summary.counts["other_templates"] == 3
+
+
+def test_the_task_command_writes_the_demos_stages(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from smallfit.cli import main
+
+    with CaptureStore(tmp_path / "c.sqlite") as store:
+        store.add_now([_exchange(_request(t), q) for t, q in TICKETS])
+    out = tmp_path / "task"
+    result = CliRunner().invoke(main, ["task", str(tmp_path / "c.sqlite"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "6 distinct texts (6 answered by the upstream)" in result.output
+    assert f"smallfit fit --config {out / 'fit.yaml'}" in result.output
+    config = load_fit_config(out / "fit.yaml")
+    assert [s.name for s in config.students] == ["minilm-l6", "linear"]
+    assert config.compress is not None and config.teacher.source == "llm"
+    missing = CliRunner().invoke(main, ["task", str(tmp_path / "nope.sqlite")])
+    assert missing.exit_code == 2 and "no such capture file" in missing.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from smallfit.compress.config import CompressConfig, CompressGrid
 from smallfit.config import FitConfig
@@ -32,6 +33,15 @@ def demo_config(
         max_train=2000 if quick else None,
         max_test=600 if quick else None,
     )
+    return FitConfig(
+        run_dir=Path(run_dir) if run_dir else Path("runs") / name,
+        data=data,
+        **demo_stages(quick=quick),
+    )
+
+
+def demo_stages(*, quick: bool = False) -> dict[str, Any]:
+    """The demo's teacher, students, compression and evaluation (``FitConfig`` fields)."""
     teacher_epochs = 1.0
     student_epochs = 2.0
     # On a small or skewed pool these epochs are too few steps: training is raised to at least
@@ -41,9 +51,7 @@ def demo_config(
     # few-minute length instead (no minimum).
     teacher_min_steps = 0 if quick else TEACHER_MIN_STEPS
     student_min_steps = 0 if quick else STUDENT_MIN_STEPS
-    return FitConfig(
-        run_dir=Path(run_dir) if run_dir else Path("runs") / name,
-        data=data,
+    return dict(
         teacher=FinetuneTeacher(
             base="mpnet-base",
             # freezing the bottom half halves the backward pass; on Banking77 it kept test

@@ -75,7 +75,7 @@ class TaskSummary:
             f"{c.get('exact_duplicates', 0)} exact and {c.get('near_duplicates', 0)} near "
             f"duplicates; left out {c.get('incomplete', 0)} incomplete exchanges and "
             f"{c.get('unparseable', 0)} unparseable answers. Review {self.out_dir / 'task.yaml'}, "
-            f"then: smallfit fit {self.out_dir / 'fit.yaml'}"
+            f"then: smallfit fit --config {self.out_dir / 'fit.yaml'}"
         )
 
 
@@ -115,12 +115,14 @@ def build_task(
     template: int | None = None,
     near_duplicates: float = 0.8,
     upstream: str | None = None,
+    stages: dict[str, Any] | None = None,
 ) -> TaskSummary:
     """Turn the capture in ``store`` into ``out_dir/{task.yaml, data.jsonl, fit.yaml}``.
 
     ``template`` (1-based, largest first) picks one of several templates; without it a capture
     with several is an error that lists them. ``upstream`` is the base URL the teacher calls
-    for texts it has not answered (default: the one the capture proxied)."""
+    for texts it has not answered (default: the one the capture proxied); ``stages`` (fit
+    config sections: students, compress, evaluate ...) go into ``fit.yaml`` as they are."""
     out = Path(out_dir)
     rows = list(store.exchanges())
     usable = [r for r in rows if r.complete or _awaiting(r)]
@@ -181,7 +183,8 @@ def build_task(
         counts=dict(counts),
     )
     _write_yaml(out / "task.yaml", _task_yaml(summary, store.path))
-    _write_yaml(out / "fit.yaml", _fit_yaml(summary, upstream or store.upstream()))
+    fit = _fit_yaml(summary, upstream or store.upstream()) | (stages or {})
+    _write_yaml(out / "fit.yaml", fit)
     return summary
 
 

@@ -421,8 +421,18 @@ def route(
 @click.option("--volume", type=int, help="Queries a month today [report.volume_per_month].")
 @click.option("--hour-usd", type=float, help="Machine-hour price [evaluate.machine_hour_usd].")
 @click.option("--no-cards", is_flag=True, help="Skip the model cards beside each model.")
+@click.option(
+    "--from-log",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A serve --traffic-log: add the served tier mix, escalation rate and latency.",
+)
 def report(
-    run_dir: Path, out: Path | None, volume: int | None, hour_usd: float | None, no_cards: bool
+    run_dir: Path,
+    out: Path | None,
+    volume: int | None,
+    hour_usd: float | None,
+    no_cards: bool,
+    from_log: Path | None,
 ) -> None:
     """Write the HTML report of a run (and a model card beside each model) from its saved
     results: the verdict, the candidates, latency, the cascade, cost against volume, where the
@@ -430,7 +440,7 @@ def report(
     from smallfit.report import write_report
 
     overrides = {k: v for k, v in (("volume_per_month", volume), ("hour_usd", hour_usd)) if v}
-    path = write_report(run_dir, out, cards=not no_cards, overrides=overrides)
+    path = write_report(run_dir, out, cards=not no_cards, overrides=overrides, traffic_log=from_log)
     click.echo(f"report written to {path}")
 
 

@@ -26,14 +26,18 @@ def _log(message: str) -> None:
 )
 @click.option("--threads", type=int, help="Compute threads [cores - 1].")
 @click.option("--escalation-log", type=click.Path(path_type=Path), help="JSONL of escalations.")
+@click.option(
+    "--traffic-log", type=click.Path(path_type=Path), help="JSONL of every answer's tier/latency."
+)
 @click.option("--shadow", type=click.Path(path_type=Path), help="A model to shadow the live one.")
 @click.option("--watch", is_flag=True, default=None, help="Reload when the model changes.")
 def serve(path: Path, config_path: Path | None, **options: Any) -> None:
     """Serve a model over HTTP: PATH is a model directory, or a run directory (its cascade,
     else its selected model).
 
-    POST /v1/classify; OpenAI's POST /v1/chat/completions and GET /v1/models (drop-in: the
-    last user message is classified); GET /healthz /readyz /metrics; POST /admin/swap and
+    POST /v1/classify; OpenAI's POST /v1/chat/completions and GET /v1/models (drop-in: the text
+    is cut with the task's template when the run came from smallfit task, else it is the last
+    user message); TEI's POST /predict; GET /healthz /readyz /metrics; POST /admin/swap and
     /admin/shadow (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
     from pydantic import ValidationError
 
@@ -60,6 +64,7 @@ def serve(path: Path, config_path: Path | None, **options: Any) -> None:
 @click.option("--db", type=click.Path(path_type=Path), help="SQLite file [capture.sqlite].")
 @click.option("--host", help="Interface [127.0.0.1].")
 @click.option("--port", type=int, help="Port [8001].")
+@click.option("--timeout", "timeout_s", type=float, help="Seconds an answer may take [600].")
 @click.option(
     "--import",
     "imports",
@@ -79,6 +84,7 @@ def capture(
     db: Path | None,
     host: str | None,
     port: int | None,
+    timeout_s: float | None,
     imports: tuple[Path, ...],
     format_: str | None,
 ) -> None:
@@ -114,7 +120,7 @@ def capture(
         return
     if upstream is None:
         raise ConfigError("capture needs --upstream URL (or --import FILE --format ...)")
-    options = {"upstream": upstream, "db": db, "host": host, "port": port}
+    options = {"upstream": upstream, "db": db, "host": host, "port": port, "timeout_s": timeout_s}
     try:
         config = CaptureConfig.model_validate({k: v for k, v in options.items() if v is not None})
     except ValidationError as exc:
@@ -148,15 +154,29 @@ def task(
     """Turn captured traffic (CAPTURE_DB, from smallfit capture) into a task: OUT/task.yaml
     (the template, the answer's form, the labels with counts), OUT/data.jsonl (one row per
     distinct text with the upstream's answer) and OUT/fit.yaml (a config whose teacher is the
-    upstream, its answers reused). Review task.yaml, then run smallfit fit OUT/fit.yaml."""
+    upstream, its answers reused). Review task.yaml, then run smallfit fit --config OUT/fit.yaml."""
     from smallfit.capture.store import CaptureStore
     from smallfit.capture.task import build_task
+    from smallfit.demo import demo_stages
     from smallfit.errors import SmallfitError
 
     if not capture_db.is_file():
         raise SmallfitError(f"{capture_db}: no such capture file (smallfit capture writes one)")
     with CaptureStore(capture_db) as store:
+        # the demo's students, compression and measurements: the teacher is the upstream
+        stages = {
+            k: [s.model_dump(mode="json") for s in v]
+            if isinstance(v, list)
+            else v.model_dump(mode="json")
+            for k, v in demo_stages().items()
+            if k != "teacher"
+        }
         summary = build_task(
-            store, out, template=template, near_duplicates=near_duplicates, upstream=upstream
+            store,
+            out,
+            template=template,
+            near_duplicates=near_duplicates,
+            upstream=upstream,
+            stages=stages,
         )
     click.echo(summary.describe())

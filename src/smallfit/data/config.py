@@ -47,6 +47,12 @@ class DataConfig(Strict):
     )
     seed: int = 0
     """Seed of every split and slice."""
+    extra_train: list[Path] = []
+    """Files whose texts join the training pool after the splits are carved (never dev or
+    test), for the teacher to label: e.g. `smallfit serve --escalation-log`, the queries the
+    student was unsure of, with the upstream's answers already in an LLM teacher's cache. Their
+    labels are ignored; a text also in dev or test is left out. Needs an `llm` or `model`
+    teacher."""
     leakage: Literal["warn", "error"] = "warn"
     """Test texts that are also in train or dev (after normalising case, punctuation and
     spaces): `warn` counts them in the log, `error` stops the run naming the first (the

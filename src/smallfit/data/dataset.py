@@ -226,6 +226,13 @@ def load_dataset(
     train, dev = _carve(train, config.dev_fraction, _rng(config.seed, _DEV), "dev")
     if config.max_test is not None:
         test = _slice(test, config.max_test, _rng(config.seed, _MAX_TEST))
+    if config.extra_train:
+        if gold_required is not None:
+            raise DataError(
+                f"data.extra_train is for a teacher to label, but {gold_required}",
+                field="extra_train",
+            )
+        train = _with_extra(train, dev, test, config)
     leaked = _leaked(train, dev, test, config)
     return Dataset(
         leaked=leaked,
@@ -236,6 +243,30 @@ def load_dataset(
         out_of_scope=out_of_scope.texts,
         out_of_scope_labels=out_of_scope.labels,
         held_out=held,
+    )
+
+
+def _with_extra(train: Split, dev: Split, test: Split, config: DataConfig) -> Split:
+    """``train`` and the texts of ``config.extra_train`` (no gold), less those already in any
+    split."""
+    seen = {normalise_text(t) for t in (*train.texts, *dev.texts, *test.texts)}
+    texts = list(train.texts)
+    for path in config.extra_train:
+        extra = read_split(
+            path, format=config.format, text_field=config.text_field, label_field=None
+        )
+        for text in extra.texts:
+            norm = normalise_text(text)
+            if norm not in seen:
+                seen.add(norm)
+                texts.append(text)
+    added = len(texts) - len(train)
+    # lines are left out once rows of other files join: a line number would name the wrong file
+    return Split(
+        texts=texts,
+        labels=[*train.labels, *[NO_GOLD] * added],
+        source=train.source,
+        lines=train.lines if not added else [],
     )
 
 

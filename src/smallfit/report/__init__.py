@@ -39,9 +39,11 @@ def write_report(
     *,
     cards: bool = True,
     overrides: dict[str, Any] | None = None,
+    traffic_log: str | Path | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (or ``out``) and the model cards; the page's path.
-    ``overrides`` replace fields of the run's ``report`` config (prices, volume).
+    ``overrides`` replace fields of the run's ``report`` config (prices, volume);
+    ``traffic_log`` (``smallfit serve --traffic-log``) adds a section on served traffic.
 
     Everything is read and checked before anything is written: a missing or corrupt results
     file raises :class:`~smallfit.errors.SmallfitError` naming it, and leaves any earlier
@@ -51,7 +53,7 @@ def write_report(
     from smallfit.report.facts import load_facts
     from smallfit.report.page import render
 
-    facts = load_facts(run_dir, overrides=overrides)
+    facts = load_facts(run_dir, overrides=overrides, traffic_log=traffic_log)
     html = render(facts)
     path = Path(out) if out is not None else RunDir(run_dir).report_file
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from smallfit.evaluate.candidate import per_1m_at
 from smallfit.llm.prompt import DEFAULT_INSTRUCTION
 from smallfit.report.config import ReportConfig
 from smallfit.report.cost import CostOption
+from smallfit.report.traffic import Traffic, read_traffic
 from smallfit.run.layout import ONE_OFF_STAGES, TEACHER
 from smallfit.run.records import (
     CandidateResult,
@@ -68,6 +69,8 @@ class Facts:
     """What the confused pairs compare with: ``gold``, or ``teacher`` when no test text has a
     gold label."""
     notes: list[str] = field(default_factory=list)
+    traffic: Traffic | None = None
+    """Served traffic, from ``smallfit report --from-log``."""
 
     def candidate(self, name: str | None) -> CandidateResult | None:
         return next((c for c in self.candidates if c.name == name), None)
@@ -79,9 +82,14 @@ class Facts:
         return self.config.evaluate.machine_hour_usd
 
 
-def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) -> Facts:
+def load_facts(
+    run_dir: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    traffic_log: str | Path | None = None,
+) -> Facts:
     """Read and check everything the report needs from ``run_dir``; ``overrides`` replace
-    fields of the run's ``report`` config."""
+    fields of the run's ``report`` config; ``traffic_log`` adds what served traffic did."""
     run = Path(run_dir)
     if not run.is_dir():
         raise SmallfitError(f"{run}: no such run directory")
@@ -133,6 +141,8 @@ def load_facts(run_dir: str | Path, *, overrides: dict[str, Any] | None = None) 
         one_off={},
         api_basis="",
     )
+    if traffic_log is not None:
+        facts.traffic = read_traffic(traffic_log)
     facts.one_off = _one_off(store, facts)
     facts.cost_options, facts.api_basis = _cost_options(facts)
     _confusions(facts)

@@ -16,6 +16,7 @@ from smallfit.report.sections.cascade import cascade
 from smallfit.report.sections.cost import cost
 from smallfit.report.sections.latency import latency
 from smallfit.report.sections.lineage import lineage
+from smallfit.report.sections.traffic import traffic
 from smallfit.report.sections.verdict import verdict
 from smallfit.report.sections.weaker import weaker
 
@@ -30,7 +31,8 @@ def render(f: Facts) -> str:
     """The whole page."""
     name = f.run_dir.resolve().name
     env = f.results.environment
-    sections = [verdict(f), pareto(f), latency(f), cascade(f), cost(f), weaker(f), lineage(f)]
+    sections = [verdict(f), traffic(f), pareto(f), latency(f), cascade(f), cost(f), weaker(f)]
+    sections.append(lineage(f))
     nav = "".join(
         f'<a href="#{i}">{t}</a>'
         for i, t in (

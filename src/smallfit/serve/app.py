@@ -27,6 +27,7 @@ from smallfit.serve.chat import CHAT_PATH, add_chat_routes, openai_error, valida
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, RequestFailed
 from smallfit.serve.metrics import Metrics
+from smallfit.serve.tei import PREDICT_PATH, add_tei_routes
 from smallfit.serve.text import served_text
 from smallfit.serve.upstream import UpstreamClient
 
@@ -181,7 +182,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     cascade if it has one, else its selected model)."""
     config = config or ServeConfig()
     path = resolve_model_path(model_path)
-    metrics = Metrics()
+    metrics = Metrics(window=config.escalation_window)
     engine = Engine(config, metrics)
     upstream_http = UpstreamClient()
 
@@ -233,7 +234,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         if request.url.path == CHAT_PATH:  # OpenAI's clients expect its 400 and error shape
             metrics.requests.labels(status="400").inc()
             return validation_error(list(exc.errors()))
-        if request.url.path == "/v1/classify":
+        if request.url.path in ("/v1/classify", PREDICT_PATH):
             metrics.requests.labels(status="422").inc()
         problems = [_problem(e, config) for e in exc.errors()]
         return JSONResponse({"detail": problems}, status_code=422)
@@ -264,6 +265,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     )(classify)
 
     add_chat_routes(app, engine, config, too_large=_REFUSED[413], http=upstream_http)
+    add_tei_routes(app, engine, config, refused=_REFUSED)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -38,6 +38,12 @@ class ServeConfig(Strict):
     fallback: Literal["best-local", "error"] = "best-local"
     """When a remote tier is slow (its timeout) or down: answer with the best local answer,
     flagged, or fail the request with 503."""
+    traffic_log: Path | None = None
+    """JSONL file each answered text's tier, confidence and latency is appended to (never the
+    text): `smallfit report RUN --from-log FILE` recomputes the tier mix, the escalation rate and
+    latency from it."""
+    escalation_window: int = Field(1000, gt=0)
+    """Answered texts the sliding escalation rate in `/metrics` is over."""
     escalation_log: Path | None = None
     """JSONL file each escalated query is appended to with the answering tier's label (a
     training file for the next `smallfit fit`)."""

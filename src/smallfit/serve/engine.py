@@ -162,7 +162,11 @@ class Engine:
         async with self._swap_lock:
             new = await self._load(path, self.metrics)
             old, self.live = self.live, new
-            self.metrics.live_model(new.name, new.model.kind)
+            calibrated = (read_manifest(new.path).get("metrics") or {}).get("dev") or {}
+            rate = calibrated.get("escalation")
+            self.metrics.live_model(
+                new.name, new.model.kind, float(rate) if isinstance(rate, int | float) else None
+            )
             if old is not None:
                 self.metrics.swaps.inc()
                 self._spawn(self._retire(old))
@@ -314,7 +318,36 @@ class Engine:
             self.metrics.texts.labels(tier=a.tier).inc()
             self.metrics.tier_latency.labels(tier=a.tier).observe(a.latency_ms / 1000)
             self.metrics.answered(a.tier_index)
+        self._log_traffic(answers, served)
         return answers
+
+    def _log_traffic(self, answers: list[Answer], served: Served) -> None:
+        """Append one line per answered text to the traffic log: tier, confidence, latency."""
+        if self.config.traffic_log is None:
+            return
+        now = round(time.time(), 3)
+        lines = "".join(
+            json.dumps(
+                {
+                    "time": now,
+                    "model": served.name,
+                    "tier": a.tier,
+                    "tier_index": a.tier_index,
+                    "tiers": len(served.cascade.tiers),
+                    "confidence": round(a.confidence, 6),
+                    "latency_ms": round(a.latency_ms, 3),
+                    "fallback": a.fallback,
+                    "abstained": a.abstained,
+                }
+            )
+            + "\n"
+            for a in answers
+        )
+        with self._log_lock:
+            path = Path(self.config.traffic_log)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(lines)
 
     def _answer(
         self,

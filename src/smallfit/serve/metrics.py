@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,8 +21,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """Counters and histograms of requests, tiers, escalations, errors, swaps and the shadow."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 1000) -> None:
         self.registry = CollectorRegistry()
+        self._window: deque[bool] = deque(maxlen=window)
+        self._window_escalated = 0
         r = self.registry
         self.requests = Counter(
             "smallfit_requests", "Classify requests by HTTP status", ["status"], registry=r
@@ -49,6 +53,18 @@ class Metrics:
             "Share of answered texts that went past the first tier",
             registry=r,
         )
+        self.escalation_window = Gauge(
+            "smallfit_escalation_rate_window",
+            f"Share of the last {window} answered texts that went past the first tier: beside "
+            "smallfit_escalation_rate_calibrated, a rising gap is drift",
+            registry=r,
+        )
+        self.escalation_calibrated = Gauge(
+            "smallfit_escalation_rate_calibrated",
+            "The live cascade's escalation rate on dev when it was calibrated (NaN: unknown)",
+            registry=r,
+        )
+        self.escalation_calibrated.set(float("nan"))
         self.abstentions = Counter("smallfit_abstentions", "Texts abstained on", registry=r)
         self.fallbacks = Counter(
             "smallfit_fallbacks",
@@ -96,6 +112,12 @@ class Metrics:
         if tier_index > 0:
             self._escalated += count
         self.escalation_rate.set(self._escalated / max(self._answered, 1))
+        for _ in range(count):
+            if len(self._window) == self._window.maxlen:
+                self._window_escalated -= self._window.popleft()
+            self._window.append(tier_index > 0)
+            self._window_escalated += tier_index > 0
+        self.escalation_window.set(self._window_escalated / len(self._window))
 
     def shadow(self, compared: int, agreed: int) -> None:
         self._compared += compared
@@ -104,9 +126,14 @@ class Metrics:
         self.shadow_agreed.inc(agreed)
         self.shadow_agreement.set(self._agreed / max(self._compared, 1))
 
-    def live_model(self, name: str, kind: str) -> None:
+    def live_model(self, name: str, kind: str, calibrated: float | None = None) -> None:
+        """A new live model: its name and kind, and its calibrated escalation rate (the
+        window starts afresh)."""
         self.info.clear()
         self.info.labels(name=name, kind=kind).set(1)
+        self.escalation_calibrated.set(float("nan") if calibrated is None else calibrated)
+        self._window.clear()
+        self._window_escalated = 0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
