@@ -28,6 +28,23 @@ ASK = {
 }
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every official client a test opens is closed after it (its pooled sockets)."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
+def _client(**options: object) -> openai.OpenAI:
+    client = openai.OpenAI(**options)  # type: ignore[arg-type]
+    _CLIENTS.append(client)
+    return client
+
+
 def _messages(text: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
@@ -51,8 +68,8 @@ def test_capture_passes_answers_through_and_records_them(
     llama_url: str, captured: tuple[str, CaptureStore]
 ) -> None:
     url, store = captured
-    direct = openai.OpenAI(base_url=llama_url, api_key=API_KEY, max_retries=0)
-    proxied = openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0)
+    direct = _client(base_url=llama_url, api_key=API_KEY, max_retries=0)
+    proxied = _client(base_url=url, api_key=API_KEY, max_retries=0)
     text = "I am flying to Paris tomorrow."
     want = direct.chat.completions.create(messages=_messages(text), **ASK)  # type: ignore[call-overload]
     got = proxied.chat.completions.create(messages=_messages(text), **ASK)  # type: ignore[call-overload]
@@ -64,7 +81,7 @@ def test_capture_passes_answers_through_and_records_them(
     pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
     assert "smollm2" in [m.id for m in proxied.models.list()]  # passed through, not recorded
     with pytest.raises(openai.AuthenticationError):  # the client's own key goes upstream
-        openai.OpenAI(base_url=url, api_key="sk-wrong", max_retries=0).chat.completions.create(
+        _client(base_url=url, api_key="sk-wrong", max_retries=0).chat.completions.create(
             messages=_messages("Oslo"), **ASK
         )
     store.flush()
@@ -98,7 +115,7 @@ def test_an_upstream_that_is_down_is_a_502_and_no_answer(tmp_path: Path) -> None
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     app = create_capture_app(CaptureConfig(upstream=down, db=store.path), store)
     with serving(app) as url:
-        client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+        client = _client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(messages=_messages("Lima"), **ASK)  # type: ignore[call-overload]
     assert info.value.status_code == 502
@@ -115,7 +132,7 @@ def test_a_stream_cut_midway_is_stored_as_incomplete(llama_url: str, tmp_path: P
     with FaultProxy(llama_url, rate=1.0, faults=("truncate",)) as cutter:
         app = create_capture_app(CaptureConfig(upstream=cutter.url, db=store.path), store)
         with serving(app) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+            client = _client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
             stream = client.chat.completions.create(  # type: ignore[call-overload]
                 messages=_messages("Fly me to Berlin, then Madrid."),
                 stream=True,
@@ -222,3 +239,49 @@ def test_a_bad_import_line_is_named_and_stores_nothing(tmp_path: Path) -> None:
 
 
 CHAT_URL = "/v1/chat/completions"
+
+
+def test_the_upstream_client_reopens_a_connection_the_upstream_closed() -> None:
+    """A keep-alive connection the upstream closed while idle is not an error: the request goes
+    once more on a fresh connection (and a chunked answer is read whole)."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from smallfit.capture.client import UpstreamClient
+
+    class OneThenHangUp(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for piece in (b"got ", body):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            self.close_connection = True  # hangs up without saying so: an idle timeout
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OneThenHangUp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def twice() -> list[bytes]:
+        client = UpstreamClient(f"http://127.0.0.1:{server.server_port}/v1")
+        out = []
+        for body in (b"one", b"two"):
+            reply = await client.request("POST", "/x", [], body)
+            out.append(await reply.read())
+            assert reply.complete and reply.status == 200
+            await asyncio.sleep(0.05)  # the upstream hangs up meanwhile
+        await client.aclose()
+        return out
+
+    try:
+        assert asyncio.run(twice()) == [b"got one", b"got two"]
+    finally:
+        server.shutdown()
+        server.server_close()

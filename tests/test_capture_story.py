@@ -6,6 +6,7 @@ against ``smallfit serve`` with only its base URL changed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -47,6 +48,23 @@ FORMAT = {  # the form llama-cpp-python's server takes a JSON schema in
 }
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every official client a test opens is closed after it (its pooled sockets)."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
+def _client(**options: object) -> openai.OpenAI:
+    client = openai.OpenAI(**options)  # type: ignore[arg-type]
+    _CLIENTS.append(client)
+    return client
+
+
 def _ask(client: openai.OpenAI, text: str, **extra: object) -> object:
     return client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
         model="smollm2",
@@ -72,7 +90,7 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
         store = CaptureStore(tmp_path / "capture.sqlite")
         app = create_capture_app(CaptureConfig(upstream=upstream.url, db=store.path), store)
         with serving(app) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+            client = _client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
             answers = [_ask(client, t).parse().choices[0].message.content for t in texts]
         store.close()
         assert len(upstream.log) == len(texts)
@@ -103,7 +121,7 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
         # 3. the same client against smallfit serve: only the base URL changes
         traffic = tmp_path / "traffic.jsonl"
         with serving(create_app(tmp_path / "run", ServeConfig(traffic_log=traffic))) as url:
-            client = openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0)
+            client = _client(base_url=url + "/v1", api_key="anything", max_retries=0)
             local = _ask(client, texts[0])
             content = local.parse().choices[0].message.content
             assert json.loads(content)["intent"] in INTENTS  # the form the upstream used

@@ -13,134 +13,187 @@ trained on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
-import httpx
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-
+from smallfit.capture.client import UpstreamClient, UpstreamError
 from smallfit.capture.config import CaptureConfig
 from smallfit.capture.store import CaptureStore, Exchange
 
 CHAT = "/v1/chat/completions"
 
 _HOP = {
-    "host",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-connection",
-    "accept-encoding",
-    "content-encoding",
+    b"host",
+    b"content-length",
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"proxy-authorization",
+    b"proxy-connection",
+    b"accept-encoding",
+    b"content-encoding",
 }
 """Headers that belong to one connection, not to the request: never forwarded either way
 (the body goes uncompressed, so content-encoding is dropped with accept-encoding)."""
 
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-def create_capture_app(config: CaptureConfig, store: CaptureStore) -> Starlette:
-    """The proxy as an ASGI app; its upstream client opens and closes with the app."""
-    state: dict[str, httpx.AsyncClient] = {}
+
+def create_capture_app(config: CaptureConfig, store: CaptureStore) -> Callable[..., Any]:
+    """The proxy as a plain ASGI app (no framework: it sits on the application's critical
+    path); its upstream connections open with the first request and close with the app."""
+    client = UpstreamClient(config.upstream, timeout_s=config.timeout_s)
     store.set_upstream(config.upstream)
+    health = json.dumps({"status": "ok", "upstream": config.upstream}).encode()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        timeout = httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0))
-        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
-            state["client"] = client
-            yield
-        store.flush()
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await client.aclose()
+                    store.flush()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path.startswith("/v1/"):
+            chat = path == CHAT and scope["method"] == "POST"
+            await _forward(scope, receive, send, client, store if chat else None)
+        elif path == "/healthz":
+            await _send(send, 200, health)
+        else:
+            await _send(send, 404, _error_body(f"no route {path}: the proxy serves /v1/..."))
 
-    async def chat(request: Request) -> Response:
-        return await _forward(request, state["client"], config.upstream, store)
+    return app
 
-    async def other(request: Request) -> Response:
-        return await _forward(request, state["client"], config.upstream, None)
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "upstream": config.upstream})
+async def _body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(
-        routes=[
-            Route(CHAT, chat, methods=["POST"]),
-            Route("/v1/{rest:path}", other, methods=methods),
-            Route("/healthz", healthz, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+
+async def _send(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    if headers is None:
+        headers = [(b"content-type", b"application/json")]
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _forward(
-    request: Request, client: httpx.AsyncClient, upstream: str, store: CaptureStore | None
-) -> Response:
-    """Send ``request`` on to the upstream as it came; record the exchange in ``store``."""
-    body = await request.body()
+    scope: Scope, receive: Receive, send: Send, client: UpstreamClient, store: CaptureStore | None
+) -> None:
+    """Send the request on to the upstream as it came; record the exchange in ``store``."""
+    body = await _body(receive)
+    streamed = b'"stream"' in body and _streamed(body)
+    query = scope.get("query_string") or b""
+    path = scope["path"][len("/v1") :] + (f"?{query.decode('latin-1')}" if query else "")
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+    headers.append((b"accept-encoding", b"identity"))
+    started, arrived = time.perf_counter(), time.time()
+    try:
+        reply = await client.request(scope["method"], path, headers, body)
+    except UpstreamError as exc:
+        status, message = (504 if exc.timeout else 502), str(exc)
+        if store is not None:
+            store.add(partial(_exchange, body, arrived, streamed, status, None, None, message))
+        code = "upstream_timeout" if exc.timeout else "upstream_unreachable"
+        await _send(send, status, _error_body(message, code=code))
+        return
+    back = [(k, v) for k, v in reply.headers if k.lower() not in _HOP]
+    if not streamed:
+        error: str | None = None
+        try:
+            content = await reply.read()
+        except UpstreamError as exc:
+            content, error = b"", str(exc)
+        if error is None and not reply.complete:
+            error = "the answer was cut off"
+        latency = (time.perf_counter() - started) * 1000
+        await _send(send, reply.status, content, back)
+        if store is not None:  # parsed and written by the store's thread, after the answer
+            store.add(
+                partial(_exchange, body, arrived, False, reply.status, content, latency, error)
+            )
+        return
+    await send({"type": "http.response.start", "status": reply.status, "headers": back})
+    chunks: list[bytes] = []
+    broke: str | None = None
+    try:
+        async for chunk in reply.iter_body():
+            chunks.append(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except UpstreamError as exc:
+        broke = f"the upstream's stream broke ({exc})"
+    finally:
+        await send({"type": "http.response.body", "body": b""})
+        latency = (time.perf_counter() - started) * 1000
+        if store is not None:
+            raw = b"".join(chunks)
+            store.add(partial(_exchange, body, arrived, True, reply.status, raw, latency, broke))
+
+
+def _streamed(body: bytes) -> bool:
     parsed = _json(body)
-    streamed = isinstance(parsed, dict) and parsed.get("stream") is True
-    url = upstream + request.url.path[len("/v1") :]
-    if request.url.query:
-        url += "?" + request.url.query
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
-    headers.append(("accept-encoding", "identity"))
-    outgoing = client.build_request(request.method, url, content=body, headers=headers)
-    started = time.perf_counter()
+    return isinstance(parsed, dict) and parsed.get("stream") is True
+
+
+def _exchange(
+    body: bytes,
+    arrived: float,
+    streamed: bool,
+    status: int,
+    content: bytes | None,
+    latency_ms: float | None,
+    error: str | None,
+) -> Exchange:
+    """The exchange to store (built off the request path, by the store's writer thread)."""
+    request = _json(body)
     exchange = Exchange(
         source="proxy",
-        path=request.url.path,
+        path=CHAT,
         complete=False,
-        request=parsed if isinstance(parsed, dict) else None,
+        request=request if isinstance(request, dict) else None,
         stream=streamed,
-        time=time.time(),
+        time=arrived,
+        status=status,
+        latency_ms=latency_ms,
+        error=error,
     )
-    try:
-        reply = await client.send(outgoing, stream=streamed)
-    except httpx.TimeoutException as exc:
-        return _failed(exchange, store, 504, f"the upstream did not answer in time ({exc!r})")
-    except httpx.HTTPError as exc:
-        return _failed(exchange, store, 502, f"the upstream cannot be reached ({exc!r})")
-    exchange.status = reply.status_code
-    back = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP}
-    if not streamed:
-        exchange.latency_ms = (time.perf_counter() - started) * 1000
-        record_answer(exchange, reply.status_code, _json(reply.content), done=True)
-        if store is not None:
-            store.add(exchange)  # only queued: the writer thread commits it
-        return Response(reply.content, status_code=reply.status_code, headers=back)
+    if content is None:  # never reached the upstream
+        exchange.text = last_user_text(exchange.request or {})
+        return exchange
+    if streamed:
+        answer, done = assemble_stream(content)
+        if exchange.error is None and not done:
+            exchange.error = "the stream ended before [DONE]"
+        record_answer(exchange, status, answer, done=done and error is None)
+    else:
+        record_answer(exchange, status, _json(content), done=error is None)
+    return exchange
 
-    async def relay() -> AsyncIterator[bytes]:
-        chunks: list[bytes] = []
-        error = None
-        try:
-            async for chunk in reply.aiter_raw():
-                chunks.append(chunk)
-                yield chunk
-        except httpx.HTTPError as exc:
-            error = f"the upstream's stream broke ({exc!r})"
-        except BaseException:
-            error = "the client went away mid-stream"
-            raise
-        finally:
-            await reply.aclose()
-            exchange.latency_ms = (time.perf_counter() - started) * 1000
-            answer, done = assemble_stream(b"".join(chunks))
-            exchange.error = error or (None if done else "the stream ended before [DONE]")
-            record_answer(exchange, reply.status_code, answer, done=done and error is None)
-            if store is not None:
-                store.add(exchange)
 
-    return StreamingResponse(relay(), status_code=reply.status_code, headers=back)
+def _error_body(message: str, *, code: str | None = None) -> bytes:
+    error = {"message": message, "type": "upstream_error", "param": None, "code": code}
+    return json.dumps({"error": error}).encode()
 
 
 def record_answer(exchange: Exchange, status: int, response: Any, *, done: bool) -> None:
@@ -162,17 +215,6 @@ def record_answer(exchange: Exchange, status: int, response: Any, *, done: bool)
         exchange.text = last_user_text(exchange.request)
     if not 200 <= status < 300 and exchange.error is None:
         exchange.error = f"upstream status {status}"
-
-
-def _failed(exchange: Exchange, store: CaptureStore | None, status: int, message: str) -> Response:
-    exchange.status, exchange.error = status, message
-    if exchange.request is not None:
-        exchange.text = last_user_text(exchange.request)
-    if store is not None:
-        store.add(exchange)
-    code = "upstream_timeout" if status == 504 else "upstream_unreachable"
-    error = {"message": message, "type": "upstream_error", "param": None, "code": code}
-    return JSONResponse({"error": error}, status_code=status)
 
 
 def assemble_stream(raw: bytes) -> tuple[dict[str, Any] | None, bool]:

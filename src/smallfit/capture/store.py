@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -122,12 +122,13 @@ class CaptureStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def add(self, exchange: Exchange) -> None:
-        """Queue ``exchange`` for the writer thread (started on first use)."""
+    def add(self, exchange: Exchange | Callable[[], Exchange]) -> None:
+        """Queue ``exchange`` for the writer thread (started on first use). A callable is
+        called there: parsing the bodies then costs the request nothing."""
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="capture", daemon=True)
             self._writer.start()
-        self._queue.put(exchange.row())
+        self._queue.put(exchange)
 
     def add_now(self, exchanges: list[Exchange]) -> int:
         """Write ``exchanges`` at once, in one transaction (imports); how many."""
@@ -144,11 +145,12 @@ class CaptureStore:
                 except queue.Empty:
                     break
             stop = any(r is _STOP for r in rows)
-            rows = [r for r in rows if r is not _STOP]
-            if rows:
+            items = [r for r in rows if r is not _STOP]
+            built = [(item() if callable(item) else item).row() for item in items]
+            if built:
                 with self._lock, self._db:
-                    self._db.executemany(_INSERT, rows)
-            for _ in range(len(rows) + stop):
+                    self._db.executemany(_INSERT, built)
+            for _ in range(len(items) + stop):
                 self._queue.task_done()
             if stop:
                 return
