@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,20 @@ def snips_linear(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) ->
         progress=False,
     )
     return out
+
+
+@pytest.fixture
+def openai_client() -> Iterator[Any]:
+    """Opens official ``openai`` clients (``openai_client(base_url=..., api_key=...)``) and
+    closes them after the test, pooled sockets and all."""
+    import openai
+
+    clients: list[openai.OpenAI] = []
+
+    def make(**options: Any) -> openai.OpenAI:
+        clients.append(openai.OpenAI(**options))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()

@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -26,23 +27,6 @@ ASK = {
     "temperature": 0,
     "seed": 0,
 }
-
-
-_CLIENTS: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    """Every official client a test opens is closed after it (its pooled sockets)."""
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
-def _client(**options: object) -> openai.OpenAI:
-    client = openai.OpenAI(**options)  # type: ignore[arg-type]
-    _CLIENTS.append(client)
-    return client
 
 
 def _messages(text: str) -> list[dict[str, str]]:
@@ -65,11 +49,11 @@ def captured(llama_url: str, tmp_path: Path) -> Iterator[tuple[str, CaptureStore
 
 @pytest.mark.server
 def test_capture_passes_answers_through_and_records_them(
-    llama_url: str, captured: tuple[str, CaptureStore]
+    llama_url: str, captured: tuple[str, CaptureStore], openai_client: Any
 ) -> None:
     url, store = captured
-    direct = _client(base_url=llama_url, api_key=API_KEY, max_retries=0)
-    proxied = _client(base_url=url, api_key=API_KEY, max_retries=0)
+    direct = openai_client(base_url=llama_url, api_key=API_KEY, max_retries=0)
+    proxied = openai_client(base_url=url, api_key=API_KEY, max_retries=0)
     text = "I am flying to Paris tomorrow."
     want = direct.chat.completions.create(messages=_messages(text), **ASK)  # type: ignore[call-overload]
     got = proxied.chat.completions.create(messages=_messages(text), **ASK)  # type: ignore[call-overload]
@@ -81,7 +65,7 @@ def test_capture_passes_answers_through_and_records_them(
     pieces = [c.choices[0].delta.content or "" for c in streamed if c.choices]
     assert "smollm2" in [m.id for m in proxied.models.list()]  # passed through, not recorded
     with pytest.raises(openai.AuthenticationError):  # the client's own key goes upstream
-        _client(base_url=url, api_key="sk-wrong", max_retries=0).chat.completions.create(
+        openai_client(base_url=url, api_key="sk-wrong", max_retries=0).chat.completions.create(
             messages=_messages("Oslo"), **ASK
         )
     store.flush()
@@ -110,12 +94,14 @@ def test_capture_passes_answers_through_and_records_them(
 
 
 @pytest.mark.server
-def test_an_upstream_that_is_down_is_a_502_and_no_answer(tmp_path: Path) -> None:
+def test_an_upstream_that_is_down_is_a_502_and_no_answer(
+    tmp_path: Path, openai_client: Any
+) -> None:
     store = CaptureStore(tmp_path / "capture.sqlite")
     down = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     app = create_capture_app(CaptureConfig(upstream=down, db=store.path), store)
     with serving(app) as url:
-        client = _client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+        client = openai_client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(messages=_messages("Lima"), **ASK)  # type: ignore[call-overload]
     assert info.value.status_code == 502
@@ -127,12 +113,14 @@ def test_an_upstream_that_is_down_is_a_502_and_no_answer(tmp_path: Path) -> None
 
 
 @pytest.mark.server
-def test_a_stream_cut_midway_is_stored_as_incomplete(llama_url: str, tmp_path: Path) -> None:
+def test_a_stream_cut_midway_is_stored_as_incomplete(
+    llama_url: str, tmp_path: Path, openai_client: Any
+) -> None:
     store = CaptureStore(tmp_path / "capture.sqlite")
     with FaultProxy(llama_url, rate=1.0, faults=("truncate",)) as cutter:
         app = create_capture_app(CaptureConfig(upstream=cutter.url, db=store.path), store)
         with serving(app) as url:
-            client = _client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+            client = openai_client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
             stream = client.chat.completions.create(  # type: ignore[call-overload]
                 messages=_messages("Fly me to Berlin, then Madrid."),
                 stream=True,

@@ -6,8 +6,8 @@ against ``smallfit serve`` with only its base URL changed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -48,23 +48,6 @@ FORMAT = {  # the form llama-cpp-python's server takes a JSON schema in
 }
 
 
-_CLIENTS: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    """Every official client a test opens is closed after it (its pooled sockets)."""
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
-def _client(**options: object) -> openai.OpenAI:
-    client = openai.OpenAI(**options)  # type: ignore[arg-type]
-    _CLIENTS.append(client)
-    return client
-
-
 def _ask(client: openai.OpenAI, text: str, **extra: object) -> object:
     return client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
         model="smollm2",
@@ -81,7 +64,7 @@ def _ask(client: openai.OpenAI, text: str, **extra: object) -> object:
 
 
 def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
-    llama_url: str, snips_slice: Path, llm_env: str, tmp_path: Path
+    llama_url: str, snips_slice: Path, llm_env: str, tmp_path: Path, openai_client: Any
 ) -> None:
     lines = (snips_slice / "test.jsonl").read_text("utf-8").splitlines()
     texts = [json.loads(line)["text"] for line in lines]
@@ -90,7 +73,7 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
         store = CaptureStore(tmp_path / "capture.sqlite")
         app = create_capture_app(CaptureConfig(upstream=upstream.url, db=store.path), store)
         with serving(app) as url:
-            client = _client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+            client = openai_client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
             answers = [_ask(client, t).parse().choices[0].message.content for t in texts]
         store.close()
         assert len(upstream.log) == len(texts)
@@ -121,7 +104,7 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
         # 3. the same client against smallfit serve: only the base URL changes
         traffic = tmp_path / "traffic.jsonl"
         with serving(create_app(tmp_path / "run", ServeConfig(traffic_log=traffic))) as url:
-            client = _client(base_url=url + "/v1", api_key="anything", max_retries=0)
+            client = openai_client(base_url=url + "/v1", api_key="anything", max_retries=0)
             local = _ask(client, texts[0])
             content = local.parse().choices[0].message.content
             assert json.loads(content)["intent"] in INTENTS  # the form the upstream used
