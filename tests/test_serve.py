@@ -276,7 +276,15 @@ def test_a_stalled_remote_tier_falls_back_to_the_best_local_answer(
         strict = create_app(cascade_dir, ServeConfig(fallback="error"))
         with serving(strict) as url, httpx.Client(base_url=url, timeout=60) as c:
             refused = _post(c, texts[:1])
+            chat = {"model": "m", "messages": [{"role": "user", "content": texts[0]}]}
+            chat_refused = c.post("/v1/chat/completions", json=chat)
+            tei_refused = c.post("/predict", json={"inputs": texts[0]})
         assert refused.status_code == 503 and "timed out" in refused.text
+        # the drop-in routes refuse in their own clients' shapes
+        assert chat_refused.status_code == 503
+        assert chat_refused.json()["error"]["type"] == "server_error"
+        assert "timed out" in chat_refused.json()["error"]["message"]
+        assert tei_refused.status_code == 503 and tei_refused.json()["error_type"] == "Backend"
 
 
 def test_the_serve_command_serves_a_model(models, tmp_path: Path) -> None:
