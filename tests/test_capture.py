@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from conftest import API_KEY
@@ -126,15 +127,19 @@ def test_a_stream_cut_midway_is_stored_as_incomplete(
                 stream=True,
                 **{**ASK, "max_tokens": 24},
             )
-            # the client may end quietly or fail on the half-sent last event: either way, the
-            # proxy's record is what this test checks
-            with contextlib.suppress(ValueError, openai.APIError):
+            # the client sees the cut too (no clean end is made up); its record is what counts
+            with contextlib.suppress(ValueError, openai.APIError, httpx.HTTPError):
                 for _ in stream:
                     pass
+            # a plain answer whose JSON was cut (in a whole HTTP reply) goes on as it came,
+            # and is recorded without an answer
+            with pytest.raises(ValueError):
+                client.chat.completions.create(messages=_messages("Oslo, then Rome."), **ASK)  # type: ignore[call-overload]
     store.close()
-    (row,) = CaptureStore(store.path).exchanges()
+    row, plain = CaptureStore(store.path).exchanges()
     assert row.stream and not row.complete and row.status == 200
-    assert row.error == "the stream ended before [DONE]"
+    assert row.error in ("the stream ended before [DONE]", "the upstream's stream was cut off")
+    assert not plain.complete and plain.answer is None and plain.response is None
     assert list(CaptureStore(store.path).exchanges(complete_only=True)) == []
 
 
@@ -273,3 +278,67 @@ def test_the_upstream_client_reopens_a_connection_the_upstream_closed() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_bad_capture_options_and_batch_files_are_refused(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="holds credentials"):
+        CaptureConfig(upstream="https://user:sk-secret@api.example.com/v1")
+    request = {"messages": _messages("Trains to Vienna")}
+    lines = [
+        {"custom_id": "r1", "body": request},
+        {"custom_id": "r2", "body": request},
+        {"custom_id": "r2", "response": None, "error": {"code": "server_error"}},
+    ]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    with CaptureStore(tmp_path / "c.sqlite") as store:
+        assert import_logs([batch], "openai", store) == 2
+        first, failed = store.exchanges()
+        assert first.text == "Trains to Vienna" and first.status is None  # for the teacher
+        assert not failed.complete and "the batch request failed" in (failed.error or "")
+        again = tmp_path / "again.jsonl"  # a second batch reusing the ids
+        again.write_text(json.dumps(lines[0]) + "\n", encoding="utf-8")
+        with pytest.raises(DataError, match=r"again.jsonl:1 field 'custom_id': custom_id 'r1'"):
+            import_logs([batch, again], "openai", store)
+
+
+def test_an_answer_cut_mid_body_is_a_502_and_no_answer(tmp_path: Path, openai_client: Any) -> None:
+    """The upstream promises 100 bytes and hangs up after 10: the client gets a 502, never
+    half an answer, and the exchange is stored without one."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class HangsUp(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "100")
+            self.end_headers()
+            self.wfile.write(b'{"choices"')
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), HangsUp)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    store = CaptureStore(tmp_path / "capture.sqlite")
+    base = f"http://127.0.0.1:{upstream.server_port}/v1"
+    try:
+        with serving(create_capture_app(CaptureConfig(upstream=base, db=store.path), store)) as url:
+            client = openai_client(base_url=url + "/v1", api_key=API_KEY, max_retries=0)
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(messages=_messages("Lima"), **ASK)  # type: ignore[call-overload]
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    assert info.value.status_code == 502 and "cut off" in info.value.message
+    store.close()
+    (row,) = CaptureStore(store.path).exchanges()
+    assert not row.complete and row.answer is None and row.status == 200
+    assert row.error == "the upstream's answer was cut off"

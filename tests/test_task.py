@@ -159,3 +159,18 @@ def test_the_task_command_writes_the_demos_stages(tmp_path: Path) -> None:
     assert config.compress is not None and config.teacher.source == "llm"
     missing = CliRunner().invoke(main, ["task", str(tmp_path / "nope.sqlite")])
     assert missing.exit_code == 2 and "no such capture file" in missing.output
+
+
+def test_tag_and_sentence_boundaries_end_a_template() -> None:
+    tagged = [
+        {"messages": [{"role": "user", "content": f"<review>{t}</review>"}]}
+        for t in ("Good value.", "Great screen", "Grim support")
+    ]
+    (t,), _ = find_templates(tagged)
+    assert (t.prefix, t.suffix) == ("<review>", "</review>")
+    told = [
+        {"messages": [{"role": "user", "content": f"Classify this review. {t}"}]}
+        for t in ("Good value", "Great screen", "Grim support")
+    ]
+    (t,), _ = find_templates(told)
+    assert t.prefix == "Classify this review. " and t.cut(told[1]) == "Great screen"

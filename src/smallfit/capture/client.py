@@ -122,8 +122,9 @@ class UpstreamClient:
         head.append(b"content-length: " + str(len(body)).encode())
         data = b"\r\n".join(head) + b"\r\n\r\n" + body
         for attempt in (0, 1):
-            pooled = bool(self._idle)
-            conn = self._idle.pop() if pooled else await self._open()
+            conn = self._pooled() if attempt == 0 else None
+            pooled = conn is not None
+            conn = conn or await self._open()
             parsed = _Parsed()
             parser = httptools.HttpResponseParser(parsed)
             try:
@@ -131,14 +132,29 @@ class UpstreamClient:
                 while not parsed.headers_done:
                     if not await self._feed(conn, parser, parsed):
                         raise ConnectionResetError("the connection closed before an answer")
-                parsed.status = parser.get_status_code()
-                return Reply(self, conn, parsed, parser)
-            except (ConnectionError, httptools.HttpParserError, OSError) as exc:
+            except (ConnectionError, OSError, UpstreamError) as exc:
                 conn.writer.close()
-                if attempt == 0 and pooled:
+                timeout = isinstance(exc, UpstreamError) and exc.timeout
+                if pooled and not parsed.headers and not timeout:
                     continue  # the upstream closed an idle connection: once more, afresh
+                if isinstance(exc, UpstreamError):
+                    raise
                 raise UpstreamError(f"the upstream broke off ({exc!r})") from exc
+            parsed.status = parser.get_status_code()
+            if parsed.status < 200:  # an interim answer (no Expect is forwarded): not ours
+                conn.writer.close()
+                raise UpstreamError(f"the upstream sent an interim {parsed.status} answer")
+            return Reply(self, conn, parsed, parser)
         raise AssertionError("unreachable")
+
+    def _pooled(self) -> _Conn | None:
+        """An idle connection the upstream has not closed, if any."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.reader.at_eof() and not conn.writer.is_closing():
+                return conn
+            conn.writer.close()
+        return None
 
     async def _open(self) -> _Conn:
         try:
@@ -153,17 +169,22 @@ class UpstreamClient:
         return _Conn(reader, writer)
 
     async def _feed(self, conn: _Conn, parser: object, parsed: _Parsed) -> bool:
-        """Read what arrived and parse it; False when the connection closed."""
+        """Read what arrived and parse it; False when the connection closed. A timeout, a
+        broken connection or a malformed answer is an :class:`UpstreamError`."""
         try:
             data = await asyncio.wait_for(conn.reader.read(65536), timeout=self.timeout_s)
+            if data:
+                parser.feed_data(data)  # type: ignore[attr-defined]
         except TimeoutError as exc:
             conn.writer.close()
             raise UpstreamError("the upstream did not answer in time", timeout=True) from exc
+        except (OSError, httptools.HttpParserError) as exc:
+            conn.writer.close()
+            raise UpstreamError(f"the upstream broke off ({exc!r})") from exc
         if not data:
             if not parsed.done and parsed.headers_done:
                 parsed.chunks.put_nowait(None)  # cut off: the body ends here, incomplete
             return False
-        parser.feed_data(data)  # type: ignore[attr-defined]
         return True
 
     def _release(self, conn: _Conn, *, keep: bool) -> None:

@@ -30,4 +30,9 @@ class CaptureConfig(Strict):
     def _check_upstream(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"upstream must be an http:// or https:// URL, got {value!r}")
+        if "@" in value.split("/")[2]:
+            raise ValueError(
+                "upstream holds credentials (user:key@host): the key goes in the client's "
+                "Authorization header, which capture forwards and never stores"
+            )
         return value.rstrip("/")

@@ -100,6 +100,7 @@ def _plain(file: Path, *, with_answer: bool) -> Iterator[Exchange]:
 def _openai(files: list[Path]) -> list[Exchange]:
     out: list[Exchange] = []
     batch: dict[str, Exchange] = {}  # custom_id -> its exchange, filled from both files
+    seen: set[tuple[str, str]] = set()  # (custom_id, "input" | "output"): each once
     for file in files:
         source = f"import:{file.name}"
         for line, record in _rows(file):
@@ -111,9 +112,22 @@ def _openai(files: list[Path]) -> list[Exchange]:
                     batch[custom] = Exchange(source=source, path=CHAT, complete=False)
                     out.append(batch[custom])
                 entry = batch[custom]
-                if "body" in record:
+                side = "input" if "body" in record else "output"
+                if (custom, side) in seen:
+                    raise DataError(
+                        f"custom_id {custom!r} has a second {side} line: import one batch's "
+                        "input and output files at a time",
+                        file=file,
+                        line=line,
+                        field="custom_id",
+                    )
+                seen.add((custom, side))
+                if side == "input":
                     entry.request = _object(record["body"], "body", file, line)
                     entry.text = last_user_text(entry.request)
+                elif record.get("response") is None:  # a failed request: kept, never trained on
+                    entry.status = 0
+                    entry.error = f"the batch request failed: {record.get('error')}"[:500]
                 else:
                     reply = _object(record.get("response"), "response", file, line)
                     status = reply.get("status_code")

@@ -13,6 +13,7 @@ trained on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ _HOP = {
     b"proxy-connection",
     b"accept-encoding",
     b"content-encoding",
+    b"expect",
 }
 """Headers that belong to one connection, not to the request: never forwarded either way
 (the body goes uncompressed, so content-encoding is dropped with accept-encoding)."""
@@ -104,8 +106,13 @@ async def _forward(
     """Send the request on to the upstream as it came; record the exchange in ``store``."""
     body = await _body(receive)
     streamed = b'"stream"' in body and _streamed(body)
+    raw = scope.get("raw_path") or scope["path"].encode()  # as sent: still percent-encoded
     query = scope.get("query_string") or b""
-    path = scope["path"][len("/v1") :] + (f"?{query.decode('latin-1')}" if query else "")
+    target = raw[len(b"/v1") :] + (b"?" + query if query else b"")
+    if any(c in target for c in b"\r\n \t"):
+        await _send(send, 400, _error_body("the request target holds a space or line break"))
+        return
+    path = target.decode("latin-1")
     headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
     headers.append((b"accept-encoding", b"identity"))
     started, arrived = time.perf_counter(), time.time()
@@ -126,9 +133,12 @@ async def _forward(
         except UpstreamError as exc:
             content, error = b"", str(exc)
         if error is None and not reply.complete:
-            error = "the answer was cut off"
+            error = "the upstream's answer was cut off"
         latency = (time.perf_counter() - started) * 1000
-        await _send(send, reply.status, content, back)
+        if error is None:
+            await _send(send, reply.status, content, back)
+        else:  # half an answer is no answer: the client gets a 502, as for no answer at all
+            await _send(send, 502, _error_body(error, code="upstream_cut_off"))
         if store is not None:  # parsed and written by the store's thread, after the answer
             store.add(
                 partial(_exchange, body, arrived, False, reply.status, content, latency, error)
@@ -137,18 +147,34 @@ async def _forward(
     await send({"type": "http.response.start", "status": reply.status, "headers": back})
     chunks: list[bytes] = []
     broke: str | None = None
+    gone = asyncio.Event()
+
+    async def watch() -> None:  # the client hanging up ends the relay (and the upstream's work)
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
         async for chunk in reply.iter_body():
+            if gone.is_set():
+                broke = "the client went away mid-stream"
+                break
             chunks.append(chunk)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if broke is None and not reply.complete:
+            broke = "the upstream's stream was cut off"
     except UpstreamError as exc:
         broke = f"the upstream's stream broke ({exc})"
     finally:
-        await send({"type": "http.response.body", "body": b""})
+        watcher.cancel()
+        await reply.aclose()
         latency = (time.perf_counter() - started) * 1000
         if store is not None:
-            raw = b"".join(chunks)
-            store.add(partial(_exchange, body, arrived, True, reply.status, raw, latency, broke))
+            whole = b"".join(chunks)
+            store.add(partial(_exchange, body, arrived, True, reply.status, whole, latency, broke))
+    if broke is None:  # a cut stream stays cut for the client too: no clean end is made up
+        await send({"type": "http.response.body", "body": b""})
 
 
 def _streamed(body: bytes) -> bool:
@@ -239,7 +265,10 @@ def assemble_stream(raw: bytes) -> tuple[dict[str, Any] | None, bool]:
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict):
                 continue
-            part = parts.setdefault(int(choice.get("index", 0)), {"content": "", "finish": None})
+            index = choice.get("index")
+            part = parts.setdefault(
+                index if isinstance(index, int) else 0, {"content": "", "finish": None}
+            )
             delta = choice.get("delta") or {}
             if isinstance(delta.get("content"), str):
                 part["content"] += delta["content"]

@@ -9,6 +9,7 @@ through :meth:`CaptureStore.exchanges`.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from smallfit.errors import SmallfitError
+
+_log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -72,6 +75,9 @@ class Exchange:
         d["request"] = None if self.request is None else json.dumps(self.request)
         d["response"] = None if self.response is None else json.dumps(self.response)
         d["time"] = self.time or time.time()
+        for key in ("text", "answer", "error", "source", "path"):  # a lone surrogate cannot be
+            if isinstance(d[key], str):  # stored as UTF-8: it becomes "?" there
+                d[key] = d[key].encode("utf-8", "replace").decode("utf-8")
         return tuple(d[c] for c in _COLUMNS)
 
 
@@ -146,14 +152,33 @@ class CaptureStore:
                     break
             stop = any(r is _STOP for r in rows)
             items = [r for r in rows if r is not _STOP]
-            built = [(item() if callable(item) else item).row() for item in items]
-            if built:
-                with self._lock, self._db:
-                    self._db.executemany(_INSERT, built)
-            for _ in range(len(items) + stop):
-                self._queue.task_done()
+            try:
+                self._write(items)
+            finally:
+                for _ in range(len(items) + stop):
+                    self._queue.task_done()
             if stop:
                 return
+
+    def _write(self, items: list[Any]) -> None:
+        """Build and insert ``items``; one that cannot be stored is logged and skipped, and
+        never stops the writer (the proxy goes on answering either way)."""
+        built = []
+        for item in items:
+            try:
+                built.append((item() if callable(item) else item).row())
+            except Exception:
+                _log.exception("an exchange could not be recorded; it is skipped")
+        try:
+            with self._lock, self._db:
+                self._db.executemany(_INSERT, built)
+        except sqlite3.Error:
+            for row in built:  # one by one: only the offending row is lost
+                try:
+                    with self._lock, self._db:
+                        self._db.execute(_INSERT, row)
+                except sqlite3.Error:
+                    _log.exception("an exchange could not be recorded; it is skipped")
 
     def flush(self) -> None:
         """Wait until every queued exchange is committed."""

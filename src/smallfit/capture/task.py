@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from smallfit.capture.dedup import clusters
+from smallfit.capture.dedup import clusters, normalise
 from smallfit.capture.store import CaptureStore, Exchange
 from smallfit.errors import SmallfitError
 from smallfit.llm.template import Template, find_templates
@@ -203,8 +203,6 @@ def _merge(
         by_root.setdefault(root, []).append(i)
     texts = [t for _, t in members]
     exact = {i for i in range(len(texts)) if cluster[i] != i}
-    from smallfit.data.dataset import normalise_text as normalise
-
     counts["exact_duplicates"] = sum(
         1 for i in exact if normalise(texts[i]) == normalise(texts[cluster[i]])
     )

@@ -10,8 +10,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-_BOUNDARY_END = ("\n", ": ", ':"', ": '", "\t", '"', "'", "`", "«", "“", "(", "[", "<")
-_BOUNDARY_START = ("\n", '"', "'", "`", "»", "”", ")", "]", ">", "\t")
+_BOUNDARY_END = (
+    "\n",
+    ": ",
+    ':"',
+    ": '",
+    ". ",
+    "? ",
+    "! ",
+    "\t",
+    '"',
+    "'",
+    "`",
+    "«",
+    "“",
+    "(",
+    "[",
+    ">",
+)
+_BOUNDARY_START = ("\n", '"', "'", "`", "»", "”", ")", "]", "<", "\t")
 
 
 @dataclass

@@ -100,7 +100,7 @@ async def forward(
 
     async def relay() -> AsyncIterator[bytes]:
         try:
-            async for chunk in reply.aiter_raw():
+            async for chunk in reply.aiter_bytes():  # decoded: content-encoding is not passed
                 yield chunk
         finally:
             await reply.aclose()
