@@ -136,8 +136,18 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
             assert other.headers["x-smallfit-tier"] == "upstream"
             assert upstream.log[-1].text == "Say hello."
             assert other.parse().choices[0].message.content  # llama.cpp's own answer
+            # one the drop-in route cannot take (two answers) goes there too, not a 400
+            two = client.chat.completions.with_raw_response.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": "Say hi."}],
+                max_tokens=3,
+                n=2,
+            )
+            assert two.headers["x-smallfit-tier"] == "upstream"
+            assert upstream.log[-1].text == "Say hi."
             metrics = httpx.get(url + "/metrics").text
             assert 'smallfit_passthrough_total{reason="template"} 1.0' in metrics
+            assert 'smallfit_passthrough_total{reason="schema"} 1.0' in metrics
             assert "smallfit_escalation_rate_window" in metrics
 
     # 4. what served traffic did, in the report: 3 answered here (the passed-through one is not)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,7 +29,7 @@ from smallfit.serve.engine import Engine, RequestFailed
 from smallfit.serve.metrics import Metrics
 from smallfit.serve.tei import PREDICT_PATH, add_tei_routes
 from smallfit.serve.text import served_text
-from smallfit.serve.upstream import UpstreamClient
+from smallfit.serve.upstream import UpstreamClient, pass_through
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
@@ -230,8 +230,11 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path == CHAT_PATH:  # OpenAI's clients expect its 400 and error shape
+            passed = await pass_through(engine, upstream_http, request)
+            if passed is not None:  # not one the model answers: the upstream does, as before
+                return passed
             metrics.requests.labels(status="400").inc()
             return validation_error(list(exc.errors()))
         if request.url.path in ("/v1/classify", PREDICT_PATH):

@@ -77,6 +77,24 @@ def _template(model: str, prompt: Any) -> Template | None:
     )
 
 
+async def pass_through(engine: Any, http: UpstreamClient, request: Any) -> Response | None:
+    """A chat request the drop-in route cannot take (tools, images, ``n > 1`` ...), sent to the
+    upstream when the live cascade has one and a task template; None otherwise (the route then
+    refuses it with 400). Counted in ``/metrics`` as ``reason="schema"``."""
+    live = engine.live
+    upstream = upstream_of(live.cascade) if live is not None else None
+    if upstream is None or upstream.template is None:
+        return None
+    try:
+        body = await request.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    engine.metrics.passthrough.labels(reason="schema").inc()
+    return await forward(http.get(), upstream, body, stream=body.get("stream") is True)
+
+
 async def forward(
     client: httpx.AsyncClient, upstream: Upstream, body: dict[str, Any], *, stream: bool
 ) -> Response:
