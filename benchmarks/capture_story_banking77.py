@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import openai
@@ -53,7 +54,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env)
 
 
-def _ask(client: openai.OpenAI, text: str) -> tuple[str, float, str]:
+def _ask(client: openai.OpenAI, text: str) -> tuple[str, float, Any]:
     started = time.perf_counter()
     raw = client.chat.completions.with_raw_response.create(
         model="bank-intents",
@@ -61,7 +62,12 @@ def _ask(client: openai.OpenAI, text: str) -> tuple[str, float, str]:
     )
     reply = raw.parse()
     elapsed = (time.perf_counter() - started) * 1000
-    return reply.choices[0].message.content or "", elapsed, raw.headers.get("x-smallfit-tier", "")
+    return reply.choices[0].message.content or "", elapsed, raw.headers
+
+
+def fallback_of(headers: Any) -> bool:
+    """Whether smallfit answered locally only because the upstream failed (counted apart)."""
+    return bool(headers.get("x-smallfit-fallback") == "true")
 
 
 def main() -> int:
@@ -127,6 +133,7 @@ def main() -> int:
         )
         wait_ok(f"http://127.0.0.1:{serve_port}/readyz")
         ours_ms, theirs_ms, agree, right_ours, right_theirs, local = [], [], [], [], [], []
+        fallbacks = 0
         with (
             openai.OpenAI(base_url=f"http://127.0.0.1:{serve_port}/v1", api_key="k") as ours,
             openai.OpenAI(base_url=f"{upstream}/v1", api_key="k") as theirs,
@@ -134,14 +141,16 @@ def main() -> int:
             for i, (text, gold) in enumerate(zip(test.texts, test.labels, strict=True)):
                 pair = (ours, theirs) if i % 2 == 0 else (theirs, ours)
                 got = {id(c): _ask(c, text) for c in pair}
-                mine, ms_ours, tier = got[id(ours)]
+                mine, ms_ours, headers = got[id(ours)]
+                tier = headers.get("x-smallfit-tier", "")
+                fallbacks += headers.get("x-smallfit-fallback") == "true"
                 upstream_label, ms_theirs, _ = got[id(theirs)]
                 ours_ms.append(ms_ours)
                 theirs_ms.append(ms_theirs)
                 agree.append(mine == upstream_label)
                 right_ours.append(mine == gold)
                 right_theirs.append(upstream_label == gold)
-                local.append(tier not in ("teacher", "upstream"))
+                local.append(tier not in ("teacher", "upstream") and not fallback_of(headers))
     finally:
         for server in reversed(servers):
             server.terminate()
@@ -172,6 +181,7 @@ def main() -> int:
         "accuracy_vs_gold": float(np.mean(right_ours)),
         "upstream_accuracy_vs_gold": float(np.mean(right_theirs)),
         "answered_locally": share,
+        "fallbacks": fallbacks,
         "smallfit_latency_ms": latency_percentiles(np.asarray(ours_ms)),
         "upstream_latency_ms": latency_percentiles(np.asarray(theirs_ms)),
         "cost_per_1m_before_usd": before,

@@ -404,3 +404,14 @@ def test_samples_and_argmax_probabilities(
             assert np.allclose(a.probs * 3, np.round(a.probs * 3), atol=1e-5)  # votes of 3
         else:
             assert a.probs.max() == 1.0
+
+
+def test_a_model_that_answered_before_need_not_be_listed(llama_url: str, llm_env: str) -> None:
+    """A captured task's model name worked in the application's own traffic: a server (or a
+    proxy) that does not list it by that name is no reason to refuse it."""
+    from smallfit.llm.client import Endpoint, FatalAPIError, preflight
+
+    alias = Endpoint(base_url=llama_url, model="the-apps-alias")
+    with pytest.raises(FatalAPIError, match="does not serve model 'the-apps-alias'"):
+        preflight(alias)
+    assert "smollm2" in preflight(alias, answered_before=True)

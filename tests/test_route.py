@@ -257,7 +257,15 @@ def test_when_the_teacher_wins_the_cascade_is_the_way_off_it(
 
 def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
     from smallfit.route.stage import best_local, recommend
-    from smallfit.run.records import CandidateResult, CascadeSummary, Point, Quality, Speed
+    from smallfit.run.records import (
+        CandidateResult,
+        CascadeSummary,
+        Intervals,
+        Latency,
+        Point,
+        Quality,
+        Speed,
+    )
 
     def summary(escalation: float, met: bool = True) -> CascadeSummary:
         # the fields recommend reads (model_construct: the rest of a summary is not needed)
@@ -276,13 +284,23 @@ def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
     assert "misses its target" in recommend("teacher", missed, min_local=0.25)["reason"]
     assert recommend("linear", cascade, min_local=0.25)["name"] == "linear"
 
-    def candidate(name: str, accuracy: float, size: int, remote: bool = False) -> CandidateResult:
+    def candidate(
+        name: str,
+        accuracy: float,
+        size: int,
+        remote: bool = False,
+        ci: list[float] | None = None,
+        p50: float = 1.0,
+    ) -> CandidateResult:
         # the fields best_local reads (model_construct: the rest of a result is not needed)
+        intervals = Intervals.model_construct(accuracy=ci) if ci else None
         return CandidateResult.model_construct(
             name=name,
             bytes_on_disk=size,
-            quality=Quality.model_construct(accuracy=accuracy),
-            speed=Speed.model_construct(remote=remote),
+            quality=Quality.model_construct(accuracy=accuracy, ci95=intervals),
+            speed=Speed.model_construct(
+                remote=remote, threads={"1": Latency.model_construct(p50_ms=p50)}
+            ),
         )
 
     candidates = [
@@ -291,4 +309,12 @@ def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
         candidate("b", 0.90, 3),
         candidate("api", 0.99, 1, remote=True),
     ]
-    assert best_local(candidates, "accuracy") == "b"
+    assert best_local(candidates, "accuracy") == "b"  # no interval: the best, then smaller
+    # with intervals: the fastest the test set cannot tell from the best
+    measured = [
+        candidate("teacher", 0.95, 9),
+        candidate("fp32", 0.948, 90, ci=[0.938, 0.958], p50=13.8),
+        candidate("int8", 0.945, 24, ci=[0.936, 0.955], p50=3.1),
+        candidate("l3", 0.92, 18, ci=[0.909, 0.932], p50=1.5),
+    ]
+    assert best_local(measured, "accuracy") == "int8"

@@ -111,9 +111,13 @@ def make_client(endpoint: Endpoint) -> Any:
     )
 
 
-def preflight(endpoint: Endpoint, client: Any | None = None) -> list[str]:
+def preflight(
+    endpoint: Endpoint, client: Any | None = None, *, answered_before: bool = False
+) -> list[str]:
     """Check, with a free ``GET /models``, that the server is there, takes the key and serves
-    the model; returns the models it lists. Every failure is a clear :class:`FatalAPIError`."""
+    the model; returns the models it lists. Every failure is a clear :class:`FatalAPIError`.
+    ``answered_before``: the model has answered before (an answer cache, or captured traffic,
+    holds its answers), so a list that does not name it (an alias, a proxy) is no error."""
     import openai
 
     client = client or make_client(endpoint)
@@ -142,7 +146,7 @@ def preflight(endpoint: Endpoint, client: Any | None = None) -> list[str]:
         raise FatalAPIError(f"{where} answered {exc.status_code} to GET /models") from exc
     except (json.JSONDecodeError, ValueError, openai.APIResponseValidationError) as exc:
         raise FatalAPIError(f"{where} is not an OpenAI-compatible API ({exc})") from exc
-    if endpoint.model not in served:
+    if endpoint.model not in served and not answered_before:
         shown = ", ".join(served[:20]) + (" ..." if len(served) > 20 else "")
         raise FatalAPIError(
             f"{where} does not serve model {endpoint.model!r}; it serves: {shown or 'nothing'}"

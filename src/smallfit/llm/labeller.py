@@ -184,7 +184,8 @@ class Labeller:
     def check(self) -> None:
         """The free start-up checks (server, key, model); once per labeller."""
         if not self._checked:
-            preflight(self.endpoint, self.client)
+            known = self.store.has_answers(self.endpoint.model)
+            preflight(self.endpoint, self.client, answered_before=known)
             self._checked = True
 
     def key(self, text: str) -> str:

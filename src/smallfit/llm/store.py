@@ -319,6 +319,15 @@ class Store:
         out["usage_unknown_requests"] = int(unknown)
         return out
 
+    def has_answers(self, model: str) -> bool:
+        """Whether any answer from ``model`` is stored (it exists, by that name)."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT 1 FROM answers WHERE model=? AND status != 'unparseable' LIMIT 1",
+                (model,),
+            ).fetchone()
+        return row is not None
+
     def latencies_ms(self, model: str) -> list[float]:
         """Latency of every successful attempt to ``model``, in ledger order."""
         with self.lock:

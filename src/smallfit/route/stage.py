@@ -58,8 +58,9 @@ def tier_names(
     metric: str = "accuracy",
 ) -> list[str]:
     """The tiers to use: the configured ones, else the selected candidate then the teacher.
-    When the teacher itself was selected (or nothing was), the best local candidate on
-    ``metric`` goes first: the cascade is then the way off the teacher."""
+    When the teacher itself was selected (or nothing was), the fastest local candidate as good
+    as the best on ``metric`` (:func:`best_local`) goes first: the cascade is then the way off
+    the teacher."""
     if config.tiers:
         return list(config.tiers)
     if not any(c.name == TEACHER for c in candidates):
@@ -102,16 +103,27 @@ def recommend(
 
 
 def best_local(candidates: list[CandidateResult], metric: str) -> str | None:
-    """The local (not behind an API) non-teacher candidate with the highest ``metric``; the
-    smaller on disk among equals."""
+    """The local (not behind an API) non-teacher candidate to put before the teacher: the
+    fastest (batch-1 p50, 1 thread) of those whose ``metric`` the test set cannot tell from
+    the best one's (at or above the lower end of its 95% interval); without an interval, the
+    best, the smaller on disk among equals. The cascade escalates what the first tier is unsure
+    of, so a faster first tier the test set cannot tell apart is the better one."""
     local = [
-        (quality, -c.bytes_on_disk, c.name)
+        (quality, -c.bytes_on_disk, c)
         for c in candidates
         if c.name not in (TEACHER, CASCADE)
         and not c.speed.remote
         and (quality := c.quality.value(metric)) is not None
     ]
-    return max(local, key=lambda q: q[:2])[2] if local else None
+    if not local:
+        return None
+    best = max(local, key=lambda q: q[:2])[2]
+    interval = best.quality.interval(metric)
+    if interval is None:
+        return best.name
+    close = [c for quality, _, c in local if quality >= interval[0] - 1e-12]
+    timed = [c for c in close if c.speed.p50_ms() is not None]
+    return min(timed, key=lambda c: c.speed.p50_ms() or 0.0).name if timed else best.name
 
 
 def _tier_dir(run_dir: Path, name: str) -> Path:

@@ -274,7 +274,10 @@ async def _stream(model: str, content: str) -> AsyncIterator[bytes]:
 
 
 def _headers(answer: Answer) -> dict[str, str]:
-    return {"x-smallfit-tier": answer.tier, "x-smallfit-confidence": f"{answer.confidence:.6f}"}
+    headers = {"x-smallfit-tier": answer.tier, "x-smallfit-confidence": f"{answer.confidence:.6f}"}
+    if answer.fallback:  # a later tier failed or timed out: the best local answer stands
+        headers["x-smallfit-fallback"] = "true"
+    return headers
 
 
 _SSE_EVENT = {
