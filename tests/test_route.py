@@ -282,6 +282,13 @@ def test_the_cascade_is_not_recommended_without_a_real_local_share() -> None:
     assert recommend("teacher", summary(0.5), min_local=0.25)["name"] == "cascade"
     missed = summary(0.1, met=False)
     assert "misses its target" in recommend("teacher", missed, min_local=0.25)["reason"]
+    # a cascade that misses its own (stricter) target but clears the selection's floor
+    over = recommend("teacher", missed, min_local=0.25, over_floor=True)
+    assert over["name"] == "cascade" and "is over the quality floor" in over["reason"]
+    assert (
+        recommend("teacher", summary(0.9, met=False), min_local=0.25, over_floor=True)["name"]
+        == "teacher"
+    )  # over the floor, but too little kept local
     assert recommend("linear", cascade, min_local=0.25)["name"] == "linear"
 
     def candidate(

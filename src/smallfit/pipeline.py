@@ -369,8 +369,7 @@ class _Run:
         *,
         metric: str,
     ) -> Routed | None:
-        """Calibrate (or reuse) the cascade: its result and summary, or None when there is
-        none."""
+        """Calibrate (or reuse) the cascade: its result and summary; None without one."""
         from smallfit.route.stage import Routed, build_cascade, tier_names
 
         config = self.config.route
@@ -418,7 +417,7 @@ def fit(
 ) -> FitResult:
     """Run the whole chain into ``config.run_dir``; returns what was measured and chosen."""
     from smallfit.evaluate.host import environment
-    from smallfit.route.stage import recommend
+    from smallfit.route.stage import clears, recommend
     from smallfit.select import format_table, select, selection_json
     from smallfit.teach import fit_dataset
 
@@ -465,6 +464,7 @@ def fit(
         selection.chosen,
         None if cascade is None else cascade.summary,
         min_local=config.route.recommend_min_local if config.route else 1.0,
+        over_floor=cascade is not None and clears(cascade.result, selection),
     )
     line = selection_json(candidates, selection, recommended=recommended)
     fields: dict[str, Any] = {

@@ -74,12 +74,17 @@ def tier_names(
 
 
 def recommend(
-    chosen: str | None, cascade: CascadeSummary | None, *, min_local: float
+    chosen: str | None,
+    cascade: CascadeSummary | None,
+    *,
+    min_local: float,
+    over_floor: bool = False,
 ) -> dict[str, Any]:
     """What to deploy: the selected candidate when it is a local model; when the teacher was
     selected (no local candidate reached the floor) or nothing was, the cascade, if it met its
-    target (on test, else on dev) with at least ``min_local`` of the test queries kept off the
-    teacher. ``{"name", "reason"}``; name None when nothing is recommended."""
+    target (on test, else on dev), or its test quality is over the selection's floor
+    (``over_floor``), with at least ``min_local`` of the test queries kept off the teacher.
+    ``{"name", "reason"}``; name None when nothing is recommended."""
     if chosen is not None and chosen != TEACHER:
         return {"name": chosen, "reason": f"{chosen} alone is over the quality floor"}
     if cascade is None:
@@ -88,18 +93,25 @@ def recommend(
     met = cascade.met_on_dev if cascade.met_on_test is None else cascade.met_on_test
     local = 1 - float(test.escalation)
     tiers = " -> ".join(cascade.tiers)
-    if met and local >= min_local:
+    if (met or over_floor) and local >= min_local:
+        how = f"meets its target ({cascade.target})" if met else "is over the quality floor"
         return {
             "name": CASCADE,
-            "reason": f"no local model alone reaches the floor, but the cascade {tiers} meets "
-            f"its target ({cascade.target}) with {local:.1%} of test queries answered "
-            "before the teacher",
+            "reason": f"no local model alone reaches the floor, but the cascade {tiers} {how} "
+            f"with {local:.1%} of test queries answered before the teacher",
         }
     why = "misses its target" if not met else f"keeps only {local:.1%} of queries off the teacher"
     return {
         "name": chosen,
         "reason": f"the cascade {tiers} {why} (route.recommend_min_local {min_local:.0%})",
     }
+
+
+def clears(result: CandidateResult, selection: Any) -> bool:
+    """Whether ``result`` is over the floor of ``selection`` (a Selection or its record), on
+    the metric it was chosen by."""
+    value = result.quality.value(selection.metric)
+    return value is not None and value >= selection.floor - 1e-12
 
 
 def best_local(candidates: list[CandidateResult], metric: str) -> str | None:
@@ -457,7 +469,12 @@ def route_run(
     )
     update: dict[str, Any] = {"candidates": [*candidates, routed.result], "cascade": routed.summary}
     if results.selection is not None:
-        advice = recommend(chosen, routed.summary, min_local=config.recommend_min_local)
+        advice = recommend(
+            chosen,
+            routed.summary,
+            min_local=config.recommend_min_local,
+            over_floor=clears(routed.result, results.selection),
+        )
         update["selection"] = results.selection.model_copy(
             update={"recommended": Recommendation.model_validate(advice)}
         )
