@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 _BOUNDARY_END = (
@@ -42,7 +42,6 @@ class Template:
     suffix: str
     response_format: dict[str, Any] | None
     requests: int = 0
-    examples: list[str] = field(default_factory=list)
 
     def key(self) -> str:
         return _key(self.model, self.context, self.response_format)

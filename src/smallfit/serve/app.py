@@ -23,9 +23,10 @@ from smallfit import __version__
 from smallfit.errors import SmallfitError
 from smallfit.models.base import MANIFEST
 from smallfit.run.store import Run
-from smallfit.serve.chat import CHAT_PATH, add_chat_routes, openai_error, validation_error
+from smallfit.serve.chat import CHAT_PATH, add_chat_routes, validation_error
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, RequestFailed
+from smallfit.serve.errors import openai_error
 from smallfit.serve.metrics import Metrics
 from smallfit.serve.tei import PREDICT_PATH, add_tei_routes
 from smallfit.serve.text import served_text

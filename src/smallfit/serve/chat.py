@@ -36,6 +36,7 @@ from pydantic.json_schema import JsonDict
 
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Answer, Engine, RequestFailed
+from smallfit.serve.errors import openai_error
 from smallfit.serve.text import served_text
 from smallfit.serve.upstream import UpstreamClient, forward, upstream_of
 
@@ -201,14 +202,6 @@ def answer_content(label: str, response_format: Any) -> str:
         return json.dumps({key: label}, ensure_ascii=False)
     (key,) = response_format.json_schema.schema_.properties
     return json.dumps({key: label}, ensure_ascii=False)
-
-
-def openai_error(
-    status: int, message: str, *, param: str | None = None, kind: str = "invalid_request_error"
-) -> JSONResponse:
-    """OpenAI's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status)
 
 
 def validation_error(errors: list[Any]) -> JSONResponse:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from smallfit.llm.template import Template
+from smallfit.serve.errors import openai_error
 
 _HOP = {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding"}
 
@@ -109,8 +110,7 @@ async def forward(
         reply = await client.send(request, stream=stream)
     except httpx.HTTPError as exc:
         message = f"the upstream cannot be reached ({exc!r})"
-        error = {"message": message, "type": "server_error", "param": None, "code": None}
-        return JSONResponse({"error": error}, status_code=502)
+        return openai_error(502, message, kind="server_error")
     back = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP}
     back["x-smallfit-tier"] = "upstream"
     if not stream:
