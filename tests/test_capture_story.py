@@ -103,8 +103,17 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
 
         # 3. the same client against smallfit serve: only the base URL changes
         traffic = tmp_path / "traffic.jsonl"
-        with serving(create_app(tmp_path / "run", ServeConfig(traffic_log=traffic))) as url:
-            client = openai_client(base_url=url + "/v1", api_key="anything", max_retries=0)
+        sent: list[bytes] = []  # the bodies the application's client sends, byte for byte
+        hooks = {"request": [lambda r: sent.append(r.read())]}
+        esc = tmp_path / "escalations.jsonl"
+        serve = ServeConfig(traffic_log=traffic, escalation_log=esc)
+        with serving(create_app(tmp_path / "run", serve)) as url:
+            client = openai_client(
+                base_url=url + "/v1",
+                api_key="anything",
+                max_retries=0,
+                http_client=httpx.Client(event_hooks=hooks),
+            )
             local = _ask(client, texts[0])
             content = local.parse().choices[0].message.content
             assert json.loads(content)["intent"] in INTENTS  # the form the upstream used
@@ -120,12 +129,24 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
             )
             pieces = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
             assert pieces == content
-            # an unsure text escalates to the upstream itself
+            # an unsure text escalates: the application's request, as it came, with the
+            # server's key, and the upstream's own answer back
             before = len(upstream.log)
             odd = _ask(client, "zx qv blorp wug")
             assert odd.headers["x-smallfit-tier"] == "teacher"
-            asked_upstream = [r.text for r in upstream.log[before:] if r.text]
-            assert asked_upstream == ["Request: zx qv blorp wug\nIntent?"]
+            (escalated,) = upstream.log[before:]
+            assert escalated.body == sent[-1]
+            assert escalated.authorization == f"Bearer {API_KEY}"
+            assert escalated.usage == odd.parse().usage.model_dump(include=set(escalated.usage))
+            label = json.loads(odd.parse().choices[0].message.content)["intent"]
+            assert json.loads(esc.read_text("utf-8").splitlines()[-1])["label"] == label
+            # the upstream failing: the best local answer, flagged (serve.fallback's default)
+            upstream.rate, upstream.faults = 1.0, ("500",)
+            down = _ask(client, "zx qv blorp wug")
+            upstream.rate = 0.0
+            assert down.headers["x-smallfit-fallback"] == "true"
+            assert down.headers["x-smallfit-tier"] == "linear"
+            assert json.loads(down.parse().choices[0].message.content)["intent"] in INTENTS
             # a request outside the task's template goes straight to the upstream
             other = client.chat.completions.with_raw_response.create(
                 model="smollm2",
@@ -150,13 +171,13 @@ def test_capture_then_fit_then_serve_with_only_the_base_url_changed(
             assert 'smallfit_passthrough_total{reason="schema"} 1.0' in metrics
             assert "smallfit_escalation_rate_window" in metrics
 
-    # 4. what served traffic did, in the report: 3 answered here (the passed-through one is not)
+    # 4. what served traffic did, in the report: 4 answered here (the passed-through ones are not)
     served = [json.loads(line) for line in traffic.read_text("utf-8").splitlines()]
-    assert [r["tier"] for r in served][-1] == "teacher" and len(served) == 3
+    assert [r["tier"] for r in served][-2:] == ["teacher", "linear"] and len(served) == 4
     assert all("text" not in r for r in served)  # never the text itself
     page = write_report(tmp_path / "run", tmp_path / "r.html", cards=False, traffic_log=traffic)
     html = page.read_text("utf-8")
-    assert "<h2>Served traffic</h2>" in html and "3 texts answered" in html
+    assert "<h2>Served traffic</h2>" in html and "4 texts answered" in html
     with pytest.raises(DataError, match=r"bad.jsonl:2: not a traffic log line"):
         bad = tmp_path / "bad.jsonl"
         bad.write_text(traffic.read_text("utf-8").splitlines()[0] + "\n{}\n", encoding="utf-8")

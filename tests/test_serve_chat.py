@@ -207,3 +207,29 @@ def test_tei_predict_is_a_thin_adapter_over_the_same_answers(served) -> None:
     assert [b[0]["label"] for b in batch] == [c["label"] for c in classified]
     for bad in ({"inputs": " "}, {"inputs": []}, {"inputs": [["a", "b"]]}, {"texts": ["a"]}):
         assert httpx.post(f"{url}/predict", json=bad).status_code == 422, bad
+
+
+def test_an_escalated_answer_is_read_from_the_upstreams_own_bytes() -> None:
+    """The label in a relayed answer, whole or streamed; anything else is a failed tier."""
+    from smallfit.llm.prompt import Prompt
+    from smallfit.serve.upstream import Relayed, Upstream, UpstreamFailed, answer_text
+    from smallfit.serve.upstream import relayed_probs as probs
+
+    prompt = Prompt(template="{text}", labels=["a", "b"], answer_key="intent")
+    up = Upstream("http://127.0.0.1:9/v1", "NONE", None, prompt)
+    whole = json.dumps({"choices": [{"message": {"content": '{"intent": "b"}'}}]}).encode()
+    chunks = [{"role": "assistant", "content": ""}, {"content": '{"intent"'}, {"content": ': "a"}'}]
+    events = (
+        "".join(f"data: {json.dumps({'choices': [{'delta': d}]})}\n\n" for d in chunks)
+        + "data: [DONE]\n\n"
+    )
+    assert answer_text(whole) == '{"intent": "b"}'
+    assert answer_text(events.encode()) == '{"intent": "a"}'
+    assert answer_text(b"not json") is None
+    assert probs(up, Relayed(200, {}, whole)).tolist() == [[0.0, 1.0]]
+    assert probs(up, Relayed(200, {}, events.encode())).tolist() == [[1.0, 0.0]]
+    with pytest.raises(UpstreamFailed, match="answered 429"):
+        probs(up, Relayed(429, {}, whole))
+    nothing = json.dumps({"choices": [{"message": {"content": "c"}}]}).encode()
+    with pytest.raises(UpstreamFailed, match="names none of the task's labels"):
+        probs(up, Relayed(200, {}, nothing))

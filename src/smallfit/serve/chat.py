@@ -5,7 +5,13 @@ changing its base URL.
 The text classified is cut out of the request with the task's template, when the cascade's
 last tier is the upstream a task from captured traffic names (see :mod:`smallfit.serve.upstream`):
 a request that does not follow the template goes straight to that upstream, counted in
-``/metrics``. A model trained from a plain data file has no template: the text is then the last
+``/metrics``. A request the cascade escalates is sent to that upstream as the application sent
+it, byte for byte, with the server's key, and the application gets the upstream's own answer
+(a streamed one once it is complete); its label, read with the teacher's prompt, is the last
+tier's answer in the metrics and the escalation log. An upstream that fails, answers other than
+200 or names no label is a failed remote tier: ``serve.fallback`` decides (the best local
+answer, flagged, or 503), except that a 200 the application could use is still relayed to it.
+A model trained from a plain data file has no template: the text is then the last
 user message. The answer takes the form the request asks for: the bare
 label as the message content; ``{"label": ...}`` for ``response_format`` ``json_object``; for a
 ``json_schema``, an object of the schema's one property (a string; its enum, when given, should
@@ -29,16 +35,24 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import JsonDict
 
+from smallfit.route.cascade import Raw
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Answer, Engine, RequestFailed
 from smallfit.serve.errors import openai_error
 from smallfit.serve.text import served_text
-from smallfit.serve.upstream import UpstreamClient, forward, upstream_of
+from smallfit.serve.upstream import (
+    Relayed,
+    UpstreamClient,
+    forward,
+    relay,
+    relayed_probs,
+    upstream_of,
+)
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -304,11 +318,13 @@ def add_chat_routes(
             )
         return {"object": "list", "data": data}
 
-    async def chat_completions(request: Any) -> Response:
+    async def chat_completions(request: Any, raw: Request) -> Response:
         """Answer an OpenAI chat completion request with the served model's label (or JSON)."""
         live = engine.live
         upstream = upstream_of(live.cascade) if live is not None else None
         text = last_user_text(request)
+        relayed: list[Relayed] = []
+        escalate = None
         if upstream is not None and upstream.template is not None:
             body = request.model_dump(by_alias=True, exclude_unset=True)
             cut = upstream.template.cut(body)
@@ -316,11 +332,25 @@ def add_chat_routes(
                 engine.metrics.passthrough.labels(reason="template").inc()
                 return await forward(http.get(), upstream, body, stream=request.stream)
             text = cut
+            bytes_in, to = await raw.body(), upstream
+
+            async def escalate(texts: list[str]) -> Raw:
+                reply = await relay(http.get(), to, bytes_in)
+                relayed.append(reply)
+                return relayed_probs(to, reply)
+
         try:
-            served, answers, _ = await engine.answer([text])
+            served, answers, _ = await engine.answer([text], last=escalate)
         except RequestFailed as exc:
+            if relayed and relayed[0].status == 200:  # the upstream's answer, though no label
+                return relayed[0].response({"x-smallfit-tier": "upstream"})
             return openai_error(exc.status, str(exc), kind="server_error")
         answer = answers[0]
+        if relayed and relayed[0].status == 200:  # the upstream's own answer, byte for byte
+            named = answer.fallback  # it named no label: a local answer stands in the metrics
+            return relayed[0].response(
+                {"x-smallfit-tier": "upstream"} if named else _headers(answer)
+            )
         content = answer_content(answer.label, request.response_format)
         headers = _headers(answer)
         if request.stream:

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import cpu_threads_all
 from smallfit.models.base import MANIFEST, BaseClassifier, load, read_manifest
-from smallfit.route.cascade import Cascade, Decisions
+from smallfit.route.cascade import Cascade, Decisions, Raw
 from smallfit.serve.batcher import MicroBatcher
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.metrics import Metrics
@@ -25,6 +26,10 @@ from smallfit.serve.metrics import Metrics
 _log = logging.getLogger("smallfit.serve")
 
 WARMUP_TEXTS = ["warm up", "hello, can you help me with my account?"]
+
+LastTier = Callable[[list[str]], Awaitable[Raw]]
+"""What a route puts in place of a remote last tier for one request (the chat route: the
+application's own request relayed to the upstream)."""
 
 
 class TierUnavailable(SmallfitError):
@@ -199,13 +204,15 @@ class Engine:
 
     # -- answering ---------------------------------------------------------------------------
 
-    async def answer(self, texts: list[str]) -> tuple[Served, list[Answer], float]:
+    async def answer(
+        self, texts: list[str], *, last: LastTier | None = None
+    ) -> tuple[Served, list[Answer], float]:
         """:meth:`classify` for one request of a route, counted in the request metrics (by
         status, and the latency of those answered); also the seconds it took. A failure is a
         :class:`RequestFailed`."""
         started = time.perf_counter()
         try:
-            served, answers = await self.classify(texts)
+            served, answers = await self.classify(texts, last=last)
         except TierUnavailable as exc:
             self.metrics.requests.labels(status="503").inc()
             raise RequestFailed(503, str(exc)) from exc
@@ -220,14 +227,18 @@ class Engine:
         self.metrics.request_latency.observe(elapsed)
         return served, answers, elapsed
 
-    async def classify(self, texts: list[str]) -> tuple[Served, list[Answer]]:
-        """Answer ``texts`` with the live model (the one live when the request arrived)."""
+    async def classify(
+        self, texts: list[str], *, last: LastTier | None = None
+    ) -> tuple[Served, list[Answer]]:
+        """Answer ``texts`` with the live model (the one live when the request arrived).
+        ``last``, when given, is called instead of the cascade's last tier if that tier is
+        remote and needs nothing beyond probabilities."""
         served = self.live
         if served is None:
             raise SmallfitError("no model loaded yet")
         served.inflight += 1
         try:
-            answers = await self._route(served, texts)
+            answers = await self._route(served, texts, last)
         finally:
             served.inflight -= 1
         shadow = self.shadow
@@ -235,10 +246,15 @@ class Engine:
             self._spawn(self._compare(shadow, texts, [a.label for a in answers]))
         return served, answers
 
-    async def _route(self, served: Served, texts: list[str]) -> list[Answer]:
-        """Drive the cascade's routing loop with each tier behind its batcher; a remote tier
-        gets the cascade's timeout."""
+    async def _route(
+        self, served: Served, texts: list[str], last: LastTier | None = None
+    ) -> list[Answer]:
+        """Drive the cascade's routing loop with each tier behind its batcher (the last one
+        replaced by ``last``, see :meth:`classify`); a remote tier gets the cascade's timeout."""
         cascade = served.cascade
+        end = len(cascade.tiers) - 1
+        if last is not None and not (cascade.tiers[end].remote and not cascade.needs(end)):
+            last = None
         started = time.perf_counter()
         finished: dict[int, float] = {}  # tier index -> ms since start when it was done
         walker = cascade.walk(len(texts))
@@ -247,7 +263,11 @@ class Engine:
             while True:
                 tier = cascade.tiers[index]
                 try:
-                    call = served.batchers[index].submit([texts[i] for i in rows])
+                    asked = [texts[i] for i in rows]
+                    if last is not None and index == end:
+                        call = last(asked)
+                    else:
+                        call = served.batchers[index].submit(asked)
                     timeout = cascade.timeout_s if tier.remote else None
                     raw = await asyncio.wait_for(call, timeout) if timeout else await call
                 except Exception as exc:

@@ -11,7 +11,8 @@ seeded generator, so a run is repeatable):
 
 Everything else passes through untouched. ``log`` records each request: its fault, the text
 it asked about (the last user message) and, when it was forwarded, the usage the server
-reported, so a test can compare the client's ledger with what the server really did.
+reported, so a test can compare the client's ledger with what the server really did. It also
+keeps each request's body and ``Authorization`` header, so a test can check what was sent on.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class ProxyRecord:
     text: str | None
     usage: dict[str, int] | None = None
     status: int | None = None
+    body: bytes | None = None
+    authorization: str | None = None
 
 
 @dataclass
@@ -110,7 +113,15 @@ class FaultProxy:
     def _handle(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
         path = handler.path
         n, fault = self._pick(path)
-        record = ProxyRecord(n=n, time=time.time(), path=path, fault=fault, text=_text(body))
+        record = ProxyRecord(
+            n=n,
+            time=time.time(),
+            path=path,
+            fault=fault,
+            text=_text(body),
+            body=body,
+            authorization=handler.headers.get("Authorization"),
+        )
         with self._lock:
             self.log.append(record)
         if fault == "429":
