@@ -79,9 +79,7 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
             external_data=False,
             verbose=False,
         )
-    for file in _TOKENIZER_FILES:
-        if (model_dir / file).is_file():
-            shutil.copy2(model_dir / file, out / file)
+    copy_tokenizer(model_dir, out)
     exported = OnnxClassifier(
         out,
         labels=model.labels,
@@ -116,6 +114,13 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
         "argmax_agreement": agreement,
         "check_texts": len(check),
     }
+
+
+def copy_tokenizer(src: Path, out: Path) -> None:
+    """The tokenizer files of ``src`` (those it has) copied beside an exported graph."""
+    for file in _TOKENIZER_FILES:
+        if (src / file).is_file():
+            shutil.copy2(src / file, out / file)
 
 
 @contextlib.contextmanager

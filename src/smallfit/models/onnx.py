@@ -32,6 +32,18 @@ def _pad_token(path: Path) -> str:
     return "[PAD]"
 
 
+def ort_session(graph: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session over ``graph`` with ``threads`` intra-op threads (0: its
+    default, all cores) and every graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+
 @register_backend("onnx")
 class OnnxClassifier(BaseClassifier):
     """ONNX Runtime session + fast tokenizer + label names."""
@@ -83,15 +95,7 @@ class OnnxClassifier(BaseClassifier):
 
     def _session(self) -> Any:
         if self._threads not in self._sessions:
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self._threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._sessions[self._threads] = ort.InferenceSession(
-                str(self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-            )
+            self._sessions[self._threads] = ort_session(self.path / ONNX_FILE, self._threads)
         return self._sessions[self._threads]
 
     @property

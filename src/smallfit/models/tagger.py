@@ -1,0 +1,282 @@
+"""A token tagger for an ``extract`` task (backend ``tagger``): an encoder with a token
+classification head over BIO tags of the declared fields, in PyTorch.
+
+Each token of a value's span is tagged (``B-field`` on its first token, ``I-field`` on the rest,
+``O`` elsewhere). Reading an answer: consecutive tokens of one field make a span, widened to
+whole words; its value is the text's own characters, so a tagger never invents a value. Each
+field's confidence is the lowest probability of the tags on its tokens; a document's is the
+lowest over all its tokens (its fields', and the ``O`` of the text between them, so a field
+the tagger nearly found lowers it too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallfit.fields import FieldSchema, Span, Values
+from smallfit.models.base import MANIFEST_FORMAT, dir_bytes, read_manifest, write_json
+
+KIND = "tagger"
+IGNORE = -100
+"""The training target of a token that is not scored (special tokens, padding)."""
+
+
+def bio_tags(schema: FieldSchema) -> list[str]:
+    """``O``, then ``B-`` and ``I-`` of each field in the schema's order."""
+    return ["O", *(f"{p}-{name}" for name in schema for p in ("B", "I"))]
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """One text's answer: its fields, their spans, each field's confidence and the
+    document's."""
+
+    values: Values
+    spans: list[Span]
+    field_confidence: dict[str, float]
+    confidence: float
+
+
+def token_targets(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[Span], tags: list[str]
+) -> list[int]:
+    """The BIO target of each token (``IGNORE`` for special tokens, whose offsets are empty):
+    a token overlapping a span gets its field, ``B`` on the span's first such token."""
+    index = {t: i for i, t in enumerate(tags)}
+    out = []
+    open_span: Span | None = None
+    for start, end in offsets:
+        if start == end:
+            out.append(IGNORE)
+            continue
+        hit = next((s for s in spans if start < s.end and end > s.start), None)
+        if hit is None:
+            out.append(index["O"])
+            open_span = None
+            continue
+        out.append(index[f"{'I' if hit is open_span else 'B'}-{hit.field}"])
+        open_span = hit
+    return out
+
+
+def _widen(text: str, start: int, end: int) -> tuple[int, int]:
+    while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+        start -= 1
+    while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+        end += 1
+    return start, end
+
+
+def decode(
+    text: str, offsets: Sequence[tuple[int, int]], probs: np.ndarray, tags: list[str]
+) -> Extraction:
+    """An :class:`Extraction` from one text's token probabilities (tokens x tags)."""
+    chosen = probs.argmax(axis=1)
+    top = probs[np.arange(len(chosen)), chosen]
+    spans: list[Span] = []
+    conf: dict[str, float] = {}
+    doc = 1.0
+    current: tuple[str, int, int, float] | None = None  # field, start, end, lowest prob
+
+    def close() -> None:
+        nonlocal current
+        if current is not None:
+            name, s, e, p = current
+            s, e = _widen(text, s, e)
+            if spans and spans[-1].field == name and spans[-1].end >= s:  # one word, split
+                s = spans.pop().start
+            spans.append(Span(s, e, name))
+            conf[name] = min(conf.get(name, 1.0), p)
+        current = None
+
+    for t, (start, end) in enumerate(offsets):
+        if start == end:
+            continue
+        doc = min(doc, float(top[t]))
+        tag = tags[int(chosen[t])]
+        if tag == "O":
+            close()
+            continue
+        prefix, name = tag[0], tag[2:]
+        if prefix == "I" and current is not None and current[0] == name:
+            current = (name, current[1], end, min(current[3], float(top[t])))
+            continue
+        close()
+        current = (name, start, end, float(top[t]))
+    close()
+    values: Values = {}
+    for span in spans:
+        values.setdefault(span.field, []).append(text[span.start : span.end])
+    return Extraction(values, spans, conf, doc)
+
+
+class TokenTagger:
+    """An encoder token tagger over a field schema (PyTorch)."""
+
+    kind = KIND
+    task = "extract"
+    remote = False
+
+    def __init__(
+        self,
+        module: Any,
+        tokenizer: Any,
+        schema: FieldSchema,
+        *,
+        name: str,
+        max_length: int = 64,
+        lineage: dict[str, Any] | None = None,
+    ) -> None:
+        self.module = module.eval()
+        self.tokenizer = tokenizer
+        self.schema = schema
+        self.tags = bio_tags(schema)
+        self.name = name
+        self.max_length = max_length
+        self.lineage = dict(lineage or {})
+        self.bytes_on_disk = 0
+
+    @classmethod
+    def from_base(
+        cls,
+        base: str | Path,
+        schema: FieldSchema,
+        *,
+        name: str,
+        max_length: int = 64,
+        seed: int = 0,
+    ) -> TokenTagger:
+        """A new tagger on the encoder at ``base`` (a zoo alias or a model directory), its head
+        initialised from ``seed``."""
+        import torch
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        from smallfit.zoo import resolve
+
+        path = resolve(str(base))
+        tags = bio_tags(schema)
+        torch.manual_seed(seed)
+        module = AutoModelForTokenClassification.from_pretrained(
+            str(path),
+            num_labels=len(tags),
+            id2label=dict(enumerate(tags)),
+            label2id={t: i for i, t in enumerate(tags)},
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
+        return cls(
+            module, tokenizer, schema, name=name, max_length=max_length, lineage={"base": str(base)}
+        )
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.schema.names)
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(p.numel() for p in self.module.parameters()))
+
+    def set_num_threads(self, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def encode(self, texts: Sequence[str]) -> Any:
+        return self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            return_offsets_mapping=True,
+            return_tensors="np",
+        )
+
+    def token_probs(
+        self, texts: Sequence[str]
+    ) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
+        """Each text's tag probabilities (its tokens x tags) and its tokens' character offsets."""
+        import torch
+
+        enc = self.encode(texts)
+        with torch.inference_mode():
+            logits = self.module(
+                input_ids=torch.from_numpy(enc["input_ids"]),
+                attention_mask=torch.from_numpy(enc["attention_mask"]),
+            ).logits.float()
+        probs = torch.softmax(logits, dim=-1).numpy()
+        return _per_text(probs, enc)
+
+    def extract(self, texts: Sequence[str], *, batch_size: int = 64) -> list[Extraction]:
+        """The fields of each text."""
+        out: list[Extraction] = []
+        for i in range(0, len(texts), batch_size):
+            batch = list(texts[i : i + batch_size])
+            probs, offsets = self.token_probs(batch)
+            out += [
+                decode(t, o, p, self.tags) for t, o, p in zip(batch, offsets, probs, strict=True)
+            ]
+        return out
+
+    def close(self) -> None:
+        """Nothing held open."""
+
+    # -- disk -----------------------------------------------------------------------------
+
+    def save(self, path: str | Path, *, metrics: dict[str, Any] | None = None) -> Path:
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.module.save_pretrained(str(out), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(out))
+        write_json(out / "smallfit.json", self._manifest(metrics))
+        self.bytes_on_disk = dir_bytes(out)
+        return out
+
+    def _manifest(self, metrics: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "kind": self.kind,
+            "task": self.task,
+            "name": self.name,
+            "labels": self.fields,
+            "schema": self.schema.to_dict(),
+            "tags": self.tags,
+            "max_length": self.max_length,
+            "parameters": self.num_parameters,
+            "lineage": self.lineage,
+            "metrics": metrics or {},
+        }
+
+    @classmethod
+    def load(cls, path: str | Path) -> TokenTagger:
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        where = Path(path)
+        manifest = read_manifest(where)
+        module = AutoModelForTokenClassification.from_pretrained(str(where))
+        tokenizer = AutoTokenizer.from_pretrained(str(where), use_fast=True)
+        model = cls(
+            module,
+            tokenizer,
+            FieldSchema.from_dict(manifest["schema"]),
+            name=manifest["name"],
+            max_length=int(manifest["max_length"]),
+            lineage=manifest.get("lineage"),
+        )
+        model.bytes_on_disk = dir_bytes(where)
+        return model
+
+
+def _per_text(probs: np.ndarray, enc: Any) -> tuple[list[np.ndarray], list[list[tuple[int, int]]]]:
+    """Per text, the probabilities and offsets of its real tokens (padding dropped)."""
+    mask = enc["attention_mask"].astype(bool)
+    offsets = enc["offset_mapping"]
+    out_p, out_o = [], []
+    for row in range(len(mask)):
+        keep = mask[row]
+        out_p.append(probs[row][keep])
+        out_o.append([(int(a), int(b)) for a, b in offsets[row][keep]])
+    return out_p, out_o

@@ -1,0 +1,214 @@
+"""The extract task's foundations on the real SNIPS slots data: reading fields and spans with
+errors that name file, line and field; aligning values to the text; the metrics; BIO tags
+through a real tokenizer and back; a MiniLM tagger trained, saved and loaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_dataset
+
+from smallfit.data.fields import FieldSchema, Span, align, read_field_split, schema_of
+from smallfit.errors import DataError
+from smallfit.evaluate.fields import field_quality
+
+
+@pytest.fixture(scope="module")
+def slots() -> Path:
+    return shared_dataset("snips_slots")
+
+
+def test_snips_slots_reads_with_every_span_checked(slots: Path) -> None:
+    test = read_field_split(slots / "test.jsonl", schema=None)
+    assert len(test) == 700 and test.n_gold == 700
+    schema = schema_of([test])
+    assert len(schema) == 39 and "party_size_number" in schema.names
+    spans = sum(len(d.spans or ()) for d in test.docs if d is not None)
+    assert spans == 1794  # SOURCE.md's count
+    doc = test.docs[0]
+    assert doc is not None and doc.spans is not None
+    for span in doc.spans:
+        assert test.texts[0][span.start : span.end] in doc.values[span.field]
+
+
+def _write(tmp_path: Path, rows: list[object]) -> Path:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+GOOD = {"text": "book a table in Paris", "fields": {"city": "Paris"}}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (
+            {"text": "hi there", "fields": {"town": "x"}},
+            r"bad.jsonl:2 field 'fields.town': field 'town' is not in the schema \(city",
+        ),
+        (
+            {
+                "text": "in Paris",
+                "fields": {"city": "Paris"},
+                "spans": [{"start": 3, "end": 30, "field": "city"}],
+            },
+            r"bad.jsonl:2 field 'spans\[0\]': span 3:30 is outside its text \(8 characters\)",
+        ),
+        (
+            {
+                "text": "in Paris",
+                "fields": {"city": "Paris"},
+                "spans": [{"start": 0, "end": 2, "field": "city"}],
+            },
+            r"bad.jsonl:2 field 'spans\[0\]': the span's text 'in' differs from the value 'Paris'",
+        ),
+        (
+            {"text": "in Paris", "fields": {"city": 3}},
+            r"bad.jsonl:2 field 'fields.city': must be a string or a list of strings",
+        ),
+        ({"text": "in Paris"}, r"bad.jsonl:2 field 'fields': missing field 'fields'"),
+    ],
+)
+def test_bad_rows_are_named_by_file_line_and_field(tmp_path: Path, row: dict, message: str) -> None:
+    path = _write(tmp_path, [GOOD, row])
+    with pytest.raises(DataError, match=message):
+        read_field_split(path, schema=FieldSchema.of(["city"]))
+
+
+def test_a_row_without_fields_is_unlabelled_when_gold_is_optional(tmp_path: Path) -> None:
+    split = read_field_split(
+        _write(tmp_path, [GOOD, {"text": "no gold"}]), schema=None, optional=True
+    )
+    assert split.n_gold == 1 and split.docs[1] is None
+
+
+def test_values_align_to_the_text_and_absent_ones_are_counted_never_invented() -> None:
+    text = "play the album Thriller by michael  jackson in Paris"
+    spans, missing = align(
+        text, {"album": ["thriller"], "artist": ["Michael Jackson"], "city": ["Berlin"]}
+    )
+    got = {s.field: text[s.start : s.end] for s in spans}
+    assert got == {"album": "Thriller", "artist": "michael  jackson"}
+    assert missing == [("city", "Berlin")]
+
+
+def test_field_metrics_by_hand() -> None:
+    schema = FieldSchema.of(["city", "date", "item"], lists=["item"])
+    gold = [{"city": ["Paris"], "item": ["a", "b"]}, {"date": ["today"]}, {}]
+    answers = [{"city": ["paris "], "item": ["a"]}, {"date": ["tomorrow"]}, {"city": ["Rome"]}]
+    q = field_quality(answers, gold, schema, valid=[True, True, False], resamples=200)
+    # tp: city 1, item 1; fp: date 1, city 1; fn: item 1, date 1
+    assert q.micro_precision == pytest.approx(2 / 4)
+    assert q.micro_recall == pytest.approx(2 / 4)
+    assert q.micro_f1 == pytest.approx(0.5)
+    assert q.per_field["city"].f1 == pytest.approx(2 / 3)
+    assert q.per_field["item"].recall == pytest.approx(0.5)
+    assert q.per_field["item"].exact == pytest.approx(2 / 3)  # docs 2 and 3: both empty
+    assert q.macro_f1 == pytest.approx(np.mean([2 / 3, 0.0, 2 / 3]))
+    assert q.doc_exact == 0.0 and q.json_valid == pytest.approx(2 / 3)
+    assert q.micro_f1_ci is not None and q.micro_f1_ci[0] <= 0.5 <= q.micro_f1_ci[1]
+    assert [name for name, _ in q.weakest(1)] == ["date"]
+
+
+def test_a_schema_from_json_schema_and_back() -> None:
+    schema = FieldSchema.from_json_schema(
+        {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "dish": {"type": "array", "items": {"type": "string"}},
+            },
+        }
+    )
+    assert schema.names == ("city", "dish") and schema.lists == {"dish"}
+    assert FieldSchema.from_json_schema(schema.json_schema()) == schema
+    assert schema.render({"city": ["Paris", "Rome"], "dish": ["a", "b"]}) == {
+        "city": "Paris",
+        "dish": ["a", "b"],
+    }
+    with pytest.raises(ValueError, match="'n': a field is a string"):
+        FieldSchema.from_json_schema({"properties": {"n": {"type": "integer"}}})
+
+
+def test_bio_tags_through_a_real_tokenizer_and_back_give_the_gold_values(slots: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from smallfit.models.tagger import IGNORE, bio_tags, decode, token_targets
+    from smallfit.zoo import resolve
+
+    test = read_field_split(slots / "test.jsonl", schema=None)
+    schema = schema_of([test])
+    tags = bio_tags(schema)
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve("minilm-l6")))
+    enc = tokenizer(test.texts, return_offsets_mapping=True)
+    same = 0
+    for text, doc, offsets in zip(test.texts, test.docs, enc["offset_mapping"], strict=True):
+        assert doc is not None and doc.spans is not None
+        target = token_targets(offsets, doc.spans, tags)
+        probs = np.zeros((len(target), len(tags)))
+        probs[np.arange(len(target)), [0 if t == IGNORE else t for t in target]] = 1.0
+        got = decode(text, offsets, probs, tags)
+        same += got.values == doc.values
+        assert got.confidence == 1.0
+    assert same / len(test) >= 0.99  # a span inside a word is widened to the word
+
+
+def test_a_decoded_span_is_the_texts_own_characters_with_its_lowest_probability() -> None:
+    from smallfit.models.tagger import decode
+
+    tags = ["O", "B-city", "I-city"]
+    text = "fly to new york"
+    offsets = [(0, 0), (0, 3), (4, 6), (7, 10), (11, 15), (0, 0)]
+    probs = np.array(
+        [[1, 0, 0], [0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.1, 0.3, 0.6], [1, 0, 0]]
+    )
+    got = decode(text, offsets, probs, tags)
+    assert got.values == {"city": ["new york"]} and got.spans == [Span(7, 15, "city")]
+    assert got.field_confidence == {"city": pytest.approx(0.6)}
+    assert got.confidence == pytest.approx(0.6)
+
+
+@pytest.mark.slow
+def test_a_minilm_tagger_learns_snips_fields_and_reloads_the_same(
+    slots: Path, tmp_path: Path
+) -> None:
+    from smallfit.models.tagger import TokenTagger
+    from smallfit.train.config import TrainConfig
+    from smallfit.train.tagging import train_tagger
+
+    train = read_field_split(slots / "train.jsonl", schema=None).subset(range(0, 13784, 23))
+    test = read_field_split(slots / "test.jsonl", schema=None).subset(range(0, 700, 7))
+    schema = schema_of([train, test])
+    tagger = TokenTagger.from_base("minilm-l6", schema, name="tagger", seed=0)
+    spans = [d.spans or () for d in train.docs if d is not None]
+    report = train_tagger(
+        tagger, train.texts, spans, TrainConfig(epochs=3, lr=1e-4), progress=False
+    )
+    assert report["steps"] == 3 * -(-len(train) // 32)
+    answers = tagger.extract(test.texts)
+    gold = [d.values for d in test.docs if d is not None]
+    quality = field_quality([a.values for a in answers], gold, schema, resamples=0)
+    assert quality.micro_f1 > 0.5  # 600 texts, 57 steps: far above chance, far from done
+    for answer, text in zip(answers, test.texts, strict=True):
+        assert all(text[s.start : s.end] in answer.values[s.field] for s in answer.spans)
+    again = TokenTagger.load(tagger.save(tmp_path / "tagger"))
+    assert [a.values for a in again.extract(test.texts)] == [a.values for a in answers]
+
+    # ONNX: the same answers without torch; int8: nearly every token keeps its tag
+    from smallfit.compress.tagger_steps import export_tagger, quantize_tagger
+    from smallfit.models.tagger_onnx import load_extractor
+
+    checked = export_tagger(tmp_path / "tagger", tmp_path / "onnx", train.texts)
+    assert checked["max_abs_prob_diff"] <= 1e-3 and checked["tag_agreement"] > 0.999
+    onnx = load_extractor(tmp_path / "onnx")
+    assert onnx.kind == "tagger-onnx"
+    assert [a.values for a in onnx.extract(test.texts)] == [a.values for a in answers]
+    report = quantize_tagger(tmp_path / "onnx", tmp_path / "int8", train.texts)
+    assert report["tag_agreement"] > 0.95
+    int8 = load_extractor(tmp_path / "int8")
+    assert int8.bytes_on_disk < onnx.bytes_on_disk / 3
+    assert len(int8.extract(test.texts)) == len(test)
