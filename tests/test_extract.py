@@ -200,7 +200,7 @@ def test_a_minilm_tagger_learns_snips_fields_and_reloads_the_same(
 
     # ONNX: the same answers without torch; int8: nearly every token keeps its tag
     from smallfit.compress.tagger_steps import export_tagger, quantize_tagger
-    from smallfit.models.tagger_onnx import load_extractor
+    from smallfit.models.extractor import load_extractor
 
     checked = export_tagger(tmp_path / "tagger", tmp_path / "onnx", train.texts)
     assert checked["max_abs_prob_diff"] <= 1e-3 and checked["tag_agreement"] > 0.999
@@ -212,3 +212,74 @@ def test_a_minilm_tagger_learns_snips_fields_and_reloads_the_same(
     int8 = load_extractor(tmp_path / "int8")
     assert int8.bytes_on_disk < onnx.bytes_on_disk / 3
     assert len(int8.extract(test.texts)) == len(test)
+
+
+@pytest.mark.slow
+def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> None:
+    """task: extract through `fit`: a tagger teacher on gold, a tagger student on its answers,
+    both measured (field F1 with its interval, speed, size) and one selected by field F1; a
+    rerun reuses every stage."""
+    from smallfit.config import FitConfig
+    from smallfit.pipeline import fit
+
+    config = FitConfig.model_validate(
+        {
+            "task": "extract",
+            "run_dir": str(tmp_path / "run"),
+            "data": {
+                "train": str(slots / "train.jsonl"),
+                "test": str(slots / "test.jsonl"),
+                "max_train": 400,
+                "max_test": 80,
+            },
+            "teacher": {
+                "source": "finetune",
+                "base": "minilm-l6",
+                "train": {"epochs": 3, "lr": 1e-4, "head_lr": 2e-3, "min_steps": 0},
+            },
+            "students": [{"kind": "tagger", "train": {"epochs": 2}}],
+            "evaluate": {"latency_queries": 10, "warmup": 2, "throughput_batches": 2},
+            "select": {"quality_floor": "0.5 * teacher"},
+        }
+    )
+    assert config.route is None  # no cascade for an extract task yet
+    result = fit(config, progress=False, log=lambda _: None)
+    names = [c.name for c in result.results.candidates]
+    assert names == ["teacher", "minilm-l6-tagger"]
+    teacher = result.results.candidates[0]
+    assert teacher.quality.fields is not None and teacher.quality.fields.micro_f1 is not None
+    assert teacher.quality.fields.teacher_micro_f1 == 1.0
+    assert teacher.quality.ci95 is not None and teacher.quality.ci95.field_f1 is not None
+    assert result.results.selection is not None
+    assert result.results.selection.metric == "field_f1"
+    assert "fieldF1%" in result.table and "docEM%" in result.table
+    student = result.results.candidates[1]
+    assert student.speed.threads["1"].p50_ms > 0 and student.bytes_on_disk > 0
+    answers = (tmp_path / "run" / "results" / "minilm-l6-tagger.test_answers.jsonl").read_text()
+    assert len(answers.splitlines()) == 80
+    again = fit(config, progress=False, log=lambda _: None)
+    assert (
+        again.stages_run == [] and again.results.selection.chosen == result.results.selection.chosen
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"students": [{"kind": "transformer"}]}, "learns a classify task, but task is extract"),
+        ({"teacher": {"source": "llm"}}, "teacher.source llm is not available for an extract"),
+        ({"route": {}}, "route \\(the cascade\\) is not built for an extract task yet"),
+        ({"select": {"metric": "accuracy"}}, "select.metric accuracy is not a metric of the extract"),
+        ({"data": {"train": "x.jsonl", "out_of_scope": "oos"}}, "data.out_of_scope applies to"),
+    ],
+)
+def test_an_extract_config_refuses_what_the_task_does_not_take(extra: dict, message: str) -> None:
+    from pydantic import ValidationError
+
+    from smallfit.config import FitConfig
+
+    raw = {"task": "extract", "data": {"train": "x.jsonl"}, **extra}
+    with pytest.raises(ValidationError, match=message):
+        FitConfig.model_validate(raw)
+    plain = FitConfig.model_validate({"task": "extract", "data": {"train": "x.jsonl"}})
+    assert [s.kind for s in plain.students] == ["tagger"] and plain.route is None

@@ -8,7 +8,7 @@ and re-exports every stage config so that ``from smallfit.config import ...`` re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,7 @@ from smallfit.distill.config import (
     LoraSettings,
     StudentBase,
     StudentConfig,
+    TaggerStudent,
     TransformerStudent,
 )
 from smallfit.errors import ConfigError
@@ -76,6 +77,7 @@ __all__ = [
     "Strict",
     "StudentBase",
     "StudentConfig",
+    "TaggerStudent",
     "Target",
     "TeacherBase",
     "TeacherConfig",
@@ -99,6 +101,9 @@ def _default_students() -> list[StudentConfig]:
 class FitConfig(Strict):
     """The whole run: data -> teacher labels -> students -> evaluate -> select."""
 
+    task: Literal["classify", "extract"] = "classify"
+    """`classify`: text -> one label of a set. `extract`: text -> a JSON object of declared
+    fields (the data's rows carry `fields`, and where known `spans`)."""
     run_dir: Path = Path("runs/default")
     """Where the run is written (and reused on a rerun)."""
     seed: int = 0

@@ -65,6 +65,9 @@ def fill_following_defaults(data: Any) -> Any:
     data = dict(data)
     if _get(data.get("teacher"), "source") == "gold" and "route" not in data:
         data["route"] = None
+    if data.get("task") == "extract":  # an extract task's own students; no cascade yet
+        data.setdefault("students", [{"kind": "tagger"}])
+        data.setdefault("route", None)
     route = data.get("route")
     abstain = _get(route, "abstain")
     out_of_scope = _get(data.get("data"), "out_of_scope")
@@ -80,7 +83,53 @@ def _names(items: list[str]) -> str:
 
 def conflicts(config: FitConfig) -> list[Conflict]:
     """Every contradiction between the parts of ``config`` (empty when it is consistent)."""
-    return [*_select(config), *_students(config), *_compress(config), *_route(config)]
+    found = [*_select(config), *_students(config), *_compress(config), *_route(config)]
+    return found + list(_task(config))
+
+
+_CLASSIFY_ONLY_DATA = ("labels", "out_of_scope", "hold_out_labels", "extra_train")
+_EXTRACT_METRICS = ("field_f1", "field_macro_f1", "doc_exact", "field_agreement")
+
+
+def _task(config: FitConfig) -> Iterator[Conflict]:
+    """What a task type does not take: students of the other task, and (for now) an extract
+    task's teachers other than a fine-tuned tagger or gold, its cascade and compression."""
+    task = config.task
+    for s in config.students:
+        if s.task != task:
+            yield Conflict(
+                ("students", "task"),
+                f"student {s.name!r} is a {s.kind} student, which learns a {s.task} task, but "
+                f"task is {task}" + (" (its student is kind: tagger)" if task == "extract" else ""),
+            )
+    metric = config.select.metric
+    if metric is not None and (metric in _EXTRACT_METRICS) != (task == "extract"):
+        yield Conflict(
+            ("select.metric", "task"),
+            f"select.metric {metric} is not a metric of the {task} task"
+            + (f" (use one of {', '.join(_EXTRACT_METRICS)})" if task == "extract" else ""),
+        )
+    if task != "extract":
+        return
+    source = getattr(config.teacher, "source", None)
+    if source not in ("finetune", "gold"):
+        yield Conflict(
+            ("teacher.source", "task"),
+            f"teacher.source {source} is not available for an extract task yet: use finetune "
+            "(a tagger trained on the gold fields) or gold",
+        )
+    for key in _CLASSIFY_ONLY_DATA:
+        if getattr(config.data, key) not in (None, []):
+            yield Conflict((f"data.{key}", "task"), f"data.{key} applies to a classify task only")
+    if config.route is not None:
+        yield Conflict(
+            ("route", "task"),
+            "route (the cascade) is not built for an extract task yet; set route: null",
+        )
+    if config.compress is not None:
+        yield Conflict(
+            ("compress", "task"), "compress is not available for an extract task yet; set null"
+        )
 
 
 def _select(config: FitConfig) -> Iterator[Conflict]:

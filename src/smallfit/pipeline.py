@@ -12,14 +12,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from smallfit.config import FitConfig, dump_fit_config
-from smallfit.data import Dataset, Split
+from smallfit.data import Dataset
 from smallfit.distill.config import StudentBase
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json, hash_texts
@@ -28,12 +28,11 @@ from smallfit.models.base import BaseClassifier, write_json
 from smallfit.run.layout import CASCADE, TEACHER, RunDir, stage, work_key, work_of
 from smallfit.run.records import (
     CandidateResult,
-    DataSummary,
-    LabelsSummary,
     RunResults,
     SelectionRecord,
 )
 from smallfit.run.store import Run
+from smallfit.tasks import Labels, Task, task_of
 from smallfit.teach.config import TeacherBase
 
 if TYPE_CHECKING:
@@ -117,24 +116,6 @@ class _Stages:
         self.log(f"[{name}] done in {seconds:.0f}s")
 
 
-def _subset(split: Split, keep: np.ndarray) -> Split:
-    """The rows of ``split`` where ``keep`` is true."""
-    rows = np.flatnonzero(keep)
-    return replace(
-        split,
-        texts=[split.texts[i] for i in rows],
-        labels=[split.labels[i] for i in rows],
-        lines=[split.lines[i] for i in rows] if split.lines else [],
-    )
-
-
-def _data_key(dataset: Dataset) -> str:
-    parts = (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test))
-    return hash_json(
-        {name: [hash_texts(part.texts), hash_texts(part.labels)] for name, part in parts}
-    )
-
-
 @dataclass
 class _Run:
     """One fit in progress: its config, data, stage records, and the keys stages chain on."""
@@ -145,8 +126,9 @@ class _Run:
     progress: bool
     log: Callable[[str], None]
     data_key: str
+    task: Task
     keys: dict[str, str] = field(default_factory=dict)  # candidate name -> model key
-    teacher_test_probs: np.ndarray | None = None
+    teacher_test: Any = None  # the teacher's answers on test, which the others are scored on
 
     @property
     def dir(self) -> Path:
@@ -160,25 +142,20 @@ class _Run:
     def store(self) -> Run:
         return Run(self.config.run_dir)
 
-    def teacher(self) -> BaseClassifier | None:
+    def teacher(self) -> Any:
         """Build (or reuse) the teacher; None when the gold labels stand in for it."""
-        from smallfit.models.base import load
-        from smallfit.teach import build_teacher
-
         if not self.config.teacher.builds_model:
             return None
         out = self.run.model(TEACHER)
         key = hash_json({"teacher": self.config.teacher.identity(), "data": self.data_key})
         self.keys[TEACHER] = key
         if self.stages.fresh(TEACHER, key, out):
-            return load(out)
+            return self.task.load_model(out)
         started = time.monotonic()
         self._log_schedule(TEACHER, self.config.teacher)
         shutil.rmtree(out, ignore_errors=True)
         self.stages.claim_work_dir(out, key)
-        model = build_teacher(
-            self.config.teacher, self.dataset, out_dir=out, progress=self.progress
-        )
+        model = self.task.build_teacher(self.config, self.dataset, out, self.progress)
         self.stages.finish(TEACHER, key, started)
         return model
 
@@ -188,62 +165,15 @@ class _Run:
         if schedule is not None:
             self.log(f"[{name}] {schedule.describe()}")
 
-    def labels(self, teacher: BaseClassifier | None) -> tuple[np.ndarray, np.ndarray, str]:
-        """The teacher's probabilities for the training pool and dev, and their key."""
-        from smallfit.evaluate.audit import audit_teacher
-        from smallfit.teach import label_pool, one_hot
+    def labels(self, teacher: Any) -> Labels:
+        """The teacher's (or gold's) answers on the training pool and dev, and their key."""
+        return self.task.label(self, teacher)
 
-        data = self.dataset
-        if teacher is None:
-            return (
-                one_hot(data.train.labels, data.labels),
-                one_hot(data.dev.labels, data.labels),
-                hash_json({"gold": self.data_key}),
-            )
-        started = time.monotonic()
-        train, dev = (
-            label_pool(
-                teacher,
-                split.texts,
-                labels=data.labels,
-                teacher_dir=self.run.model(TEACHER),
-                run=self.run,
-                progress=self.progress,
-            )
-            for split in (data.train, data.dev)
-        )
-        train_ok, dev_ok = (~np.isnan(probs).any(axis=1) for probs in (train, dev))
-        unanswered = {"train": int((~train_ok).sum()), "dev": int((~dev_ok).sum())}
-        if unanswered["train"] or unanswered["dev"]:
-            self.log(
-                f"[labels] the teacher gave no answer for {unanswered['train']} training and "
-                f"{unanswered['dev']} dev texts (unparseable, or failed after retries): left out "
-                "of training"
-            )
-            data = self.dataset = replace(
-                data, train=_subset(data.train, train_ok), dev=_subset(data.dev, dev_ok)
-            )
-            train, dev = train[train_ok], dev[dev_ok]
-        audit, line = audit_teacher(data, train, dev)
-        self.log(f"[labels] {line}")
-        self.store.write_labels_summary(
-            LabelsSummary(
-                **audit,
-                train=len(train),
-                dev=len(dev),
-                unanswered=unanswered,
-                seconds=round(time.monotonic() - started, 1),
-            )
-        )
-        return train, dev, hash_json({"teacher": self.keys[TEACHER], "data": self.data_key})
-
-    def students(self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str) -> None:
+    def students(self, labels: Labels) -> None:
         """Distil (or reuse) every student."""
-        from smallfit.distill import distill_student
-
         for student in self.config.students:
             out = self.run.model(student.name)
-            key = hash_json({"student": student.model_dump(mode="json"), "labels": labels_key})
+            key = hash_json({"student": student.model_dump(mode="json"), "labels": labels.key})
             self.keys[student.name] = key
             if self.stages.fresh(stage("student", student.name), key, out):
                 continue
@@ -251,23 +181,13 @@ class _Run:
             self._log_schedule(stage("student", student.name), student)
             shutil.rmtree(out, ignore_errors=True)
             self.stages.claim_work_dir(out, key)
-            distill_student(
-                student,
-                self.dataset,
-                train_probs=train_probs,
-                dev_probs=dev_probs,
-                out_dir=out,
-                progress=self.progress,
-            )
+            self.task.distill(student, self.dataset, labels, out, self.progress)
             self.stages.finish(stage("student", student.name), key, started)
 
     def evaluate(self, name: str) -> CandidateResult:
         """Measure (or reuse) one candidate; the teacher must come first, so the others can be
         compared with its test answers."""
-        from smallfit.evaluate import evaluate_candidate
-
-        test = self.dataset.test
-        test_key = hash_json([hash_texts(test.texts), hash_texts(test.labels)])
+        test_key = self.task.test_key(self.dataset)
         key = hash_json(
             {
                 "eval": self.config.evaluate.model_dump(mode="json"),
@@ -276,33 +196,23 @@ class _Run:
                 "teacher": self.keys.get(TEACHER) if name != TEACHER else None,
             }
         )
-        if self.stages.fresh(stage("evaluate", name), key, *self.store.candidate_files(name)):
+        files = self.task.answer_files(self.store, name)
+        if self.stages.fresh(stage("evaluate", name), key, *files):
             result = self.store.read_candidate(name)
-            test_probs = self.store.read_test_probs(name)
+            answers = self.task.read_answers(self.store, name)
         else:
             started = time.monotonic()
-            measured = evaluate_candidate(
-                self.run.model(name),
-                test=test,
-                teacher_test_probs=self.teacher_test_probs,
-                is_teacher=name == TEACHER,
-                config=self.config.evaluate,
-                progress=self.progress,
-                peaks_file=self.run.peaks_file,
-            )
-            result, test_probs = measured.result, measured.test_probs
-            self.store.save_candidate(result, test_probs)
+            result, answers = self.task.evaluate(self, name, self.teacher_test)
+            self.task.save_answers(self.store, result, answers)
             self.stages.finish(stage("evaluate", name), key, started)
         if name == TEACHER:
-            self.teacher_test_probs = test_probs
+            self.teacher_test = answers
         return result
 
-    def compress(
-        self, train_probs: np.ndarray, dev_probs: np.ndarray, labels_key: str
-    ) -> tuple[list[CandidateResult], list[dict[str, Any]]]:
+    def compress(self, labels: Labels) -> tuple[list[CandidateResult], list[dict[str, Any]]]:
         """Build and measure the compressed candidates, in order, until the budget is spent.
         Returns (measured results, candidates not built with the reason)."""
-        from smallfit.compress import HealData, compress
+        from smallfit.compress import compress
         from smallfit.compress.core import step_key
         from smallfit.schema import parse_duration
 
@@ -315,13 +225,7 @@ class _Run:
             if s.compressible and (config.students is None or s.name in config.students)
         ]
         data = self.dataset
-        heal = HealData(
-            train_texts=data.train.texts,
-            train_probs=train_probs,
-            dev_texts=data.dev.texts,
-            dev_probs=dev_probs,
-            source=labels_key,
-        )
+        heal = self.task.heal(data, labels)
         # Steps check themselves on dev texts, then training texts when dev is small; never test.
         check_texts = [*data.dev.texts, *data.train.texts][: config.check_texts]
         budget = parse_duration(config.budget) if config.budget else float("inf")
@@ -331,7 +235,7 @@ class _Run:
             for candidate in config.expand():
                 name = f"{source}-{candidate.name}"
                 steps_text = [s.method for s in candidate.steps]
-                key = step_key(self.keys[source], list(candidate.steps), labels_key)
+                key = step_key(self.keys[source], list(candidate.steps), labels.key)
                 out = self.run.model(name)
                 fresh = self.stages.fresh(stage("compress", name), key, out, announce=False)
                 if not fresh and time.monotonic() - started > budget:
@@ -419,45 +323,28 @@ def fit(
     from smallfit.evaluate.host import environment
     from smallfit.route.stage import clears, recommend
     from smallfit.select import format_table, select, selection_json
-    from smallfit.teach import fit_dataset
 
     started = time.monotonic()
     store = Run(config.run_dir)
     store.start(dump_fit_config(config))
-    dataset = fit_dataset(config)
-    data_key = _data_key(dataset)
-    log(
-        f"[data] {len(dataset.train)} train / {len(dataset.dev)} dev / {len(dataset.test)} test, "
-        f"{len(dataset.labels)} labels"
-        + (f"; {dataset.leaked} test texts are also in train or dev" if dataset.leaked else "")
-    )
-    store.write_data(
-        DataSummary(
-            train=len(dataset.train),
-            dev=len(dataset.dev),
-            test=len(dataset.test),
-            labels=dataset.labels,
-            held_out_labels=dataset.held_out,
-            out_of_scope=len(dataset.out_of_scope),
-            key=data_key,
-            config=config.data.model_dump(mode="json"),
-        )
-    )
-    store.write_test_split(dataset.test.texts, dataset.test.labels)
-    run = _Run(config, dataset, _Stages(store.root, log), progress, log, data_key)
+    task = task_of(config)
+    dataset = task.load_data(config)
+    data_key = task.data_key(dataset)
+    log(task.write_data(store, dataset, data_key, config))
+    run = _Run(config, dataset, _Stages(store.root, log), progress, log, data_key, task)
 
     teacher = run.teacher()
     labels = run.labels(teacher)
-    run.students(*labels)
+    run.students(labels)
     if teacher is not None:
         teacher.close()  # an API teacher's connections
     del teacher  # free its memory before the measurements
     candidates = [run.evaluate(name) for name in list(run.keys)]  # the teacher first
-    compressed, not_built = run.compress(*labels)
+    compressed, not_built = run.compress(labels)
     candidates += compressed
 
     selection = select(candidates, config.select, teacher_name=TEACHER)
-    cascade = run.route(candidates, selection.chosen, labels[1], metric=selection.metric)
+    cascade = run.route(candidates, selection.chosen, labels.dev, metric=selection.metric)
     if cascade is not None:
         candidates.append(cascade.result)
     recommended = recommend(

@@ -25,6 +25,15 @@ class DataConfig(Strict):
     """Field (column) holding the gold label. Gold is optional when the teacher labels the pool
     (an `llm` or `model` teacher): a row without it (missing, null or empty) is labelled by the
     teacher and scored against the teacher only."""
+    fields_field: str = "fields"
+    """An extract task's field (column) holding a row's fields: an object of field -> value,
+    or a list of values."""
+    spans_field: str = "spans"
+    """An extract task's field holding a row's character spans (`start`, `end`, `field`),
+    optional; checked against the text and the values where given."""
+    fields: list[str] | None = None
+    """An extract task's declared fields; null: those the gold rows use. A data row with a
+    field not declared here is an error naming it."""
     labels: list[str] | None = None
     """The label set, for a pool with no (or not every) gold label: what an `llm` teacher
     chooses from. Null: the gold labels of train (a `model` teacher's own labels when it has

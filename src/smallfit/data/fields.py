@@ -277,3 +277,68 @@ def _find_loose(text: str, value: str, taken: list[bool]) -> tuple[int, int] | N
         if not any(taken[match.start() : match.end()]):
             return match.start(), match.end()
     return None
+
+
+@dataclass(frozen=True)
+class FieldDataset:
+    """An extract task's splits and its field schema."""
+
+    train: FieldSplit
+    dev: FieldSplit
+    test: FieldSplit
+    schema: FieldSchema
+    leaked: int = 0
+
+    @property
+    def labels(self) -> list[str]:
+        """The field names (what a run's data summary lists)."""
+        return list(self.schema.names)
+
+
+def load_field_dataset(config: Any, *, gold_required: bool) -> FieldDataset:
+    """Read an extract task's data as ``config`` (a DataConfig) says: train, and test (else
+    ``test_fraction`` of train); dev is a seeded random ``dev_fraction`` of train; the
+    ``max_train``/``max_test`` slices are seeded random too. The schema is ``config.fields``,
+    else the fields the gold rows use."""
+    import numpy as np
+
+    declared = FieldSchema.of(config.fields) if config.fields else None
+
+    def read(path: Path) -> FieldSplit:
+        return read_field_split(
+            path,
+            schema=declared,
+            text_field=config.text_field,
+            fields_field=config.fields_field,
+            spans_field=config.spans_field,
+            optional=not gold_required,
+        )
+
+    rng = np.random.default_rng(config.seed)
+    pool = read(Path(config.train))
+    if config.test is not None:
+        test = read(Path(config.test))
+    else:
+        order = rng.permutation(len(pool))
+        cut = max(1, round(config.test_fraction * len(pool)))
+        test = pool.subset(sorted(order[:cut]), f"{pool.source} (test carve)")
+        pool = pool.subset(sorted(order[cut:]))
+    if config.max_test is not None and len(test) > config.max_test:
+        test = test.subset(sorted(rng.permutation(len(test))[: config.max_test]))
+    if config.max_train is not None and len(pool) > config.max_train:
+        pool = pool.subset(sorted(rng.permutation(len(pool))[: config.max_train]))
+    order = rng.permutation(len(pool))
+    cut = max(1, round(config.dev_fraction * len(pool)))
+    dev = pool.subset(sorted(order[:cut]), f"{pool.source} (dev carve)")
+    train = pool.subset(sorted(order[cut:]))
+    schema = declared or schema_of([train, dev, test])
+    from smallfit.data.dataset import normalise_text
+
+    seen = {normalise_text(t) for t in (*train.texts, *dev.texts)}
+    leaked = sum(normalise_text(t) in seen for t in test.texts)
+    if leaked and config.leakage == "error":
+        raise DataError(
+            f"{leaked} test texts are also in train or dev (data.leakage: error)",
+            file=test.source,
+        )
+    return FieldDataset(train, dev, test, schema, leaked)

@@ -19,6 +19,8 @@ from smallfit.train.config import (
 class StudentBase(Strict):
     compressible: ClassVar[bool] = False
     """Whether compression steps apply to it (a PyTorch transformer)."""
+    task: ClassVar[str] = "classify"
+    """The task type it learns (`classify` or `extract`)."""
 
     def schedule(self, examples: int) -> Schedule | None:
         """How long its training is planned to be on ``examples`` texts; None: no schedule."""
@@ -127,6 +129,26 @@ class DecoderStudent(StudentBase):
         return self.train.schedule(examples)
 
 
+class TaggerStudent(StudentBase):
+    """An extract task's student: a zoo encoder tagging the tokens of each field's values (BIO),
+    trained on the teacher's answers aligned to spans in the text."""
+
+    compressible: ClassVar[bool] = True
+    task: ClassVar[str] = "extract"
+    kind: Literal["tagger"] = "tagger"
+    """Selects this student type."""
+    name: str = "minilm-l6-tagger"
+    """Candidate name (model directory under `models/`)."""
+    base: str = "minilm-l6"
+    """Zoo alias, local HF directory or hub id of the encoder."""
+    train: TrainConfig = TrainConfig(epochs=3.0, lr=1e-4, head_lr=2e-3)
+    """How it is trained (`patience`, `evals_per_epoch` and `head_warmstart` do not apply)."""
+
+    def schedule(self, examples: int) -> Schedule | None:
+        return self.train.schedule(examples)
+
+
 StudentConfig = Annotated[
-    TransformerStudent | LinearStudent | DecoderStudent, Field(discriminator="kind")
+    TransformerStudent | LinearStudent | DecoderStudent | TaggerStudent,
+    Field(discriminator="kind"),
 ]

@@ -24,14 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     from smallfit.errors import SmallfitError
     from smallfit.evaluate.config import EvalConfig
     from smallfit.evaluate.speed import current_rss, measure_loaded
-    from smallfit.models.base import load
+    from smallfit.models.loading import load_model
 
     try:
         config = EvalConfig.model_validate_json(args.config_json)
         texts = json.loads(args.texts_file.read_text(encoding="utf-8"))
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise SmallfitError(f"{args.texts_file}: expected a JSON list of strings")
-        model = load(args.model_dir)
+        model = load_model(args.model_dir)
         load_rss = current_rss()
         result = measure_loaded(model, texts, config, load_rss_bytes=load_rss, isolated=True)
     except SmallfitError as exc:

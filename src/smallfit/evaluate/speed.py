@@ -127,7 +127,7 @@ def measure_loaded(
     for n in counts:
         with limit_threads(n, model):
             for i in range(config.warmup):
-                model.predict_proba([texts[i % len(texts)]])
+                model.answer([texts[i % len(texts)]])
             per_thread[str(n)] = _latency(model, texts, config.latency_queries)
     with limit_threads(all_threads, model):
         per_s = _throughput(model, texts, config.throughput_batch, config.throughput_batches)
@@ -171,14 +171,14 @@ def interleaved_latency(
     names = list(models)
     for i in range(warmup):
         for name in names:
-            models[name].predict_proba([texts[i % len(texts)]])
+            models[name].answer([texts[i % len(texts)]])
     times = {name: np.empty(queries, dtype=np.float64) for name in names}
     gc.collect()
     for i in range(queries):
         one = [texts[i % len(texts)]]
         for name in names:
             start = time.perf_counter_ns()
-            models[name].predict_proba(one)
+            models[name].answer(one)
             times[name][i] = time.perf_counter_ns() - start
     out: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -193,13 +193,13 @@ def _throughput(model: BaseClassifier, texts: list[str], batch: int, batches: in
     def make(k: int) -> list[str]:
         return [texts[(k * batch + j) % len(texts)] for j in range(batch)]
 
-    model.predict_proba(make(0))  # warm-up batch
+    model.answer(make(0))  # warm-up batch
     gc.collect()
     elapsed = 0
     for k in range(1, batches + 1):
         chunk = make(k)
         start = time.perf_counter_ns()
-        model.predict_proba(chunk)
+        model.answer(chunk)
         elapsed += time.perf_counter_ns() - start
     return float(batch * batches / (max(elapsed, 1) / 1e9))
 

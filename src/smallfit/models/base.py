@@ -60,6 +60,17 @@ class Classifier(Protocol):
     def info(self) -> ModelInfo: ...
 
 
+def model_info(model: Any) -> ModelInfo:
+    """What any model (a classifier or an extractor) is, from its attributes."""
+    return ModelInfo(
+        name=model.name,
+        backend=model.kind,
+        parameters=model.num_parameters,
+        bytes_on_disk=model.bytes_on_disk,
+        lineage=dict(model.lineage),
+    )
+
+
 SIGNALS = ("logits", "embeddings")
 """What a backend may give besides probabilities (see :meth:`BaseClassifier.outputs`)."""
 
@@ -105,6 +116,10 @@ class BaseClassifier(ABC):
     labels: list[str]
     name: str
     lineage: dict[str, Any]
+
+    def answer(self, texts: Sequence[str]) -> Any:
+        """What a speed measurement times: :meth:`predict_proba` (an extractor's ``extract``)."""
+        return self.predict_proba(texts)
 
     def close(self) -> None:
         """Release what the model holds open (connections, an answer store); nothing here."""
@@ -197,13 +212,7 @@ class BaseClassifier(ABC):
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self.name,
-            backend=self.kind,
-            parameters=self.num_parameters,
-            bytes_on_disk=self.bytes_on_disk,
-            lineage=dict(self.lineage),
-        )
+        return model_info(self)
 
     @abstractmethod
     def save_files(self, path: Path) -> dict[str, Any]:
@@ -312,6 +321,8 @@ def load(path: str | Path) -> BaseClassifier:
     """Load any saved smallfit model directory as the right Classifier."""
     directory = Path(path)
     manifest = read_manifest(directory)
+    if manifest.get("task") == "extract":
+        raise SmallfitError(f"{path}: a field extractor ({manifest['kind']}), not a classifier")
     model = backend_class(manifest["kind"]).load_files(directory, manifest)
     model.bytes_on_disk = dir_bytes(directory)
     return model

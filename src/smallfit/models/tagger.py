@@ -20,6 +20,7 @@ import numpy as np
 
 from smallfit.fields import FieldSchema, Span, Values
 from smallfit.models.base import MANIFEST_FORMAT, dir_bytes, read_manifest, write_json
+from smallfit.models.extractor import BaseExtractor
 
 KIND = "tagger"
 IGNORE = -100
@@ -115,12 +116,10 @@ def decode(
     return Extraction(values, spans, conf, doc)
 
 
-class TokenTagger:
+class TokenTagger(BaseExtractor):
     """An encoder token tagger over a field schema (PyTorch)."""
 
     kind = KIND
-    task = "extract"
-    remote = False
 
     def __init__(
         self,
@@ -173,10 +172,6 @@ class TokenTagger:
         )
 
     @property
-    def fields(self) -> list[str]:
-        return list(self.schema.names)
-
-    @property
     def num_parameters(self) -> int:
         return int(sum(p.numel() for p in self.module.parameters()))
 
@@ -220,9 +215,6 @@ class TokenTagger:
                 decode(t, o, p, self.tags) for t, o, p in zip(batch, offsets, probs, strict=True)
             ]
         return out
-
-    def close(self) -> None:
-        """Nothing held open."""
 
     # -- disk -----------------------------------------------------------------------------
 

@@ -17,18 +17,17 @@ import numpy as np
 from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema
 from smallfit.models.base import MANIFEST_FORMAT, dir_bytes, read_manifest, write_json
+from smallfit.models.extractor import BaseExtractor
 from smallfit.models.onnx import ONNX_FILE, TOKENIZER_FILE, _pad_token, ort_session
 from smallfit.models.tagger import Extraction, bio_tags, decode
 
 KIND = "tagger-onnx"
 
 
-class OnnxTagger:
+class OnnxTagger(BaseExtractor):
     """ONNX Runtime session + fast tokenizer + the field schema."""
 
     kind = KIND
-    task = "extract"
-    remote = False
 
     def __init__(
         self,
@@ -61,10 +60,6 @@ class OnnxTagger:
         self.tokenizer.enable_truncation(max_length=max_length)
         self._sessions: dict[int, Any] = {}
         self._threads = 0
-
-    @property
-    def fields(self) -> list[str]:
-        return list(self.schema.names)
 
     @property
     def num_parameters(self) -> int:
@@ -149,14 +144,3 @@ class OnnxTagger:
         )
         model.bytes_on_disk = dir_bytes(where)
         return model
-
-
-def load_extractor(path: str | Path) -> Any:
-    """The extract model saved in ``path`` (a PyTorch or an ONNX tagger)."""
-    from smallfit.models.tagger import TokenTagger
-
-    kind = read_manifest(path)["kind"]
-    loaders = {KIND: OnnxTagger.load, "tagger": TokenTagger.load}
-    if kind not in loaders:
-        raise SmallfitError(f"{path}: a '{kind}' model, not a field extractor")
-    return loaders[kind](path)

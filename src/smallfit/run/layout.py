@@ -141,6 +141,14 @@ class RunDir:
         """Candidate ``name``'s probabilities on the test split."""
         return self.results_dir / f"{name}.test_probs.npy"
 
+    def test_answers(self, name: str) -> Path:
+        """An extract candidate's answers on the test split (JSONL, one row per text)."""
+        return self.results_dir / f"{name}.test_answers.jsonl"
+
+    def label_answers(self, key: str) -> Path:
+        """An extract teacher's answers on the pool, cached by the labelling key."""
+        return self.labels_dir / f"answers-{key[:16]}.jsonl"
+
     @property
     def test_split(self) -> Path:
         return self.results_dir / "test.jsonl"

@@ -70,6 +70,30 @@ class Intervals(Record):
     macro_f1: Interval | None
     teacher_agreement: Interval | None = None
     ece: Interval | None
+    field_f1: Interval | None = None  # an extract task's micro F1 against gold
+
+
+class FieldScore(Record):
+    precision: Num
+    recall: Num
+    f1: Num
+    exact: Num
+    support: int
+
+
+class FieldScores(Record):
+    """An extract task's figures (see :mod:`smallfit.evaluate.fields`): against gold where the
+    test texts have it, and against the teacher's answers."""
+
+    micro_precision: Num | None
+    micro_recall: Num | None
+    micro_f1: Num | None
+    macro_f1: Num | None
+    doc_exact: Num | None
+    json_valid: Num
+    per_field: dict[str, FieldScore] = {}
+    teacher_micro_f1: Num | None = None
+    """Micro F1 against the teacher's answers (1 for the teacher itself)."""
 
 
 class Paired(Record):
@@ -101,10 +125,15 @@ class Quality(Record):
     ci95: Intervals | None = None  # the three below: absent before 2026-11-29
     vs_teacher: dict[str, Paired] | None = None
     bootstrap: Bootstrap | None = None
+    fields: FieldScores | None = None  # an extract task's (``accuracy`` is then doc exact)
 
     def value(self, metric: str) -> float | None:
-        """The figure selection and routing compare (``accuracy``, ``macro_f1`` ...)."""
-        v = getattr(self, metric, None) if metric in type(self).model_fields else None
+        """The figure selection and routing compare (``accuracy``, ``macro_f1``, an extract
+        task's ``field_f1``, ``field_macro_f1``, ``doc_exact``, ``field_agreement`` ...)."""
+        if metric in FIELD_METRICS:
+            v = getattr(self.fields, FIELD_METRICS[metric], None) if self.fields else None
+        else:
+            v = getattr(self, metric, None) if metric in type(self).model_fields else None
         return None if v is None or isinstance(v, (dict, BaseModel)) else float(v)
 
     def interval(self, metric: str) -> list[float] | None:
@@ -117,11 +146,29 @@ class Quality(Record):
         return (self.vs_teacher or {}).get(metric)
 
 
+FIELD_METRICS = {
+    "field_f1": "micro_f1",
+    "field_macro_f1": "macro_f1",
+    "doc_exact": "doc_exact",
+    "field_agreement": "teacher_micro_f1",
+}
+"""An extract task's metric names -> their figure in :class:`FieldScores`."""
+
+
 def resolve_metric(metric: str | None, candidates: list[CandidateResult]) -> str:
     """``metric`` when given; else ``accuracy`` when every candidate measured it on every test
-    text (all have gold labels), else ``teacher_agreement``."""
+    text (all have gold labels), else ``teacher_agreement``. For an extract task: ``field_f1``
+    (micro F1 against gold), else ``field_agreement`` (micro F1 against the teacher)."""
     if metric is not None:
         return metric
+    if candidates and all(c.quality.fields is not None for c in candidates):
+        every = all(
+            c.quality.fields is not None
+            and c.quality.fields.micro_f1 is not None
+            and c.quality.n_gold in (None, c.quality.n)
+            for c in candidates
+        )
+        return "field_f1" if every else "field_agreement"
     every_gold = all(
         c.quality.accuracy is not None and c.quality.n_gold in (None, c.quality.n)
         for c in candidates

@@ -123,6 +123,24 @@ def write_text(path: Path, text: str) -> None:
     _write_text(path, text)
 
 
+def write_jsonl(path: Path, rows: Sequence[Any]) -> None:
+    """One JSON value a line, atomically, its directory made."""
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[Any] | None:
+    """The rows of a JSONL file written by :func:`write_jsonl`; None when it is missing."""
+    if not path.is_file():
+        return None
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise SmallfitError(f"{path}:{n}: corrupt JSON line ({exc.msg})") from exc
+    return rows
+
+
 class Run:
     """A run directory, typed: models, records and saved test answers."""
 
@@ -201,6 +219,16 @@ class Run:
             ),
         )
 
+    def write_test_fields(self, texts: Sequence[str], docs: Sequence[Any]) -> None:
+        """An extract task's test texts and gold fields (null where a text has none)."""
+        write_jsonl(
+            self.dir.test_split,
+            [
+                {"text": t, "fields": None if d is None else d.values}
+                for t, d in zip(texts, docs, strict=True)
+            ],
+        )
+
     def read_test_split(self) -> tuple[list[str], list[str]] | None:
         """(texts, gold labels) of the saved test split, None when it is missing."""
         file = self.dir.test_split
@@ -267,6 +295,15 @@ class Run:
             return np.load(file, allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise SmallfitError(f"{file}: corrupt probabilities ({exc})") from exc
+
+    def save_answers(self, result: CandidateResult, rows: Sequence[dict[str, Any]]) -> None:
+        """An extract candidate's test answers (JSONL), then its results."""
+        write_jsonl(self.dir.test_answers(result.name), rows)
+        write_json(self.dir.result(result.name), result.dump())
+
+    def read_answers(self, name: str) -> list[dict[str, Any]] | None:
+        """An extract candidate's saved test answers, None when there are none."""
+        return read_jsonl(self.dir.test_answers(name))
 
     # -- the run's results and its cascade -------------------------------------------------------
 

@@ -15,10 +15,24 @@ _FLOOR = re.compile(r"^\s*(?P<x>\d+(\.\d+)?)\s*(\*\s*teacher)?\s*$")
 class SelectConfig(Strict):
     """How the winner is chosen: smallest candidate over the floor and under the ceiling."""
 
-    metric: Literal["accuracy", "macro_f1", "teacher_agreement"] | None = None
+    metric: (
+        Literal[
+            "accuracy",
+            "macro_f1",
+            "teacher_agreement",
+            "field_f1",
+            "field_macro_f1",
+            "doc_exact",
+            "field_agreement",
+        ]
+        | None
+    ) = None
     """Quality metric for the floor and the Pareto front. Null: `accuracy` when every test text
     has a gold label, else `teacher_agreement` (the share of test texts where a candidate gives
-    the teacher's answer; the teacher's own is 100%, less the texts it left unanswered)."""
+    the teacher's answer; the teacher's own is 100%, less the texts it left unanswered). An
+    extract task: `field_f1` (micro F1 over field values against gold), else `field_agreement`
+    (micro F1 against the teacher's answers); `field_macro_f1` and `doc_exact` (every field
+    right) are the others."""
     quality_floor: str = "0.98 * teacher"
     """`'0.9'` (absolute) or `'0.98 * teacher'` (relative to the teacher's metric). With
     `teacher.source: gold` (no teacher candidate) it must be absolute: the default is refused

@@ -297,7 +297,19 @@ def _ms(latency: Latency | None, which: str) -> float | None:
     return None if latency is None else getattr(latency, which)
 
 
-ABBREV = {"accuracy": "acc", "macro_f1": "F1", "teacher_agreement": "agree"}
+ABBREV = {
+    "accuracy": "acc",
+    "macro_f1": "F1",
+    "teacher_agreement": "agree",
+    "field_f1": "fieldF1",
+    "field_macro_f1": "fieldmF1",
+    "doc_exact": "docEM",
+    "field_agreement": "f-agree",
+}
+_QUALITY_COLUMNS = {
+    False: ("accuracy", "macro_f1", "teacher_agreement"),
+    True: ("field_f1", "doc_exact", "field_agreement"),  # an extract task's
+}
 
 
 def _ci_cell(c: Candidate, metric: str) -> str:
@@ -340,8 +352,9 @@ def format_table(
     )
     batch = 32 if speed0 is None or speed0.throughput_batch is None else speed0.throughput_batch
     abbrev = ABBREV.get(metric, metric)
+    columns = _QUALITY_COLUMNS[any(c.quality.fields is not None for c in candidates)]
     head = [
-        "", "name", "backend", "acc%", "F1%", "agree%", f"{abbrev}% 95% CI",
+        "", "name", "backend", *(f"{ABBREV[m]}%" for m in columns), f"{abbrev}% 95% CI",
         f"{abbrev}-teacher pt", "ECE",
         "p50@1t", "p95@1t", "p99@1t", f"p50@{all_t}t", f"b{batch}/s",
         "RSS MB", "size MB", "params M", "$/1M", "x faster", "x smaller", "%teacher", "%peak",
@@ -356,8 +369,7 @@ def format_table(
         )
         rows.append([
             mark, c.name, c.backend,
-            _fmt(q.accuracy, ".2f", 100), _fmt(q.macro_f1, ".2f", 100),
-            _fmt(q.teacher_agreement, ".2f", 100), _ci_cell(c, metric),
+            *(_fmt(q.value(m), ".2f", 100) for m in columns), _ci_cell(c, metric),
             _diff_cell(c, metric, teacher_name), _fmt(q.ece, ".4f"),
             _fmt(_ms(one, "p50_ms"), ".3f"), _fmt(_ms(one, "p95_ms"), ".3f"),
             _fmt(_ms(one, "p99_ms"), ".3f"), _fmt(_ms(allt, "p50_ms"), ".3f"),
@@ -436,7 +448,8 @@ def selection_json(
                 k: q.get(k)
                 for k in ("accuracy", "macro_f1", "teacher_agreement", "ece", "n", "ci95")
             }
-            | {"vs_teacher": q.get("vs_teacher")},
+            | {"vs_teacher": q.get("vs_teacher")}
+            | ({"fields": q["fields"]} if q.get("fields") else {}),
             latency_1t_ms={k: one.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
             throughput_per_s=chosen.speed.throughput_per_s,
             throughput_batch=s.get("throughput_batch"),

@@ -1,0 +1,82 @@
+"""The Extractor: a model of an ``extract`` task (text -> fields), beside the Classifier.
+
+Backends: ``tagger`` (an encoder token tagger in PyTorch) and ``tagger-onnx`` (the same in ONNX
+Runtime). Their manifests say ``"task": "extract"``; :func:`smallfit.models.base.load_model`
+loads either kind of model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from smallfit.errors import SmallfitError
+from smallfit.fields import FieldSchema
+from smallfit.models.base import ModelInfo, model_info, read_manifest
+
+if TYPE_CHECKING:
+    from smallfit.models.tagger import Extraction
+
+EXTRACTORS = {
+    "tagger": "smallfit.models.tagger:TokenTagger",
+    "tagger-onnx": "smallfit.models.tagger_onnx:OnnxTagger",
+}
+
+
+class BaseExtractor(ABC):
+    """What every extractor shares: its schema, name, lineage and size, and ``answer`` (what
+    speed measurement calls)."""
+
+    kind: str = ""
+    task = "extract"
+    remote = False
+    schema: FieldSchema
+    name: str
+    lineage: dict[str, Any]
+    bytes_on_disk: int = 0
+
+    @abstractmethod
+    def extract(self, texts: Sequence[str], *, batch_size: int = 64) -> list[Extraction]:
+        """The fields of each text."""
+
+    @property
+    @abstractmethod
+    def num_parameters(self) -> int: ...
+
+    @abstractmethod
+    def set_num_threads(self, threads: int) -> None: ...
+
+    def answer(self, texts: Sequence[str]) -> list[Extraction]:
+        return self.extract(texts)
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.schema.names)
+
+    @property
+    def labels(self) -> list[str]:
+        """The field names (a manifest's ``labels``)."""
+        return self.fields
+
+    def close(self) -> None:  # noqa: B027 (nothing to release by default)
+        """Nothing held open."""
+
+    def measured_speed(self) -> dict[str, Any] | None:
+        return None
+
+    @property
+    def info(self) -> ModelInfo:
+        return model_info(self)
+
+
+def load_extractor(path: str | Path) -> BaseExtractor:
+    """The extractor saved in ``path``."""
+    kind = read_manifest(path)["kind"]
+    if kind not in EXTRACTORS:
+        raise SmallfitError(f"{path}: a '{kind}' model, not a field extractor")
+    module, _, attr = EXTRACTORS[kind].partition(":")
+    model: BaseExtractor = getattr(importlib.import_module(module), attr).load(path)
+    return model

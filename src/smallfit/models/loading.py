@@ -1,0 +1,16 @@
+"""Loading any saved smallfit model, whatever its task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from smallfit.models.base import load, read_manifest
+from smallfit.models.extractor import load_extractor
+
+
+def load_model(path: str | Path) -> Any:
+    """A Classifier, or an Extractor (a model whose manifest says ``"task": "extract"``)."""
+    if read_manifest(path).get("task") == "extract":
+        return load_extractor(path)
+    return load(path)
