@@ -213,6 +213,31 @@ def test_a_minilm_tagger_learns_snips_fields_and_reloads_the_same(
     assert int8.bytes_on_disk < onnx.bytes_on_disk / 3
     assert len(int8.extract(test.texts)) == len(test)
 
+    # served over a real socket: /v1/extract, the drop-in chat route, and 409 for /v1/classify
+    import httpx
+    import openai
+
+    from smallfit.serve.app import create_app
+    from smallfit.testing.http import serving
+
+    expected = [schema.render(a.values) for a in onnx.extract(test.texts[:5])]
+    with serving(create_app(tmp_path / "onnx")) as url:
+        got = httpx.post(url + "/v1/extract", json={"texts": test.texts[:5]}).json()
+        assert [r["fields"] for r in got["results"]] == expected
+        first = got["results"][0]
+        for span in first["spans"]:
+            assert test.texts[0][span["start"] : span["end"]] in str(first["fields"][span["field"]])
+        assert httpx.post(url + "/v1/classify", json={"texts": ["hi"]}).status_code == 409
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        try:
+            reply = client.chat.completions.create(
+                model="x", messages=[{"role": "user", "content": test.texts[0]}]
+            )
+        finally:
+            client.close()
+        assert json.loads(reply.choices[0].message.content or "") == expected[0]
+        assert httpx.post(url + "/v1/extract", json={"texts": []}).status_code == 422
+
 
 @pytest.mark.slow
 def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> None:
@@ -235,17 +260,23 @@ def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> Non
             "teacher": {
                 "source": "finetune",
                 "base": "minilm-l6",
-                "train": {"epochs": 3, "lr": 1e-4, "head_lr": 2e-3, "min_steps": 0},
+                "train": {"epochs": 8, "lr": 1e-4, "head_lr": 2e-3, "min_steps": 0},
             },
-            "students": [{"kind": "tagger", "train": {"epochs": 2}}],
+            "students": [{"kind": "tagger", "train": {"epochs": 8}}],
             "evaluate": {"latency_queries": 10, "warmup": 2, "throughput_batches": 2},
             "select": {"quality_floor": "0.5 * teacher"},
+            "compress": {},
         }
     )
     assert config.route is None  # no cascade for an extract task yet
     result = fit(config, progress=False, log=lambda _: None)
     names = [c.name for c in result.results.candidates]
-    assert names == ["teacher", "minilm-l6-tagger"]
+    student_names = ["minilm-l6-tagger", "minilm-l6-tagger-onnx", "minilm-l6-tagger-int8"]
+    assert names == ["teacher", *student_names]
+    float32, _, int8 = result.results.candidates[1:]
+    assert int8.backend == "tagger-onnx" and int8.bytes_on_disk < float32.bytes_on_disk / 3
+    assert int8.quality.fields is not None and int8.quality.fields.teacher_micro_f1 is not None
+    assert int8.quality.fields.teacher_micro_f1 > 0.5
     teacher = result.results.candidates[0]
     assert teacher.quality.fields is not None and teacher.quality.fields.micro_f1 is not None
     assert teacher.quality.fields.teacher_micro_f1 == 1.0
@@ -257,6 +288,9 @@ def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> Non
     assert student.speed.threads["1"].p50_ms > 0 and student.bytes_on_disk > 0
     answers = (tmp_path / "run" / "results" / "minilm-l6-tagger.test_answers.jsonl").read_text()
     assert len(answers.splitlines()) == 80
+    assert result.report is not None
+    page = result.report.read_text("utf-8")
+    assert 'id="per-field"' in page and "micro F1" in page
     again = fit(config, progress=False, log=lambda _: None)
     assert (
         again.stages_run == [] and again.results.selection.chosen == result.results.selection.chosen
@@ -269,7 +303,10 @@ def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> Non
         ({"students": [{"kind": "transformer"}]}, "learns a classify task, but task is extract"),
         ({"teacher": {"source": "llm"}}, "teacher.source llm is not available for an extract"),
         ({"route": {}}, "route \\(the cascade\\) is not built for an extract task yet"),
-        ({"select": {"metric": "accuracy"}}, "select.metric accuracy is not a metric of the extract"),
+        (
+            {"select": {"metric": "accuracy"}},
+            "select.metric accuracy is not a metric of the extract",
+        ),
         ({"data": {"train": "x.jsonl", "out_of_scope": "oos"}}, "data.out_of_scope applies to"),
     ],
 )
@@ -283,3 +320,14 @@ def test_an_extract_config_refuses_what_the_task_does_not_take(extra: dict, mess
         FitConfig.model_validate(raw)
     plain = FitConfig.model_validate({"task": "extract", "data": {"train": "x.jsonl"}})
     assert [s.kind for s in plain.students] == ["tagger"] and plain.route is None
+
+
+def test_the_demo_recognises_an_extract_dataset(slots: Path) -> None:
+    from smallfit.demo import demo_config
+
+    config = demo_config(slots, quick=True)
+    assert config.task == "extract" and [s.kind for s in config.students] == ["tagger"]
+    assert config.compress is not None
+    steps = [[s.method for s in c.steps] for c in config.compress.expand()]
+    assert steps == [["onnx"], ["onnx", "int8-dynamic"]] and config.route is None
+    assert demo_config(shared_dataset("sst2")).task == "classify"

@@ -68,6 +68,12 @@ def fill_following_defaults(data: Any) -> Any:
     if data.get("task") == "extract":  # an extract task's own students; no cascade yet
         data.setdefault("students", [{"kind": "tagger"}])
         data.setdefault("route", None)
+        compress = data.get("compress")
+        if isinstance(compress, dict) and "grid" not in compress:  # what applies to a tagger
+            data["compress"] = {
+                **compress,
+                "grid": {"layers": [None], "quantize": ["onnx", "int8-dynamic"]},
+            }
     route = data.get("route")
     abstain = _get(route, "abstain")
     out_of_scope = _get(data.get("data"), "out_of_scope")
@@ -88,6 +94,7 @@ def conflicts(config: FitConfig) -> list[Conflict]:
 
 
 _CLASSIFY_ONLY_DATA = ("labels", "out_of_scope", "hold_out_labels", "extra_train")
+_EXTRACT_STEPS = ("onnx", "int8-dynamic")
 _EXTRACT_METRICS = ("field_f1", "field_macro_f1", "doc_exact", "field_agreement")
 
 
@@ -126,10 +133,14 @@ def _task(config: FitConfig) -> Iterator[Conflict]:
             ("route", "task"),
             "route (the cascade) is not built for an extract task yet; set route: null",
         )
-    if config.compress is not None:
-        yield Conflict(
-            ("compress", "task"), "compress is not available for an extract task yet; set null"
-        )
+    for candidate in config.compress.expand() if config.compress is not None else []:
+        methods = [s.method for s in candidate.steps]
+        if any(m not in _EXTRACT_STEPS for m in methods):
+            yield Conflict(
+                ("compress", "task"),
+                f"compress candidate {candidate.name!r} ({' -> '.join(methods)}): a tagger "
+                f"takes only {' and '.join(_EXTRACT_STEPS)} steps for now",
+            )
 
 
 def _select(config: FitConfig) -> Iterator[Conflict]:

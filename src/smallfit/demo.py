@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from smallfit.compress.config import CompressConfig, CompressGrid
 from smallfit.config import FitConfig
 from smallfit.data.config import DataConfig
-from smallfit.distill.config import LinearStudent, TransformerStudent
+from smallfit.distill.config import LinearStudent, TaggerStudent, TransformerStudent
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.config import EvalConfig
 from smallfit.teach.config import FinetuneTeacher
@@ -33,10 +34,48 @@ def demo_config(
         max_train=2000 if quick else None,
         max_test=600 if quick else None,
     )
+    task = task_of_rows(train)
+    stages = extract_stages(quick=quick) if task == "extract" else demo_stages(quick=quick)
     return FitConfig(
+        task=task,
         run_dir=Path(run_dir) if run_dir else Path("runs") / name,
         data=data,
-        **demo_stages(quick=quick),
+        **stages,
+    )
+
+
+def task_of_rows(file: Path) -> Literal["classify", "extract"]:
+    """``extract`` when the file's first row holds a ``fields`` object, else ``classify``."""
+    with file.open(encoding="utf-8-sig") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return "classify"  # reading the data names the line
+                fields = row.get("fields") if isinstance(row, dict) else None
+                return "extract" if isinstance(fields, dict) else "classify"
+    return "classify"
+
+
+def extract_stages(*, quick: bool = False) -> dict[str, Any]:
+    """An extract task's demo: an mpnet-base tagger trained on the gold fields as the teacher,
+    a MiniLM-L6 tagger distilled from its answers, that tagger as ONNX and as ONNX int8."""
+    return dict(
+        teacher=FinetuneTeacher(
+            base="mpnet-base",
+            train=TrainConfig(
+                epochs=1.0 if quick else 2.0, min_steps=0, lr=5e-5, head_lr=1e-3, freeze_layers=4
+            ),
+        ),
+        students=[
+            TaggerStudent(train=TrainConfig(epochs=2.0 if quick else 3.0, lr=1e-4, head_lr=2e-3))
+        ],
+        compress=CompressConfig(
+            grid=CompressGrid(layers=[None], quantize=["onnx", "int8-dynamic"]), budget="10m"
+        ),
+        evaluate=EvalConfig(latency_queries=100 if quick else 200),
+        route=None,
     )
 
 

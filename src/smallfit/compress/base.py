@@ -10,7 +10,10 @@ there is no import cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,3 +102,26 @@ class StepContext:
 
     def heal_data(self, model_dir: Path) -> HealData:
         return self.heal or HealData.from_model(model_dir, self.check_texts)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer(src: Path, out: Path) -> None:
+    """The tokenizer files of ``src`` (those it has) copied beside an exported graph."""
+    for file in _TOKENIZER_FILES:
+        if (src / file).is_file():
+            shutil.copy2(src / file, out / file)
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str) -> Iterator[None]:
+    """Raise the named loggers ("" = root) to ERROR for the block."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)

@@ -22,11 +22,10 @@ from smallfit.hashing import hash_json
 from smallfit.logs import beside, routed
 from smallfit.models.base import (
     MANIFEST,
-    BaseClassifier,
-    load,
     manifest_with_architecture,
     read_manifest,
 )
+from smallfit.models.loading import load_model as load
 
 _STEP = TypeAdapter(CompressionStep)
 
@@ -94,8 +93,9 @@ def compress(
     name: str | None = None,
     progress: bool = False,
     cache: tuple[Path, str] | None = None,
-) -> BaseClassifier:
-    """Apply ``steps`` to the model in ``model_dir``; the result is saved in ``out_dir``.
+) -> Any:
+    """Apply ``steps`` to the model in ``model_dir`` (a classifier, or a tagger: ``onnx`` and
+    ``int8-dynamic`` apply to it); the result is saved in ``out_dir``.
 
     Every step is checked against the model it will meet before anything runs, so an
     inapplicable step (int8 on an already int8 model, ONNX export of a linear model, ...) fails

@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import shutil
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smallfit.compress.base import StepContext, register_step
+from smallfit.compress.base import StepContext, copy_tokenizer, quiet, register_step
 from smallfit.compress.steps import OnnxExport
 from smallfit.errors import SmallfitError
-from smallfit.models.base import load_as
+from smallfit.models.base import load_as, read_manifest
 from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+_EXPORTED = {"transformer": "onnx", "tagger": "tagger-onnx"}
 
 
 def _onnx_can_apply(step: OnnxExport, manifest: dict[str, Any]) -> dict[str, Any]:
-    if manifest["kind"] != "transformer":
+    if manifest["kind"] not in _EXPORTED:
         raise SmallfitError(
-            f"ONNX export applies to transformer models; this one is '{manifest['kind']}'"
+            f"ONNX export applies to transformer models and taggers; this one is "
+            f"'{manifest['kind']}'"
         )
-    return {**manifest, "kind": "onnx", "quantization": None}
+    return {**manifest, "kind": _EXPORTED[manifest["kind"]], "quantization": None}
 
 
 GRAPH_OUTPUTS = ["logits", "embeddings"]
@@ -57,6 +54,10 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
     from smallfit.models.transformer import TransformerClassifier
 
     texts = ctx.check_texts
+    if read_manifest(model_dir)["kind"] == "tagger":
+        from smallfit.compress.tagger_steps import export_tagger
+
+        return export_tagger(model_dir, out, texts, opset=step.opset, tolerance=step.tolerance)
 
     model = load_as(model_dir, TransformerClassifier)
     graph = _logits_graph(model.module)
@@ -114,23 +115,3 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
         "argmax_agreement": agreement,
         "check_texts": len(check),
     }
-
-
-def copy_tokenizer(src: Path, out: Path) -> None:
-    """The tokenizer files of ``src`` (those it has) copied beside an exported graph."""
-    for file in _TOKENIZER_FILES:
-        if (src / file).is_file():
-            shutil.copy2(src / file, out / file)
-
-
-@contextlib.contextmanager
-def quiet(*loggers: str) -> Iterator[None]:
-    """Raise the named loggers ("" = root) to ERROR for the block."""
-    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
-    for logger, _ in saved:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in saved:
-            logger.setLevel(level)

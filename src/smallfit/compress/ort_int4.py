@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from smallfit.compress.base import StepContext, register_step
-from smallfit.compress.onnx_steps import quiet
+from smallfit.compress.base import StepContext, quiet, register_step
 from smallfit.compress.ort_quantize import copy_beside_graph, quantizable
 from smallfit.compress.steps import OrtInt4Weight
 from smallfit.errors import SmallfitError

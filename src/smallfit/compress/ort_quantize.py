@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.compress.base import StepContext, register_step
-from smallfit.compress.onnx_steps import quiet
+from smallfit.compress.base import StepContext, quiet, register_step
 from smallfit.compress.steps import OrtDynamicInt8, OrtStaticInt8
 from smallfit.errors import SmallfitError
-from smallfit.models.base import load_as
+from smallfit.models.base import load_as, read_manifest
 from smallfit.models.onnx import ONNX_FILE, OnnxClassifier
 
 # (destination file, nodes to quantize (None: all the step quantizes), nodes left in float)
@@ -41,7 +40,7 @@ CALIBRATION_BATCH = 16
 def quantizable(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """ONNX only (the quantizers rewrite an ONNX graph), and never twice: quantizing a
     quantized model would quantize the dequantized weights again and only lose accuracy."""
-    if manifest["kind"] != "onnx":
+    if manifest["kind"] not in ("onnx", "tagger-onnx"):
         raise SmallfitError(
             f"{step.method} quantizes ONNX models; this one is '{manifest['kind']}' "
             "(put an 'onnx' step before it)"
@@ -56,6 +55,11 @@ def _int8_dynamic(
     step: OrtDynamicInt8, model_dir: Path, out: Path, ctx: StepContext
 ) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if read_manifest(model_dir)["kind"] == "tagger-onnx":
+        from smallfit.compress.tagger_steps import quantize_tagger
+
+        return quantize_tagger(model_dir, out, ctx.check_texts, per_channel=step.per_channel)
 
     def quantize(dest: Path, only: list[str] | None, exclude: list[str]) -> None:
         quantize_dynamic(

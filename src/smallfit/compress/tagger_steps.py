@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.compress.onnx_steps import copy_tokenizer, quiet
+from smallfit.compress.base import copy_tokenizer, quiet
 from smallfit.errors import SmallfitError
 from smallfit.models.onnx import ONNX_FILE
 from smallfit.models.tagger import TokenTagger
@@ -48,7 +48,7 @@ def export_tagger(
 
     texts = list(check_texts)[:256]
     sample = tagger.tokenizer(texts[:4] * 2, padding=True, return_tensors="pt")
-    out.mkdir(parents=True, exist_ok=False)
+    out.mkdir(parents=True, exist_ok=True)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
@@ -89,29 +89,31 @@ def export_tagger(
     return report
 
 
-def quantize_tagger(src: Path, out: Path, check_texts: Sequence[str]) -> dict[str, Any]:
+def quantize_tagger(
+    src: Path, out: Path, check_texts: Sequence[str], *, per_channel: bool = True
+) -> dict[str, Any]:
     """An int8 copy (dynamic, per-channel weights) of the ONNX tagger in ``src``, with the
     share of ``check_texts``' tokens whose tag it keeps."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source = OnnxTagger.load(src)
-    out.mkdir(parents=True, exist_ok=False)
+    out.mkdir(parents=True, exist_ok=True)
     with quiet("", "onnxruntime"):
         quantize_dynamic(
             str(src / ONNX_FILE),
             str(out / ONNX_FILE),
             weight_type=QuantType.QInt8,
-            per_channel=True,
+            per_channel=per_channel,
         )
     copy_tokenizer(src, out)
     lineage = {**source.lineage, "quantized_from": str(src)}
     quantized = OnnxTagger(
         out,
         source.schema,
-        name=source.name + "-int8",
+        name=source.name,
         max_length=source.max_length,
         parameters=source.parameters,
-        quantization="int8-dynamic-per-channel",
+        quantization="int8-dynamic",
         lineage=lineage,
     )
     texts = list(check_texts)[:256]

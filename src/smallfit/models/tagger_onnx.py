@@ -8,6 +8,7 @@ offsets place the spans), and answers are read exactly as the PyTorch tagger rea
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,11 @@ class OnnxTagger(BaseExtractor):
     def save(self, path: str | Path, *, metrics: dict[str, Any] | None = None) -> Path:
         """Write the manifest beside the graph (the graph and tokenizer are already there)."""
         out = Path(path)
-        if out.resolve() != self.path.resolve():
-            raise SmallfitError("an ONNX tagger is saved where its graph is")
+        out.mkdir(parents=True, exist_ok=True)
+        if out.resolve() != self.path.resolve():  # the graph and tokenizer files, copied
+            for file in self.path.iterdir():
+                if file.is_file() and file.name != "smallfit.json":
+                    shutil.copy2(file, out / file.name)
         manifest = {
             "format": MANIFEST_FORMAT,
             "kind": self.kind,

@@ -325,7 +325,7 @@ def _confusions(facts: Facts) -> None:
     from its saved test probabilities and the run's saved test split."""
     name = facts.chosen
     k = facts.report.confused_pairs
-    if name is None or k == 0:
+    if name is None or k == 0 or facts.config.task == "extract":  # fields: no label pairs
         return
     store = facts.store
     probs, split = store.read_test_probs(name), store.read_test_split()

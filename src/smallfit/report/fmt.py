@@ -70,3 +70,15 @@ def flat(d: dict[str, Any]) -> str:
 
 def fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
+
+
+def f1_cells(mine: float, theirs: float | None, gap: float | None) -> str:
+    """The chosen model's F1 (with a bar), the teacher's, and the gap in points."""
+    width = max(0.0, min(1.0, float(mine))) * 100
+    return (
+        f'<td data-field="f1">{pct(mine, 1)}'
+        f'<span class="bar" style="width:{width:.0f}px"></span></td>'
+        f"<td>{pct(theirs, 1)}</td>"
+        f'<td class="{"neg" if gap is not None and gap < 0 else ""}">'
+        f"{'–' if gap is None else f'{100 * gap:+.1f} pt'}</td>"
+    )

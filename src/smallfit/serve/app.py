@@ -27,6 +27,7 @@ from smallfit.serve.chat import CHAT_PATH, add_chat_routes, validation_error
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, RequestFailed
 from smallfit.serve.errors import openai_error
+from smallfit.serve.extract import EXTRACT_PATH, add_extract_routes
 from smallfit.serve.metrics import Metrics
 from smallfit.serve.tei import PREDICT_PATH, add_tei_routes
 from smallfit.serve.text import served_text
@@ -238,7 +239,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
                 return passed
             metrics.requests.labels(status="400").inc()
             return validation_error(list(exc.errors()))
-        if request.url.path in ("/v1/classify", PREDICT_PATH):
+        if request.url.path in ("/v1/classify", PREDICT_PATH, EXTRACT_PATH):
             metrics.requests.labels(status="422").inc()
         problems = [_problem(e, config) for e in exc.errors()]
         return JSONResponse({"detail": problems}, status_code=422)
@@ -270,6 +271,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
 
     add_chat_routes(app, engine, config, too_large=_REFUSED[413], http=upstream_http)
     add_tei_routes(app, engine, config, refused=_REFUSED)
+    add_extract_routes(app, engine, body=classify_body, refused=_REFUSED)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -280,6 +280,22 @@ async def _stream(model: str, content: str) -> AsyncIterator[bytes]:
     yield b"data: [DONE]\n\n"
 
 
+async def _extract_answer(engine: Engine, text: str, request: Any) -> Response:
+    """An extractor's answer to a chat request: the fields as the message's JSON content."""
+    try:
+        served, answers, _ = await engine.extract([text])
+    except RequestFailed as exc:
+        return openai_error(exc.status, str(exc), kind="server_error")
+    answer = answers[0]
+    fields = served.model.schema.render(answer.values)  # type: ignore[attr-defined]
+    content = json.dumps(fields, ensure_ascii=False)
+    headers = {"x-smallfit-tier": served.name, "x-smallfit-confidence": f"{answer.confidence:.6f}"}
+    if request.stream:
+        events = _stream(served.name, content)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    return JSONResponse(_completion(served.name, content, request), headers=headers)
+
+
 def _headers(answer: Answer) -> dict[str, str]:
     headers = {"x-smallfit-tier": answer.tier, "x-smallfit-confidence": f"{answer.confidence:.6f}"}
     if answer.fallback:  # a later tier failed or timed out: the best local answer stands
@@ -323,6 +339,8 @@ def add_chat_routes(
         live = engine.live
         upstream = upstream_of(live.cascade) if live is not None else None
         text = last_user_text(request)
+        if live is not None and live.task == "extract":  # the fields, as a JSON object
+            return await _extract_answer(engine, text, request)
         relayed: list[Relayed] = []
         escalate = None
         if upstream is not None and upstream.template is not None:

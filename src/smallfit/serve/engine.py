@@ -17,8 +17,9 @@ import numpy as np
 
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import cpu_threads_all
-from smallfit.models.base import MANIFEST, BaseClassifier, load, read_manifest
-from smallfit.route.cascade import Cascade, Decisions, Raw
+from smallfit.models.base import MANIFEST, BaseClassifier, read_manifest
+from smallfit.models.loading import load_model
+from smallfit.route.cascade import Cascade, Decisions, Raw, Tier
 from smallfit.serve.batcher import MicroBatcher
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.metrics import Metrics
@@ -34,6 +35,10 @@ application's own request relayed to the upstream)."""
 
 class TierUnavailable(SmallfitError):
     """A remote tier failed or timed out and the fallback is 'error'."""
+
+
+class WrongTask(SmallfitError):
+    """A route of the other task type: /v1/classify on an extractor, or the reverse."""
 
 
 class RequestFailed(SmallfitError):
@@ -87,6 +92,11 @@ class Served:
     def name(self) -> str:
         return self.model.name
 
+    @property
+    def task(self) -> str:
+        """``classify``, or ``extract`` for a field extractor."""
+        return str(getattr(self.model, "task", "classify"))
+
 
 def _version(path: Path) -> str:
     stat = (path / MANIFEST).stat()
@@ -99,12 +109,17 @@ def load_served(path: str | Path, config: ServeConfig, metrics: Metrics | None) 
     where = Path(path).resolve()
     read_manifest(where)  # a clear error for a wrong path before anything heavy
     version = _version(where)
-    model = load(where)
-    cascade = Cascade.of(model, path=where)
+    model = load_model(where)
+    extractor = getattr(model, "task", "classify") == "extract"
+    if extractor:  # one tier answering fields (no cascade of extractors yet)
+        cascade = Cascade([Tier(model=model, threshold=None, path=where)], name=model.name)
+    else:
+        cascade = Cascade.of(model, path=where)
     threads = config.threads or max(1, cpu_threads_all() - 1)
     batchers = []
     for i, tier in enumerate(cascade.tiers):
-        call = cascade.tier_call(i)  # what the routing loop takes back from this tier
+        # what the routing loop takes back from this tier (an extractor: its answers)
+        call = getattr(tier.model, "extract") if extractor else cascade.tier_call(i)  # noqa: B009
         if not tier.remote:
             tier.model.set_num_threads(threads)  # a pool of its own (ONNX Runtime)
             call(WARMUP_TEXTS)
@@ -216,6 +231,9 @@ class Engine:
         except TierUnavailable as exc:
             self.metrics.requests.labels(status="503").inc()
             raise RequestFailed(503, str(exc)) from exc
+        except WrongTask as exc:
+            self.metrics.requests.labels(status="409").inc()
+            raise RequestFailed(409, str(exc)) from exc
         except Exception as exc:  # a model error: this request fails, the server goes on
             self.metrics.requests.labels(status="500").inc()
             self.metrics.errors.labels(kind="request").inc()
@@ -227,6 +245,33 @@ class Engine:
         self.metrics.request_latency.observe(elapsed)
         return served, answers, elapsed
 
+    async def extract(self, texts: list[str]) -> tuple[Served, list[Any], float]:
+        """The served extractor's answers (``Extraction``) for one request of a route, counted
+        in the request metrics; also the seconds it took. A failure is a :class:`RequestFailed`
+        (409 when the served model classifies)."""
+        served = self.live
+        if served is None:
+            raise RequestFailed(503, "no model loaded yet")
+        if served.task != "extract":
+            raise RequestFailed(409, f"{served.name} classifies; POST /v1/classify")
+        started = time.perf_counter()
+        served.inflight += 1
+        try:
+            answers: Any = await served.batchers[0].submit(texts)  # the extractor's list
+        except Exception as exc:
+            self.metrics.requests.labels(status="500").inc()
+            self.metrics.errors.labels(kind="request").inc()
+            _log.exception("a request failed")
+            message = f"the model failed on this request: {type(exc).__name__}: {exc}"
+            raise RequestFailed(500, message) from exc
+        finally:
+            served.inflight -= 1
+        elapsed = time.perf_counter() - started
+        self.metrics.requests.labels(status="200").inc()
+        self.metrics.request_latency.observe(elapsed)
+        self.metrics.texts.labels(tier=served.name).inc(len(texts))
+        return served, list(answers), elapsed
+
     async def classify(
         self, texts: list[str], *, last: LastTier | None = None
     ) -> tuple[Served, list[Answer]]:
@@ -236,6 +281,8 @@ class Engine:
         served = self.live
         if served is None:
             raise SmallfitError("no model loaded yet")
+        if served.task == "extract":
+            raise WrongTask(f"{served.name} extracts fields; POST /v1/extract")
         served.inflight += 1
         try:
             answers = await self._route(served, texts, last)

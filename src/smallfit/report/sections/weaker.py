@@ -5,9 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from smallfit.report.facts import Facts
-from smallfit.report.fmt import (
-    pct,
-)
+from smallfit.report.fmt import f1_cells, pct
 from smallfit.run.records import ClassScore
 
 
@@ -15,6 +13,10 @@ def weaker(f: Facts) -> str:
     chosen = f.candidate(f.chosen)
     if chosen is None:
         return ""
+    if chosen.quality.fields is not None:  # an extract task's: per field
+        from smallfit.report.sections.fields import fields_section
+
+        return fields_section(f, chosen)
     mine = chosen.quality.per_class
     theirs = {} if f.teacher is None else f.teacher.quality.per_class
     if not mine:
@@ -36,14 +38,9 @@ def weaker(f: Facts) -> str:
     k = f.report.worst_classes
 
     def tr(label: str, m: ClassScore, t: ClassScore | None, gap: float | None) -> str:
-        width = max(0.0, min(1.0, m.f1)) * 100
         return (
             f'<tr data-label="{escape(label)}"><td>{escape(label)}</td>'
-            f'<td data-field="f1">{pct(m.f1, 1)}'
-            f'<span class="bar" style="width:{width:.0f}px"></span></td>'
-            f"<td>{pct(None if t is None else t.f1, 1)}</td>"
-            f'<td class="{"neg" if gap is not None and gap < 0 else ""}">'
-            f"{'–' if gap is None else f'{100 * gap:+.1f} pt'}</td>"
+            f"{f1_cells(m.f1, None if t is None else t.f1, gap)}"
             f"<td>{pct(m.precision, 1)}</td><td>{pct(m.recall, 1)}</td>"
             f"<td>{m.support}</td></tr>"
         )

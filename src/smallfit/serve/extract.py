@@ -1,0 +1,85 @@
+"""``POST /v1/extract``: an extract task's fields for each text, from the served extractor.
+
+``{"texts": [...]}`` answers, per text, its ``fields`` (the JSON object the schema describes:
+a list field as a list, a string field as its first value), the ``spans`` they were read from,
+each field's confidence and the document's. A classifier served here answers 409, as does
+``/v1/classify`` on an extractor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from smallfit.serve.engine import Engine, RequestFailed
+
+EXTRACT_PATH = "/v1/extract"
+
+
+class SpanOut(BaseModel):
+    start: int
+    end: int
+    field: str
+
+
+class FieldsAnswer(BaseModel):
+    fields: dict[str, str | list[str]] = Field(description="the answer, as the schema says")
+    spans: list[SpanOut] = Field(description="where in the text each value is")
+    field_confidence: dict[str, float]
+    confidence: float = Field(description="the document's: its lowest token's")
+    tier: str
+
+
+class ExtractResponse(BaseModel):
+    model: str
+    version: str
+    results: list[FieldsAnswer]
+    latency_ms: float
+
+
+def render(answer: Any, schema: Any, tier: str) -> dict[str, Any]:
+    """One ``Extraction`` as the route's JSON."""
+    return {
+        "fields": schema.render(answer.values),
+        "spans": [{"start": s.start, "end": s.end, "field": s.field} for s in answer.spans],
+        "field_confidence": {k: round(v, 6) for k, v in answer.field_confidence.items()},
+        "confidence": round(answer.confidence, 6),
+        "tier": tier,
+    }
+
+
+def add_extract_routes(app: FastAPI, engine: Engine, *, body: Any, refused: Any) -> None:
+    """Add ``POST /v1/extract`` to ``app`` (``body``: the request model of ``/v1/classify``,
+    with this server's limits; ``refused``: the documented error responses)."""
+
+    async def extract(request: Any) -> Any:
+        """The fields of each text, their spans and confidences."""
+        try:
+            served, answers, elapsed = await engine.extract(list(request.texts))
+        except RequestFailed as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        schema = served.model.schema  # type: ignore[attr-defined]
+        return JSONResponse(
+            {
+                "model": served.name,
+                "version": served.version,
+                "results": [render(a, schema, served.name) for a in answers],
+                "latency_ms": round(elapsed * 1000, 3),
+            }
+        )
+
+    extract.__annotations__["request"] = body
+    failed = {"model": _Detail, "description": "the model failed on this request"}
+    wrong = {"model": _Detail, "description": "the served model classifies: POST /v1/classify"}
+    app.post(
+        EXTRACT_PATH,
+        response_model=ExtractResponse,
+        responses={**refused, 409: wrong, 500: failed},
+    )(extract)
+
+
+class _Detail(BaseModel):
+    detail: str
