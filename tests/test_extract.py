@@ -268,12 +268,21 @@ def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> Non
             "compress": {},
         }
     )
-    assert config.route is None  # no cascade for an extract task yet
     result = fit(config, progress=False, log=lambda _: None)
     names = [c.name for c in result.results.candidates]
     student_names = ["minilm-l6-tagger", "minilm-l6-tagger-onnx", "minilm-l6-tagger-int8"]
-    assert names == ["teacher", *student_names]
-    float32, _, int8 = result.results.candidates[1:]
+    assert names == ["teacher", *student_names, "cascade"]
+    summary = result.results.cascade
+    assert summary is not None and summary.tiers == [result.chosen, "teacher"]
+    assert summary.test is not None and 0 <= summary.test.escalation <= 1
+    cascade = result.results.candidates[-1]
+    assert cascade.quality.fields is not None and cascade.quality.fields.micro_f1 is not None
+    # the saved cascade, run on test, does what calibration computed from its tiers' answers
+    assert cascade.quality.fields.micro_f1 == pytest.approx(summary.test.accuracy, abs=0.01)
+    rows = (tmp_path / "run" / "results" / "cascade.test_answers.jsonl").read_text("utf-8")
+    tiers = [json.loads(line)["tier"] for line in rows.splitlines()]
+    assert tiers.count("teacher") / len(tiers) == pytest.approx(summary.test.escalation, abs=0.02)
+    float32, _, int8 = result.results.candidates[1:4]
     assert int8.backend == "tagger-onnx" and int8.bytes_on_disk < float32.bytes_on_disk / 3
     assert int8.quality.fields is not None and int8.quality.fields.teacher_micro_f1 is not None
     assert int8.quality.fields.teacher_micro_f1 > 0.5
@@ -302,7 +311,8 @@ def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> Non
     [
         ({"students": [{"kind": "transformer"}]}, "learns a classify task, but task is extract"),
         ({"teacher": {"source": "llm"}}, "teacher.source llm is not available for an extract"),
-        ({"route": {}}, "route \\(the cascade\\) is not built for an extract task yet"),
+        ({"route": {"abstain": {}}}, "route.abstain applies to a classify task only"),
+        ({"route": {"target": "cost <= 5"}}, "an extract cascade takes an F1 target"),
         (
             {"select": {"metric": "accuracy"}},
             "select.metric accuracy is not a metric of the extract",
@@ -319,7 +329,7 @@ def test_an_extract_config_refuses_what_the_task_does_not_take(extra: dict, mess
     with pytest.raises(ValidationError, match=message):
         FitConfig.model_validate(raw)
     plain = FitConfig.model_validate({"task": "extract", "data": {"train": "x.jsonl"}})
-    assert [s.kind for s in plain.students] == ["tagger"] and plain.route is None
+    assert [s.kind for s in plain.students] == ["tagger"] and plain.route is not None
 
 
 def test_the_demo_recognises_an_extract_dataset(slots: Path) -> None:
@@ -329,5 +339,5 @@ def test_the_demo_recognises_an_extract_dataset(slots: Path) -> None:
     assert config.task == "extract" and [s.kind for s in config.students] == ["tagger"]
     assert config.compress is not None
     steps = [[s.method for s in c.steps] for c in config.compress.expand()]
-    assert steps == [["onnx"], ["onnx", "int8-dynamic"]] and config.route is None
+    assert steps == [["onnx"], ["onnx", "int8-dynamic"]] and config.route is not None
     assert demo_config(shared_dataset("sst2")).task == "classify"

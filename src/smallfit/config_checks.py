@@ -67,7 +67,6 @@ def fill_following_defaults(data: Any) -> Any:
         data["route"] = None
     if data.get("task") == "extract":  # an extract task's own students; no cascade yet
         data.setdefault("students", [{"kind": "tagger"}])
-        data.setdefault("route", None)
         compress = data.get("compress")
         if isinstance(compress, dict) and "grid" not in compress:  # what applies to a tagger
             data["compress"] = {
@@ -100,7 +99,8 @@ _EXTRACT_METRICS = ("field_f1", "field_macro_f1", "doc_exact", "field_agreement"
 
 def _task(config: FitConfig) -> Iterator[Conflict]:
     """What a task type does not take: students of the other task, and (for now) an extract
-    task's teachers other than a fine-tuned tagger or gold, its cascade and compression."""
+    task's teachers other than a fine-tuned tagger or gold, abstention, a cost target, and
+    compression steps other than ONNX and int8."""
     task = config.task
     for s in config.students:
         if s.task != task:
@@ -128,10 +128,14 @@ def _task(config: FitConfig) -> Iterator[Conflict]:
     for key in _CLASSIFY_ONLY_DATA:
         if getattr(config.data, key) not in (None, []):
             yield Conflict((f"data.{key}", "task"), f"data.{key} applies to a classify task only")
-    if config.route is not None:
+    route = config.route
+    if route is not None and route.abstain is not None:
+        yield Conflict(("route.abstain", "task"), "route.abstain applies to a classify task only")
+    if route is not None and route.target.strip().startswith("cost"):
         yield Conflict(
-            ("route", "task"),
-            "route (the cascade) is not built for an extract task yet; set route: null",
+            ("route.target", "task"),
+            "an extract cascade takes an F1 target ('accuracy >= teacher - 0.5pt' reads micro "
+            "F1) or an escalation target, not a cost",
         )
     for candidate in config.compress.expand() if config.compress is not None else []:
         methods = [s.method for s in candidate.steps]

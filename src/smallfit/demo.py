@@ -75,7 +75,6 @@ def extract_stages(*, quick: bool = False) -> dict[str, Any]:
             grid=CompressGrid(layers=[None], quantize=["onnx", "int8-dynamic"]), budget="10m"
         ),
         evaluate=EvalConfig(latency_queries=100 if quick else 200),
-        route=None,
     )
 
 

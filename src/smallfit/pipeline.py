@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from smallfit.config import FitConfig, dump_fit_config
 from smallfit.data import Dataset
 from smallfit.distill.config import StudentBase
@@ -269,12 +267,12 @@ class _Run:
         self,
         candidates: list[CandidateResult],
         chosen: str | None,
-        teacher_dev_probs: np.ndarray,
+        teacher_dev: Any,
         *,
         metric: str,
     ) -> Routed | None:
         """Calibrate (or reuse) the cascade: its result and summary; None without one."""
-        from smallfit.route.stage import Routed, build_cascade, tier_names
+        from smallfit.route.stage import Routed, tier_names
 
         config = self.config.route
         if config is None:
@@ -293,24 +291,13 @@ class _Run:
                 "out_of_scope": hash_texts(self.dataset.out_of_scope),
             }
         )
-        outputs = (*self.store.candidate_files(CASCADE), self.run.cascade_file)
+        outputs = (*self.task.answer_files(self.store, CASCADE), self.run.cascade_file)
         if self.stages.fresh("route", key, *outputs):
             summary = self.store.read_cascade()
             assert summary is not None  # one of the outputs checked
             return Routed(self.store.read_candidate(CASCADE), summary)
         started = time.monotonic()
-        routed = build_cascade(
-            self.dir,
-            config,
-            dataset=self.dataset,
-            candidates=candidates,
-            chosen=chosen,
-            evaluate=self.config.evaluate,
-            teacher_dev_probs=teacher_dev_probs,
-            metric=metric,
-            progress=self.progress,
-            log=self.log,
-        )
+        routed = self.task.build_cascade(self, config, candidates, chosen, teacher_dev, metric)
         self.stages.finish("route", key, started)
         return routed
 

@@ -294,6 +294,11 @@ class FieldDataset:
         """The field names (what a run's data summary lists)."""
         return list(self.schema.names)
 
+    @property
+    def out_of_scope(self) -> list[str]:
+        """No out-of-scope texts (a classify task's notion)."""
+        return []
+
 
 def load_field_dataset(config: Any, *, gold_required: bool) -> FieldDataset:
     """Read an extract task's data as ``config`` (a DataConfig) says: train, and test (else

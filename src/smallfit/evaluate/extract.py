@@ -37,6 +37,7 @@ def extract_in_batches(
                         "spans": [[s.start, s.end, s.field] for s in a.spans],
                         "field_confidence": {k: round(v, 6) for k, v in a.field_confidence.items()},
                         "confidence": round(a.confidence, 6),
+                        **({"tier": a.tier} if a.tier else {}),
                     }
                 )
             bar.update(min(BATCH, len(texts) - i))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema
-from smallfit.models.base import ModelInfo, model_info, read_manifest
+from smallfit.models.base import MANIFEST_FORMAT, ModelInfo, model_info, read_manifest
 
 if TYPE_CHECKING:
     from smallfit.models.tagger import Extraction
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 EXTRACTORS = {
     "tagger": "smallfit.models.tagger:TokenTagger",
     "tagger-onnx": "smallfit.models.tagger_onnx:OnnxTagger",
+    "field-cascade": "smallfit.models.field_cascade:FieldCascade",
 }
 
 
@@ -66,6 +67,21 @@ class BaseExtractor(ABC):
 
     def measured_speed(self) -> dict[str, Any] | None:
         return None
+
+    def manifest(self, metrics: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+        """The manifest every extractor writes, with its backend's ``extra`` fields."""
+        return {
+            "format": MANIFEST_FORMAT,
+            "kind": self.kind,
+            "task": self.task,
+            "name": self.name,
+            "labels": self.fields,
+            "schema": self.schema.to_dict(),
+            **extra,
+            "parameters": self.num_parameters,
+            "lineage": self.lineage,
+            "metrics": metrics or {},
+        }
 
     @property
     def info(self) -> ModelInfo:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from smallfit.fields import FieldSchema, Span, Values
-from smallfit.models.base import MANIFEST_FORMAT, dir_bytes, read_manifest, write_json
+from smallfit.models.base import dir_bytes, read_manifest, write_json
 from smallfit.models.extractor import BaseExtractor
 
 KIND = "tagger"
@@ -41,6 +41,8 @@ class Extraction:
     spans: list[Span]
     field_confidence: dict[str, float]
     confidence: float
+    tier: str = ""
+    """Which model of a cascade answered (empty for a single model)."""
 
 
 def token_targets(
@@ -228,19 +230,7 @@ class TokenTagger(BaseExtractor):
         return out
 
     def _manifest(self, metrics: dict[str, Any] | None) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
-            "kind": self.kind,
-            "task": self.task,
-            "name": self.name,
-            "labels": self.fields,
-            "schema": self.schema.to_dict(),
-            "tags": self.tags,
-            "max_length": self.max_length,
-            "parameters": self.num_parameters,
-            "lineage": self.lineage,
-            "metrics": metrics or {},
-        }
+        return self.manifest(metrics, tags=self.tags, max_length=self.max_length)
 
     @classmethod
     def load(cls, path: str | Path) -> TokenTagger:

@@ -17,7 +17,7 @@ import numpy as np
 
 from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema
-from smallfit.models.base import MANIFEST_FORMAT, dir_bytes, read_manifest, write_json
+from smallfit.models.base import dir_bytes, read_manifest, write_json
 from smallfit.models.extractor import BaseExtractor
 from smallfit.models.onnx import ONNX_FILE, TOKENIZER_FILE, _pad_token, ort_session
 from smallfit.models.tagger import Extraction, bio_tags, decode
@@ -115,20 +115,9 @@ class OnnxTagger(BaseExtractor):
             for file in self.path.iterdir():
                 if file.is_file() and file.name != "smallfit.json":
                     shutil.copy2(file, out / file.name)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "kind": self.kind,
-            "task": self.task,
-            "name": self.name,
-            "labels": self.fields,
-            "schema": self.schema.to_dict(),
-            "tags": self.tags,
-            "max_length": self.max_length,
-            "parameters": self.parameters,
-            "quantization": self.quantization,
-            "lineage": self.lineage,
-            "metrics": metrics or {},
-        }
+        manifest = self.manifest(
+            metrics, tags=self.tags, max_length=self.max_length, quantization=self.quantization
+        )
         write_json(out / "smallfit.json", manifest)
         self.bytes_on_disk = dir_bytes(out)
         return out

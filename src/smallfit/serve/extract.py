@@ -66,7 +66,7 @@ def add_extract_routes(app: FastAPI, engine: Engine, *, body: Any, refused: Any)
             {
                 "model": served.name,
                 "version": served.version,
-                "results": [render(a, schema, served.name) for a in answers],
+                "results": [render(a, schema, a.tier or served.name) for a in answers],
                 "latency_ms": round(elapsed * 1000, 3),
             }
         )

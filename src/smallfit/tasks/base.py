@@ -92,6 +92,18 @@ class Task(ABC):
     @abstractmethod
     def read_answers(self, store: Run, name: str) -> Any: ...
 
+    @abstractmethod
+    def build_cascade(
+        self,
+        run: Any,
+        config: Any,
+        candidates: list[CandidateResult],
+        chosen: str | None,
+        teacher_dev: Any,
+        metric: str,
+    ) -> Any:
+        """Calibrate, save and measure the cascade (``config``: the route's); a Routed."""
+
     def heal(self, dataset: Any, labels: Labels) -> Any:
         """What compression steps that remove weights distil against; None: none."""
         return None

@@ -159,6 +159,30 @@ class ClassifyTask(Task):
     def read_answers(self, store: Run, name: str) -> Any:
         return store.read_test_probs(name)
 
+    def build_cascade(
+        self,
+        run: Any,
+        config: Any,
+        candidates: list[CandidateResult],
+        chosen: str | None,
+        teacher_dev: Any,
+        metric: str,
+    ) -> Any:
+        from smallfit.route.stage import build_cascade
+
+        return build_cascade(
+            run.dir,
+            config,
+            dataset=run.dataset,
+            candidates=candidates,
+            chosen=chosen,
+            evaluate=run.config.evaluate,
+            teacher_dev_probs=teacher_dev,
+            metric=metric,
+            progress=run.progress,
+            log=run.log,
+        )
+
     def heal(self, dataset: Dataset, labels: Labels) -> Any:
         from smallfit.compress import HealData
 

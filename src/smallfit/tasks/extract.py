@@ -172,6 +172,41 @@ class ExtractTask(Task):
             progress=run.progress,
         )
 
+    def build_cascade(
+        self,
+        run: Any,
+        config: Any,
+        candidates: list[CandidateResult],
+        chosen: str | None,
+        teacher_dev: Any,
+        metric: str,
+    ) -> Any:
+        from smallfit.evaluate.extract import evaluate_extractor
+        from smallfit.route.fields import build_field_cascade
+
+        def evaluate(model_dir: Path, teacher_answers: Any) -> tuple[CandidateResult, Any]:
+            return evaluate_extractor(
+                model_dir,
+                test=run.dataset.test,
+                schema=run.dataset.schema,
+                teacher_answers=teacher_answers,
+                is_teacher=False,
+                config=run.config.evaluate,
+                progress=run.progress,
+            )
+
+        return build_field_cascade(
+            run.dir,
+            config,
+            dataset=run.dataset,
+            candidates=candidates,
+            chosen=chosen,
+            teacher_dev=teacher_dev,
+            metric=metric,
+            evaluate=evaluate,
+            log=run.log,
+        )
+
     def answer_files(self, store: Run, name: str) -> tuple[Path, ...]:
         return store.dir.result(name), store.dir.test_answers(name)
 
