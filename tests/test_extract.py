@@ -94,6 +94,13 @@ def test_values_align_to_the_text_and_absent_ones_are_counted_never_invented() -
     got = {s.field: text[s.start : s.end] for s in spans}
     assert got == {"album": "Thriller", "artist": "michael  jackson"}
     assert missing == [("city", "Berlin")]
+    # longer values first and whole words first: "2" is not taken out of "12 pm"
+    text = "at 12 pm for 2 people"
+    spans, missing = align(text, {"party_size": ["2"], "time": ["12 pm"]})
+    assert [(s.field, text[s.start : s.end], s.start) for s in spans] == [
+        ("time", "12 pm", 3),
+        ("party_size", "2", 13),
+    ]
 
 
 def test_field_metrics_by_hand() -> None:
@@ -233,9 +240,18 @@ def test_a_minilm_tagger_learns_snips_fields_and_reloads_the_same(
             reply = client.chat.completions.create(
                 model="x", messages=[{"role": "user", "content": test.texts[0]}]
             )
+            structured = client.chat.completions.create(  # the application's own schema
+                model="x",
+                messages=[{"role": "user", "content": test.texts[0]}],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "slots", "schema": schema.json_schema()},
+                },
+            )
         finally:
             client.close()
         assert json.loads(reply.choices[0].message.content or "") == expected[0]
+        assert json.loads(structured.choices[0].message.content or "") == expected[0]
         assert httpx.post(url + "/v1/extract", json={"texts": []}).status_code == 422
 
 
@@ -341,3 +357,24 @@ def test_the_demo_recognises_an_extract_dataset(slots: Path) -> None:
     steps = [[s.method for s in c.steps] for c in config.compress.expand()]
     assert steps == [["onnx"], ["onnx", "int8-dynamic"]] and config.route is not None
     assert demo_config(shared_dataset("sst2")).task == "classify"
+
+
+def test_cascade_calibration_escalates_exactly_what_a_threshold_can() -> None:
+    """Per-document counts (tp, fp, fn) of the first tier and the teacher: escalating the k
+    least confident gives the mixed micro F1; a k that splits tied confidences is never
+    chosen, and the threshold escalates exactly the chosen k."""
+    from smallfit.route.fields import _threshold, choose, mixed_curve
+
+    conf = np.array([0.5, 0.5, 0.9, 0.2])
+    first = np.array([[0, 1, 1], [0, 1, 1], [1, 0, 0], [0, 0, 1]], dtype=float)
+    second = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]], dtype=float)
+    f1, order, exact = mixed_curve(conf, first, second)
+    assert exact.tolist() == [True, True, False, True, True]  # k=2 splits the two 0.5s
+    assert f1[0] == pytest.approx(2 * 1 / (2 * 1 + 2 + 3))
+    assert f1[-1] == 1.0
+    k, met = choose(f1, 1.0, "accuracy >= teacher - 0.5pt", exact)
+    assert met and k == 3 and exact[k]
+    threshold = _threshold(conf, order, k)
+    assert int((conf < threshold).sum()) == 3
+    k, met = choose(f1, 1.0, "escalation <= 50%", exact)
+    assert k == 1 and met  # 2 would split the tie

@@ -129,6 +129,13 @@ def _task(config: FitConfig) -> Iterator[Conflict]:
         if getattr(config.data, key) not in (None, []):
             yield Conflict((f"data.{key}", "task"), f"data.{key} applies to a classify task only")
     route = config.route
+    tiers = None if route is None else route.tiers
+    if tiers is not None and (len(tiers) != 2 or tiers[-1] != "teacher"):
+        yield Conflict(
+            ("route.tiers", "task"),
+            f"route.tiers {tiers}: an extract cascade has two tiers, a local extractor then "
+            "the teacher",
+        )
     if route is not None and route.abstain is not None:
         yield Conflict(("route.abstain", "task"), "route.abstain applies to a classify task only")
     if route is not None and route.target.strip().startswith("cost"):
@@ -161,11 +168,11 @@ def _select(config: FitConfig) -> Iterator[Conflict]:
             "teacher.source is gold: no teacher is measured to set it; give an absolute floor "
             "such as select.quality_floor: '0.9'",
         )
-    if metric == "teacher_agreement" and gold:
+    if metric in ("teacher_agreement", "field_agreement") and gold:
         yield Conflict(
             ("select.metric", "teacher.source"),
-            "select.metric is teacher_agreement, but teacher.source is gold: there is no teacher "
-            "to agree with (agreement with gold labels is select.metric: accuracy)",
+            f"select.metric is {metric}, but teacher.source is gold: there is no teacher "
+            "to agree with (against gold labels: select.metric accuracy, or field_f1)",
         )
 
 

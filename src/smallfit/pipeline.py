@@ -297,7 +297,11 @@ class _Run:
             assert summary is not None  # one of the outputs checked
             return Routed(self.store.read_candidate(CASCADE), summary)
         started = time.monotonic()
-        routed = self.task.build_cascade(self, config, candidates, chosen, teacher_dev, metric)
+        try:
+            routed = self.task.build_cascade(self, config, candidates, chosen, teacher_dev, metric)
+        except SmallfitError as exc:  # the run's measurements stand without a cascade
+            self.log(f"[route] no cascade: {exc}")
+            return None
         self.stages.finish("route", key, started)
         return routed
 

@@ -40,7 +40,7 @@ CALIBRATION_BATCH = 16
 def quantizable(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """ONNX only (the quantizers rewrite an ONNX graph), and never twice: quantizing a
     quantized model would quantize the dequantized weights again and only lose accuracy."""
-    if manifest["kind"] not in ("onnx", "tagger-onnx"):
+    if manifest["kind"] != "onnx":
         raise SmallfitError(
             f"{step.method} quantizes ONNX models; this one is '{manifest['kind']}' "
             "(put an 'onnx' step before it)"
@@ -50,7 +50,14 @@ def quantizable(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "quantization": step.method}
 
 
-@register_step(OrtDynamicInt8, precondition=quantizable)
+def quantizable_dynamic(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """:func:`quantizable`, and an ONNX tagger too (dynamic int8 is the one method it takes)."""
+    if manifest["kind"] == "tagger-onnx":
+        return quantizable(step, {**manifest, "kind": "onnx"}) | {"kind": "tagger-onnx"}
+    return quantizable(step, manifest)
+
+
+@register_step(OrtDynamicInt8, precondition=quantizable_dynamic)
 def _int8_dynamic(
     step: OrtDynamicInt8, model_dir: Path, out: Path, ctx: StepContext
 ) -> dict[str, Any]:

@@ -240,42 +240,35 @@ def align(text: str, values: Values) -> tuple[list[Span], list[tuple[str, str]]]
     (field, value), never invented."""
     taken = [False] * len(text)
     spans, missing = [], []
-    folded = text.casefold()
-    for name, items in values.items():
-        for value in items:
-            found = _find(text, value, taken) or _find(folded, value.casefold(), taken)
-            if found is None:
-                found = _find_loose(text, value, taken)
-            if found is None:
-                missing.append((name, value))
-                continue
-            start, end = found
-            taken[start:end] = [True] * (end - start)
-            spans.append(Span(start, end, name))
+    pairs = [(name, value) for name, items in values.items() for value in items]
+    # longer values first, so "12 pm" is placed before a "2" could take its digit
+    for name, value in sorted(pairs, key=lambda p: -len(p[1].strip())):
+        found = _find_loose(text, value, taken, words=True) or _find_loose(text, value, taken)
+        if found is None:
+            missing.append((name, value))
+            continue
+        start, end = found
+        taken[start:end] = [True] * (end - start)
+        spans.append(Span(start, end, name))
     spans.sort(key=lambda s: (s.start, s.end))
     return spans, missing
 
 
-def _find(text: str, value: str, taken: list[bool]) -> tuple[int, int] | None:
-    needle = value.strip()
-    if not needle or len(text) != len(taken):
+def _find_loose(
+    text: str, value: str, taken: list[bool], *, words: bool = False
+) -> tuple[int, int] | None:
+    """The first free occurrence of ``value`` in ``text``, ignoring case and runs of spaces;
+    with ``words``, only one not inside a longer word. An exact-case match comes first."""
+    parts = [re.escape(w) for w in _SPACE.split(value.strip()) if w]
+    if not parts:
         return None
-    start = text.find(needle)
-    while start >= 0:
-        end = start + len(needle)
-        if not any(taken[start:end]):
-            return start, end
-        start = text.find(needle, start + 1)
-    return None
-
-
-def _find_loose(text: str, value: str, taken: list[bool]) -> tuple[int, int] | None:
-    words = [re.escape(w) for w in _SPACE.split(value.strip()) if w]
-    if not words:
-        return None
-    for match in re.finditer(r"\s+".join(words), text, re.IGNORECASE):
-        if not any(taken[match.start() : match.end()]):
-            return match.start(), match.end()
+    pattern = r"\s+".join(parts)
+    if words:
+        pattern = rf"(?<!\w){pattern}(?!\w)"
+    for flags in (0, re.IGNORECASE):
+        for match in re.finditer(pattern, text, flags):
+            if not any(taken[match.start() : match.end()]):
+                return match.start(), match.end()
     return None
 
 
@@ -336,7 +329,18 @@ def load_field_dataset(config: Any, *, gold_required: bool) -> FieldDataset:
     cut = max(1, round(config.dev_fraction * len(pool)))
     dev = pool.subset(sorted(order[:cut]), f"{pool.source} (dev carve)")
     train = pool.subset(sorted(order[cut:]))
-    schema = declared or schema_of([train, dev, test])
+    if not len(train) or not len(dev):
+        raise DataError(
+            f"{len(pool)} training rows leave {len(train)} to train on and {len(dev)} for dev: "
+            "too few (add rows, or lower data.dev_fraction)",
+            file=pool.source,
+        )
+    if declared is None:
+        schema = schema_of([train, dev, test])  # the fields used, and which hold lists
+    else:  # the declared order; a declared field is a list where the data holds two values
+        used = [d for s in (train, dev, test) for d in s.docs if d is not None]
+        lists = {n for d in used for n, v in d.values.items() if len(v) > 1}
+        schema = FieldSchema.of(declared.names, lists & set(declared.names))
     from smallfit.data.dataset import normalise_text
 
     seen = {normalise_text(t) for t in (*train.texts, *dev.texts)}

@@ -35,8 +35,9 @@ def extract_in_batches(
                     {
                         "fields": a.values,
                         "spans": [[s.start, s.end, s.field] for s in a.spans],
-                        "field_confidence": {k: round(v, 6) for k, v in a.field_confidence.items()},
-                        "confidence": round(a.confidence, 6),
+                        # unrounded: a cascade's threshold is calibrated on these
+                        "field_confidence": a.field_confidence,
+                        "confidence": a.confidence,
                         **({"tier": a.tier} if a.tier else {}),
                     }
                 )

@@ -42,43 +42,51 @@ def _f1(c: np.ndarray) -> float:
 
 def mixed_curve(
     confidence: np.ndarray, first: np.ndarray, second: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """For k = 0..n (the k least confident documents escalated): the micro F1 of the mix and
-    the order documents are escalated in. ``first``/``second``: per-document counts."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For k = 0..n (the k least confident documents escalated): the micro F1 of the mix, the
+    order documents are escalated in, and whether a threshold escalates exactly k (not when
+    the k-th and the (k+1)-th least confident tie). ``first``/``second``: per-document
+    counts."""
     order = np.argsort(confidence, kind="stable")
     gain = np.cumsum(second[order] - first[order], axis=0)
     totals = first.sum(axis=0) + np.vstack([np.zeros(3), gain])
     tp, fp, fn = totals[:, 0], totals[:, 1], totals[:, 2]
     denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 1.0), order
+    ranked = confidence[order]
+    exact = np.ones(len(order) + 1, dtype=bool)
+    exact[1:-1] = ranked[:-1] < ranked[1:]
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 1.0), order, exact
 
 
-def choose(f1: np.ndarray, teacher_f1: float, target: str) -> tuple[int, bool]:
-    """The number of documents to escalate for ``target`` and whether it is met: the fewest
-    that reach the F1 target; for an escalation target, the best F1 within it. Unmet: the
-    fewest with the best F1."""
+def choose(
+    f1: np.ndarray, teacher_f1: float, target: str, exact: np.ndarray | None = None
+) -> tuple[int, bool]:
+    """The number of documents to escalate for ``target`` (among the ``exact`` ones, which a
+    threshold can give) and whether it is met: the fewest that reach the F1 target; for an
+    escalation target, the best F1 within it. Unmet: the fewest with the best F1."""
     goal = parse_target(target)
     n = len(f1) - 1
+    usable = np.ones(n + 1, dtype=bool) if exact is None else exact
+    scored = np.where(usable, f1, -np.inf)
     if goal.kind == "escalation":
         limit = int(np.floor(goal.value * n + 1e-9))
-        k = int(np.argmax(f1[: limit + 1]))
-        return k, True
+        return int(np.argmax(scored[: limit + 1])), True
     if goal.kind != "accuracy":
         raise SmallfitError(
             f"route.target {target!r}: an extract cascade takes an F1 or escalation target"
         )
     need = teacher_f1 + goal.value if goal.relative_to_teacher else goal.value
-    ok = np.flatnonzero(f1 >= need - 1e-12)
+    ok = np.flatnonzero(scored >= need - 1e-12)
     if len(ok):
         return int(ok[0]), True
-    return int(np.argmax(f1)), False
+    return int(np.argmax(scored)), False
 
 
 def _threshold(confidence: np.ndarray, order: np.ndarray, k: int) -> float:
-    """The confidence below which a document is escalated, so that the k least confident are
-    (ties at the threshold stay with the first tier)."""
+    """The confidence below which a document is escalated: exactly the k least confident
+    when the k-th and the (k+1)-th differ (see :func:`mixed_curve`)."""
     if k >= len(order):
-        return float(np.nextafter(np.float32(1.0), np.float32(2.0)))
+        return float(np.nextafter(max(1.0, float(confidence.max(initial=1.0))), np.inf))
     return float(confidence[order[k]]) if k > 0 else 0.0
 
 
@@ -160,9 +168,9 @@ def build_field_cascade(
         _doc_counts(teacher_dev_values, ref_dev, schema),
     )
     conf_dev = _rows_confidence(dev_rows)
-    f1, order = mixed_curve(conf_dev, c_first, c_second)
+    f1, order, exact = mixed_curve(conf_dev, c_first, c_second)
     teacher_f1 = _f1(c_second.sum(axis=0))
-    k, met = choose(f1, teacher_f1, config.target)
+    k, met = choose(f1, teacher_f1, config.target, exact)
     threshold = _threshold(conf_dev, order, k)
     log(
         f"[route] tiers {' -> '.join(names)}; '{config.target}' (micro F1 against {against}) on "

@@ -133,7 +133,10 @@ def read_jsonl(path: Path) -> list[Any] | None:
     if not path.is_file():
         return None
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # "\n" only: a text may hold U+2028 and the like, which JSON leaves unescaped
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+        if not line:
+            continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:

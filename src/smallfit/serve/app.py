@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smallfit import __version__
 from smallfit.errors import SmallfitError
-from smallfit.models.base import MANIFEST
+from smallfit.models.base import MANIFEST, read_manifest
 from smallfit.run.store import Run
 from smallfit.serve.chat import CHAT_PATH, add_chat_routes, validation_error
 from smallfit.serve.config import ServeConfig
@@ -269,7 +269,10 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         responses={**_REFUSED, 500: _error("the model failed on this request"), 503: _UNAVAILABLE},
     )(classify)
 
-    add_chat_routes(app, engine, config, too_large=_REFUSED[413], http=upstream_http)
+    task = read_manifest(path).get("task", "classify")  # the routes' schemas follow it
+    add_chat_routes(
+        app, engine, config, too_large=_REFUSED[413], http=upstream_http, task=str(task)
+    )
     add_tei_routes(app, engine, config, refused=_REFUSED)
     add_extract_routes(app, engine, body=classify_body, refused=_REFUSED)
 

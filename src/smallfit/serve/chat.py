@@ -75,31 +75,44 @@ class _StringProperty(BaseModel):
     type: Literal["string"]
 
 
-class _LabelSchema(BaseModel):
-    """The answer's JSON schema: an object with one string property, which gets the label."""
-
+class _Property(BaseModel):
     model_config = _OPEN
-    properties: dict[str, _StringProperty] = Field(min_length=1, max_length=1)
 
 
-class _JsonSchemaSpec(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True, populate_by_name=True)
-    name: str
-    schema_: _LabelSchema = Field(alias="schema")
+JsonSchemaType = Literal["json_schema"]
 
 
-class _FormatJsonSchema(BaseModel):
-    model_config = _OPEN
-    type: Literal["json_schema"]
-    json_schema: _JsonSchemaSpec
+def response_format_model(task: str) -> Any:
+    """``response_format`` as the served task answers it: text, ``json_object``, or a
+    ``json_schema`` that is, for a classifier, an object of one string property (the label),
+    and for an extractor, an object of its fields."""
+    one = task != "extract"
+    schema = create_model(
+        "LabelSchema" if one else "FieldsSchema",
+        __config__=_OPEN,
+        __doc__="The answer's JSON schema.",
+        properties=(
+            dict[str, _StringProperty] if one else dict[str, _Property],
+            Field(min_length=1, max_length=1 if one else None),
+        ),
+    )
+    spec = create_model(
+        "JsonSchemaSpec",
+        __config__=ConfigDict(extra="allow", strict=True, populate_by_name=True),
+        name=(str, ...),
+        schema_=(schema, Field(alias="schema")),
+    )
+    fmt = create_model(
+        "FormatJsonSchema",
+        __config__=_OPEN,
+        type=(JsonSchemaType, ...),
+        json_schema=(spec, ...),
+    )
+    return Annotated[_FormatText | _FormatJsonObject | fmt, Field(discriminator="type")]
 
 
 Role = Literal["system", "developer", "user", "assistant"]
 TextType = Literal["text"]
-
-ResponseFormat = Annotated[
-    _FormatText | _FormatJsonObject | _FormatJsonSchema, Field(discriminator="type")
-]
 
 
 class ChatError(BaseModel):
@@ -156,7 +169,7 @@ class ModelList(BaseModel):
     data: list[_Model]
 
 
-def chat_request_model(config: ServeConfig) -> type[BaseModel]:
+def chat_request_model(config: ServeConfig, task: str = "classify") -> type[BaseModel]:
     """The request body of ``/v1/chat/completions`` with this server's limits in its schema:
     at least one user message; every message's text valid Unicode with 1..``max_text_chars``
     characters, at least one not whitespace (as a string, or as text parts)."""
@@ -189,7 +202,7 @@ def chat_request_model(config: ServeConfig) -> type[BaseModel]:
         messages=(messages, ...),
         n=(Literal[1], Field(1, description="one answer per request")),
         stream=(bool, False),
-        response_format=(ResponseFormat | None, None),
+        response_format=(response_format_model(task) | None, None),
     )
 
 
@@ -216,6 +229,21 @@ def answer_content(label: str, response_format: Any) -> str:
         return json.dumps({key: label}, ensure_ascii=False)
     (key,) = response_format.json_schema.schema_.properties
     return json.dumps({key: label}, ensure_ascii=False)
+
+
+def label_schema_problem(response_format: Any) -> str | None:
+    """Why a classifier cannot answer in ``response_format``: a JSON schema that is not one
+    string property; None when it can."""
+    if response_format is None or response_format.type != "json_schema":
+        return None
+    props = response_format.json_schema.schema_.properties
+    kinds = [getattr(p, "type", None) or (p.model_extra or {}).get("type") for p in props.values()]
+    if len(props) != 1 or kinds != ["string"]:
+        return (
+            "response_format.json_schema: a classifier answers a schema of one string property "
+            f"(the label); this one has {len(props)} properties"
+        )
+    return None
 
 
 def validation_error(errors: list[Any]) -> JSONResponse:
@@ -289,7 +317,8 @@ async def _extract_answer(engine: Engine, text: str, request: Any) -> Response:
     answer = answers[0]
     fields = served.model.schema.render(answer.values)  # type: ignore[attr-defined]
     content = json.dumps(fields, ensure_ascii=False)
-    headers = {"x-smallfit-tier": served.name, "x-smallfit-confidence": f"{answer.confidence:.6f}"}
+    tier = answer.tier or served.name  # a cascade's answering tier
+    headers = {"x-smallfit-tier": tier, "x-smallfit-confidence": f"{answer.confidence:.6f}"}
     if request.stream:
         events = _stream(served.name, content)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
@@ -316,11 +345,18 @@ def _refusal(description: str) -> dict[str, Any]:
 
 
 def add_chat_routes(
-    app: FastAPI, engine: Engine, config: ServeConfig, *, too_large: Any, http: UpstreamClient
+    app: FastAPI,
+    engine: Engine,
+    config: ServeConfig,
+    *,
+    too_large: Any,
+    http: UpstreamClient,
+    task: str = "classify",
 ) -> None:
     """Add ``POST /v1/chat/completions`` and ``GET /v1/models`` to ``app`` (``too_large``: the
     documented 413 of the body limit, which answers before any route; ``http``: the client that
-    passes requests outside the task's template to the upstream)."""
+    passes requests outside the task's template to the upstream; ``task``: the served model's,
+    which decides the ``json_schema`` answers it takes)."""
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> Any:
@@ -341,6 +377,10 @@ def add_chat_routes(
         text = last_user_text(request)
         if live is not None and live.task == "extract":  # the fields, as a JSON object
             return await _extract_answer(engine, text, request)
+        problem = label_schema_problem(request.response_format)
+        if problem is not None:
+            engine.metrics.requests.labels(status="400").inc()
+            return openai_error(400, problem, param="response_format")
         relayed: list[Relayed] = []
         escalate = None
         if upstream is not None and upstream.template is not None:
@@ -376,7 +416,7 @@ def add_chat_routes(
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         return JSONResponse(_completion(served.name, content, request), headers=headers)
 
-    chat_completions.__annotations__["request"] = chat_request_model(config)
+    chat_completions.__annotations__["request"] = chat_request_model(config, task)
     app.post(
         CHAT_PATH,
         response_model=ChatCompletion,

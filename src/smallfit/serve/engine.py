@@ -250,9 +250,11 @@ class Engine:
         in the request metrics; also the seconds it took. A failure is a :class:`RequestFailed`
         (409 when the served model classifies)."""
         served = self.live
-        if served is None:
-            raise RequestFailed(503, "no model loaded yet")
-        if served.task != "extract":
+        if served is None or served.task != "extract":
+            status = 503 if served is None else 409
+            self.metrics.requests.labels(status=str(status)).inc()
+            if served is None:
+                raise RequestFailed(503, "no model loaded yet")
             raise RequestFailed(409, f"{served.name} classifies; POST /v1/classify")
         started = time.perf_counter()
         served.inflight += 1

@@ -26,6 +26,8 @@ class Labels:
     train: Any
     dev: Any
     key: str
+    source: str = "teacher"
+    """``teacher``, or ``gold`` where gold labels stand in for it."""
 
 
 def data_line(dataset: Any, what: str) -> str:

@@ -24,7 +24,13 @@ if TYPE_CHECKING:
 
 
 def _docs_key(docs: list[FieldDoc | None]) -> str:
-    return hash_json([None if d is None else d.values for d in docs])
+    def one(d: FieldDoc | None) -> Any:
+        if d is None:
+            return None
+        spans = None if d.spans is None else [[s.start, s.end, s.field] for s in d.spans]
+        return [d.values, spans]
+
+    return hash_json([one(d) for d in docs])
 
 
 def targets(docs: list[FieldDoc | None], texts: list[str]) -> tuple[list[list[Span]], int]:
@@ -101,7 +107,8 @@ class ExtractTask(Task):
         """The teacher's answers on train and dev (cached in the run by their key), or gold."""
         data: FieldDataset = run.dataset
         if teacher is None:
-            return Labels(data.train.docs, data.dev.docs, hash_json({"gold": run.data_key}))
+            gold = hash_json({"gold": run.data_key})
+            return Labels(data.train.docs, data.dev.docs, gold, source="gold")
         key = hash_json({"teacher": run.keys[TEACHER], "data": run.data_key})
         started = time.monotonic()
         cache = run.run.label_answers(key)
@@ -115,17 +122,18 @@ class ExtractTask(Task):
             write_jsonl(cache, rows)
         docs = [FieldDoc(r["fields"], tuple(Span(a, b, f) for a, b, f in r["spans"])) for r in rows]
         train, dev = docs[: len(data.train)], docs[len(data.train) :]
-        gold = [(d, g) for d, g in zip(docs, [*data.train.docs, *data.dev.docs], strict=True) if g]
-        agreement = sum(d.values == g.values for d, g in gold) / len(gold) if gold else None
+        pool = zip(docs, [*data.train.docs, *data.dev.docs], strict=True)
+        pairs = [(d, g) for d, g in pool if g is not None]
+        agreement = sum(d.values == g.values for d, g in pairs) / len(pairs) if pairs else None
         if agreement is not None:
             run.log(
                 f"[labels] the teacher's fields equal gold on {100 * agreement:.2f}% of the "
-                f"{len(gold)} pool texts with gold (every field right)"
+                f"{len(pairs)} pool texts with gold (every field right)"
             )
         run.store.write_labels_summary(
             LabelsSummary(
                 gold_agreement=agreement,
-                gold_rows=len(gold),
+                gold_rows=len(pairs),
                 train=len(train),
                 dev=len(dev),
                 seconds=round(time.monotonic() - started, 1),
@@ -150,7 +158,7 @@ class ExtractTask(Task):
         train_tagger(model, dataset.train.texts, spans, student.train, progress=progress)
         model.lineage.update(
             teacher=TEACHER,
-            trained_on="teacher answers" if labels.key else "gold",
+            trained_on="gold fields" if labels.source == "gold" else "teacher answers",
             train_examples=len(dataset.train),
             values_not_in_text=missing,
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from smallfit.errors import SmallfitError
 from smallfit.fields import Span
 from smallfit.models.tagger import IGNORE, TokenTagger, token_targets
 from smallfit.schema import parse_duration
@@ -48,6 +49,8 @@ def train_tagger(
         list(texts), truncation=True, max_length=tagger.max_length, return_offsets_mapping=True
     )
     ids = enc["input_ids"]
+    if not ids:
+        raise SmallfitError(f"{tagger.name}: no texts to train on")
     targets = [
         token_targets(off, sp, tagger.tags)
         for off, sp in zip(enc["offset_mapping"], spans, strict=True)
