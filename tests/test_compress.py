@@ -86,7 +86,7 @@ def test_inapplicable_steps_are_refused_before_any_work(int8_dir, trained_dir, t
         labels=labels,
         **linear_args(LinearStudent(char_ngrams=None)),
     ).save(tmp_path / "linear")
-    cases.append((linear, [OnnxExport()], "transformer models; this one is 'linear'"))
+    cases.append((linear, [OnnxExport()], "transformer models and taggers; this one is 'linear'"))
     for source, steps, message in cases:
         out = tmp_path / "never"
         with pytest.raises(SmallfitError, match=message):

@@ -44,6 +44,7 @@ from smallfit.route.cascade import Raw
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Answer, Engine, RequestFailed
 from smallfit.serve.errors import openai_error
+from smallfit.serve.extract import extract_texts
 from smallfit.serve.text import served_text
 from smallfit.serve.upstream import (
     Relayed,
@@ -311,7 +312,7 @@ async def _stream(model: str, content: str) -> AsyncIterator[bytes]:
 async def _extract_answer(engine: Engine, text: str, request: Any) -> Response:
     """An extractor's answer to a chat request: the fields as the message's JSON content."""
     try:
-        served, answers, _ = await engine.extract([text])
+        served, answers, _ = await extract_texts(engine, [text])
     except RequestFailed as exc:
         return openai_error(exc.status, str(exc), kind="server_error")
     answer = answers[0]

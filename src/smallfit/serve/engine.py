@@ -245,35 +245,6 @@ class Engine:
         self.metrics.request_latency.observe(elapsed)
         return served, answers, elapsed
 
-    async def extract(self, texts: list[str]) -> tuple[Served, list[Any], float]:
-        """The served extractor's answers (``Extraction``) for one request of a route, counted
-        in the request metrics; also the seconds it took. A failure is a :class:`RequestFailed`
-        (409 when the served model classifies)."""
-        served = self.live
-        if served is None or served.task != "extract":
-            status = 503 if served is None else 409
-            self.metrics.requests.labels(status=str(status)).inc()
-            if served is None:
-                raise RequestFailed(503, "no model loaded yet")
-            raise RequestFailed(409, f"{served.name} classifies; POST /v1/classify")
-        started = time.perf_counter()
-        served.inflight += 1
-        try:
-            answers: Any = await served.batchers[0].submit(texts)  # the extractor's list
-        except Exception as exc:
-            self.metrics.requests.labels(status="500").inc()
-            self.metrics.errors.labels(kind="request").inc()
-            _log.exception("a request failed")
-            message = f"the model failed on this request: {type(exc).__name__}: {exc}"
-            raise RequestFailed(500, message) from exc
-        finally:
-            served.inflight -= 1
-        elapsed = time.perf_counter() - started
-        self.metrics.requests.labels(status="200").inc()
-        self.metrics.request_latency.observe(elapsed)
-        self.metrics.texts.labels(tier=served.name).inc(len(texts))
-        return served, list(answers), elapsed
-
     async def classify(
         self, texts: list[str], *, last: LastTier | None = None
     ) -> tuple[Served, list[Answer]]:
