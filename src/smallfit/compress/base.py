@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,3 +126,27 @@ def quiet(*loggers: str) -> Iterator[None]:
     finally:
         for logger, level in saved:
             logger.setLevel(level)
+
+
+def export_graph(module: Any, sample: Any, dest: Path, *, opset: int, outputs: list[str]) -> None:
+    """``module`` (input_ids, attention_mask -> ``outputs``) written to ``dest`` by the dynamo
+    exporter, batch and sequence dynamic, traced on ``sample`` (a tokenized batch). The
+    exporter's own warnings and log lines (deprecations, optional torchvision ops) are not
+    actionable for a user; what matters is checked by the caller: parity with PyTorch."""
+    import torch
+
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx", "onnxscript"):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (sample["input_ids"], sample["attention_mask"]),
+            str(dest),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input_ids", "attention_mask"],
+            output_names=outputs,
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            external_data=False,
+            verbose=False,
+        )

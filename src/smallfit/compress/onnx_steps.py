@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smallfit.compress.base import StepContext, copy_tokenizer, quiet, register_step
+from smallfit.compress.base import StepContext, copy_tokenizer, export_graph, register_step
 from smallfit.compress.steps import OnnxExport
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load_as, read_manifest
@@ -63,23 +62,7 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
     graph = _logits_graph(model.module)
     out.mkdir(parents=True)
     sample = model.tokenize(texts[:4] if len(texts) > 1 else texts * 2)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    # The exporter's own warnings and log lines (deprecations, optional torchvision ops) are not
-    # actionable for a user; what matters is checked below: parity with PyTorch.
-    with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx", "onnxscript"):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (sample["input_ids"], sample["attention_mask"]),
-            str(out / ONNX_FILE),
-            dynamo=True,
-            opset_version=step.opset,
-            input_names=["input_ids", "attention_mask"],
-            output_names=GRAPH_OUTPUTS,
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            external_data=False,
-            verbose=False,
-        )
+    export_graph(graph, sample, out / ONNX_FILE, opset=step.opset, outputs=GRAPH_OUTPUTS)
     copy_tokenizer(model_dir, out)
     exported = OnnxClassifier(
         out,

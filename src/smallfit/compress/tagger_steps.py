@@ -6,14 +6,13 @@ and reports how many tokens keep their tag."""
 from __future__ import annotations
 
 import shutil
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smallfit.compress.base import copy_tokenizer, quiet
+from smallfit.compress.base import copy_tokenizer, export_graph, quiet
 from smallfit.errors import SmallfitError
 from smallfit.models.onnx import ONNX_FILE
 from smallfit.models.tagger import TokenTagger
@@ -49,21 +48,7 @@ def export_tagger(
     texts = list(check_texts)[:256]
     sample = tagger.tokenizer(texts[:4] * 2, padding=True, return_tensors="pt")
     out.mkdir(parents=True, exist_ok=True)
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-    with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx", "onnxscript"):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            Logits().eval(),
-            (sample["input_ids"], sample["attention_mask"]),
-            str(out / ONNX_FILE),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["logits"],
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            external_data=False,
-            verbose=False,
-        )
+    export_graph(Logits().eval(), sample, out / ONNX_FILE, opset=opset, outputs=["logits"])
     copy_tokenizer(src, out)
     lineage = {**tagger.lineage, "exported_from": str(src)}
     exported = OnnxTagger(

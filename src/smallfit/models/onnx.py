@@ -32,6 +32,21 @@ def _pad_token(path: Path) -> str:
     return "[PAD]"
 
 
+def padded_tokenizer(path: Path, max_length: int) -> Any:
+    """The ``tokenizers`` tokenizer of an exported model directory, padding batches with its
+    pad token and truncating to ``max_length``."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+    pad = _pad_token(path)
+    pad_id = tokenizer.token_to_id(pad)
+    if pad_id is None:
+        raise SmallfitError(f"{path / TOKENIZER_FILE}: pad token {pad!r} not in vocab")
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
 def ort_session(graph: Path, threads: int) -> Any:
     """An ONNX Runtime CPU session over ``graph`` with ``threads`` intra-op threads (0: its
     default, all cores) and every graph optimisation."""
@@ -63,7 +78,6 @@ class OnnxClassifier(BaseClassifier):
         architecture: dict[str, Any] | None = None,
         outputs: list[str] | None = None,
     ) -> None:
-        from tokenizers import Tokenizer
 
         self.path = Path(path)
         self.labels = list(labels)
@@ -79,13 +93,7 @@ class OnnxClassifier(BaseClassifier):
         self.graph_outputs = list(outputs or ["logits"])
         """The graph's outputs, in order: ``logits``, then ``embeddings`` when it was exported
         with the pooled embedding its head reads."""
-        self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
-        pad = _pad_token(self.path)
-        pad_id = self.tokenizer.token_to_id(pad)
-        if pad_id is None:
-            raise SmallfitError(f"{self.path / TOKENIZER_FILE}: pad token {pad!r} not in vocab")
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
-        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer = padded_tokenizer(self.path, max_length)
         self._sessions: dict[int, Any] = {}
         self._threads = 0  # 0: ONNX Runtime's default (all cores)
 

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema
 from smallfit.models.base import dir_bytes, read_manifest, write_json
 from smallfit.models.extractor import BaseExtractor
-from smallfit.models.onnx import ONNX_FILE, TOKENIZER_FILE, _pad_token, ort_session
+from smallfit.models.onnx import ONNX_FILE, ort_session, padded_tokenizer
 from smallfit.models.tagger import Extraction, bio_tags, decode
 
 KIND = "tagger-onnx"
@@ -41,7 +40,6 @@ class OnnxTagger(BaseExtractor):
         quantization: str | None = None,
         lineage: dict[str, Any] | None = None,
     ) -> None:
-        from tokenizers import Tokenizer
 
         self.path = Path(path)
         self.schema = schema
@@ -52,13 +50,7 @@ class OnnxTagger(BaseExtractor):
         self.quantization = quantization
         self.lineage = dict(lineage or {})
         self.bytes_on_disk = 0
-        self.tokenizer = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
-        pad = _pad_token(self.path)
-        pad_id = self.tokenizer.token_to_id(pad)
-        if pad_id is None:
-            raise SmallfitError(f"{self.path / TOKENIZER_FILE}: pad token {pad!r} not in vocab")
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad)
-        self.tokenizer.enable_truncation(max_length=max_length)
+        self.tokenizer = padded_tokenizer(self.path, max_length)
         self._sessions: dict[int, Any] = {}
         self._threads = 0
 

@@ -235,15 +235,23 @@ class Engine:
             self.metrics.requests.labels(status="409").inc()
             raise RequestFailed(409, str(exc)) from exc
         except Exception as exc:  # a model error: this request fails, the server goes on
-            self.metrics.requests.labels(status="500").inc()
-            self.metrics.errors.labels(kind="request").inc()
-            _log.exception("a request failed")
-            message = f"the model failed on this request: {type(exc).__name__}: {exc}"
-            raise RequestFailed(500, message) from exc
+            raise self.model_failed(exc) from exc
+        return served, answers, self.answered(started)
+
+    def model_failed(self, exc: Exception) -> RequestFailed:
+        """A request the model failed on, counted and logged: its 500 for the route."""
+        self.metrics.requests.labels(status="500").inc()
+        self.metrics.errors.labels(kind="request").inc()
+        _log.exception("a request failed")
+        message = f"the model failed on this request: {type(exc).__name__}: {exc}"
+        return RequestFailed(500, message)
+
+    def answered(self, started: float) -> float:
+        """A request answered, counted with its latency since ``started``: the seconds."""
         elapsed = time.perf_counter() - started
         self.metrics.requests.labels(status="200").inc()
         self.metrics.request_latency.observe(elapsed)
-        return served, answers, elapsed
+        return elapsed
 
     async def classify(
         self, texts: list[str], *, last: LastTier | None = None

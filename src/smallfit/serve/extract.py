@@ -8,7 +8,6 @@ each field's confidence and the document's. A classifier served here answers 409
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -17,8 +16,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from smallfit.serve.engine import Engine, RequestFailed, Served
-
-_log = logging.getLogger("smallfit.serve")
 
 EXTRACT_PATH = "/v1/extract"
 
@@ -59,16 +56,10 @@ async def extract_texts(engine: Engine, texts: list[str]) -> tuple[Served, list[
     try:
         answers: Any = await served.batchers[0].submit(texts)  # the extractor's list
     except Exception as exc:
-        metrics.requests.labels(status="500").inc()
-        metrics.errors.labels(kind="request").inc()
-        _log.exception("a request failed")
-        message = f"the model failed on this request: {type(exc).__name__}: {exc}"
-        raise RequestFailed(500, message) from exc
+        raise engine.model_failed(exc) from exc
     finally:
         served.inflight -= 1
-    elapsed = time.perf_counter() - started
-    metrics.requests.labels(status="200").inc()
-    metrics.request_latency.observe(elapsed)
+    elapsed = engine.answered(started)
     metrics.texts.labels(tier=served.name).inc(len(texts))
     return served, list(answers), elapsed
 
