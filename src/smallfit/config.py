@@ -17,6 +17,7 @@ from smallfit.compress.config import CompressCandidate, CompressConfig, Compress
 from smallfit.data.config import DataConfig
 from smallfit.distill.config import (
     DecoderStudent,
+    GeneratorStudent,
     LinearStudent,
     LoraSettings,
     StudentBase,
@@ -62,6 +63,7 @@ __all__ = [
     "EvalConfig",
     "FinetuneTeacher",
     "FitConfig",
+    "GeneratorStudent",
     "GoldTeacher",
     "KDConfig",
     "LLMPrices",

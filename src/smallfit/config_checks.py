@@ -67,12 +67,9 @@ def fill_following_defaults(data: Any) -> Any:
         data["route"] = None
     if data.get("task") == "extract":  # an extract task's own students; no cascade yet
         data.setdefault("students", [{"kind": "tagger"}])
-        compress = data.get("compress")
-        if isinstance(compress, dict) and "grid" not in compress:  # what applies to a tagger
-            data["compress"] = {
-                **compress,
-                "grid": {"layers": [None], "quantize": ["onnx", "int8-dynamic"]},
-            }
+        compress = data.get("compress", {})
+        if isinstance(compress, dict) and "grid" not in compress:  # what applies to extractors
+            data["compress"] = {**compress, "grid": {"layers": [None], "quantize": EXTRACT_GRID}}
     route = data.get("route")
     abstain = _get(route, "abstain")
     out_of_scope = _get(data.get("data"), "out_of_scope")
@@ -93,7 +90,10 @@ def conflicts(config: FitConfig) -> list[Conflict]:
 
 
 _CLASSIFY_ONLY_DATA = ("labels", "out_of_scope", "hold_out_labels", "extra_train")
-_EXTRACT_STEPS = ("onnx", "int8-dynamic")
+_EXTRACT_STEPS = ("onnx", "int8-dynamic", "gguf-q8_0", "gguf-q4_k_m")
+EXTRACT_GRID = ["onnx", "int8-dynamic", "gguf-q8_0", "gguf-q4_k_m"]
+"""An extract task's default compression: each source takes the choices that apply to it (a
+tagger ONNX and int8, a generator's GGUF file Q8_0 and Q4_K_M)."""
 _EXTRACT_METRICS = ("field_f1", "field_macro_f1", "doc_exact", "field_agreement")
 
 
@@ -107,7 +107,8 @@ def _task(config: FitConfig) -> Iterator[Conflict]:
             yield Conflict(
                 ("students", "task"),
                 f"student {s.name!r} is a {s.kind} student, which learns a {s.task} task, but "
-                f"task is {task}" + (" (its student is kind: tagger)" if task == "extract" else ""),
+                f"task is {task}"
+                + (" (its students are kind: tagger or generator)" if task == "extract" else ""),
             )
     metric = config.select.metric
     if metric is not None and (metric in _EXTRACT_METRICS) != (task == "extract"):
@@ -149,8 +150,8 @@ def _task(config: FitConfig) -> Iterator[Conflict]:
         if any(m not in _EXTRACT_STEPS for m in methods):
             yield Conflict(
                 ("compress", "task"),
-                f"compress candidate {candidate.name!r} ({' -> '.join(methods)}): a tagger "
-                f"takes only {' and '.join(_EXTRACT_STEPS)} steps for now",
+                f"compress candidate {candidate.name!r} ({' -> '.join(methods)}): an extractor "
+                f"takes only {', '.join(_EXTRACT_STEPS)} steps for now",
             )
 
 

@@ -4,6 +4,7 @@ data checks rows against it, evaluation scores by it)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -86,3 +87,44 @@ class FieldSchema:
         """``values`` as the answer's JSON object: a list field as a list, a string field as
         its first value (further values of a string field are dropped)."""
         return {n: (values[n] if n in self.lists else values[n][0]) for n in self if values.get(n)}
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def align(text: str, values: Values) -> tuple[list[Span], list[tuple[str, str]]]:
+    """Where in ``text`` each value is: the first occurrence not already taken, matched
+    exactly, then ignoring case and runs of spaces. Values not in the text are returned apart
+    (field, value), never invented."""
+    taken = [False] * len(text)
+    spans, missing = [], []
+    pairs = [(name, value) for name, items in values.items() for value in items]
+    # longer values first, so "12 pm" is placed before a "2" could take its digit
+    for name, value in sorted(pairs, key=lambda p: -len(p[1].strip())):
+        found = _find_loose(text, value, taken, words=True) or _find_loose(text, value, taken)
+        if found is None:
+            missing.append((name, value))
+            continue
+        start, end = found
+        taken[start:end] = [True] * (end - start)
+        spans.append(Span(start, end, name))
+    spans.sort(key=lambda s: (s.start, s.end))
+    return spans, missing
+
+
+def _find_loose(
+    text: str, value: str, taken: list[bool], *, words: bool = False
+) -> tuple[int, int] | None:
+    """The first free occurrence of ``value`` in ``text``, ignoring case and runs of spaces;
+    with ``words``, only one not inside a longer word. An exact-case match comes first."""
+    parts = [re.escape(w) for w in _SPACE.split(value.strip()) if w]
+    if not parts:
+        return None
+    pattern = r"\s+".join(parts)
+    if words:
+        pattern = rf"(?<!\w){pattern}(?!\w)"
+    for flags in (0, re.IGNORECASE):
+        for match in re.finditer(pattern, text, flags):
+            if not any(taken[match.start() : match.end()]):
+                return match.start(), match.end()
+    return None

@@ -22,7 +22,8 @@ from smallfit.distill.config import StudentBase
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json, hash_texts
 from smallfit.logs import routed
-from smallfit.models.base import BaseClassifier, write_json
+from smallfit.models.base import BaseClassifier, read_manifest, write_json
+from smallfit.models.gguf_extractor import KIND as GGUF_KIND
 from smallfit.run.layout import CASCADE, TEACHER, RunDir, stage, work_key, work_of
 from smallfit.run.records import (
     CandidateResult,
@@ -230,7 +231,8 @@ class _Run:
         started = time.monotonic()
         measured, missed = [], []
         for source in sources:
-            for candidate in config.expand():
+            kind = read_manifest(self.run.model(source))["kind"]
+            for candidate in config.expand("gguf" if kind == GGUF_KIND else "graph"):
                 name = f"{source}-{candidate.name}"
                 steps_text = [s.method for s in candidate.steps]
                 key = step_key(self.keys[source], list(candidate.steps), labels.key)

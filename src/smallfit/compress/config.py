@@ -16,6 +16,7 @@ from smallfit.compress.steps import (
     PruneStructured,
     parse_quant,
     short_name,
+    step_type,
 )
 from smallfit.schema import Strict, parse_duration
 
@@ -27,7 +28,8 @@ class CompressCandidate(Strict):
     """Suffix of the candidate's name: `<student>-<name>`."""
     steps: list[CompressionStep] = Field(min_length=1)
     """The steps, each a `method` (`drop-layers`, `prune`, `magnitude`, `onnx`, `int8-dynamic`,
-    `int8-static`, `int4-weight`; each step's options below) with its options."""
+    `int8-static`, `int4-weight`, and for a generator `gguf-q8_0`, `gguf-q4_k_m`; each step's
+    options below) with its options."""
 
 
 class CompressGrid(Strict):
@@ -39,7 +41,9 @@ class CompressGrid(Strict):
     """Share of attention heads and of FFN neurons removed (`prune`); 0 prunes nothing."""
     quantize: list[str] = ["int8-dynamic"]
     """How the result runs: `torch` (PyTorch fp32), `onnx` (float ONNX) or ONNX with a
-    quantization method: `int8-dynamic`, `int8-static` or `int4-weight`."""
+    quantization method: `int8-dynamic`, `int8-static` or `int4-weight`; for a generator
+    student (GGUF), `gguf-q8_0` or `gguf-q4_k_m` by llama.cpp. Each source gets the choices
+    that apply to it."""
     heal: HealConfig = HealConfig()
     """Healing after dropping layers or pruning."""
 
@@ -51,12 +55,20 @@ class CompressGrid(Strict):
                 raise ValueError(f"{value!r} is not one of {', '.join(QUANTIZE)}")
         return values
 
-    def expand(self) -> list[CompressCandidate]:
-        """The candidates in build order (least compressed first, so prefixes are shared)."""
+    def expand(self, family: str | None = None) -> list[CompressCandidate]:
+        """The candidates in build order (least compressed first, so prefixes are shared).
+        ``family`` keeps those that apply to one kind of model: ``gguf`` (a GGUF generator:
+        only its quantizations, nothing dropped or pruned) or ``graph`` (the others: no GGUF
+        quantization); None keeps every one."""
         out = []
         for layers in self.layers:
             for share in sorted(self.prune):
                 for quant in self.quantize:
+                    gguf = quant not in ("torch", "onnx") and not step_type(quant).after_onnx
+                    if family == "gguf" and (not gguf or layers is not None or share > 0):
+                        continue
+                    if family == "graph" and gguf:
+                        continue
                     steps: list[Any] = []
                     parts = []
                     if layers is not None:
@@ -65,7 +77,7 @@ class CompressGrid(Strict):
                     if share > 0:
                         steps.append(PruneStructured(heads=share, ffn=share, heal=self.heal))
                         parts.append(PruneStructured.short.format(percent=round(share * 100)))
-                    if quant != "torch":
+                    if quant != "torch" and not gguf:
                         steps.append(OnnxExport())
                     if quant not in ("torch", "onnx"):
                         steps.append(parse_quant(quant))
@@ -76,11 +88,12 @@ class CompressGrid(Strict):
 
 
 class CompressConfig(Strict):
-    """Compressed candidates built from the transformer students, measured like the others."""
+    """Compressed candidates built from the transformer (and generator) students, measured like
+    the others."""
 
     students: list[str] | None = None
-    """Names of the transformer students to compress; null: every transformer student (there
-    must be one)."""
+    """Names of the students to compress; null: every transformer, tagger or generator student
+    (there must be one)."""
     grid: CompressGrid | None = CompressGrid()
     """A grid of candidates; null for none."""
     candidates: list[CompressCandidate] = []
@@ -96,8 +109,10 @@ class CompressConfig(Strict):
             parse_duration(value)
         return value
 
-    def expand(self) -> list[CompressCandidate]:
-        grid = self.grid.expand() if self.grid else []
+    def expand(self, family: str | None = None) -> list[CompressCandidate]:
+        """The grid's candidates (those of ``family``, see :meth:`CompressGrid.expand`), then
+        the spelled-out ones (all of them: a step that does not apply fails with the reason)."""
+        grid = self.grid.expand(family) if self.grid else []
         everything = [*grid, *self.candidates]
         names = [c.name for c in everything]
         dupes = sorted({n for n in names if names.count(n) > 1})

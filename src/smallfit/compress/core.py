@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 # the built-in steps' handlers register themselves on import
+from smallfit.compress import gguf_steps as _gguf_steps  # noqa: F401
 from smallfit.compress import onnx_steps as _onnx_steps  # noqa: F401
 from smallfit.compress import ort_int4 as _ort_int4  # noqa: F401
 from smallfit.compress import ort_quantize as _ort_quantize  # noqa: F401

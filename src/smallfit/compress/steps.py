@@ -21,6 +21,8 @@ class _Step(BaseModel):
     """A way the result runs that the grid's ``quantize`` offers (after an ONNX export)."""
     example: ClassVar[str]
     """How the step is written on the command line (``--step``)."""
+    after_onnx: ClassVar[bool] = True
+    """A quantizing step the grid puts after an ONNX export (the GGUF ones run on their own)."""
 
 
 class OnnxExport(_Step):
@@ -151,6 +153,36 @@ class OrtInt4Weight(_Step):
     """Least argmax agreement with the float model on the check texts; below it the step fails."""
 
 
+class _GgufQuantize(_Step):
+    quantizes = True
+    after_onnx = False
+    gguf_type: ClassVar[str]
+    check_texts: int = Field(32, ge=0)
+    """Texts whose answers are compared with the unquantized model's (reported, not a gate:
+    a generative model's answers are measured on test like every candidate's)."""
+
+
+class GgufQ8(_GgufQuantize):
+    """llama.cpp's quantizer on a GGUF model (a generator student): Q8_0, 8-bit blocks of 32
+    weights with one scale each."""
+
+    method: Literal["gguf-q8_0"] = "gguf-q8_0"
+    short = "q8"
+    example = "gguf-q8_0"
+    gguf_type = "q8_0"
+
+
+class GgufQ4KM(_GgufQuantize):
+    """llama.cpp's quantizer on a GGUF model (a generator student): Q4_K_M, 4-bit k-quants
+    with some tensors kept at higher precision. Tensors whose rows are not a multiple of 256
+    (SmolLM2's 576-wide ones) fall back to llama.cpp's nearest type that fits."""
+
+    method: Literal["gguf-q4_k_m"] = "gguf-q4_k_m"
+    short = "q4km"
+    example = "gguf-q4_k_m"
+    gguf_type = "q4_k_m"
+
+
 CompressionStep = Annotated[
     DropLayers
     | PruneStructured
@@ -158,7 +190,9 @@ CompressionStep = Annotated[
     | OnnxExport
     | OrtDynamicInt8
     | OrtStaticInt8
-    | OrtInt4Weight,
+    | OrtInt4Weight
+    | GgufQ8
+    | GgufQ4KM,
     Field(discriminator="method"),
 ]
 """One step; ``method`` picks the type."""

@@ -8,6 +8,7 @@ from smallfit.lazy import lazy_exports
 
 _LAZY = {
     "DecoderStudent": "smallfit.distill.config",
+    "GeneratorStudent": "smallfit.distill.config",
     "LinearStudent": "smallfit.distill.config",
     "LoraSettings": "smallfit.distill.config",
     "StudentBase": "smallfit.distill.config",
@@ -20,6 +21,7 @@ _LAZY = {
 
 __all__ = [
     "DecoderStudent",
+    "GeneratorStudent",
     "LinearStudent",
     "LoraSettings",
     "StudentBase",

@@ -39,6 +39,7 @@ def extract_in_batches(
                         "field_confidence": a.field_confidence,
                         "confidence": a.confidence,
                         **({"tier": a.tier} if a.tier else {}),
+                        **({} if a.valid else {"valid": False}),
                     }
                 )
             bar.update(min(BATCH, len(texts) - i))
@@ -75,9 +76,11 @@ def field_quality_record(
     teacher: list[Values] | None,
     resamples: int,
     seed: int,
+    valid: list[bool] | None = None,
 ) -> dict[str, Any]:
     """The ``quality`` of a candidate's result: the field figures against the gold rows, the
-    agreement with the teacher (micro F1 and document exact match), the F1 interval."""
+    agreement with the teacher (micro F1 and document exact match), the F1 interval.
+    ``valid``: whether each answer parsed (default: every one did)."""
     gold_rows = [i for i, d in enumerate(test.docs) if d is not None]
     gold = [d.values for d in test.docs if d is not None]
     agreement = None
@@ -85,7 +88,12 @@ def field_quality_record(
         agreement = field_quality(answers, teacher, schema, resamples=0)
     if gold_rows:
         q = field_quality(
-            [answers[i] for i in gold_rows], gold, schema, resamples=resamples, seed=seed
+            [answers[i] for i in gold_rows],
+            gold,
+            schema,
+            valid=[valid[i] for i in gold_rows] if valid is not None else None,
+            resamples=resamples,
+            seed=seed,
         )
         fields = _scores(q, agreement)
         ci = q.micro_f1_ci
@@ -94,7 +102,7 @@ def field_quality_record(
             **dict.fromkeys(
                 ("micro_precision", "micro_recall", "micro_f1", "macro_f1", "doc_exact")
             ),
-            "json_valid": 1.0,
+            "json_valid": float(sum(valid)) / len(valid) if valid else 1.0,
             "teacher_micro_f1": None if agreement is None else agreement.micro_f1,
         }
         ci = None
@@ -124,6 +132,7 @@ def evaluate_extractor(
     model = load_extractor(model_dir)
     rows = extract_in_batches(model, list(test.texts), progress=progress)
     answers = [r["fields"] for r in rows]
+    not_in_text = getattr(model, "values_not_in_text", None)
     teacher = answers if is_teacher else None
     if teacher_answers is not None:
         teacher = [r["fields"] for r in teacher_answers]
@@ -134,7 +143,9 @@ def evaluate_extractor(
         teacher=teacher,
         resamples=RESAMPLES,
         seed=SEED,
+        valid=[r.get("valid", True) for r in rows],
     )
+    quality["fields"]["values_not_in_text"] = not_in_text
     info = model.info.to_dict()
     del model  # the speed probe loads its own copy
     speed = measure_speed(Path(model_dir), list(test.texts[:SPEED_TEXTS]), config)

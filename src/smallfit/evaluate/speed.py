@@ -124,11 +124,16 @@ def measure_loaded(
     counts = thread_counts(config)
     all_threads = cpu_threads_all()
     per_thread: dict[str, dict[str, Any]] = {}
+    generation = getattr(model, "generation", None)  # a generative model counts its tokens
     for n in counts:
         with limit_threads(n, model):
             for i in range(config.warmup):
                 model.answer([texts[i % len(texts)]])
+            if generation is not None:
+                generation.reset()
             per_thread[str(n)] = _latency(model, texts, config.latency_queries)
+            if generation is not None and generation.rate() is not None:
+                per_thread[str(n)]["tokens_per_s"] = generation.rate()
     with limit_threads(all_threads, model):
         per_s = _throughput(model, texts, config.throughput_batch, config.throughput_batches)
     return {

@@ -101,6 +101,25 @@ def _convert_gguf(base: zoo.CausalLM, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
+def with_lora(
+    model: Any, task_type: str, r: int, alpha: int, dropout: float, targets: Sequence[str]
+) -> Any:
+    """``model`` wrapped by peft with new LoRA adapters on the ``targets`` layers."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType[task_type],
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(targets),
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # e.g. a target module the architecture does not have
+        raise SmallfitError(f"lora.target_modules={list(targets)}: {exc}") from exc
+
+
 def _sequence_model(directory: Path, *, labels: list[str], pad_token_id: int) -> nn.Module:
     model = AutoModelForSequenceClassification.from_pretrained(
         str(directory),
@@ -187,7 +206,6 @@ class DecoderClassifier(TorchClassifier):
         seed: int = 0,
     ) -> DecoderClassifier:
         """A fresh student: the base with new LoRA adapters and a new head (seeded)."""
-        from peft import LoraConfig, TaskType, get_peft_model
 
         files = zoo.resolve_causal_lm(base)
         sha256 = files.sha256()
@@ -195,17 +213,8 @@ class DecoderClassifier(TorchClassifier):
         tokenizer = _tokenizer(directory)
         torch.manual_seed(seed)
         model = _sequence_model(directory, labels=labels, pad_token_id=tokenizer.pad_token_id)
-        config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,  # also keeps the head (`score`) trainable and saved
-            r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            target_modules=list(lora_targets),
-        )
-        try:
-            module = get_peft_model(model, config)
-        except ValueError as exc:  # e.g. a target module the architecture does not have
-            raise SmallfitError(f"lora.target_modules={list(lora_targets)}: {exc}") from exc
+        # SEQ_CLS also keeps the head (`score`) trainable and saved
+        module = with_lora(model, "SEQ_CLS", lora_r, lora_alpha, lora_dropout, lora_targets)
         record = {"name": base_name(base), "gguf_file": files.gguf_file, "sha256": sha256}
         return cls(
             module,

@@ -24,6 +24,7 @@ EXTRACTORS = {
     "tagger": "smallfit.models.tagger:TokenTagger",
     "tagger-onnx": "smallfit.models.tagger_onnx:OnnxTagger",
     "field-cascade": "smallfit.models.field_cascade:FieldCascade",
+    "gguf-extractor": "smallfit.models.gguf_extractor:GgufExtractor",
 }
 
 

@@ -43,6 +43,9 @@ class Extraction:
     confidence: float
     tier: str = ""
     """Which model of a cascade answered (empty for a single model)."""
+    valid: bool = True
+    """Whether the model's answer parsed as the schema's JSON (a generative extractor's can
+    fail to; it then has no fields)."""
 
 
 def token_targets(

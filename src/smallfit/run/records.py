@@ -94,6 +94,9 @@ class FieldScores(Record):
     per_field: dict[str, FieldScore] = {}
     teacher_micro_f1: Num | None = None
     """Micro F1 against the teacher's answers (1 for the teacher itself)."""
+    values_not_in_text: int | None = None
+    """Values a generative extractor wrote that are not in their text (None: a tagger, whose
+    values are always read from the text)."""
 
 
 class Paired(Record):
@@ -184,6 +187,8 @@ class Latency(Record):
     n: int | None = None
     samples_ms: list[Num] | None = None  # absent before 2026-11-24
     estimated: bool = False  # a remote cascade's estimate from its tiers
+    tokens_per_s: Num | None = None
+    """A generative model's decoding rate over the batch-1 latency queries."""
 
 
 _THROUGHPUT = re.compile(r"^throughput_b(\d+)_per_s$")

@@ -147,6 +147,20 @@ class ExtractTask(Task):
         from smallfit.models.tagger import TokenTagger
         from smallfit.train.tagging import train_tagger
 
+        if student.kind == "generator":
+            from smallfit.distill.generator import distill_generator
+
+            distill_generator(
+                student,
+                dataset.train.texts,
+                [None if d is None else d.values for d in labels.train],
+                dataset.schema,
+                out_dir,
+                teacher="gold" if labels.source == "gold" else TEACHER,
+                progress=progress,
+            )
+            return
+
         model = TokenTagger.from_base(
             student.base,
             dataset.schema,
