@@ -29,12 +29,12 @@ def test_an_answer_lists_fields_in_text_order_and_reads_back_with_value_ranges()
     assert [text[a:b] for a, b in ranges["tags"]] == ['["a","b\\"c"]']
     assert text[slice(*ranges["city"][0])] == '"Paris"'
     assert parse_answer("{}", SCHEMA) == ({}, {})
-    # a field written twice is one field; an empty list is no field
-    assert parse_answer('{"tags":["a"],"tags":["b"],"date":"x"}', SCHEMA)[0] == {
+    # a field written twice is one field; an empty list or string is no value
+    assert parse_answer('{"tags":["a"],"tags":["b"],"date":"x","date":"y"}', SCHEMA)[0] == {
         "tags": ["a", "b"],
         "date": ["x"],
     }
-    assert parse_answer('{"tags":[]}', SCHEMA)[0] == {}
+    assert parse_answer('{"tags":[],"city":"","date":"x"}', SCHEMA)[0] == {"date": ["x"]}
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,18 @@ def test_the_grammar_names_each_field_with_its_shape() -> None:
     text = grammar(SCHEMA)
     assert 'pair ::= "\\"city\\":" string | "\\"date\\":" string | "\\"tags\\":" list' in text
     assert text.startswith('root ::= "{" ( pair ( "," pair )* )? "}"')
+
+
+def test_a_file_llama_cpp_cannot_quantize_is_named_with_its_reason(tmp_path: Path) -> None:
+    from smallfit.errors import SmallfitError
+    from smallfit.models.llama_tools import quantize_gguf
+
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("not a model", encoding="utf-8")
+    with pytest.raises(SmallfitError, match=r"notes\.gguf: llama.cpp could not quantize .*magic"):
+        quantize_gguf(bad, tmp_path / "out.gguf", "q4_k_m")
+    with pytest.raises(SmallfitError, match="known types are q8_0, q4_k_m"):
+        quantize_gguf(bad, tmp_path / "out.gguf", "q3")
 
 
 def test_the_grid_gives_each_source_the_compression_that_applies() -> None:

@@ -58,7 +58,10 @@ def fill_following_defaults(data: Any) -> Any:
 
     - no `route` section and a gold teacher: `route: null` (the default cascade escalates to the
       teacher, and there is none);
-    - `route.abstain` without a `label` and `data.out_of_scope` set: that label.
+    - `route.abstain` without a `label` and `data.out_of_scope` set: that label;
+    - an extract task: a tagger student unless students are given, and a compression grid
+      of what applies to extractors (ONNX and int8 for a tagger, GGUF Q8_0 and Q4_K_M for a
+      generator) unless `compress` is null or has its own grid.
     """
     if not isinstance(data, dict):
         return data

@@ -45,10 +45,12 @@ def quantize_generator(step: Any, src: Path, out: Path, context: StepContext) ->
         lineage={**source.lineage, "quantized_from": str(src)},
     )
     texts = context.check_texts[: step.check_texts]
-    before = [e.values for e in source.extract(texts)]
-    after = [e.values for e in quantized.extract(texts)]
-    source.close()
-    quantized.close()
+    try:
+        before = [e.values for e in source.extract(texts)]
+        after = [e.values for e in quantized.extract(texts)]
+    finally:
+        source.close()
+        quantized.close()
     same = sum(a == b for a, b in zip(before, after, strict=True))
     report = {
         "answer_agreement": same / len(texts) if texts else None,

@@ -41,7 +41,8 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
 class GenerationStats:
-    """Tokens generated and seconds spent since the last reset (for tokens per second)."""
+    """Tokens generated and seconds spent since the last reset (tokens per second, the prompt's
+    evaluation included: what a caller sees)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -54,7 +55,8 @@ class GenerationStats:
 
 
 class GgufExtractor(BaseExtractor):
-    """A GGUF causal LM answering each text with its fields as JSON (llama.cpp)."""
+    """A GGUF causal LM answering each text with its fields as JSON (llama.cpp). One context
+    and its buffers: not for concurrent calls (the server runs each model on one thread)."""
 
     kind = KIND
 
@@ -83,7 +85,7 @@ class GgufExtractor(BaseExtractor):
         self.parameters = parameters
         self.lineage = dict(lineage or {})
         self.bytes_on_disk = 0
-        self.threads = len(os.sched_getaffinity(0))  # every core this process may use
+        self.threads = _cores()
         self.generation = GenerationStats()
         self.values_not_in_text = 0
         self._llm: Any = None
@@ -112,9 +114,11 @@ class GgufExtractor(BaseExtractor):
             file = self.path / GGUF_FILE
             if not file.is_file():
                 raise SmallfitError(f"{self.path}: no {GGUF_FILE}")
+            before, _, after = self.prompt.partition(TEXT)
             self._llm = Llama(
                 model_path=str(file),
-                n_ctx=self.max_length + self.max_new_tokens + 64,
+                # the prompt's own tokens are at most its bytes
+                n_ctx=self.max_length + self.max_new_tokens + len((before + after).encode()) + 8,
                 n_threads=self.threads,
                 n_threads_batch=self.threads,
                 verbose=False,
@@ -126,7 +130,7 @@ class GgufExtractor(BaseExtractor):
             self._all_view = np.frombuffer(self._all, dtype=_TOKEN_DATA)
             self._all_view["id"] = np.arange(n)
             self._one = (_token_data_type() * 1)()
-            before, _, after = self.prompt.partition(TEXT)
+            self._pieces: dict[int, bytes] = {}
             self._before = self._tokens(before)
             self._after = self._tokens(after)
         return self._llm
@@ -175,7 +179,7 @@ class GgufExtractor(BaseExtractor):
                 log_z = top + float(np.log(np.exp(logits - top).sum()))
                 probs.append(float(np.exp(logits[token] - log_z)))
                 llama_cpp.llama_sampler_accept(sampler, token)
-                pieces.append(llm.detokenize([token], special=False))
+                pieces.append(self._piece(token))
                 llm.eval([token])
         finally:
             llama_cpp.llama_sampler_free(sampler)
@@ -183,13 +187,31 @@ class GgufExtractor(BaseExtractor):
         self.generation.seconds += time.perf_counter() - started
         return b"".join(pieces), pieces, probs
 
+    def _piece(self, token: int) -> bytes:
+        """A token's bytes, as the grammar saw them (special tokens as their text; a piece of
+        any length: llama-cpp-python's own detokenize drops pieces over 32 bytes)."""
+        if token not in self._pieces:
+            import llama_cpp
+
+            size = 64
+            while True:
+                buf = ctypes.create_string_buffer(size)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, size, 0, True)
+                if n >= 0:
+                    self._pieces[token] = buf.raw[:n]
+                    break
+                size = -n
+        return self._pieces[token]
+
     def extract_one(self, text: str) -> Extraction:
+        """One text's answer. One that does not parse (cut at ``max_new_tokens``) has no fields
+        and confidence 0, so a cascade always escalates it."""
         raw, pieces, probs = self.generate(text)
-        answer = raw.decode("utf-8", errors="replace")
         try:
+            answer = raw.decode("utf-8")
             values, ranges = parse_answer(answer, self.schema)
-        except ValueError:  # cut at max_new_tokens, or a byte sequence that is not UTF-8
-            return Extraction({}, [], {}, min(probs, default=0.0), valid=False)
+        except (UnicodeDecodeError, ValueError):
+            return Extraction({}, [], {}, 0.0, valid=False)
         # each token's byte range in the answer; a field's value range in bytes
         ends = np.cumsum([len(p) for p in pieces])
         starts = ends - np.array([len(p) for p in pieces], dtype=ends.dtype)
@@ -245,6 +267,13 @@ class GgufExtractor(BaseExtractor):
         )
         model.bytes_on_disk = dir_bytes(where)
         return model
+
+
+def _cores() -> int:
+    """The cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _vocab(llm: Any) -> Any:

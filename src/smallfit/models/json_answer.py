@@ -4,9 +4,10 @@ field's value sits in it (so a value's tokens, and their probabilities, can be f
 
 The answer is ``{"field":["value",...],"other":"value"}``: no spaces, a list field as a list of
 strings and a string field as a string, fields in the order their values appear in the text.
-The grammar allows exactly that shape over the schema's field names, in any order; a field
-written twice is read as one (its values joined), the only way an answer can differ from the
-schema's JSON form. Nothing here imports a model runtime.
+The grammar allows exactly that shape over the schema's field names, in any order. Reading an
+answer back, a list field written twice is one list (its values joined), a string field
+written twice keeps its first value, and an empty string is no value. Nothing here imports a
+model runtime.
 """
 
 from __future__ import annotations
@@ -96,6 +97,9 @@ def parse_answer(text: str, schema: FieldSchema) -> tuple[Values, dict[str, list
             items = [value]
         else:
             raise ValueError(f"field {key!r} must be a string")
+        items = [v for v in items if v]  # an empty string is no value
+        if key not in schema.lists:  # a string field written twice keeps its first value
+            items = items[:1] if key not in values else []
         if items:
             values.setdefault(key, []).extend(items)
             ranges.setdefault(key, []).append((start, i))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -84,7 +86,10 @@ def _fetch(version: str, out: Path) -> None:
             if not any(m.name == _CONVERTER for m in members):
                 raise SmallfitError(f"{archives[0].name} holds no {_CONVERTER}")
             out.mkdir(parents=True)
-            tar.extractall(out, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.11.4+: refuse unsafe members
+                tar.extractall(out, members=members, filter="data")
+            else:
+                tar.extractall(out, members=members)  # the members' names were checked above
 
 
 def convert_to_gguf(hf_dir: Path, out_file: Path, *, outtype: str = "f16") -> None:
@@ -115,10 +120,18 @@ def quantize_gguf(src: Path, dst: Path, kind: str, *, threads: int = 0) -> None:
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{QUANT_TYPES[kind]}")
     params.nthread = threads
     said: list[str] = []
-    with _captured_output(said):  # a line per tensor on the C side's stdout
-        rc = llama_cpp.llama_model_quantize(
-            str(src).encode(), str(dst).encode(), ctypes.byref(params)
-        )
+    # llama-cpp-python's log callback prints what its logger's level lets through (a model
+    # loaded with verbose=False leaves only errors): all of it, captured, for the reason
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with _captured_output(said):  # and a line per tensor on the C side's stdout
+            rc = llama_cpp.llama_model_quantize(
+                str(src).encode(), str(dst).encode(), ctypes.byref(params)
+            )
+    finally:
+        logger.setLevel(level)
     if rc != 0 or not dst.is_file():
         tail = "".join(said)[-_TAIL:]
         raise SmallfitError(f"{src}: llama.cpp could not quantize it to {kind} (code {rc}): {tail}")
@@ -126,23 +139,34 @@ def quantize_gguf(src: Path, dst: Path, kind: str, *, threads: int = 0) -> None:
 
 @contextlib.contextmanager
 def _captured_output(into: list[str]) -> Iterator[None]:
-    """File descriptors 1 and 2 sent to a temporary file for the block (C code writes there,
-    around Python's streams); what was written is appended to ``into``."""
+    """What the block writes, appended to ``into``: file descriptors 1 and 2 go to a temporary
+    file (ggml prints there directly) and so do Python's streams (llama-cpp-python's log
+    callback prints llama.cpp's messages to ``sys.stderr``)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    text = io.StringIO()
     with tempfile.TemporaryFile() as sink:
         saved = [os.dup(1), os.dup(2)]
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
-            yield
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield
         finally:
+            _flush_c_streams()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
             sink.seek(0)
-            into.append(sink.read().decode("utf-8", errors="replace").strip())
+            written = sink.read().decode("utf-8", errors="replace")
+            into.append((written + text.getvalue()).strip())
+
+
+def _flush_c_streams() -> None:
+    """C's buffered stdout/stderr written out, so nothing lands after the descriptors return."""
+    with contextlib.suppress(OSError, AttributeError):  # no C library: nothing buffered
+        ctypes.CDLL(None).fflush(None)
 
 
 if __name__ == "__main__":  # scripts/setup: fetch the converter while the index is reachable

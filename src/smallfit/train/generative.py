@@ -18,14 +18,17 @@ TEXT = "{text}"
 
 def prompt_ids(tokenizer: Any, prompt: str, text: str, max_length: int) -> list[int]:
     """The prompt's tokens around ``text``'s own, which are cut at ``max_length`` (each part
-    tokenized alone, as llama.cpp's side does)."""
+    tokenized alone, as llama.cpp's side does; special-token text inside ``text`` stays text)."""
     before, _, after = prompt.partition(TEXT)
+    body = _ids(tokenizer, text, plain=True)[:max_length]
+    return [*_ids(tokenizer, before), *body, *_ids(tokenizer, after)]
 
-    def ids(part: str) -> list[int]:
-        out: list[int] = tokenizer(part, add_special_tokens=False)["input_ids"]
-        return out
 
-    return [*ids(before), *ids(text)[:max_length], *ids(after)]
+def _ids(tokenizer: Any, part: str, *, plain: bool = False) -> list[int]:
+    """``part``'s tokens; ``plain``: text such as ``<|im_end|>`` is not a special token."""
+    encoded = tokenizer(part, add_special_tokens=False, split_special_tokens=plain)
+    out: list[int] = encoded["input_ids"]
+    return out
 
 
 def train_generator(
@@ -63,7 +66,7 @@ def train_generator(
     ids, targets, longest = [], [], 0
     for text, answer in zip(texts, answers, strict=True):
         head = prompt_ids(tokenizer, prompt, text, train.max_length)
-        tail = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        tail = [*_ids(tokenizer, answer, plain=True), tokenizer.eos_token_id]
         longest = max(longest, len(tail))
         ids.append(head + tail)
         targets.append([IGNORE] * len(head) + tail)
