@@ -174,3 +174,23 @@ def test_tag_and_sentence_boundaries_end_a_template() -> None:
     ]
     (t,), _ = find_templates(told)
     assert t.prefix == "Classify this review. " and t.cut(told[1]) == "Great screen"
+
+
+def test_the_capture_the_template_and_the_served_route_read_a_message_alike() -> None:
+    """Text parts are joined the same way wherever a request is read (the capture's text, the
+    task's template, the drop-in route's), so a template cut from captured traffic cuts the
+    served request's text to the same string; parts that are not text are left out."""
+    from smallfit.llm.template import last_user_text, split_request
+    from smallfit.serve.chat import chat_request_model
+    from smallfit.serve.chat import last_user_text as served_text
+    from smallfit.serve.config import ServeConfig
+
+    parts = [{"type": "text", "text": "Label: "}, {"type": "text", "text": "my card is lost"}]
+    request = {"model": "m", "messages": [{"role": "user", "content": parts}]}
+    assert last_user_text(request) == "Label: my card is lost"
+    split = split_request(request)
+    assert split is not None and split[2] == "Label: my card is lost"
+    served = chat_request_model(ServeConfig()).model_validate(request)
+    assert served_text(served) == "Label: my card is lost"
+    image = {"type": "image_url", "image_url": {"url": "x"}}
+    assert last_user_text({"messages": [{"role": "user", "content": [image]}]}) is None

@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from smallfit.capture.proxy import CHAT, last_user_text, record_answer
+from smallfit.capture.proxy import CHAT, record_answer
 from smallfit.capture.store import CaptureStore, Exchange
 from smallfit.errors import DataError
+from smallfit.llm.template import last_user_text
 
 Format = Literal["openai", "pairs", "inputs"]
 FORMATS: tuple[str, ...] = ("openai", "pairs", "inputs")

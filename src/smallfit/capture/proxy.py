@@ -23,26 +23,10 @@ from typing import Any
 from smallfit.capture.client import UpstreamClient, UpstreamError
 from smallfit.capture.config import CaptureConfig
 from smallfit.capture.store import CaptureStore, Exchange
+from smallfit.llm.headers import HOP_BY_HOP_BYTES
+from smallfit.llm.template import last_user_text
 
 CHAT = "/v1/chat/completions"
-
-_HOP = {
-    b"host",
-    b"content-length",
-    b"connection",
-    b"keep-alive",
-    b"transfer-encoding",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"proxy-authorization",
-    b"proxy-connection",
-    b"accept-encoding",
-    b"content-encoding",
-    b"expect",
-}
-"""Headers that belong to one connection, not to the request: never forwarded either way
-(the body goes uncompressed, so content-encoding is dropped with accept-encoding)."""
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -113,7 +97,7 @@ async def _forward(
         await _send(send, 400, _error_body("the request target holds a space or line break"))
         return
     path = target.decode("latin-1")
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP]
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP_BYTES]
     headers.append((b"accept-encoding", b"identity"))
     started, arrived = time.perf_counter(), time.time()
     try:
@@ -125,7 +109,7 @@ async def _forward(
         code = "upstream_timeout" if exc.timeout else "upstream_unreachable"
         await _send(send, status, _error_body(message, code=code))
         return
-    back = [(k, v) for k, v in reply.headers if k.lower() not in _HOP]
+    back = [(k, v) for k, v in reply.headers if k.lower() not in HOP_BY_HOP_BYTES]
     if not streamed:
         error: str | None = None
         try:
@@ -292,23 +276,6 @@ def assemble_stream(raw: bytes) -> tuple[dict[str, Any] | None, bool]:
     if usage is not None:
         completion["usage"] = usage
     return completion, done
-
-
-def last_user_text(request: dict[str, Any]) -> str | None:
-    """The text of the request's last user message (its text parts joined), if any."""
-    messages = request.get("messages")
-    if not isinstance(messages, list):
-        return None
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                texts = [p.get("text") for p in content if isinstance(p, dict)]
-                return "".join(t for t in texts if isinstance(t, str)) or None
-            return None
-    return None
 
 
 def _json(data: bytes) -> Any:

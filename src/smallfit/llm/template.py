@@ -93,6 +93,33 @@ class Template:
         )
 
 
+def content_text(content: Any) -> str | None:
+    """A message's text: its content string, or its text parts joined (nothing between them,
+    as the capture, the task's template and the served route all read it); None without
+    text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        ]
+        return "".join(texts) if texts else None
+    return None
+
+
+def last_user_text(request: dict[str, Any]) -> str | None:
+    """The text of the request's last user message, if any."""
+    messages = request.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return content_text(message.get("content"))
+    return None
+
+
 def split_request(
     request: dict[str, Any],
 ) -> tuple[str | None, list[dict[str, Any]], str, dict[str, Any] | None] | None:
@@ -104,11 +131,8 @@ def split_request(
     last = messages[-1]
     if not isinstance(last, dict) or last.get("role") != "user":
         return None
-    content = last.get("content")
-    if isinstance(content, list):
-        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        content = "".join(t for t in texts if isinstance(t, str)) if texts else None
-    if not isinstance(content, str):
+    content = content_text(last.get("content"))
+    if content is None:
         return None
     model = request.get("model")
     response_format = request.get("response_format")

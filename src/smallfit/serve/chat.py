@@ -40,6 +40,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import JsonDict
 
+from smallfit.llm.template import content_text
 from smallfit.route.cascade import Raw
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Answer, Engine, RequestFailed
@@ -208,9 +209,9 @@ def chat_request_model(config: ServeConfig, task: str = "classify") -> type[Base
 
 
 def _message_text(message: Any) -> str:
-    """A message's text: its content, or its text parts joined by newlines."""
-    content = message.content
-    return content if isinstance(content, str) else "\n".join(p.text for p in content)
+    """A message's text: its content, or its text parts joined (as captured traffic is read:
+    :func:`smallfit.llm.template.content_text`)."""
+    return content_text(message.model_dump(mode="json")["content"]) or ""
 
 
 def last_user_text(request: Any) -> str:

@@ -20,10 +20,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from smallfit.errors import SmallfitError
 from smallfit.llm.answers import one_hot_row
+from smallfit.llm.headers import HOP_BY_HOP
 from smallfit.llm.template import Template
 from smallfit.serve.errors import openai_error
-
-_HOP = {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding"}
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ async def relay(client: httpx.AsyncClient, upstream: Upstream, raw: bytes) -> Re
         )
     except httpx.HTTPError as exc:
         raise UpstreamFailed(f"the upstream cannot be reached ({exc!r})") from exc
-    back = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP}
+    back = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP}
     return Relayed(reply.status_code, back, reply.content)
 
 
@@ -199,7 +198,7 @@ async def forward(
     except httpx.HTTPError as exc:
         message = f"the upstream cannot be reached ({exc!r})"
         return openai_error(502, message, kind="server_error")
-    back = {k: v for k, v in reply.headers.items() if k.lower() not in _HOP}
+    back = {k: v for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP}
     back["x-smallfit-tier"] = "upstream"
     if not stream:
         return Response(reply.content, status_code=reply.status_code, headers=back)
