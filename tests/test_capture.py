@@ -195,6 +195,9 @@ def test_imports_of_each_format(tmp_path: Path) -> None:
         assert import_logs([logs, batch_in, batch_out], "openai", store) == 3
         assert import_logs([pairs], "pairs", store) == 1
         assert import_logs([inputs], "inputs", store) == 2
+        # the same files again add nothing; the same bytes in another format are another import
+        assert import_logs([logs, batch_in, batch_out], "openai", store) == 0
+        assert import_logs([inputs], "inputs", store) == 0
         rows = list(store.exchanges())
     got = [(r.text, r.answer, r.complete) for r in rows]
     assert got == [
@@ -236,7 +239,7 @@ CHAT_URL = "/v1/chat/completions"
 
 def test_the_upstream_client_reopens_a_connection_the_upstream_closed() -> None:
     """A keep-alive connection the upstream closed while idle is not an error: the request goes
-    once more on a fresh connection (and a chunked answer is read whole)."""
+    on a fresh connection (and a chunked answer is read whole)."""
     import asyncio
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -275,6 +278,121 @@ def test_the_upstream_client_reopens_a_connection_the_upstream_closed() -> None:
 
     try:
         assert asyncio.run(twice()) == [b"got one", b"got two"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _serve(handler: type) -> Any:
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_upstream_client_reads_head_and_close_delimited_answers_whole() -> None:
+    """An answer to HEAD has no body whatever its content-length says (the client must not
+    wait for one); an answer without length or chunking ends when the upstream closes, and is
+    complete then, not cut."""
+    import asyncio
+    from http.server import BaseHTTPRequestHandler
+
+    from smallfit.capture.client import UpstreamClient
+
+    class Odd(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_HEAD(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "1234")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(b'{"data": []}')
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = _serve(Odd)
+
+    async def both() -> list[tuple[bytes, bool]]:
+        client = UpstreamClient(f"http://127.0.0.1:{server.server_port}/v1")
+        out = []
+        for method in ("HEAD", "GET", "HEAD"):
+            reply = await client.request(method, "/models", [], b"")
+            out.append((await asyncio.wait_for(reply.read(), 10), reply.complete))
+        await client.aclose()
+        return out
+
+    try:
+        assert asyncio.run(both()) == [(b"", True), (b'{"data": []}', True), (b"", True)]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_post_the_upstream_dropped_unanswered_is_never_sent_twice() -> None:
+    """The upstream reads a POST on a pooled connection and hangs up without answering: it may
+    have been a paid request, so it is not sent again (the caller gets the error); a GET that
+    meets the same is sent once more on a fresh connection."""
+    import asyncio
+    from http.server import BaseHTTPRequestHandler
+
+    from smallfit.capture.client import UpstreamClient, UpstreamError
+
+    seen: list[str] = []
+
+    class Drops(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append("POST")
+            if seen.count("POST") == 2:
+                self.close_connection = True  # read, then gone without a word
+                return
+            self._answer(b"ok")
+
+        def do_GET(self) -> None:
+            seen.append("GET")
+            if seen.count("GET") == 1:
+                self.close_connection = True
+                return
+            self._answer(b"models")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = _serve(Drops)
+
+    async def run() -> list[bytes]:
+        client = UpstreamClient(f"http://127.0.0.1:{server.server_port}/v1")
+        reply = await client.request("POST", "/chat/completions", [], b"{}")
+        out = [await reply.read()]
+        with pytest.raises(UpstreamError, match="closed before an answer"):
+            await client.request("POST", "/chat/completions", [], b"{}")
+        reply = await client.request("POST", "/chat/completions", [], b"{}")  # a fresh one
+        out.append(await reply.read())
+        reply = await client.request("GET", "/models", [], b"")  # pooled: dropped, resent
+        out.append(await reply.read())
+        await client.aclose()
+        return out
+
+    try:
+        assert asyncio.run(run()) == [b"ok", b"ok", b"models"]
+        assert seen == ["POST", "POST", "POST", "GET", "GET"]
     finally:
         server.shutdown()
         server.server_close()

@@ -18,6 +18,7 @@ nothing of that import is stored (earlier imports stay).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -36,14 +37,28 @@ _OUTPUT = ("output", "answer")
 
 
 def import_logs(files: list[Path], format: str, store: CaptureStore) -> int:
-    """Read ``files`` in ``format`` into ``store``; how many exchanges were added."""
+    """Read ``files`` in ``format`` into ``store``; how many exchanges were added. Files
+    imported into the store before (the same bytes in the same format) add nothing: 0."""
     if format not in FORMATS:
         raise DataError(f"unknown import format {format!r}; use one of {', '.join(FORMATS)}")
+    key = _import_key(files, format)
+    if store.imported(key):
+        return 0
     if format == "openai":
         exchanges = _openai(files)
     else:
         exchanges = [e for file in files for e in _plain(file, with_answer=format == "pairs")]
-    return store.add_now(exchanges)
+    return store.add_now(exchanges, import_key=key)
+
+
+def _import_key(files: list[Path], format: str) -> str:
+    """What one import is: its format and its files' bytes, in order."""
+    digest = hashlib.sha256(format.encode())
+    for file in files:
+        if not file.is_file():
+            raise DataError("no such file", file=file)
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _rows(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:

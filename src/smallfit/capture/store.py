@@ -101,6 +101,10 @@ _INSERT = f"INSERT INTO exchanges ({', '.join(_COLUMNS)}) VALUES ({', '.join('?'
 _STOP = object()
 
 
+def _import(key: str) -> tuple[str, str]:
+    return f"import:{key}", str(time.time())
+
+
 class CaptureStore:
     """The exchanges in the SQLite file ``path`` (WAL mode; created if missing)."""
 
@@ -136,11 +140,21 @@ class CaptureStore:
             self._writer.start()
         self._queue.put(exchange)
 
-    def add_now(self, exchanges: list[Exchange]) -> int:
-        """Write ``exchanges`` at once, in one transaction (imports); how many."""
+    def add_now(self, exchanges: list[Exchange], *, import_key: str | None = None) -> int:
+        """Write ``exchanges`` at once, in one transaction (imports); how many. With
+        ``import_key``, the import is remembered in the same transaction (see
+        :meth:`imported`)."""
         with self._lock, self._db:
             self._db.executemany(_INSERT, [e.row() for e in exchanges])
+            if import_key is not None:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", _import(import_key))
         return len(exchanges)
+
+    def imported(self, key: str) -> bool:
+        """Whether an import with this key was written before."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM meta WHERE key=?", (_import(key)[0],)).fetchone()
+        return row is not None
 
     def _write_loop(self) -> None:
         while True:

@@ -113,6 +113,9 @@ def capture(
         with CaptureStore(file) as store:
             added = import_logs(list(imports), format_, store)
             counts = store.counts()
+        if added == 0:
+            click.echo(f"nothing imported: these files were imported into {file} before")
+            return
         click.echo(
             f"imported {added} exchanges into {file} ({counts['all']} in all, "
             f"{counts['complete']} with a whole answer)"
