@@ -33,17 +33,9 @@ def quantize_generator(step: Any, src: Path, out: Path, context: StepContext) ->
     source = GgufExtractor.load(src)
     out.mkdir(parents=True, exist_ok=True)
     quantize_gguf(src / GGUF_FILE, out / GGUF_FILE, step.gguf_type)
-    quantized = GgufExtractor(
-        out,
-        source.schema,
-        name=source.name,
-        prompt=source.prompt,
-        max_length=source.max_length,
-        max_new_tokens=source.max_new_tokens,
-        gguf_type=step.gguf_type,
-        parameters=source.parameters,
-        lineage={**source.lineage, "quantized_from": str(src)},
-    )
+    quantized = GgufExtractor.load(src)  # the same model, pointed at the quantized file
+    quantized.path, quantized.gguf_type = out, step.gguf_type
+    quantized.lineage["quantized_from"] = str(src)
     texts = context.check_texts[: step.check_texts]
     try:
         before = [e.values for e in source.extract(texts)]

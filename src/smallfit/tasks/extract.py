@@ -144,9 +144,6 @@ class ExtractTask(Task):
     def distill(
         self, student: Any, dataset: FieldDataset, labels: Labels, out_dir: Path, progress: bool
     ) -> None:
-        from smallfit.models.tagger import TokenTagger
-        from smallfit.train.tagging import train_tagger
-
         if student.kind == "generator":
             from smallfit.distill.generator import distill_generator
 
@@ -160,6 +157,9 @@ class ExtractTask(Task):
                 progress=progress,
             )
             return
+
+        from smallfit.models.tagger import TokenTagger
+        from smallfit.train.tagging import train_tagger
 
         model = TokenTagger.from_base(
             student.base,
