@@ -326,7 +326,14 @@ def test_fit_runs_an_extract_task_end_to_end(slots: Path, tmp_path: Path) -> Non
     ("extra", "message"),
     [
         ({"students": [{"kind": "transformer"}]}, "learns a classify task, but task is extract"),
-        ({"teacher": {"source": "llm"}}, "teacher.source llm is not available for an extract"),
+        (
+            {"teacher": {"source": "llm", "probabilities": "samples"}},
+            "teacher.probabilities applies to a classify task only",
+        ),
+        (
+            {"teacher": {"source": "llm", "instruction": "{labels}: {text}"}},
+            "has a {labels} slot, which the extract task does not fill",
+        ),
         ({"route": {"abstain": {}}}, "route.abstain applies to a classify task only"),
         ({"route": {"target": "cost <= 5"}}, "an extract cascade takes an F1 target"),
         (

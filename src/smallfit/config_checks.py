@@ -101,9 +101,9 @@ _EXTRACT_METRICS = ("field_f1", "field_macro_f1", "doc_exact", "field_agreement"
 
 
 def _task(config: FitConfig) -> Iterator[Conflict]:
-    """What a task type does not take: students of the other task, and (for now) an extract
-    task's teachers other than a fine-tuned tagger or gold, abstention, a cost target, and
-    compression steps other than ONNX and int8."""
+    """What a task type does not take: students of the other task, an LLM teacher's options
+    of the other task, and (for now) an extract task's abstention, a cost target, and
+    compression steps other than ONNX, int8 and GGUF."""
     task = config.task
     for s in config.students:
         if s.task != task:
@@ -120,15 +120,9 @@ def _task(config: FitConfig) -> Iterator[Conflict]:
             f"select.metric {metric} is not a metric of the {task} task"
             + (f" (use one of {', '.join(_EXTRACT_METRICS)})" if task == "extract" else ""),
         )
+    yield from _llm_teacher(config)
     if task != "extract":
         return
-    source = getattr(config.teacher, "source", None)
-    if source not in ("finetune", "gold"):
-        yield Conflict(
-            ("teacher.source", "task"),
-            f"teacher.source {source} is not available for an extract task yet: use finetune "
-            "(a tagger trained on the gold fields) or gold",
-        )
     for key in _CLASSIFY_ONLY_DATA:
         if getattr(config.data, key) not in (None, []):
             yield Conflict((f"data.{key}", "task"), f"data.{key} applies to a classify task only")
@@ -155,6 +149,36 @@ def _task(config: FitConfig) -> Iterator[Conflict]:
                 ("compress", "task"),
                 f"compress candidate {candidate.name!r} ({' -> '.join(methods)}): an extractor "
                 f"takes only {', '.join(_EXTRACT_STEPS)} steps for now",
+            )
+
+
+_CLASSIFY_ONLY_LLM = ("probabilities", "samples", "top_logprobs", "answer_key", "recorded")
+
+
+def _llm_teacher(config: FitConfig) -> Iterator[Conflict]:
+    """An LLM teacher's prompt slots and options that belong to the other task."""
+    from smallfit.teach.config import LLMTeacher
+
+    teacher = config.teacher
+    if not isinstance(teacher, LLMTeacher):
+        return
+    task = config.task
+    slot, other = ("{fields}", "{labels}") if task == "extract" else ("{labels}", "{fields}")
+    if teacher.instruction is not None and other in teacher.instruction:
+        yield Conflict(
+            ("teacher.instruction", "task"),
+            f"teacher.instruction has a {other} slot, which the {task} task does not fill (its "
+            f"list goes in {slot})",
+        )
+    if task != "extract":
+        return
+    defaults = type(teacher).model_fields
+    for name in _CLASSIFY_ONLY_LLM:
+        if getattr(teacher, name) != defaults[name].default:
+            yield Conflict(
+                (f"teacher.{name}", "task"),
+                f"teacher.{name} applies to a classify task only (an extract task asks once, "
+                "at temperature 0, and reads the fields from the JSON answer)",
             )
 
 

@@ -146,14 +146,20 @@ def evaluate_extractor(
         valid=[r.get("valid", True) for r in rows],
     )
     quality["fields"]["values_not_in_text"] = not_in_text
+    invalid = getattr(model, "invalid", None)
+    if invalid is not None:
+        quality["fields"]["invalid"] = dict(invalid)
     info = model.info.to_dict()
-    del model  # the speed probe loads its own copy
-    speed = measure_speed(Path(model_dir), list(test.texts[:SPEED_TEXTS]), config)
+    speed = model.measured_speed()
+    if speed is not None:
+        # behind an API: the latencies of the real requests in the ledger, and token prices
+        cost = model.measured_cost()
+        model.close()
+    else:
+        del model  # the speed probe loads its own copy
+        speed = measure_speed(Path(model_dir), list(test.texts[:SPEED_TEXTS]), config)
+        cost = local_cost(speed, config)
     result = CandidateResult.of(
-        info,
-        model_dir=str(model_dir),
-        quality=quality,
-        speed=speed,
-        cost=local_cost(speed, config),
+        info, model_dir=str(model_dir), quality=quality, speed=speed, cost=cost
     )
     return result, rows

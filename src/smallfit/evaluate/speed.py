@@ -62,9 +62,9 @@ def measure_speed(model_dir: Path, texts: list[str], config: EvalConfig) -> dict
     if not texts:
         raise SmallfitError(f"{model_dir}: no texts to measure speed on")
     if not config.isolate:
-        from smallfit.models.base import load
+        from smallfit.models.loading import load_model
 
-        model = load(model_dir)
+        model = load_model(model_dir)
         return measure_loaded(model, texts, config, load_rss_bytes=current_rss(), isolated=False)
     return _measure_in_subprocess(model_dir, texts, config)
 

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from smallfit.llm.answers import logprob_distribution, one_hot_row, vote_share
 from smallfit.llm.client import (
     Endpoint,
     FatalAPIError,
@@ -32,7 +31,7 @@ from smallfit.llm.client import (
     make_client,
     preflight,
 )
-from smallfit.llm.prompt import Prompt
+from smallfit.llm.prompt import AskPrompt
 from smallfit.llm.store import Store, StoredAnswer, answer_key
 
 FORMAT_STYLES = ("json_schema", "json_object", "text")
@@ -120,7 +119,7 @@ class Labeller:
     def __init__(
         self,
         endpoint: Endpoint,
-        prompt: Prompt,
+        prompt: AskPrompt,
         store: Store,
         *,
         prices: Prices | None = None,
@@ -250,27 +249,7 @@ class Labeller:
         )
 
     def _interpret(self, replies: list[Reply]) -> StoredAnswer:
-        labels = self.prompt.labels
-        parsed = [self.prompt.parse(r.content) for r in replies]
-        probs: np.ndarray | None = None
-        label = parsed[0]
-        if self.prompt.probabilities == "samples":
-            probs = vote_share(parsed, labels)
-            label = labels[int(np.argmax(probs))] if probs is not None else None
-        elif label is not None and self.prompt.probabilities == "logprobs":
-            reply = replies[0]
-            probs = logprob_distribution(reply.content or "", reply.tokens or [], label, labels)
-            status = "ok" if probs is not None else "ok-no-logprobs"
-            if probs is None:
-                probs = one_hot_row(label, labels)
-            return self._stored(label, status, probs, replies)
-        elif label is not None:
-            probs = one_hot_row(label, labels)
-        return self._stored(label, "ok" if label else "unparseable", probs, replies)
-
-    def _stored(
-        self, label: str | None, status: str, probs: np.ndarray | None, replies: list[Reply]
-    ) -> StoredAnswer:
+        label, status, probs = self.prompt.interpret(replies)
         pt = sum(r.prompt_tokens for r in replies)
         ct = sum(r.completion_tokens for r in replies)
         return StoredAnswer(
@@ -372,7 +351,7 @@ class Labeller:
                         )
                         done[key] = answer
                         report.answered += 1
-                        report.unparseable += answer.status == "unparseable"
+                        report.unparseable += answer.label is None
                     bar.update(1)
                 if progress:
                     bar.set_postfix_str(f"${self.store.totals()['cost_usd']:.4f}")

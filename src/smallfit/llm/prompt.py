@@ -12,7 +12,7 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json
@@ -22,7 +22,7 @@ DEFAULT_INSTRUCTION = (
     'Answer with JSON: {{"label": "<one of the labels>"}}.\n\nText: {text}'
 )
 
-SLOTS = {"text", "labels"}
+SLOTS = {"text", "labels", "fields"}
 
 
 def check_template(template: str) -> None:
@@ -38,9 +38,46 @@ def check_template(template: str) -> None:
     unknown = sorted({f for f in fields if f not in SLOTS})
     if unknown:
         raise ValueError(
-            f"prompt template has unknown slots {unknown}; only {{text}} and {{labels}} are "
-            "filled (write literal braces as {{ }})"
+            f"prompt template has unknown slots {unknown}; only {{text}} and {{labels}} (a "
+            "classify task) or {{fields}} (an extract task) are filled (write literal braces as "
+            "{{ }})"
         )
+
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from smallfit.llm.client import Reply
+
+
+class AskPrompt(Protocol):
+    """What the labeller asks of a prompt: the messages and response format for a text, how
+    many answers and with which sampling, and how the replies become a stored answer."""
+
+    @property
+    def answer(self) -> str: ...
+    @property
+    def probabilities(self) -> str: ...
+    @property
+    def samples(self) -> int: ...
+    @property
+    def top_logprobs(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def messages(self, text: str) -> list[dict[str, Any]]: ...
+
+    def response_format(self, style: str = "json_schema") -> dict[str, Any] | None: ...
+
+    def interpret(self, replies: list[Reply]) -> tuple[str | None, str, np.ndarray | None]:
+        """The answer (None: none could be read), its status and its probabilities."""
+        ...
 
 
 def check_labels(labels: Sequence[str]) -> None:
@@ -114,6 +151,29 @@ class Prompt:
         from smallfit.llm.answers import parse_label
 
         return parse_label(content, self.labels, key=self.answer_key or "label")
+
+    def interpret(self, replies: list[Reply]) -> tuple[str | None, str, np.ndarray | None]:
+        """The label the replies name, its status (``ok``; ``ok-no-logprobs`` when the server
+        gave none; ``unparseable``) and the probabilities over the labels, as
+        ``probabilities`` says."""
+        from smallfit.llm.answers import logprob_distribution, one_hot_row, vote_share
+
+        labels = self.labels
+        parsed = [self.parse(r.content) for r in replies]
+        label = parsed[0]
+        if self.probabilities == "samples":
+            probs = vote_share(parsed, labels)
+            label = labels[int(probs.argmax())] if probs is not None else None
+            return label, "ok" if label else "unparseable", probs
+        if label is None:
+            return None, "unparseable", None
+        if self.probabilities == "logprobs":
+            reply = replies[0]
+            probs = logprob_distribution(reply.content or "", reply.tokens or [], label, labels)
+            if probs is None:
+                return label, "ok-no-logprobs", one_hot_row(label, labels)
+            return label, "ok", probs
+        return label, "ok", one_hot_row(label, labels)
 
     def response_format(self, style: str = "json_schema") -> dict[str, Any] | None:
         """The JSON schema that constrains the answer to the label set, in the ``style`` the

@@ -25,7 +25,11 @@ EXTRACTORS = {
     "tagger-onnx": "smallfit.models.tagger_onnx:OnnxTagger",
     "field-cascade": "smallfit.models.field_cascade:FieldCascade",
     "gguf-extractor": "smallfit.models.gguf_extractor:GgufExtractor",
+    "llm-extractor": "smallfit.models.llm_extractor:LLMExtractor",
 }
+
+
+LABEL_CHUNK = 256
 
 
 class BaseExtractor(ABC):
@@ -49,10 +53,27 @@ class BaseExtractor(ABC):
     def num_parameters(self) -> int: ...
 
     @abstractmethod
+    def save(self, path: str | Path, *, metrics: dict[str, Any] | None = None) -> Path:
+        """Write the model and its manifest into directory ``path``; returns the path."""
+
+    @abstractmethod
     def set_num_threads(self, threads: int) -> None: ...
 
     def answer(self, texts: Sequence[str]) -> list[Extraction]:
         return self.extract(texts)
+
+    def label_texts(self, texts: Sequence[str], *, progress: bool) -> list[Extraction]:
+        """The teacher's answers on a training pool, with a progress bar."""
+        from tqdm.auto import tqdm
+
+        out: list[Extraction] = []
+        with tqdm(
+            total=len(texts), desc="teacher labelling", unit="text", disable=not progress
+        ) as bar:
+            for start in range(0, len(texts), LABEL_CHUNK):
+                out += self.extract(texts[start : start + LABEL_CHUNK])
+                bar.update(min(LABEL_CHUNK, len(texts) - start))
+        return out
 
     @property
     def fields(self) -> list[str]:
@@ -67,6 +88,10 @@ class BaseExtractor(ABC):
         """Nothing held open."""
 
     def measured_speed(self) -> dict[str, Any] | None:
+        """Speed known without a probe (an API model's, from its ledger); None: probe it."""
+        return None
+
+    def measured_cost(self) -> dict[str, Any] | None:
         return None
 
     def manifest(self, metrics: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:

@@ -1,123 +1,42 @@
 """An LLM behind an OpenAI-compatible API as a Classifier (backend ``llm``).
 
-The model directory holds only the manifest: endpoint (URL, model, the *name* of the key's
-environment variable, never the key), prompt, probability method, prices and request limits.
-Answers go through a :class:`~smallfit.llm.labeller.Labeller` and its SQLite store, so a text
-is never paid for twice. The store is ``cache`` in the manifest (relative to the model
-directory), else ``$SMALLFIT_LLM_CACHE``, else ``<smallfit cache>/llm/answers.sqlite``.
-
-A text whose answer is unparseable (or could not be had) gets a uniform row, and the text is
-kept in ``unanswered_texts``: the evaluation counts those rows wrong rather than trusting an
-argmax over equal values. Speed and cost come from the ledger (the real requests' latencies,
-the server's token counts at the configured prices), not from a probe.
+The API half (endpoint, prompt, prices, limits, the answer store, speed and cost from the
+ledger) is :class:`~smallfit.models.llm_api.ApiModel`'s. A text whose answer is unparseable (or
+could not be had) gets a uniform row, and the text is kept in ``unanswered_texts``: the
+evaluation counts those rows wrong rather than trusting an argmax over equal values.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from smallfit.errors import SmallfitError
 from smallfit.llm.client import Endpoint
-from smallfit.llm.labeller import (
-    PRICES_FROM_CACHE,
-    PRICES_UNKNOWN,
-    Budget,
-    Labeller,
-    LabelReport,
-    Prices,
-)
 from smallfit.llm.prompt import Prompt
-from smallfit.llm.store import Store
 from smallfit.models.base import BaseClassifier, register_backend
-
-
-def default_cache() -> Path:
-    explicit = os.environ.get("SMALLFIT_LLM_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    from smallfit.zoo import cache_dir
-
-    return cache_dir() / "llm" / "answers.sqlite"
+from smallfit.models.llm_api import ApiModel, api_arguments
 
 
 @register_backend("llm")
-class LLMClassifier(BaseClassifier):
+class LLMClassifier(ApiModel, BaseClassifier):
     """Classifies by asking an LLM; probabilities as ``prompt.probabilities`` says."""
 
-    remote = True
+    prompt: Prompt
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        prompt: Prompt,
-        *,
-        name: str,
-        prices: Prices | None = None,
-        budget: Budget | None = None,
-        concurrency: int = 4,
-        cache: str | Path | None = None,
-        lineage: dict[str, Any] | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.prompt = prompt
+    def __init__(self, endpoint: Endpoint, prompt: Prompt, **options: Any) -> None:
+        """``options``: :class:`~smallfit.models.llm_api.ApiModel`'s."""
+        super().__init__(endpoint, prompt, **options)
         self.labels = list(prompt.labels)
-        self.name = name
-        self.prices = prices  # None: the labeller uses those recorded in the answer cache
-        self.budget = budget or Budget()
-        self.concurrency = concurrency
-        self.cache = Path(cache) if cache is not None else None
-        self.lineage = dict(lineage or {})
-        self.bytes_on_disk = 0
         self.unanswered_texts: set[str] = set()
-        self.last_report: LabelReport | None = None
-        self._labeller: Labeller | None = None
-        self._home: Path | None = None
-
-    @property
-    def store_path(self) -> Path:
-        if self.cache is None:
-            return default_cache()
-        if self.cache.is_absolute() or self._home is None:
-            return self.cache
-        return (self._home / self.cache).resolve()
-
-    @property
-    def labeller(self) -> Labeller:
-        if self._labeller is None:
-            self._labeller = Labeller(
-                self.endpoint,
-                self.prompt,
-                Store(self.store_path),
-                prices=self.prices,
-                budget=self.budget,
-                concurrency=self.concurrency,
-            )
-        return self._labeller
-
-    def close(self) -> None:
-        """Close the HTTP connections and the answer store (reopened on next use)."""
-        if self._labeller is not None:
-            self._labeller.close()
-            self._labeller = None
-
-    @property
-    def num_parameters(self) -> int:
-        return 0  # unknown: behind an API
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         answers, report = self.labeller.label(list(texts), progress=False)
         self.last_report = report
         if report.stopped:
-            raise SmallfitError(
-                f"{self.name}: stopped by {report.stopped} ({report.summary()}); answers so far "
-                "are cached: raise the budget and run again"
-            )
+            raise self.stopped_error(report, self.name)
         out = np.full((len(texts), len(self.labels)), 1.0 / len(self.labels), dtype=np.float32)
         for i, answer in enumerate(answers):
             if answer is None or answer.probs is None:
@@ -137,99 +56,22 @@ class LLMClassifier(BaseClassifier):
             texts, progress=progress, desc="teacher (LLM) labelling"
         )
         if report.stopped:
-            raise SmallfitError(
-                f"teacher labelling stopped by {report.stopped}: {report.summary()}. Every "
-                "answer so far is cached: raise the budget (teacher.budget_usd / budget_tokens) "
-                "and rerun"
-            )
+            raise self.stopped_error(report, "teacher labelling")
         probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
         for i, answer in enumerate(answers):
             if answer is not None and answer.probs is not None:
                 probs[i] = answer.probs
         return probs
 
-    def measured_cost(self) -> dict[str, Any] | None:
-        return self.cost_per_1m_queries()
-
-    def cost_per_1m_queries(self) -> dict[str, Any]:
-        """Mean tokens of one answered text (from the store, whichever run paid for the
-        answers) at the prices: the configured ones, else those an earlier run recorded."""
-        labeller = self.labeller
-        pt, ct, cost = labeller.per_text()
-        basis = f"API prices {labeller.prices.describe()}"
-        if labeller.prices_source == PRICES_FROM_CACHE:
-            basis += " (as recorded in the answer cache)"
-        elif labeller.prices_source == PRICES_UNKNOWN:
-            basis = "no API prices given (counted as 0)"
-        return {
-            "per_1m_queries_usd": cost * 1e6,
-            "prompt_tokens_per_query": pt,
-            "completion_tokens_per_query": ct,
-            "basis": basis,
-        }
-
-    def measured_speed(self) -> dict[str, Any] | None:
-        """Latency of the successful requests in the ledger, as the speed probe reports it
-        for local models (one "thread": requests are timed one by one)."""
-        from smallfit.stats import latency_percentiles
-
-        latencies = self.labeller.store.latencies_ms(self.endpoint.model)
-        if not latencies:
-            raise SmallfitError(f"{self.name}: no successful request in the ledger to time")
-        stats = latency_percentiles(np.array(latencies))
-        report = self.last_report
-        return {
-            "threads": {"1": stats},
-            "requests_per_s": report.rows_per_s if report else None,
-            "concurrency": self.concurrency,
-            "peak_rss_bytes": None,
-            "remote": True,
-            "source": "ledger: latency of every successful request (queueing included)",
-        }
-
     def save_files(self, path: Path) -> dict[str, Any]:
-        cache = None
-        if self.cache is not None:
-            cache = str(self.cache)
         return {
-            "endpoint": self.endpoint.to_dict(),
-            "limits": {
-                "timeout_s": self.endpoint.timeout_s,
-                "max_retries": self.endpoint.max_retries,
-                "concurrency": self.concurrency,
-                "budget_usd": self.budget.usd,
-                "budget_tokens": self.budget.tokens,
-            },
-            "prices": None if self.prices is None else asdict(self.prices),
-            "prompt": self.prompt.to_dict(),
+            **self.api_manifest(),
             "probabilities": PROBABILITY_METHODS[self.prompt.probabilities],
-            "cache": cache,
         }
 
     @classmethod
     def load_files(cls, path: Path, manifest: dict[str, Any]) -> LLMClassifier:
-        try:
-            limits = manifest.get("limits", {})
-            endpoint = Endpoint(
-                base_url=manifest["endpoint"]["base_url"],
-                model=manifest["endpoint"]["model"],
-                api_key_env=manifest["endpoint"].get("api_key_env", "OPENAI_API_KEY"),
-                timeout_s=float(limits.get("timeout_s", 60.0)),
-                max_retries=int(limits.get("max_retries", 6)),
-            )
-            prompt = Prompt.from_dict(manifest["prompt"])
-        except (KeyError, TypeError) as exc:
-            raise SmallfitError(f"{path}/smallfit.json: incomplete LLM manifest ({exc})") from exc
-        model = cls(
-            endpoint,
-            prompt,
-            name=manifest.get("name", path.name),
-            prices=Prices(**manifest["prices"]) if manifest.get("prices") else None,
-            budget=Budget(limits.get("budget_usd"), limits.get("budget_tokens")),
-            concurrency=int(limits.get("concurrency", 4)),
-            cache=manifest.get("cache"),
-            lineage=manifest.get("lineage", {}),
-        )
+        model = cls(**api_arguments(path, manifest, Prompt.from_dict))
         model._home = path.resolve()
         return model
 

@@ -11,6 +11,7 @@ the tagger nearly found lowers it too).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema, Span, Values
 from smallfit.models.base import dir_bytes, read_manifest, write_json
 from smallfit.models.extractor import BaseExtractor
@@ -135,11 +137,16 @@ class TokenTagger(BaseExtractor):
         name: str,
         max_length: int = 64,
         lineage: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
     ) -> None:
         self.module = module.eval()
         self.tokenizer = tokenizer
         self.schema = schema
-        self.tags = bio_tags(schema)
+        self.tags = list(tags) if tags is not None else bio_tags(schema)
+        """The tag of each output of the head (a field outside the schema reads as ``O``)."""
+        known = {t[2:] for t in self.tags if t != "O"}
+        if not set(schema.names) <= known or set(self.tags) - {"O", *bio_tags(schema)}:
+            raise ValueError(f"tags {self.tags} do not match the fields {list(schema.names)}")
         self.name = name
         self.max_length = max_length
         self.lineage = dict(lineage or {})
@@ -174,6 +181,52 @@ class TokenTagger(BaseExtractor):
         tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=True)
         return cls(
             module, tokenizer, schema, name=name, max_length=max_length, lineage={"base": str(base)}
+        )
+
+    @classmethod
+    def from_hf_directory(
+        cls, path: str | Path, schema: FieldSchema, *, name: str, max_length: int = 128
+    ) -> TokenTagger:
+        """A Hugging Face token classifier whose labels are BIO tags (``O``, ``B-field``,
+        ``I-field``), read over ``schema``: it must tag every field of the schema; the tags of
+        other fields read as ``O``."""
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        where = Path(path)
+        try:
+            config = json.loads((where / "config.json").read_text("utf-8"))
+            id2label = {int(k): str(v) for k, v in config["id2label"].items()}
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise SmallfitError(
+                f"{where}: not a Hugging Face token classifier (config.json with id2label: {exc})"
+            ) from exc
+        raw = [id2label[i] for i in range(len(id2label))]
+        odd = [t for t in raw if t != "O" and (t[:2] not in ("B-", "I-") or not t[2:])]
+        if odd:
+            raise SmallfitError(
+                f"{where}/config.json: labels {odd[:5]} are not BIO tags (O, B-field, I-field)"
+            )
+        known = {t[2:] for t in raw if t != "O"}
+        missing = [n for n in schema if n not in known]
+        if missing:
+            raise SmallfitError(
+                f"{where}: the tagger does not tag the data's fields {missing} (it tags "
+                f"{sorted(known)})"
+            )
+        tags = [t if t == "O" or t[2:] in schema.names else "O" for t in raw]
+        tokenizer = AutoTokenizer.from_pretrained(str(where), use_fast=True)
+        if not getattr(tokenizer, "is_fast", False):
+            raise SmallfitError(f"{where}: a fast tokenizer is needed (character offsets)")
+        module = AutoModelForTokenClassification.from_pretrained(str(where))
+        limit = int(min(getattr(tokenizer, "model_max_length", max_length), max_length))
+        return cls(
+            module,
+            tokenizer,
+            schema,
+            name=name,
+            max_length=limit,
+            lineage={"base": str(where), "tags": raw},
+            tags=tags,
         )
 
     @property
@@ -250,6 +303,7 @@ class TokenTagger(BaseExtractor):
             name=manifest["name"],
             max_length=int(manifest["max_length"]),
             lineage=manifest.get("lineage"),
+            tags=manifest.get("tags"),
         )
         model.bytes_on_disk = dir_bytes(where)
         return model

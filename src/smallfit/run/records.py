@@ -97,6 +97,9 @@ class FieldScores(Record):
     values_not_in_text: int | None = None
     """Values a generative extractor wrote that are not in their text (None: a tagger, whose
     values are always read from the text)."""
+    invalid: dict[str, int] | None = None
+    """An LLM's answers that could not be read, by reason: ``not-json``, ``off-schema``, or
+    ``failed`` (no answer after retries). None: a local extractor."""
 
 
 class Paired(Record):

@@ -7,16 +7,18 @@ left out of the student's targets, never invented. Answers on test are JSONL row
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smallfit.data.fields import FieldDataset, FieldDoc, align, load_field_dataset
+from smallfit.data.fields import FieldDataset, FieldDoc, load_field_dataset
 from smallfit.fields import Span
 from smallfit.hashing import hash_json, hash_texts
 from smallfit.run.layout import TEACHER
 from smallfit.run.records import CandidateResult, DataSummary, LabelsSummary
 from smallfit.run.store import read_jsonl, write_jsonl
 from smallfit.tasks.base import Labels, Task, data_line
+from smallfit.teach.fields import answer_rows, targets
 
 if TYPE_CHECKING:
     from smallfit.config import FitConfig
@@ -33,21 +35,33 @@ def _docs_key(docs: list[FieldDoc | None]) -> str:
     return hash_json([one(d) for d in docs])
 
 
-def targets(docs: list[FieldDoc | None], texts: list[str]) -> tuple[list[list[Span]], int]:
-    """Each row's spans to train on: its own, else its values aligned to the text; and how
-    many values were not found in their text (left out)."""
-    out: list[list[Span]] = []
-    missing = 0
-    for doc, text in zip(docs, texts, strict=True):
-        if doc is None:
-            out.append([])
-        elif doc.spans is not None:
-            out.append(list(doc.spans))
-        else:
-            spans, absent = align(text, doc.values)
-            out.append(spans)
-            missing += len(absent)
-    return out, missing
+__all__ = ["ExtractTask", "targets"]
+
+
+def _invalid(teacher: Any) -> dict[str, int]:
+    """Why an LLM teacher's answers could not be read, by reason (none for other teachers)."""
+    return dict(getattr(teacher, "invalid", {}))
+
+
+def _audit(
+    answers: list[FieldDoc], gold: list[FieldDoc | None], data: FieldDataset, log: Any
+) -> tuple[float | None, int]:
+    """The teacher against gold on the pool texts that have it, before anything learns from
+    it: the share of texts with every field right, and micro F1 (logged)."""
+    from smallfit.evaluate.fields import field_quality
+
+    pairs = [(a, g) for a, g in zip(answers, gold, strict=True) if g is not None]
+    if not pairs:
+        return None, 0
+    exact = sum(a.values == g.values for a, g in pairs) / len(pairs)
+    f1 = field_quality(
+        [a.values for a, _ in pairs], [g.values for _, g in pairs], data.schema, resamples=0
+    ).micro_f1
+    log(
+        f"[labels] the teacher against gold on the {len(pairs)} pool texts with gold: micro "
+        f"F1 {100 * f1:.2f}%, every field right on {100 * exact:.2f}%"
+    )
+    return exact, len(pairs)
 
 
 class ExtractTask(Task):
@@ -83,28 +97,14 @@ class ExtractTask(Task):
     def build_teacher(
         self, config: FitConfig, dataset: FieldDataset, out_dir: Path, progress: bool
     ) -> Any:
-        """A tagger on ``teacher.base`` trained on the gold fields (the stand-in for the big
-        model)."""
-        from smallfit.models.tagger import TokenTagger
-        from smallfit.train.tagging import train_tagger
+        from smallfit.teach.fields import build_field_teacher
 
-        teacher = config.teacher
-        train = teacher.train  # type: ignore[union-attr]  # a finetune teacher (config checks)
-        model = TokenTagger.from_base(
-            teacher.base,  # type: ignore[union-attr]
-            dataset.schema,
-            name=TEACHER,
-            max_length=train.max_length,
-            seed=train.seed,
-        )
-        spans, _ = targets(dataset.train.docs, dataset.train.texts)
-        train_tagger(model, dataset.train.texts, spans, train, progress=progress)
-        model.lineage["recipe"] = "fine-tuned on gold fields"
-        model.save(out_dir)
-        return model
+        return build_field_teacher(config.teacher, dataset, out_dir, progress)
 
     def label(self, run: Any, teacher: Any) -> Labels:
-        """The teacher's answers on train and dev (cached in the run by their key), or gold."""
+        """The teacher's answers on train and dev (cached in the run by their key), or gold.
+        Texts whose answer could not be read (an LLM's, not JSON or off the schema) leave the
+        pool; values not in their text are counted and left out of a tagger's targets."""
         data: FieldDataset = run.dataset
         if teacher is None:
             gold = hash_json({"gold": run.data_key})
@@ -114,28 +114,48 @@ class ExtractTask(Task):
         cache = run.run.label_answers(key)
         rows = read_jsonl(cache)
         if rows is None or len(rows) != len(data.train) + len(data.dev):
-            answers = teacher.extract([*data.train.texts, *data.dev.texts])
-            rows = [
-                {"fields": a.values, "spans": [[s.start, s.end, s.field] for s in a.spans]}
-                for a in answers
-            ]
+            texts = [*data.train.texts, *data.dev.texts]
+            rows = answer_rows(teacher.label_texts(texts, progress=run.progress))
             write_jsonl(cache, rows)
-        docs = [FieldDoc(r["fields"], tuple(Span(a, b, f) for a, b, f in r["spans"])) for r in rows]
-        train, dev = docs[: len(data.train)], docs[len(data.train) :]
-        pool = zip(docs, [*data.train.docs, *data.dev.docs], strict=True)
-        pairs = [(d, g) for d, g in pool if g is not None]
-        agreement = sum(d.values == g.values for d, g in pairs) / len(pairs) if pairs else None
-        if agreement is not None:
+        docs = [
+            FieldDoc(r["fields"], tuple(Span(a, b, f) for a, b, f in r["spans"]))
+            if r.get("valid", True)
+            else None
+            for r in rows
+        ]
+        n = len(data.train)
+        unanswered = {"train": docs[:n].count(None), "dev": docs[n:].count(None)}
+        if unanswered["train"] or unanswered["dev"]:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(_invalid(teacher).items()))
             run.log(
-                f"[labels] the teacher's fields equal gold on {100 * agreement:.2f}% of the "
-                f"{len(pairs)} pool texts with gold (every field right)"
+                f"[labels] the teacher's answer could not be read for {unanswered['train']} "
+                f"training and {unanswered['dev']} dev texts ({reasons or 'from the cache'}): "
+                "left out of training"
             )
+            keep = [i for i, d in enumerate(docs) if d is not None]
+            data = run.dataset = replace(
+                data,
+                train=data.train.subset([i for i in keep if i < n]),
+                dev=data.dev.subset([i - n for i in keep if i >= n]),
+            )
+            n = len(data.train)
+            docs = [d for d in docs if d is not None]
+        kept: list[FieldDoc] = [d for d in docs if d is not None]
+        absent = sum(sum(map(len, d.values.values())) - len(d.spans or ()) for d in kept)
+        if absent:
+            run.log(
+                f"[labels] {absent} of the teacher's values are not in their text: counted, and "
+                "left out of a tagger's targets (never invented)"
+            )
+        train, dev = kept[:n], kept[n:]
+        agreement, gold_rows = _audit(kept, [*data.train.docs, *data.dev.docs], data, run.log)
         run.store.write_labels_summary(
             LabelsSummary(
                 gold_agreement=agreement,
-                gold_rows=len(pairs),
+                gold_rows=gold_rows,
                 train=len(train),
                 dev=len(dev),
+                unanswered=unanswered,
                 seconds=round(time.monotonic() - started, 1),
             )
         )

@@ -130,25 +130,33 @@ class LLMTeacher(TeacherBase):
     """Name of the environment variable holding the key (the key itself never goes in a config)."""
     prices: LLMPrices | None = None
     """Prices per million tokens; null: from the environment, else 0."""
-    instruction: str = DEFAULT_INSTRUCTION
-    """Prompt template: must hold `{text}`; `{labels}` is replaced by the label list (one per
-    line, with its description when given). Literal braces are doubled: `{{` `}}`."""
+    instruction: str | None = None
+    """Prompt template: must hold `{text}`. A classify task's `{labels}` is replaced by the
+    label list (one per line, with its description when given), an extract task's `{fields}`
+    by the field list. Literal braces are doubled: `{{` `}}`. Null: the task's own (see
+    `smallfit.llm.prompt.DEFAULT_INSTRUCTION` and
+    `smallfit.llm.field_prompt.DEFAULT_FIELD_INSTRUCTION`)."""
     label_descriptions: dict[str, str] = {}
-    """Optional one-line description per label, shown beside its name."""
+    """Optional one-line description per label (an extract task: per field), shown beside its
+    name."""
     few_shot: int = Field(0, ge=0, le=64)
-    """Worked examples drawn from the training data (seeded; at most one per label first)."""
+    """Worked examples drawn from the training data's gold rows (seeded; a classify task's at
+    most one per label first)."""
     answer: Literal["json-schema", "text"] = "json-schema"
-    """`json-schema`: ask the server to constrain the answer to `{"label": <enum>}`;
-    `text`: free text, parsed (unparseable answers are counted, never guessed)."""
+    """`json-schema`: ask the server to constrain the answer to `{"label": <enum>}` (an
+    extract task: to the fields' JSON schema); `text`: free text, parsed (unparseable answers
+    are counted, never guessed)."""
     probabilities: Literal["logprobs", "samples", "argmax"] = "logprobs"
     """How probabilities are estimated: from token logprobs; from the vote share over
-    `samples` answers at temperature 1; or one-hot on the single answer."""
+    `samples` answers at temperature 1; or one-hot on the single answer. A classify task's
+    only: an extract task asks once, at temperature 0."""
     samples: int = Field(5, ge=2, le=50)
     """Answers per text with `probabilities: samples`."""
     top_logprobs: int = Field(5, ge=1, le=20)
     """Alternatives per answer token with `probabilities: logprobs`."""
-    max_tokens: int = Field(48, gt=0)
-    """Completion tokens per answer."""
+    max_tokens: int | None = Field(None, gt=0)
+    """Completion tokens per answer; null: 48 for a classify task, 256 for an extract task
+    (an answer cut short is not JSON, and is counted so)."""
     concurrency: int = Field(4, gt=0, le=256)
     """Requests in flight at once."""
     timeout_s: float = Field(60.0, gt=0)
@@ -180,10 +188,11 @@ class LLMTeacher(TeacherBase):
 
     @field_validator("instruction")
     @classmethod
-    def _check_instruction(cls, value: str) -> str:
+    def _check_instruction(cls, value: str | None) -> str | None:
         from smallfit.llm.prompt import check_template
 
-        check_template(value)
+        if value is not None:
+            check_template(value)
         return value
 
     def identity(self) -> dict[str, Any]:
@@ -192,9 +201,35 @@ class LLMTeacher(TeacherBase):
         # at their defaults, the captured-task fields leave an older run's identity as it was
         fields = type(self).model_fields
         dropped |= {k for k in _CAPTURED if getattr(self, k) == fields[k].default}
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in dropped}
+        out = {k: v for k, v in self.model_dump(mode="json").items() if k not in dropped}
+        # unset, they read as the values they had before they could be unset
+        for name, before in _WERE_DEFAULTS.items():
+            if out[name] is None:
+                out[name] = before
+        return out
+
+    def template(self, task: str) -> str:
+        """The instruction, or the ``task``'s own."""
+        if self.instruction is not None:
+            return self.instruction
+        if task == "extract":
+            from smallfit.llm.field_prompt import DEFAULT_FIELD_INSTRUCTION
+
+            return DEFAULT_FIELD_INSTRUCTION
+        return DEFAULT_INSTRUCTION
+
+    def answer_tokens(self, task: str) -> int:
+        """``max_tokens``, or the ``task``'s own."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return FIELD_MAX_TOKENS if task == "extract" else LABEL_MAX_TOKENS
 
 
+LABEL_MAX_TOKENS, FIELD_MAX_TOKENS = 48, 256
+_WERE_DEFAULTS: dict[str, Any] = {
+    "instruction": DEFAULT_INSTRUCTION,
+    "max_tokens": LABEL_MAX_TOKENS,
+}
 _CAPTURED = ("context", "answer_key", "response_format", "recorded", "recorded_field")
 
 TeacherConfig = Annotated[

@@ -132,6 +132,38 @@ LLM_CACHE = RunDir(".").answers_from(RunDir(".").model(TEACHER))
 """Where a run's LLM teacher keeps its answers and ledger, relative to ``models/teacher``."""
 
 
+def api_options(config: LLMTeacher, cache: str | Path | None) -> dict[str, Any]:
+    """An LLM teacher's endpoint and the options of its model (prices, budget, concurrency,
+    answer store, lineage), the environment filling what the config leaves unset. Prices are
+    None when neither states them: the labeller then uses those an earlier run recorded in the
+    answer cache."""
+    from smallfit.llm.client import env_prices, resolve_endpoint
+    from smallfit.llm.labeller import Budget, Prices
+
+    endpoint = resolve_endpoint(
+        config.base_url,
+        config.model,
+        api_key_env=config.api_key_env,
+        timeout_s=config.timeout_s,
+        max_retries=config.max_retries,
+    )
+    if config.prices is not None:
+        stated: tuple[float, float] | None = (
+            config.prices.input_per_1m,
+            config.prices.output_per_1m,
+        )
+    else:
+        stated = env_prices()
+    return {
+        "endpoint": endpoint,
+        "prices": Prices(*stated) if stated is not None else None,
+        "budget": Budget(config.budget_usd, config.budget_tokens),
+        "concurrency": config.concurrency,
+        "cache": cache,
+        "lineage": {"source": "LLM behind an OpenAI-compatible API", **endpoint.to_dict()},
+    }
+
+
 def llm_classifier(
     config: LLMTeacher,
     labels: list[str],
@@ -141,30 +173,12 @@ def llm_classifier(
     cache: str | Path | None = None,
 ) -> Any:
     """The LLMClassifier ``config`` describes (environment filled in), not yet checked."""
-    from smallfit.llm.client import env_prices, resolve_endpoint
-    from smallfit.llm.labeller import Budget, Prices
     from smallfit.llm.prompt import Prompt
     from smallfit.models.llm import LLMClassifier
 
-    endpoint = resolve_endpoint(
-        config.base_url,
-        config.model,
-        api_key_env=config.api_key_env,
-        timeout_s=config.timeout_s,
-        max_retries=config.max_retries,
-    )
-    # None when neither the config nor the environment states them: the labeller then uses
-    # the prices an earlier run recorded in the answer cache
-    if config.prices is not None:
-        stated: tuple[float, float] | None = (
-            config.prices.input_per_1m,
-            config.prices.output_per_1m,
-        )
-    else:
-        stated = env_prices()
-    prices = Prices(*stated) if stated is not None else None
+    options = api_options(config, cache)
     prompt = Prompt(
-        template=config.instruction,
+        template=config.template("classify"),
         labels=list(labels),
         descriptions=dict(config.label_descriptions),
         examples=examples,
@@ -172,22 +186,13 @@ def llm_classifier(
         probabilities=config.probabilities,
         samples=config.samples if config.probabilities == "samples" else 1,
         top_logprobs=config.top_logprobs,
-        max_tokens=config.max_tokens,
+        max_tokens=config.answer_tokens("classify"),
         seed=config.seed,
         context=[dict(m) for m in config.context],
         answer_key=config.answer_key,
         response_format_given=config.response_format,
     )
-    return LLMClassifier(
-        endpoint,
-        prompt,
-        name=name,
-        prices=prices,
-        budget=Budget(config.budget_usd, config.budget_tokens),
-        concurrency=config.concurrency,
-        cache=cache,
-        lineage={"source": "LLM behind an OpenAI-compatible API", **endpoint.to_dict()},
-    )
+    return LLMClassifier(prompt=prompt, name=name, **options)
 
 
 @TEACHERS.register(LLMTeacher)

@@ -9,6 +9,11 @@ seeded generator, so a run is repeatable):
   timeout), then dropped;
 - ``truncate``: forwarded, and only the first half of the reply's JSON is sent back.
 
+Two more, asked for by name, break the answer rather than the transport: the reply is whole
+(its usage as the server reported it) but the message's content is replaced, by prose
+(``not-json``) or by a JSON object with a field no schema declares (``off-schema``): what a
+server without constrained decoding can answer.
+
 Everything else passes through untouched. ``log`` records each request: its fault, the text
 it asked about (the last user message) and, when it was forwarded, the usage the server
 reported, so a test can compare the client's ledger with what the server really did. It also
@@ -28,6 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAULTS = ("429", "500", "stall", "truncate")
+CONTENT_FAULTS = {
+    "not-json": "Sure! Here are the fields you asked for.",
+    "off-schema": '{"no_such_field": "x"}',
+}
 
 
 @dataclass
@@ -56,7 +65,7 @@ class FaultProxy:
     log: list[ProxyRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        unknown = set(self.faults) - set(FAULTS)
+        unknown = set(self.faults) - {*FAULTS, *CONTENT_FAULTS}
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
         self._rng = random.Random(self.seed)
@@ -145,6 +154,8 @@ class FaultProxy:
             return  # the client gave up; drop the reply
         if fault == "truncate":
             payload = payload[: len(payload) // 2]
+        if fault in CONTENT_FAULTS and status == 200:
+            payload = _replace_content(payload, CONTENT_FAULTS[fault])
         _send(handler, status, payload, {"Content-Type": content_type})
 
     def _forward(
@@ -190,6 +201,13 @@ def _text(body: bytes | None) -> str | None:
         return None
     users = [m.get("content") for m in messages if m.get("role") == "user"]
     return users[-1] if users else None
+
+
+def _replace_content(payload: bytes, content: str) -> bytes:
+    """The chat completion ``payload`` with its first choice's content replaced."""
+    reply = json.loads(payload)
+    reply["choices"][0]["message"]["content"] = content
+    return json.dumps(reply).encode()
 
 
 def _error(message: str) -> bytes:
