@@ -111,6 +111,23 @@ def test_an_llm_teacher_takes_its_tasks_defaults_and_keeps_a_classify_runs_ident
     assert identity["instruction"] == DEFAULT_INSTRUCTION and identity["max_tokens"] == 48
     explicit = LLMTeacher(instruction=DEFAULT_INSTRUCTION, max_tokens=48)
     assert explicit.identity() == identity
+    # an extract task's: unset is not the same teacher as any value written out
+    assert explicit.identity("extract") != teacher.identity("extract")
+    assert teacher.answer_tokens("extract", fields=39) == 64 + 12 * 39
+
+
+def test_a_prompt_slot_of_the_other_task_is_refused() -> None:
+    from smallfit.errors import SmallfitError
+    from smallfit.llm.prompt import Prompt
+
+    with pytest.raises(SmallfitError, match=r"classify task has a \{fields\} slot"):
+        Prompt("{fields}: {text}", ["a", "b"])
+    with pytest.raises(SmallfitError, match=r"extract task has a \{labels\} slot"):
+        FieldPrompt("{labels}: {text}", SCHEMA)
+    # escaped braces are text, not slots
+    assert (
+        FieldPrompt("{{labels}} {fields}: {text}", SCHEMA).user_message("x").startswith("{labels}")
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -206,6 +223,10 @@ def test_fit_with_an_llm_teacher_counts_broken_answers_and_reruns_free(
             (tmp_path / "run" / "models" / "teacher" / "smallfit.json").read_text()
         )
         assert manifest["kind"] == "llm-extractor" and len(manifest["prompt"]["examples"]) == 2
+        # the cascade's API tier is not probed again: its speed and cost are estimated
+        cascade = by_name["cascade"]
+        assert cascade.speed.remote is True and cascade.speed.threads["1"].estimated is True
+        assert cascade.cost is not None and cascade.cost.per_1m_queries_usd is not None
         student = by_name["minilm-l6-tagger"]
         assert (
             student.quality.fields is not None
@@ -287,6 +308,16 @@ def test_a_user_token_classifier_teaches_an_extract_fit(tmp_path: Path) -> None:
 
     read = TokenTagger.from_hf_directory(user_dir, schema, name="teacher")
     assert [a.values for a in read.extract(test_texts)] == expected
+    # the same head as a smallfit tagger of the wider schema, narrowed to the data's fields
+    from smallfit.models.extractor import load_extractor
+    from smallfit.teach.fields import narrowed
+
+    wide_schema = FieldSchema.of([*fields, "genre"])
+    TokenTagger(tagger.module, tagger.tokenizer, wide_schema, name="wide", tags=labels).save(
+        tmp_path / "wide"
+    )
+    narrow = narrowed(load_extractor(tmp_path / "wide"), schema, tmp_path / "wide")
+    assert [a.values for a in narrow.extract(test_texts)] == expected
 
     pool = [{"text": r["text"]} for r in _playlist_rows(40, "train")[20:]]  # no gold
     config = FitConfig.model_validate(
@@ -311,3 +342,9 @@ def test_a_user_token_classifier_teaches_an_extract_fit(tmp_path: Path) -> None:
     assert [json.loads(line)["fields"] for line in rows.splitlines()] == expected
     summary = json.loads((tmp_path / "run" / "labels" / "summary.json").read_text())
     assert summary["train"] + summary["dev"] == 20 and summary["gold_rows"] == 0
+    # exported to ONNX, the teacher keeps its own tag order
+    from smallfit.compress.tagger_steps import export_tagger
+
+    export_tagger(tmp_path / "run" / "models" / "teacher", tmp_path / "onnx", test_texts)
+    onnx = load_extractor(tmp_path / "onnx")
+    assert [a.values for a in onnx.extract(test_texts)] == expected

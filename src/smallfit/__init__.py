@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Classifier": "smallfit.models.base",
     "ModelInfo": "smallfit.models.base",
-    "load": "smallfit.models.base",
+    "load": "smallfit.models.loading",
     "register_backend": "smallfit.models.base",
     "FitConfig": "smallfit.config",
     "DataConfig": "smallfit.config",

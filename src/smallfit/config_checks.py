@@ -157,24 +157,25 @@ _CLASSIFY_ONLY_LLM = ("probabilities", "samples", "top_logprobs", "answer_key", 
 
 def _llm_teacher(config: FitConfig) -> Iterator[Conflict]:
     """An LLM teacher's prompt slots and options that belong to the other task."""
-    from smallfit.teach.config import LLMTeacher
-
-    teacher = config.teacher
-    if not isinstance(teacher, LLMTeacher):
+    teacher: Any = config.teacher
+    if teacher.source != "llm":
         return
     task = config.task
-    slot, other = ("{fields}", "{labels}") if task == "extract" else ("{labels}", "{fields}")
-    if teacher.instruction is not None and other in teacher.instruction:
+    from smallfit.llm.prompt import template_slots
+
+    slot, other = ("fields", "labels") if task == "extract" else ("labels", "fields")
+    if teacher.instruction is not None and other in template_slots(teacher.instruction):
         yield Conflict(
             ("teacher.instruction", "task"),
-            f"teacher.instruction has a {other} slot, which the {task} task does not fill (its "
-            f"list goes in {slot})",
+            f"teacher.instruction has a {{{other}}} slot, which the {task} task does not fill "
+            f"(its list goes in {{{slot}}})",
         )
     if task != "extract":
         return
     defaults = type(teacher).model_fields
     for name in _CLASSIFY_ONLY_LLM:
-        if getattr(teacher, name) != defaults[name].default:
+        value = getattr(teacher, name)
+        if value != defaults[name].default and not (name == "probabilities" and value == "argmax"):
             yield Conflict(
                 (f"teacher.{name}", "task"),
                 f"teacher.{name} applies to a classify task only (an extract task asks once, "

@@ -22,7 +22,7 @@ from smallfit.distill.config import StudentBase
 from smallfit.errors import SmallfitError
 from smallfit.hashing import hash_json, hash_texts
 from smallfit.logs import routed
-from smallfit.models.base import BaseClassifier, read_manifest, write_json
+from smallfit.models.base import read_manifest, write_json
 from smallfit.models.gguf_extractor import KIND as GGUF_KIND
 from smallfit.run.layout import CASCADE, TEACHER, RunDir, stage, work_key, work_of
 from smallfit.run.records import (
@@ -58,8 +58,9 @@ class FitResult:
     def run_dir(self) -> Path:
         return self.run.root
 
-    def model(self, name: str) -> BaseClassifier:
-        """Candidate ``name`` of this run, loaded (``result.model("linear")``)."""
+    def model(self, name: str) -> Any:
+        """Candidate ``name`` of this run, loaded (``result.model("linear")``): a classifier,
+        or a field extractor."""
         return self.run.model(name)
 
     def model_dir(self, name: str) -> Path:
@@ -146,7 +147,8 @@ class _Run:
         if not self.config.teacher.builds_model:
             return None
         out = self.run.model(TEACHER)
-        key = hash_json({"teacher": self.config.teacher.identity(), "data": self.data_key})
+        teacher = self.config.teacher.identity(self.config.task)
+        key = hash_json({"teacher": teacher, "data": self.data_key})
         self.keys[TEACHER] = key
         if self.stages.fresh(TEACHER, key, out):
             return self.task.load_model(out)

@@ -58,6 +58,7 @@ def export_tagger(
         max_length=tagger.max_length,
         parameters=tagger.num_parameters,
         lineage=lineage,
+        tags=tagger.tags,
     )
     reference, _ = tagger.token_probs(texts)
     got, _ = exported.token_probs(texts)
@@ -100,6 +101,7 @@ def quantize_tagger(
         parameters=source.parameters,
         quantization="int8-dynamic",
         lineage=lineage,
+        tags=source.tags,
     )
     texts = list(check_texts)[:256]
     agreement, diff = _tag_agreement(source.token_probs(texts)[0], quantized.token_probs(texts)[0])

@@ -127,8 +127,10 @@ def evaluate_extractor(
     is_teacher: bool,
     config: EvalConfig,
     progress: bool = False,
+    known: tuple[dict[str, Any], dict[str, Any]] | None = None,
 ) -> tuple[CandidateResult, list[dict[str, Any]]]:
-    """Measure the extractor saved in ``model_dir`` on ``test``; its result and its answers."""
+    """Measure the extractor saved in ``model_dir`` on ``test``; its result and its answers.
+    ``known``: its speed and cost, given rather than probed (a cascade with an API tier)."""
     model = load_extractor(model_dir)
     rows = extract_in_batches(model, list(test.texts), progress=progress)
     answers = [r["fields"] for r in rows]
@@ -151,7 +153,11 @@ def evaluate_extractor(
         quality["fields"]["invalid"] = dict(invalid)
     info = model.info.to_dict()
     speed = model.measured_speed()
-    if speed is not None:
+    cost: dict[str, Any] | None
+    if known is not None:
+        speed, cost = known
+        model.close()
+    elif speed is not None:
         # behind an API: the latencies of the real requests in the ledger, and token prices
         cost = model.measured_cost()
         model.close()

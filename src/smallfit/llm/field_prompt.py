@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema, Values
 from smallfit.hashing import hash_json
-from smallfit.llm.prompt import check_template
+from smallfit.llm.prompt import check_template, template_slots
 
 if TYPE_CHECKING:
     import numpy as np
@@ -122,7 +122,7 @@ class FieldPrompt:
             check_template(self.template)
         except ValueError as exc:
             raise SmallfitError(str(exc)) from exc
-        if "{labels}" in self.template:
+        if "labels" in template_slots(self.template):
             raise SmallfitError(
                 "the prompt template of an extract task has a {labels} slot: its fields go in "
                 "{fields}"

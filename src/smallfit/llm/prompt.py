@@ -25,10 +25,16 @@ DEFAULT_INSTRUCTION = (
 SLOTS = {"text", "labels", "fields"}
 
 
+def template_slots(template: str) -> set[str]:
+    """The ``{slots}`` of a format template (escaped ``{{braces}}`` are not slots); a
+    ValueError for bad braces."""
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+
+
 def check_template(template: str) -> None:
     """A clear error when ``template`` lacks ``{text}``, has an unknown slot or bad braces."""
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        fields = template_slots(template)
     except ValueError as exc:
         raise ValueError(
             f"prompt template is malformed ({exc}); write literal braces as {{{{ }}}}"
@@ -117,6 +123,11 @@ class Prompt:
         except ValueError as exc:
             raise SmallfitError(str(exc)) from exc
         check_labels(self.labels)
+        if "fields" in template_slots(self.template):
+            raise SmallfitError(
+                "the prompt template of a classify task has a {fields} slot: its labels go in "
+                "{labels}"
+            )
         unknown = sorted(set(self.descriptions) - set(self.labels))
         if unknown:
             raise SmallfitError(f"label_descriptions name labels not in the data: {unknown}")

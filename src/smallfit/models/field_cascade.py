@@ -58,6 +58,25 @@ class FieldCascade(BaseExtractor):
         for tier in self.tiers:
             tier.close()
 
+    @property
+    def invalid(self) -> dict[str, int] | None:
+        """The tiers' unreadable answers by reason (an API tier's), None when no tier counts
+        them."""
+        counts = [getattr(t, "invalid", None) for t in self.tiers]
+        if all(c is None for c in counts):
+            return None
+        out: dict[str, int] = {}
+        for c in counts:
+            for reason, n in (c or {}).items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+    @property
+    def values_not_in_text(self) -> int | None:
+        """The tiers' values not in their text (None when no tier counts them)."""
+        counts = [getattr(t, "values_not_in_text", None) for t in self.tiers]
+        return None if all(c is None for c in counts) else sum(c or 0 for c in counts)
+
     def extract(self, texts: Sequence[str], *, batch_size: int = 64) -> list[Extraction]:
         first, second = self.tiers
         answers = [replace(a, tier=first.name) for a in first.extract(texts)]

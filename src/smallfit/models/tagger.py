@@ -34,6 +34,11 @@ def bio_tags(schema: FieldSchema) -> list[str]:
     return ["O", *(f"{p}-{name}" for name in schema for p in ("B", "I"))]
 
 
+def narrowed_tags(tags: Sequence[str], schema: FieldSchema) -> list[str]:
+    """``tags`` with those of fields outside ``schema`` read as ``O``."""
+    return [t if t == "O" or t[2:] in schema.names else "O" for t in tags]
+
+
 @dataclass(frozen=True)
 class Extraction:
     """One text's answer: its fields, their spans, each field's confidence and the
@@ -200,6 +205,8 @@ class TokenTagger(BaseExtractor):
             raise SmallfitError(
                 f"{where}: not a Hugging Face token classifier (config.json with id2label: {exc})"
             ) from exc
+        if sorted(id2label) != list(range(len(id2label))):
+            raise SmallfitError(f"{where}/config.json: id2label ids are not 0..{len(id2label) - 1}")
         raw = [id2label[i] for i in range(len(id2label))]
         odd = [t for t in raw if t != "O" and (t[:2] not in ("B-", "I-") or not t[2:])]
         if odd:
@@ -213,7 +220,7 @@ class TokenTagger(BaseExtractor):
                 f"{where}: the tagger does not tag the data's fields {missing} (it tags "
                 f"{sorted(known)})"
             )
-        tags = [t if t == "O" or t[2:] in schema.names else "O" for t in raw]
+        tags = narrowed_tags(raw, schema)
         tokenizer = AutoTokenizer.from_pretrained(str(where), use_fast=True)
         if not getattr(tokenizer, "is_fast", False):
             raise SmallfitError(f"{where}: a fast tokenizer is needed (character offsets)")

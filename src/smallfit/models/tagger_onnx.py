@@ -39,11 +39,13 @@ class OnnxTagger(BaseExtractor):
         parameters: int = 0,
         quantization: str | None = None,
         lineage: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
     ) -> None:
 
         self.path = Path(path)
         self.schema = schema
-        self.tags = bio_tags(schema)
+        self.tags = list(tags) if tags is not None else bio_tags(schema)
+        """The tag of each output column (a user's tagger keeps its own order)."""
         self.name = name
         self.max_length = max_length
         self.parameters = parameters
@@ -126,6 +128,7 @@ class OnnxTagger(BaseExtractor):
             parameters=int(manifest.get("parameters") or 0),
             quantization=manifest.get("quantization"),
             lineage=manifest.get("lineage"),
+            tags=manifest.get("tags"),
         )
         model.bytes_on_disk = dir_bytes(where)
         return model

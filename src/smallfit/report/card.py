@@ -5,6 +5,7 @@ weaker, and how to load and serve it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from smallfit.models.base import MANIFEST, MODEL_CARD, write_text
 from smallfit.report.facts import TEACHER, Facts, per_1m, ratios
@@ -58,9 +59,7 @@ def model_card(f: Facts, c: CandidateResult) -> str:
         "|---|---|",
         f"| {f.metric} | {pct(q.value(f.metric))} |",
         f"| {f.metric}, 95% interval | {ci_text(c.quality.interval(f.metric))} |",
-        f"| macro F1 | {pct(q.macro_f1)} |",
-        f"| agreement with the teacher | {pct(q.teacher_agreement)} |",
-        f"| expected calibration error | {'–' if q.ece is None else f'{q.ece:.4f}'} |",
+        *_quality_rows(q),
         f"| batch-1 latency, 1 thread (p50 / p95 / p99) | {ms(latency_ms(c, '1'))} / "
         f"{ms(latency_ms(c, '1', 'p95_ms'))} / {ms(latency_ms(c, '1', 'p99_ms'))} |",
         f"| throughput (batches, all threads) | {s.throughput_per_s or 0:,.0f} texts/s |",
@@ -89,6 +88,15 @@ def model_card(f: Facts, c: CandidateResult) -> str:
         worst = sorted(q.per_class.items(), key=lambda kv: (kv[1].f1, kv[0]))[:5]
         lines += ["", "## Weakest classes (F1 on test)", ""]
         lines += [f"- {label}: {pct(m.f1, 1)} ({m.support} texts)" for label, m in worst]
+    if q.fields is not None and q.fields.per_field:
+        weak = sorted(q.fields.per_field.items(), key=lambda kv: (kv[1].f1, kv[0]))[:5]
+        lines += ["", "## Weakest fields (F1 on test)", ""]
+        lines += [f"- {name}: {pct(m.f1, 1)} ({m.support} values)" for name, m in weak]
+    call = (
+        'print(model.extract(["the text to read"])[0].values)'
+        if q.fields is not None
+        else 'print(model.predict(["the text to classify"]))'
+    )
     lines += [
         "",
         "## Use",
@@ -97,7 +105,7 @@ def model_card(f: Facts, c: CandidateResult) -> str:
         "import smallfit",
         "",
         f'model = smallfit.load("{RunDir(str(f.run_dir)).model(name)}")',
-        'print(model.predict(["the text to classify"]))',
+        call,
         "```",
         "",
         f"Serve it over HTTP: `smallfit serve {RunDir(str(f.run_dir)).model(name)}`.",
@@ -108,6 +116,28 @@ def model_card(f: Facts, c: CandidateResult) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _quality_rows(q: Any) -> list[str]:
+    """The quality rows of a card beyond its selection metric: a classifier's macro F1,
+    agreement and calibration, an extractor's field figures."""
+    fields = q.fields
+    if fields is None:
+        return [
+            f"| macro F1 | {pct(q.macro_f1)} |",
+            f"| agreement with the teacher | {pct(q.teacher_agreement)} |",
+            f"| expected calibration error | {'–' if q.ece is None else f'{q.ece:.4f}'} |",
+        ]
+    rows = [
+        f"| micro F1 over fields | {pct(fields.micro_f1)} |",
+        f"| macro F1 over fields | {pct(fields.macro_f1)} |",
+        f"| documents with every field right | {pct(fields.doc_exact)} |",
+        f"| valid JSON answers | {pct(fields.json_valid)} |",
+        f"| micro F1 against the teacher's answers | {pct(fields.teacher_micro_f1)} |",
+    ]
+    if fields.values_not_in_text is not None:
+        rows.append(f"| values not in their text | {fields.values_not_in_text} |")
+    return rows
 
 
 def write_model_cards(f: Facts) -> list[Path]:

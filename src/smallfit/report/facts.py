@@ -72,6 +72,11 @@ class Facts:
     traffic: Traffic | None = None
     """Served traffic, from ``smallfit report --from-log``."""
 
+    @property
+    def cascade_measure(self) -> str:
+        """What a cascade point's ``accuracy`` is: accuracy, or an extract task's micro F1."""
+        return "micro F1" if self.config.task == "extract" else "accuracy"
+
     def candidate(self, name: str | None) -> CandidateResult | None:
         return next((c for c in self.candidates if c.name == name), None)
 

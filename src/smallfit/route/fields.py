@@ -117,6 +117,34 @@ def _rows_confidence(rows: list[dict[str, Any]]) -> np.ndarray:
     return np.array([float(r["confidence"]) for r in rows], dtype=np.float64)
 
 
+def _estimated(
+    candidates: list[CandidateResult], names: list[str], escalation: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The speed and cost of a cascade with an API tier, which is not run again for a probe:
+    the first tier's batch-1 p50 and cost per 1M, plus the teacher's for the share of test
+    documents escalated."""
+    by_name = {c.name: c for c in candidates}
+    first, second = (by_name[n] for n in names)
+    p50s = [
+        c.speed.threads["1"].p50_ms if "1" in c.speed.threads else None for c in (first, second)
+    ]
+    one = None
+    if p50s[0] is not None and p50s[1] is not None:
+        one = {"p50_ms": p50s[0] + escalation * p50s[1], "estimated": True}
+    costs = [c.cost.per_1m_queries_usd if c.cost else None for c in (first, second)]
+    cost = None
+    if costs[0] is not None and costs[1] is not None:
+        cost = costs[0] + escalation * costs[1]
+    return (
+        {"threads": {"1": one} if one else {}, "remote": True},
+        {
+            "per_1m_queries_usd": cost,
+            "basis": "the first tier's cost per 1M, plus the teacher's for the share of test "
+            "documents escalated",
+        },
+    )
+
+
 def build_field_cascade(
     run_dir: Path,
     config: RouteConfig,
@@ -126,11 +154,12 @@ def build_field_cascade(
     chosen: str | None,
     teacher_dev: list[FieldDoc],
     metric: str,
-    evaluate: Callable[[Path, list[dict[str, Any]] | None], tuple[CandidateResult, Any]],
+    evaluate: Callable[..., tuple[CandidateResult, Any]],
     log: Callable[[str], None] = print,
 ) -> Routed:
     """Calibrate, save, check on test and measure the cascade (``evaluate(model_dir,
-    teacher_test_answers)`` measures a saved extractor like any candidate)."""
+    teacher_test_answers, known)`` measures a saved extractor like any candidate; ``known``:
+    its speed and cost when they are not probed, with an API tier)."""
     from smallfit.evaluate.extract import extract_in_batches
     from smallfit.models.extractor import load_extractor
     from smallfit.models.field_cascade import FieldCascade
@@ -211,7 +240,10 @@ def build_field_cascade(
     )
     cascade.save(out)
     cascade.close()
-    result, answers = evaluate(out, test_teacher)
+    known = None
+    if any(t.remote for t in tiers):
+        known = _estimated(candidates, names, test_point.escalation)
+    result, answers = evaluate(out, test_teacher, known)
     run.save_answers(result, answers)
     teacher_test_f1 = _f1(test_counts[1].sum(axis=0))
     goal = parse_target(config.target)

@@ -30,7 +30,7 @@ from smallfit.run.records import (
 )
 
 if TYPE_CHECKING:
-    from smallfit.models.base import BaseClassifier
+    pass
 
 R = TypeVar("R", bound=Record)
 
@@ -165,13 +165,13 @@ class Run:
     def has_model(self, name: str) -> bool:
         return (self.dir.model(name) / MANIFEST).is_file()
 
-    def model(self, name: str) -> BaseClassifier:
-        """Candidate ``name``, loaded."""
-        from smallfit.models.base import load
+    def model(self, name: str) -> Any:
+        """Candidate ``name``, loaded (a classifier, or a field extractor)."""
+        from smallfit.models.loading import load_model
 
         if not self.has_model(name):
             raise SmallfitError(f"{self.dir.model(name)}: no model '{name}' in this run")
-        return load(self.dir.model(name))
+        return load_model(self.dir.model(name))
 
     def model_labels(self, name: str) -> list[str] | None:
         """The label order of a model's saved answers (its manifest), None without one."""

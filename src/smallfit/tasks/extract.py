@@ -44,22 +44,29 @@ def _invalid(teacher: Any) -> dict[str, int]:
 
 
 def _audit(
-    answers: list[FieldDoc], gold: list[FieldDoc | None], data: FieldDataset, log: Any
+    teacher: Any, answers: list[FieldDoc | None], data: FieldDataset, log: Any
 ) -> tuple[float | None, int]:
     """The teacher against gold on the pool texts that have it, before anything learns from
-    it: the share of texts with every field right, and micro F1 (logged)."""
+    it: the share of texts with every field right, and micro F1 (logged). An answer that could
+    not be read counts as no fields; the worked examples an LLM was shown are left out."""
     from smallfit.evaluate.fields import field_quality
 
-    pairs = [(a, g) for a, g in zip(answers, gold, strict=True) if g is not None]
+    shown = {text for text, _ in getattr(getattr(teacher, "prompt", None), "examples", [])}
+    texts = [*data.train.texts, *data.dev.texts]
+    gold = [*data.train.docs, *data.dev.docs]
+    pairs = [
+        ({} if a is None else a.values, g.values)
+        for t, a, g in zip(texts, answers, gold, strict=True)
+        if g is not None and t not in shown
+    ]
     if not pairs:
         return None, 0
-    exact = sum(a.values == g.values for a, g in pairs) / len(pairs)
-    f1 = field_quality(
-        [a.values for a, _ in pairs], [g.values for _, g in pairs], data.schema, resamples=0
-    ).micro_f1
+    exact = sum(a == g for a, g in pairs) / len(pairs)
+    f1 = field_quality([a for a, _ in pairs], [g for _, g in pairs], data.schema, resamples=0)
     log(
-        f"[labels] the teacher against gold on the {len(pairs)} pool texts with gold: micro "
-        f"F1 {100 * f1:.2f}%, every field right on {100 * exact:.2f}%"
+        f"[labels] the teacher against gold on the {len(pairs)} pool texts with gold"
+        + (f" (not the {len(shown)} shown as examples)" if shown else "")
+        + f": micro F1 {100 * f1.micro_f1:.2f}%, every field right on {100 * exact:.2f}%"
     )
     return exact, len(pairs)
 
@@ -113,7 +120,9 @@ class ExtractTask(Task):
         started = time.monotonic()
         cache = run.run.label_answers(key)
         rows = read_jsonl(cache)
-        if rows is None or len(rows) != len(data.train) + len(data.dev):
+        # an API teacher's own store is its cache: asked again, it re-sends only what failed
+        remote = teacher.remote
+        if remote or rows is None or len(rows) != len(data.train) + len(data.dev):
             texts = [*data.train.texts, *data.dev.texts]
             rows = answer_rows(teacher.label_texts(texts, progress=run.progress))
             write_jsonl(cache, rows)
@@ -124,13 +133,15 @@ class ExtractTask(Task):
             for r in rows
         ]
         n = len(data.train)
+        agreement, gold_rows = _audit(teacher, docs, data, run.log)
         unanswered = {"train": docs[:n].count(None), "dev": docs[n:].count(None)}
         if unanswered["train"] or unanswered["dev"]:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(_invalid(teacher).items()))
             run.log(
                 f"[labels] the teacher's answer could not be read for {unanswered['train']} "
-                f"training and {unanswered['dev']} dev texts ({reasons or 'from the cache'}): "
-                "left out of training"
+                f"training and {unanswered['dev']} dev texts"
+                + (f" ({reasons})" if reasons else "")
+                + ": left out of training"
             )
             keep = [i for i, d in enumerate(docs) if d is not None]
             data = run.dataset = replace(
@@ -148,7 +159,6 @@ class ExtractTask(Task):
                 "left out of a tagger's targets (never invented)"
             )
         train, dev = kept[:n], kept[n:]
-        agreement, gold_rows = _audit(kept, [*data.train.docs, *data.dev.docs], data, run.log)
         run.store.write_labels_summary(
             LabelsSummary(
                 gold_agreement=agreement,
@@ -226,7 +236,9 @@ class ExtractTask(Task):
         from smallfit.evaluate.extract import evaluate_extractor
         from smallfit.route.fields import build_field_cascade
 
-        def evaluate(model_dir: Path, teacher_answers: Any) -> tuple[CandidateResult, Any]:
+        def evaluate(
+            model_dir: Path, teacher_answers: Any, known: Any = None
+        ) -> tuple[CandidateResult, Any]:
             return evaluate_extractor(
                 model_dir,
                 test=run.dataset.test,
@@ -235,6 +247,7 @@ class ExtractTask(Task):
                 is_teacher=False,
                 config=run.config.evaluate,
                 progress=run.progress,
+                known=known,
             )
 
         return build_field_cascade(

@@ -29,8 +29,9 @@ class TeacherBase(Strict):
         """How long its training is planned to be on ``examples`` texts; None: not trained."""
         return None
 
-    def identity(self) -> dict[str, Any]:
-        """What identifies this teacher for stage reuse (a rerun rebuilds when it changes)."""
+    def identity(self, task: str = "classify") -> dict[str, Any]:
+        """What identifies this teacher of a ``task`` for stage reuse (a rerun rebuilds when it
+        changes)."""
         return self.model_dump(mode="json")
 
     def own_labels(self) -> list[str] | None:
@@ -61,14 +62,17 @@ class FinetuneTeacher(TeacherBase):
 
 
 class ModelTeacher(TeacherBase):
-    """A classifier the user already has: a smallfit model dir or a HF sequence-classifier dir."""
+    """A model the user already has. A classify task takes a smallfit classifier directory or a
+    HF sequence-classification directory; an extract task a smallfit extractor directory or a
+    HF token-classification directory whose labels are BIO tags (`O`, `B-city`, `I-city`)."""
 
     source: Literal["model"] = "model"
     """Selects this teacher type."""
     path: Path
-    """A smallfit model directory, or a HF sequence-classification directory."""
+    """A smallfit model directory, or a HF sequence- (classify) or token- (extract)
+    classification directory."""
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, task: str = "classify") -> dict[str, Any]:
         """The directory's contents count, not just its path: a teacher retrained in place is
         a new teacher."""
         from smallfit.hashing import hash_dir
@@ -155,8 +159,8 @@ class LLMTeacher(TeacherBase):
     top_logprobs: int = Field(5, ge=1, le=20)
     """Alternatives per answer token with `probabilities: logprobs`."""
     max_tokens: int | None = Field(None, gt=0)
-    """Completion tokens per answer; null: 48 for a classify task, 256 for an extract task
-    (an answer cut short is not JSON, and is counted so)."""
+    """Completion tokens per answer; null: 48 for a classify task; for an extract task 256, or
+    64 + 12 per field when that is more (an answer cut short is not JSON, and is counted so)."""
     concurrency: int = Field(4, gt=0, le=256)
     """Requests in flight at once."""
     timeout_s: float = Field(60.0, gt=0)
@@ -195,17 +199,17 @@ class LLMTeacher(TeacherBase):
             check_template(value)
         return value
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, task: str = "classify") -> dict[str, Any]:
         """What the answers depend on: not the concurrency, timeouts or budgets."""
         dropped = {"concurrency", "timeout_s", "max_retries", "budget_usd", "budget_tokens"}
         # at their defaults, the captured-task fields leave an older run's identity as it was
         fields = type(self).model_fields
         dropped |= {k for k in _CAPTURED if getattr(self, k) == fields[k].default}
         out = {k: v for k, v in self.model_dump(mode="json").items() if k not in dropped}
-        # unset, they read as the values they had before they could be unset
-        for name, before in _WERE_DEFAULTS.items():
-            if out[name] is None:
-                out[name] = before
+        if task == "classify":  # unset, they read as they did before they could be unset
+            for name, before in _WERE_DEFAULTS.items():
+                if out[name] is None:
+                    out[name] = before
         return out
 
     def template(self, task: str) -> str:
@@ -218,11 +222,14 @@ class LLMTeacher(TeacherBase):
             return DEFAULT_FIELD_INSTRUCTION
         return DEFAULT_INSTRUCTION
 
-    def answer_tokens(self, task: str) -> int:
-        """``max_tokens``, or the ``task``'s own."""
+    def answer_tokens(self, task: str, *, fields: int = 0) -> int:
+        """``max_tokens``, or the ``task``'s own: an extract task's grows with its ``fields``
+        (a strict schema writes every one, null when absent)."""
         if self.max_tokens is not None:
             return self.max_tokens
-        return FIELD_MAX_TOKENS if task == "extract" else LABEL_MAX_TOKENS
+        if task == "extract":
+            return max(FIELD_MAX_TOKENS, 64 + 12 * fields)
+        return LABEL_MAX_TOKENS
 
 
 LABEL_MAX_TOKENS, FIELD_MAX_TOKENS = 48, 256

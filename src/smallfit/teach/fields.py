@@ -20,6 +20,7 @@ from smallfit.data.fields import FieldDataset
 from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema, Span, Values, align
 from smallfit.models.base import MANIFEST
+from smallfit.registry import Registry
 from smallfit.run.layout import TEACHER
 from smallfit.teach.config import FinetuneTeacher, GoldTeacher, LLMTeacher, ModelTeacher
 
@@ -43,15 +44,16 @@ def targets(docs: list[Any], texts: list[str]) -> tuple[list[list[Span]], int]:
     return out, missing
 
 
+FIELD_TEACHERS: Registry[Builder] = Registry("extract teacher")
+
+
 def build_field_teacher(config: Any, dataset: FieldDataset, out_dir: Path, progress: bool) -> Any:
     """The teacher ``config`` (a teacher config) describes, saved in ``out_dir``; None for
     gold."""
-    for kind, build in _BUILDERS.items():
-        if isinstance(config, kind):
-            return build(config, dataset, Path(out_dir), progress)
-    raise SmallfitError(f"teacher.source {config.source} cannot teach an extract task")
+    return FIELD_TEACHERS.handler(config)(config, dataset, Path(out_dir), progress)
 
 
+@FIELD_TEACHERS.register(FinetuneTeacher)
 def _finetune(config: FinetuneTeacher, dataset: FieldDataset, out_dir: Path, progress: bool) -> Any:
     from smallfit.models.tagger import TokenTagger
     from smallfit.train.tagging import train_tagger
@@ -101,7 +103,7 @@ def llm_extractor(
         descriptions=dict(config.label_descriptions),
         examples=examples,
         answer=config.answer,
-        max_tokens=config.answer_tokens("extract"),
+        max_tokens=config.answer_tokens("extract", fields=len(schema)),
         seed=config.seed,
         context=[dict(m) for m in config.context],
         response_format_given=config.response_format,
@@ -109,6 +111,7 @@ def llm_extractor(
     return LLMExtractor(prompt=prompt, name=name, **options)
 
 
+@FIELD_TEACHERS.register(LLMTeacher)
 def _llm(config: LLMTeacher, dataset: FieldDataset, out_dir: Path, progress: bool) -> Any:
     from smallfit.models.llm_extractor import LLMExtractor
     from smallfit.teach.teacher import LLM_CACHE
@@ -116,12 +119,18 @@ def _llm(config: LLMTeacher, dataset: FieldDataset, out_dir: Path, progress: boo
     examples = draw_field_examples(
         dataset.train.texts, dataset.train.docs, config.few_shot, seed=config.seed
     )
+    if config.few_shot and not examples:
+        raise SmallfitError(
+            f"teacher.few_shot {config.few_shot}: the training data has no row with gold fields "
+            "to draw worked examples from"
+        )
     llm_extractor(config, dataset.schema, examples=examples, cache=LLM_CACHE).save(out_dir)
     model = LLMExtractor.load(out_dir)
     model.labeller.check()  # server, key and model, before any paid call
     return model
 
 
+@FIELD_TEACHERS.register(ModelTeacher)
 def _user_model(config: ModelTeacher, dataset: FieldDataset, out_dir: Path, progress: bool) -> Any:
     """A smallfit extractor, or a Hugging Face token classifier over BIO tags, copied into the
     run as the teacher. It must know every field of the data; fields it knows beyond them are
@@ -132,7 +141,7 @@ def _user_model(config: ModelTeacher, dataset: FieldDataset, out_dir: Path, prog
     if (path / MANIFEST).is_file():
         from smallfit.models.extractor import load_extractor
 
-        model = load_extractor(path)
+        model: Any = load_extractor(path)
         missing = [n for n in dataset.schema if n not in model.schema.names]
         if missing:
             raise SmallfitError(
@@ -140,18 +149,20 @@ def _user_model(config: ModelTeacher, dataset: FieldDataset, out_dir: Path, prog
                 f"fields {missing}"
             )
         if list(model.schema.names) != list(dataset.schema.names):
-            model = _restricted(model, dataset.schema, path)
+            model = narrowed(model, dataset.schema, path)
     else:
         from smallfit.models.tagger import TokenTagger
 
         model = TokenTagger.from_hf_directory(path, dataset.schema, name=TEACHER)
     model.name = TEACHER
+    if model.remote:  # an API model: its answer store stays where it is
+        model.cache = model.store_path
     model.lineage = {**model.lineage, "recipe": f"the user's extractor ({path})"}
     model.save(out_dir)
     return model
 
 
-def _restricted(model: Any, schema: FieldSchema, path: Path) -> Any:
+def narrowed(model: Any, schema: FieldSchema, path: Path) -> Any:
     """A tagger that knows more fields than the data reads as the data's schema (its other
     fields' tags read as ``O``); other extractors cannot be narrowed."""
     from smallfit.models.tagger import TokenTagger
@@ -162,6 +173,8 @@ def _restricted(model: Any, schema: FieldSchema, path: Path) -> Any:
             f"({sorted(set(model.schema.names) - set(schema.names))}); only a token tagger can "
             "be narrowed to the data's fields"
         )
+    from smallfit.models.tagger import narrowed_tags
+
     return TokenTagger(
         model.module,
         model.tokenizer,
@@ -169,20 +182,13 @@ def _restricted(model: Any, schema: FieldSchema, path: Path) -> Any:
         name=model.name,
         max_length=model.max_length,
         lineage=model.lineage,
-        tags=model.tags,
+        tags=narrowed_tags(model.tags, schema),
     )
 
 
+@FIELD_TEACHERS.register(GoldTeacher)
 def _gold(config: GoldTeacher, dataset: FieldDataset, out_dir: Path, progress: bool) -> None:
     return None
-
-
-_BUILDERS: dict[type, Builder] = {
-    FinetuneTeacher: _finetune,
-    LLMTeacher: _llm,
-    ModelTeacher: _user_model,
-    GoldTeacher: _gold,
-}
 
 
 def answer_rows(answers: list[Any]) -> list[dict[str, Any]]:

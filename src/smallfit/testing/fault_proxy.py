@@ -67,7 +67,8 @@ class FaultProxy:
     def __post_init__(self) -> None:
         unknown = set(self.faults) - {*FAULTS, *CONTENT_FAULTS}
         if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
+            known = [*FAULTS, *CONTENT_FAULTS]
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {known}")
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None

@@ -21,6 +21,7 @@ def cascade(f: Facts) -> str:
             "teacher, and the teacher itself must not be the chosen model).</p></section>"
         )
     cc = f.cascade
+    what = f.cascade_measure
     curve = sorted(cc.curve, key=lambda p: 1 - p.escalation)
     local = [1 - p.escalation for p in curve]
     acc = [p.accuracy for p in curve]
@@ -36,14 +37,14 @@ def cascade(f: Facts) -> str:
     )
     y = Axis.around(
         acc + ([ref] if ref else []),
-        "accuracy on dev (%)",
+        f"{what} on dev (%)",
         pad=0.08,
         fmt=lambda v: f"{100 * v:.1f}",
     )
     chart = Chart(
         x,
         y,
-        "Cascade trade-off on dev: share answered locally against accuracy",
+        f"Cascade trade-off on dev: share answered locally against {what}",
         key="cascade-accuracy",
     )
     chart.line(list(zip(local, acc, strict=True)), cls="curve")
@@ -55,8 +56,7 @@ def cascade(f: Facts) -> str:
         r=7,
         cls="mark chosen",
         shape="diamond",
-        tip=f"chosen: {pct(1 - chosen_dev.escalation, 1)} local, "
-        f"accuracy {pct(chosen_dev.accuracy)}",
+        tip=f"chosen: {pct(1 - chosen_dev.escalation, 1)} local, {what} {pct(chosen_dev.accuracy)}",
         data={"field": "chosen-point"},
     )
     svgs = [chart.render()]
@@ -102,7 +102,7 @@ def cascade(f: Facts) -> str:
         "once on test.</p>"
         + "".join(f'<figure class="plot">{s}</figure>' for s in svgs)
         + '<table class="small" id="cascade-points"><thead><tr><th>split</th><th>answered '
-        "locally</th><th>accuracy</th><th>last tier alone</th><th>abstained</th><th>$ / 1M</th>"
+        f"locally</th><th>{what}</th><th>last tier alone</th><th>abstained</th><th>$ / 1M</th>"
         "<th>mean latency</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"

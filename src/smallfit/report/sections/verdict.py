@@ -79,11 +79,17 @@ def verdict(f: Facts) -> str:
         t = f.cascade.test
         ref = f.cascade.reference_accuracy.get("test")
         tiers = " → ".join(f.cascade.tiers)
-        against = "agreement with the teacher" if f.cascade.scored_against == "teacher" else ""
+        against = f.cascade_measure
+        if f.cascade.scored_against == "teacher":
+            against = (
+                "micro F1 against the teacher"
+                if f.config.task == "extract"
+                else "agreement with the teacher"
+            )
         lines.append(
             f'<p class="verdict2">With the cascade <strong>{escape(tiers)}</strong>, '
             f'<span data-field="cascade_local">{pct(1 - t.escalation, 1)}</span> of test '
-            f"queries never reach the last tier, at {against or 'accuracy'} "
+            f"queries never reach the last tier, at {against} "
             f'<span data-field="cascade_accuracy">{pct(t.accuracy)}</span>'
             + (f" (the last tier alone: {pct(ref)})" if ref is not None else "")
             + cascade_vs_teacher_html(f)
