@@ -288,6 +288,21 @@ def test_interleaved_latency_times_each_model_every_turn(linear_dir: Path) -> No
         assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
 
 
+def test_a_probe_past_its_time_budget_stops_at_its_minimum(linear_dir: Path) -> None:
+    from smallfit.evaluate.speed import MIN_BATCHES, MIN_QUERIES, measure_loaded
+    from smallfit.models import load
+
+    texts = [t for t, _ in TRAIN][:4]
+    spent = EvalConfig(**{**FAST, "latency_queries": 500, "throughput_batches": 50})
+    spent = spent.model_copy(update={"probe_budget_s": 1e-9, "threads": [1]})
+    speed = measure_loaded(load(linear_dir), texts, spent, load_rss_bytes=0, isolated=False)
+    assert speed["threads"]["1"]["n"] == MIN_QUERIES == len(speed["threads"]["1"]["samples_ms"])
+    assert MIN_BATCHES >= 2 and speed[f"throughput_b{spent.throughput_batch}_per_s"] > 0
+    unlimited = spent.model_copy(update={"probe_budget_s": None, "latency_queries": 40})
+    again = measure_loaded(load(linear_dir), texts, unlimited, load_rss_bytes=0, isolated=False)
+    assert again["threads"]["1"]["n"] == 40
+
+
 def test_unanswered_rows_count_wrong_whatever_their_probabilities() -> None:
     # row 0's uniform probabilities would argmax to "a", its gold: it must still count wrong
     probs = np.array([[1 / 3, 1 / 3, 1 / 3], [0, 1, 0], [0, 0, 1]], dtype=np.float32)

@@ -20,6 +20,10 @@ class EvalConfig(Strict):
     """Batch size of the throughput measurement."""
     throughput_batches: int = Field(10, gt=0)
     """Batches timed for throughput."""
+    probe_budget_s: float | None = Field(30.0, gt=0)
+    """Seconds each latency loop (per thread setting) and the throughput loop may run once they
+    have their minimum (30 queries; 2 batches); null: no limit. Only a slow model, a generative
+    one, reaches it: its percentiles then rest on fewer queries (`samples_ms` keeps each)."""
     threads: list[int | Literal["all"]] = [1, "all"]
     """Thread settings for latency: numbers, or `all` (every usable core)."""
     ece_bins: int = Field(15, gt=1)

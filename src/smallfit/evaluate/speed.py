@@ -131,11 +131,19 @@ def measure_loaded(
                 model.answer([texts[i % len(texts)]])
             if generation is not None:
                 generation.reset()
-            per_thread[str(n)] = _latency(model, texts, config.latency_queries)
+            per_thread[str(n)] = _latency(
+                model, texts, config.latency_queries, budget_s=config.probe_budget_s
+            )
             if generation is not None and generation.rate() is not None:
                 per_thread[str(n)]["tokens_per_s"] = generation.rate()
     with limit_threads(all_threads, model):
-        per_s = _throughput(model, texts, config.throughput_batch, config.throughput_batches)
+        per_s = _throughput(
+            model,
+            texts,
+            config.throughput_batch,
+            config.throughput_batches,
+            budget_s=config.probe_budget_s,
+        )
     return {
         "threads": per_thread,
         f"throughput_b{config.throughput_batch}_per_s": per_s,
@@ -155,8 +163,16 @@ def batched_throughput(speed: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
-def _latency(model: BaseClassifier, texts: list[str], queries: int) -> dict[str, Any]:
-    return interleaved_latency({"model": model}, texts, queries=queries, samples=True)["model"]
+MIN_QUERIES, MIN_BATCHES = 30, 2
+"""What a probe with a time budget measures at least."""
+
+
+def _latency(
+    model: BaseClassifier, texts: list[str], queries: int, *, budget_s: float | None
+) -> dict[str, Any]:
+    return interleaved_latency(
+        {"model": model}, texts, queries=queries, samples=True, budget_s=budget_s
+    )["model"]
 
 
 def interleaved_latency(
@@ -166,9 +182,11 @@ def interleaved_latency(
     queries: int,
     warmup: int = 0,
     samples: bool = False,
+    budget_s: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Batch-1 latency of several loaded models, taking turns query by query; with
-    ``samples``, each model's figures also hold every timing (``samples_ms``, in order).
+    ``samples``, each model's figures also hold every timing (``samples_ms``, in order). With
+    ``budget_s``, the loop stops once it has run that long and timed ``MIN_QUERIES`` queries.
 
     On a shared, noisy machine, drift (other tenants, frequency changes) then hits every model
     alike, so the ratios of their percentiles are far steadier than those of separate runs.
@@ -179,34 +197,47 @@ def interleaved_latency(
             models[name].answer([texts[i % len(texts)]])
     times = {name: np.empty(queries, dtype=np.float64) for name in names}
     gc.collect()
+    began, done = time.monotonic(), queries
     for i in range(queries):
         one = [texts[i % len(texts)]]
         for name in names:
             start = time.perf_counter_ns()
             models[name].answer(one)
             times[name][i] = time.perf_counter_ns() - start
+        if _spent(began, budget_s) and i + 1 >= MIN_QUERIES:
+            done = i + 1
+            break
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        ms = times[name] / 1e6
+        ms = times[name][:done] / 1e6
         out[name] = dict(latency_percentiles(ms))
         if samples:
             out[name]["samples_ms"] = [round(float(v), 4) for v in ms]
     return out
 
 
-def _throughput(model: BaseClassifier, texts: list[str], batch: int, batches: int) -> float:
+def _spent(began: float, budget_s: float | None) -> bool:
+    return budget_s is not None and time.monotonic() - began >= budget_s
+
+
+def _throughput(
+    model: BaseClassifier, texts: list[str], batch: int, batches: int, *, budget_s: float | None
+) -> float:
     def make(k: int) -> list[str]:
         return [texts[(k * batch + j) % len(texts)] for j in range(batch)]
 
     model.answer(make(0))  # warm-up batch
     gc.collect()
-    elapsed = 0
+    elapsed, done, began = 0, 0, time.monotonic()
     for k in range(1, batches + 1):
         chunk = make(k)
         start = time.perf_counter_ns()
         model.answer(chunk)
         elapsed += time.perf_counter_ns() - start
-    return float(batch * batches / (max(elapsed, 1) / 1e9))
+        done = k
+        if _spent(began, budget_s) and done >= MIN_BATCHES:
+            break
+    return float(batch * done / (max(elapsed, 1) / 1e9))
 
 
 @contextlib.contextmanager
