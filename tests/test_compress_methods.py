@@ -37,6 +37,13 @@ def test_the_grid_offers_every_quantizing_method_and_names_it_once() -> None:
     names = [c.name for c in CompressGrid(layers=[None, 3], quantize=list(QUANTIZE)).expand()]
     # the uncompressed torch model is the student itself, not a candidate
     assert names == [*shorts[1:], *(f"l3-{s}" for s in shorts)]
+    trimmed = CompressGrid(
+        trim_vocab=[False, True], layers=[None, 3], quantize=["torch", "int8-dynamic"]
+    )
+    named = {c.name: [s.method for s in c.steps] for c in trimmed.expand("graph")}
+    assert named["tv-torch"] == ["trim-vocab"]
+    assert named["tv-l3-int8"] == ["trim-vocab", "drop-layers", "onnx", "int8-dynamic"]
+    assert "torch" not in named and named["int8"] == ["onnx", "int8-dynamic"]
     with pytest.raises(ValidationError, match="'int3' is not one of torch, onnx, int8-dynamic"):
         CompressGrid(quantize=["int3"])
     with pytest.raises(ValueError, match="not a quantization method"):

@@ -147,3 +147,58 @@ def test_inapplicable_torch_steps_are_refused() -> None:
         with pytest.raises(SmallfitError, match=message):
             check_steps(manifest, steps)
     assert check_steps(mpnet, [PruneStructured(ffn=0.2)])["kind"] == "transformer"
+
+
+def test_trim_vocab_keeps_every_answer_on_its_texts_and_loads_with_standard_tooling(
+    snips_minilm: Path, snips_slice: Path, snips_texts: list[str], tmp_path: Path
+) -> None:
+    """The trimmed model answers its own texts exactly as before; its tokenizer and weights
+    load with transformers; a word it never saw is spelled out in kept pieces, not [UNK]; the
+    evaluation reports the test texts holding such a word apart; ONNX keeps parity."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from smallfit.compress import TrimVocab
+    from smallfit.data import read_split
+    from smallfit.evaluate import evaluate_candidate
+    from smallfit.evaluate.config import EvalConfig
+    from smallfit.models.vocab import unseen_rows, untrimmed_tokenizer
+
+    source = load(snips_minilm)
+    trimmed = compress(
+        snips_minilm, [TrimVocab()], out_dir=tmp_path / "tv", check_texts=snips_texts
+    )
+    metrics = trimmed.lineage["compression"][0]["metrics"]
+    assert 1000 < metrics["vocab"] < 5000 and metrics["vocab_before"] == 30522
+    assert metrics["embedding_parameters"] == metrics["vocab"] * 384
+    assert trimmed.num_parameters < source.num_parameters - 9_000_000
+    assert metrics["argmax_agreement"] == 1.0 and metrics["max_abs_prob_diff_seen"] < 1e-5
+    np.testing.assert_allclose(
+        trimmed.predict_proba(snips_texts), source.predict_proba(snips_texts), atol=1e-5
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tv")
+    module = AutoModel.from_pretrained(tmp_path / "tv")
+    assert module.config.vocab_size == len(tokenizer) == metrics["vocab"]
+    ids = tokenizer("zyzzyva quixotically")["input_ids"]
+    assert tokenizer.unk_token_id not in ids and max(ids) < metrics["vocab"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "zyzzyva quixotically"
+
+    test = read_split(snips_slice / "test.jsonl")
+    untrimmed = untrimmed_tokenizer(tmp_path / "tv")
+    assert untrimmed == snips_minilm.resolve() / "tokenizer.json"
+    unseen = unseen_rows(untrimmed, tmp_path / "tv", test.texts)
+    assert 0 < unseen.sum() < len(test)
+    fast = EvalConfig(isolate=False, latency_queries=5, warmup=1, throughput_batches=1)
+    result = evaluate_candidate(
+        tmp_path / "tv", test=test, teacher_test_probs=None, config=fast
+    ).result
+    split = result.quality.unseen_vocab
+    assert split is not None and split.texts == int(unseen.sum())
+    gold = np.array([source.labels.index(y) for y in test.labels])
+    guess = trimmed.predict_proba(test.texts).argmax(1)
+    assert split.accuracy == pytest.approx(float((guess == gold)[unseen].mean()))
+
+    onnx = compress(
+        tmp_path / "tv", [OnnxExport()], out_dir=tmp_path / "o", check_texts=snips_texts
+    )
+    assert onnx.lineage["compression"][-1]["metrics"]["max_abs_logit_diff"] < 1e-3
+    assert untrimmed_tokenizer(tmp_path / "o") == untrimmed

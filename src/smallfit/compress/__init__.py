@@ -22,6 +22,7 @@ from smallfit.compress.steps import (
     OrtStaticInt8,
     PruneMagnitude,
     PruneStructured,
+    TrimVocab,
 )
 from smallfit.lazy import lazy_exports
 
@@ -51,6 +52,7 @@ __all__ = [
     "OrtStaticInt8",
     "PruneMagnitude",
     "PruneStructured",
+    "TrimVocab",
     "compress",
     "parse_step",
 ]

@@ -14,6 +14,7 @@ from smallfit.compress.steps import (
     HealConfig,
     OnnxExport,
     PruneStructured,
+    TrimVocab,
     parse_quant,
     short_name,
     step_type,
@@ -27,14 +28,16 @@ class CompressCandidate(Strict):
     name: str
     """Suffix of the candidate's name: `<student>-<name>`."""
     steps: list[CompressionStep] = Field(min_length=1)
-    """The steps, each a `method` (`drop-layers`, `prune`, `magnitude`, `onnx`, `int8-dynamic`,
-    `int8-static`, `int4-weight`, and for a generator `gguf-q8_0`, `gguf-q4_k_m`; each step's
-    options below) with its options."""
+    """The steps, each a `method` (`trim-vocab`, `drop-layers`, `prune`, `magnitude`, `onnx`,
+    `int8-dynamic`, `int8-static`, `int4-weight`, and for a generator `gguf-q8_0`,
+    `gguf-q4_k_m`; each step's options below) with its options."""
 
 
 class CompressGrid(Strict):
     """A grid of candidates: every combination of layers x pruning x quantization."""
 
+    trim_vocab: list[bool] = [False]
+    """Whether the vocabulary is trimmed to the training texts' tokens first (`trim-vocab`)."""
     layers: list[int | None] = [None, 3]
     """Layers kept (`drop-layers`, alternate); null keeps them all."""
     prune: list[float] = [0.0]
@@ -61,29 +64,37 @@ class CompressGrid(Strict):
         only its quantizations, nothing dropped or pruned) or ``graph`` (the others: no GGUF
         quantization); None keeps every one."""
         out = []
-        for layers in self.layers:
-            for share in sorted(self.prune):
-                for quant in self.quantize:
-                    gguf = quant not in ("torch", "onnx") and not step_type(quant).after_onnx
-                    if family == "gguf" and (not gguf or layers is not None or share > 0):
-                        continue
-                    if family == "graph" and gguf:
-                        continue
-                    steps: list[Any] = []
-                    parts = []
-                    if layers is not None:
-                        steps.append(DropLayers(keep=layers, heal=self.heal))
-                        parts.append(DropLayers.short.format(keep=layers))
-                    if share > 0:
-                        steps.append(PruneStructured(heads=share, ffn=share, heal=self.heal))
-                        parts.append(PruneStructured.short.format(percent=round(share * 100)))
-                    if quant != "torch" and not gguf:
-                        steps.append(OnnxExport())
-                    if quant not in ("torch", "onnx"):
-                        steps.append(parse_quant(quant))
-                    parts.append(short_name(quant))
-                    if len(steps) > 0:
-                        out.append(CompressCandidate(name="-".join(parts), steps=steps))
+        combos = [
+            (trim, layers, share, quant)
+            for trim in sorted(set(self.trim_vocab))
+            for layers in self.layers
+            for share in sorted(self.prune)
+            for quant in self.quantize
+        ]
+        for trim, layers, share, quant in combos:
+            gguf = quant not in ("torch", "onnx") and not step_type(quant).after_onnx
+            if family == "gguf" and (not gguf or layers is not None or share > 0 or trim):
+                continue
+            if family == "graph" and gguf:
+                continue
+            steps: list[Any] = []
+            parts = []
+            if trim:
+                steps.append(TrimVocab())
+                parts.append(TrimVocab.short)
+            if layers is not None:
+                steps.append(DropLayers(keep=layers, heal=self.heal))
+                parts.append(DropLayers.short.format(keep=layers))
+            if share > 0:
+                steps.append(PruneStructured(heads=share, ffn=share, heal=self.heal))
+                parts.append(PruneStructured.short.format(percent=round(share * 100)))
+            if quant != "torch" and not gguf:
+                steps.append(OnnxExport())
+            if quant not in ("torch", "onnx"):
+                steps.append(parse_quant(quant))
+            parts.append(short_name(quant))
+            if len(steps) > 0:
+                out.append(CompressCandidate(name="-".join(parts), steps=steps))
         return out
 
 

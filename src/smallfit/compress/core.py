@@ -16,6 +16,7 @@ from smallfit.compress import onnx_steps as _onnx_steps  # noqa: F401
 from smallfit.compress import ort_int4 as _ort_int4  # noqa: F401
 from smallfit.compress import ort_quantize as _ort_quantize  # noqa: F401
 from smallfit.compress import torch_steps as _torch_steps  # noqa: F401
+from smallfit.compress import vocab_trim as _vocab_trim  # noqa: F401
 from smallfit.compress.base import HealData, StepContext, handler_of, precondition_of
 from smallfit.compress.steps import METHODS, CompressionStep
 from smallfit.errors import SmallfitError

@@ -90,6 +90,24 @@ class HealConfig(_Step):
     seed: int = 0
 
 
+class TrimVocab(_Step):
+    """Keep only the vocabulary your training texts use (plus the special tokens, and every
+    single character by default), shrinking the embedding table; the tokenizer is remapped to
+    match and loads with the standard tooling. A word whose pieces were all dropped is split
+    into kept pieces, down to single characters; the evaluation reports accuracy apart on the
+    test texts with such a word. WordPiece tokenizers (BERT, MiniLM, MPNet)."""
+
+    method: Literal["trim-vocab"] = "trim-vocab"
+    short = "tv"
+    example = "trim-vocab"
+    keep_chars: bool = True
+    """Keep every single-character piece, so an unseen word is spelled out rather than
+    becoming `[UNK]`."""
+    keep_general: int = Field(0, ge=0)
+    """Also keep the first N whole-word tokens of the base vocabulary (BERT's are roughly in
+    frequency order): general words your texts did not use."""
+
+
 class DropLayers(_Step):
     """Keep ``keep`` of the encoder's layers, then heal."""
 
@@ -184,7 +202,8 @@ class GgufQ4KM(_GgufQuantize):
 
 
 CompressionStep = Annotated[
-    DropLayers
+    TrimVocab
+    | DropLayers
     | PruneStructured
     | PruneMagnitude
     | OnnxExport

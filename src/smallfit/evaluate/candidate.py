@@ -50,11 +50,12 @@ def measured(
     unanswered: np.ndarray | None = None,
     roofline: dict[str, Any] | None = None,
     cascade: dict[str, Any] | None = None,
+    quality_extra: dict[str, Any] | None = None,
 ) -> CandidateResult:
     """A candidate's results from its test answers and measured speed: the one place a result
     is built (evaluation and the cascade stage both come here). ``info`` is
     ``ModelInfo.to_dict()`` (its size on disk measured when the model was loaded or saved);
-    ``teacher_probs`` uses ``labels``' columns."""
+    ``teacher_probs`` uses ``labels``' columns; ``quality_extra`` joins the quality record."""
     quality = quality_metrics(
         probs,
         list(test.labels),
@@ -62,7 +63,7 @@ def measured(
         teacher_probs=teacher_probs,
         ece_bins=ece_bins,
         unanswered=unanswered,
-    )
+    ) | (quality_extra or {})
     return CandidateResult.of(
         info,
         model_dir=str(model_dir),
@@ -109,6 +110,7 @@ def evaluate_candidate(
             np.asarray(teacher_test_probs), teacher_labels or model.labels, model.labels
         )
     unanswered = model.unanswered(test.texts)  # an LLM's unparseable replies
+    unseen = _unseen_vocab(model_dir, test, probs, list(model.labels))
     info, labels = model.info.to_dict(), list(model.labels)
     speed_texts = list(test.texts[:SPEED_TEXTS])
     manifest = manifest_with_architecture(model_dir)
@@ -126,9 +128,14 @@ def evaluate_candidate(
         del model  # the speed probe loads its own copy
         speed = measure_speed(model_dir, speed_texts, config)
         cost = local_cost(speed, config)
+    if unseen is not None:
+        quality_extra: dict[str, Any] = {"unseen_vocab": unseen}
+    else:
+        quality_extra = {}
     result = measured(
         info,
         model_dir=model_dir,
+        quality_extra=quality_extra,
         probs=probs,
         test=test,
         labels=labels,
@@ -140,6 +147,32 @@ def evaluate_candidate(
         roofline=_roofline(manifest, tokens, speed=speed, peaks=peaks, peaks_file=peaks_file),
     )
     return Measured(result, probs.astype(np.float32))
+
+
+def _unseen_vocab(
+    model_dir: Path, test: Split, probs: np.ndarray, labels: list[str]
+) -> dict[str, Any] | None:
+    """A trimmed vocabulary's accuracy on the gold test texts holding a token it dropped, and
+    on the others; None for a model whose vocabulary was not trimmed."""
+    from smallfit.models.vocab import unseen_rows, untrimmed_tokenizer
+
+    untrimmed = untrimmed_tokenizer(model_dir)
+    if untrimmed is None:
+        return None
+    unseen = unseen_rows(untrimmed, model_dir, test.texts)
+    gold = np.array(test.gold, dtype=bool)
+    index = {label: i for i, label in enumerate(labels)}
+    rows = zip(gold, test.labels, probs, strict=True)
+    right = np.array([g and index.get(y) == int(p.argmax()) for g, y, p in rows], dtype=bool)
+
+    def share(mask: np.ndarray) -> float | None:
+        return float(right[mask].mean()) if mask.any() else None
+
+    return {
+        "texts": int(unseen.sum()),
+        "accuracy": share(unseen & gold),
+        "accuracy_on_others": share(~unseen & gold),
+    }
 
 
 def per_1m_at(hour_usd: float, per_s: float | None) -> float | None:

@@ -116,6 +116,15 @@ class Bootstrap(Record):
     level: Num
 
 
+class UnseenVocab(Record):
+    """A model with a trimmed vocabulary on the test texts that hold a token it dropped, and on
+    the others (gold rows only)."""
+
+    texts: int
+    accuracy: Num | None
+    accuracy_on_others: Num | None
+
+
 class Quality(Record):
     """Quality on the test split against gold and the teacher (classification). The gold
     figures are measured on the ``n_gold`` texts with a gold label, and are None without any."""
@@ -132,6 +141,7 @@ class Quality(Record):
     vs_teacher: dict[str, Paired] | None = None
     bootstrap: Bootstrap | None = None
     fields: FieldScores | None = None  # an extract task's (``accuracy`` is then doc exact)
+    unseen_vocab: UnseenVocab | None = None  # a trimmed vocabulary's (absent before 2026-11-30)
 
     def value(self, metric: str) -> float | None:
         """The figure selection and routing compare (``accuracy``, ``macro_f1``, an extract
