@@ -192,7 +192,7 @@ def test_trim_vocab_keeps_every_answer_on_its_texts_and_loads_with_standard_tool
         tmp_path / "tv", test=test, teacher_test_probs=None, config=fast
     ).result
     split = result.quality.unseen_vocab
-    assert split is not None and split.texts == int(unseen.sum())
+    assert split is not None and split.texts == split.gold_texts == int(unseen.sum())
     gold = np.array([source.labels.index(y) for y in test.labels])
     guess = trimmed.predict_proba(test.texts).argmax(1)
     assert split.accuracy == pytest.approx(float((guess == gold)[unseen].mean()))

@@ -5,6 +5,7 @@ through a real tokenizer and back; a MiniLM tagger trained, saved and loaded."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,12 +226,29 @@ def test_a_minilm_tagger_learns_snips_fields_and_reloads_the_same(
     import openai
 
     from smallfit.serve.app import create_app
+    from smallfit.serve.config import ServeConfig
     from smallfit.testing.http import serving
 
     expected = [schema.render(a.values) for a in onnx.extract(test.texts[:5])]
-    with serving(create_app(tmp_path / "onnx")) as url:
+    traffic = tmp_path / "traffic.jsonl"
+    config = ServeConfig(traffic_log=traffic, shadow=tmp_path / "int8")
+    with serving(create_app(tmp_path / "onnx", config)) as url:
         got = httpx.post(url + "/v1/extract", json={"texts": test.texts[:5]}).json()
         assert [r["fields"] for r in got["results"]] == expected
+        # one traffic row per text; the int8 shadow compared on every one
+        rows = [json.loads(line) for line in traffic.read_text("utf-8").splitlines()]
+        assert [r["tier"] for r in rows] == [onnx.name] * 5 and rows[0]["tier_index"] == 0
+        shadow_int8 = [a.values for a in int8.extract(test.texts[:5])]
+        agreed = sum(
+            a.values == b for a, b in zip(onnx.extract(test.texts[:5]), shadow_int8, strict=True)
+        )
+        for _ in range(200):  # the shadow answers after the response
+            metrics = httpx.get(url + "/metrics").text
+            if "smallfit_shadow_compared_total 5.0" in metrics:
+                break
+            time.sleep(0.05)
+        assert "smallfit_shadow_compared_total 5.0" in metrics
+        assert f"smallfit_shadow_agreed_total {float(agreed)}" in metrics
         first = got["results"][0]
         for span in first["spans"]:
             assert test.texts[0][span["start"] : span["end"]] in str(first["fields"][span["field"]])

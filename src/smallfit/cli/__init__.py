@@ -235,6 +235,7 @@ def compress(
             out_dir=out,
             check_texts=texts[:512],
             heal=heal,
+            pool_texts=texts,
             progress=_progress(quiet),
         )
     info = model.info

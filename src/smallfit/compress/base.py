@@ -100,6 +100,18 @@ class StepContext:
     heal: HealData | None
     work_dir: Path
     progress: bool = False
+    pool: list[str] | None = None
+    """Every training text there is (what a vocabulary is trimmed to); None: the healing
+    texts, else the check texts."""
+    source: Path | None = None
+    """The model the first step met (its tokenizer is the untrimmed one)."""
+
+    def pool_texts(self) -> list[str]:
+        if self.pool is not None:
+            return self.pool
+        if self.heal is not None:
+            return [*self.heal.train_texts, *self.heal.dev_texts]
+        return self.check_texts
 
     def heal_data(self, model_dir: Path) -> HealData:
         return self.heal or HealData.from_model(model_dir, self.check_texts)

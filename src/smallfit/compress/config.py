@@ -34,7 +34,8 @@ class CompressCandidate(Strict):
 
 
 class CompressGrid(Strict):
-    """A grid of candidates: every combination of layers x pruning x quantization."""
+    """A grid of candidates: every combination of vocabulary trimming x layers x pruning x
+    quantization."""
 
     trim_vocab: list[bool] = [False]
     """Whether the vocabulary is trimmed to the training texts' tokens first (`trim-vocab`)."""

@@ -95,6 +95,7 @@ def compress(
     name: str | None = None,
     progress: bool = False,
     cache: tuple[Path, str] | None = None,
+    pool_texts: list[str] | None = None,
 ) -> Any:
     """Apply ``steps`` to the model in ``model_dir`` (a classifier, or a tagger: ``onnx`` and
     ``int8-dynamic`` apply to it); the result is saved in ``out_dir``.
@@ -105,6 +106,8 @@ def compress(
     teacher's probabilities that steps removing weights distil against (default: the model's
     own, on ``check_texts``). ``cache`` = (directory, key of the source model) keeps every
     intermediate model there, so candidates sharing a prefix of steps build it once.
+    ``pool_texts``: every training text, for ``trim-vocab`` (default: the healing texts, else
+    ``check_texts``).
     """
     if not steps:
         raise SmallfitError("no compression steps given")
@@ -115,7 +118,14 @@ def compress(
     out = Path(out_dir)
     lineage_steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="smallfit-compress-") as tmp:
-        context = StepContext(list(check_texts), heal, Path(tmp), progress)
+        context = StepContext(
+            list(check_texts),
+            heal,
+            Path(tmp),
+            progress,
+            pool=list(pool_texts) if pool_texts is not None else None,
+            source=Path(model_dir).resolve(),
+        )
         current = Path(model_dir)
         for i, step in enumerate(steps, start=1):
             cached = None

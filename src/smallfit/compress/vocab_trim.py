@@ -33,12 +33,21 @@ from smallfit.errors import SmallfitError
 from smallfit.models.base import load
 from smallfit.models.vocab import unseen_rows
 
+WORDPIECE_FAMILIES = ("bert", "mpnet")
+"""Encoders whose tokenizer is WordPiece (MiniLM is a BERT)."""
+
 
 def _can_apply(step: TrimVocab, manifest: dict[str, Any]) -> dict[str, Any]:
     if manifest["kind"] != "transformer":
         raise SmallfitError(
             f"trim-vocab applies to PyTorch transformer models; this one is '{manifest['kind']}' "
             "(run it before 'onnx')"
+        )
+    family = (manifest.get("architecture") or {}).get("model_type")
+    if family not in WORDPIECE_FAMILIES:
+        raise SmallfitError(
+            f"trim-vocab supports WordPiece encoders ({', '.join(WORDPIECE_FAMILIES)}); this one "
+            f"is '{family}'"
         )
     return manifest
 
@@ -115,9 +124,7 @@ def _trim_vocab(step: TrimVocab, model_dir: Path, out: Path, ctx: StepContext) -
     model: Any = load(model_dir)
     source_json = json.loads((Path(model_dir) / "tokenizer.json").read_text("utf-8"))
     vocab = _wordpiece(source_json, Path(model_dir))
-    texts = list(ctx.check_texts)
-    if ctx.heal is not None:  # in fit: the whole training pool, not only the check sample
-        texts = [*ctx.heal.train_texts, *ctx.heal.dev_texts]
+    texts = ctx.pool_texts()  # the whole training pool, not only the check sample
     kept = kept_ids(
         model.tokenizer, vocab, texts, keep_chars=step.keep_chars, keep_general=step.keep_general
     )
@@ -128,12 +135,14 @@ def _trim_vocab(step: TrimVocab, model_dir: Path, out: Path, ctx: StepContext) -
     embeddings = model.module.encoder.embeddings.word_embeddings
     rows = embeddings.weight.detach()[torch.tensor(kept)].clone()
     config = model.module.encoder.config
-    pad = old_to_new.get(config.pad_token_id) if config.pad_token_id is not None else None
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+        old = getattr(config, name, None)
+        if isinstance(old, int):
+            setattr(config, name, old_to_new.get(old))
     model.module.encoder.embeddings.word_embeddings = torch.nn.Embedding.from_pretrained(
-        rows, freeze=False, padding_idx=pad
+        rows, freeze=False, padding_idx=config.pad_token_id
     )
     config.vocab_size = len(kept)
-    config.pad_token_id = pad
     model.lineage["vocab_trim"] = {"kept": len(kept), "of": len(vocab), "texts": len(texts)}
     model.save(out)
     (out / "tokenizer.json").write_text(
@@ -146,7 +155,9 @@ def _trim_vocab(step: TrimVocab, model_dir: Path, out: Path, ctx: StepContext) -
     return {
         "vocab": len(kept),
         "vocab_before": len(vocab),
-        "untrimmed_from": str(Path(model_dir).resolve()),
+        # the first step's model: its tokenizer is the untrimmed one (a step before this one
+        # does not change the tokenizer), and it outlives this step's scratch space
+        "untrimmed_from": str(ctx.source or Path(model_dir).resolve()),
         "embedding_parameters": int(rows.numel()),
         "embedding_parameters_before": int(embeddings.weight.numel()),
         "texts": len(texts),

@@ -170,6 +170,7 @@ def _unseen_vocab(
 
     return {
         "texts": int(unseen.sum()),
+        "gold_texts": int((unseen & gold).sum()),
         "accuracy": share(unseen & gold),
         "accuracy_on_others": share(~unseen & gold),
     }

@@ -121,6 +121,9 @@ class UnseenVocab(Record):
     the others (gold rows only)."""
 
     texts: int
+    """Test texts holding a dropped token."""
+    gold_texts: int
+    """Those of them with a gold label (what ``accuracy`` is measured on)."""
     accuracy: Num | None
     accuracy_on_others: Num | None
 

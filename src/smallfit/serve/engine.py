@@ -369,6 +369,67 @@ class Engine:
         self._log_traffic(answers, served)
         return answers
 
+    def fields_answered(
+        self, served: Served, texts: list[str], answers: list[Any], seconds: float
+    ) -> None:
+        """An extractor's answers to one request, counted as a cascade's are: texts per tier,
+        escalations (a field cascade's second tier), the traffic log, and the shadow's
+        agreement (every field equal)."""
+        first = served.name
+        tiers = getattr(served.model, "tiers", None)
+        if tiers:
+            first = tiers[0].name
+        rows = []
+        for a in answers:
+            tier = a.tier or served.name
+            index = 0 if tier in (first, served.name) else 1
+            self.metrics.texts.labels(tier=tier).inc()
+            if index:
+                self.metrics.escalations.labels(tier=first).inc()
+            self.metrics.answered(index)
+            rows.append((tier, index, a.confidence))
+        if self.config.traffic_log is not None:
+            now, each_ms = round(time.time(), 3), 1000 * seconds / max(len(answers), 1)
+            lines = "".join(
+                json.dumps(
+                    {
+                        "time": now,
+                        "model": served.name,
+                        "tier": tier,
+                        "tier_index": index,
+                        "tiers": len(tiers) if tiers else 1,
+                        "confidence": round(float(confidence), 6),
+                        "latency_ms": round(each_ms, 3),
+                        "fallback": False,
+                        "abstained": False,
+                    }
+                )
+                + "\n"
+                for tier, index, confidence in rows
+            )
+            self._append(Path(self.config.traffic_log), lines)
+        shadow = self.shadow
+        if shadow is not None and shadow.task == "extract":
+            self._spawn(self._compare_fields(shadow, texts, [a.values for a in answers]))
+
+    async def _compare_fields(self, shadow: Served, texts: list[str], live: list[Any]) -> None:
+        shadow.inflight += 1
+        try:
+            answers: Any = await shadow.batchers[0].submit(texts)  # the extractor's list
+        except Exception:
+            self.metrics.errors.labels(kind="shadow").inc()
+            return
+        finally:
+            shadow.inflight -= 1
+        agreed = sum(a.values == b for a, b in zip(answers, live, strict=True))
+        self.metrics.shadow(len(texts), agreed)
+
+    def _append(self, path: Path, lines: str) -> None:
+        with self._log_lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(lines)
+
     def _log_traffic(self, answers: list[Answer], served: Served) -> None:
         """Append one line per answered text to the traffic log: tier, confidence, latency."""
         if self.config.traffic_log is None:
@@ -391,11 +452,7 @@ class Engine:
             + "\n"
             for a in answers
         )
-        with self._log_lock:
-            path = Path(self.config.traffic_log)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(lines)
+        self._append(Path(self.config.traffic_log), lines)
 
     def _answer(
         self,
@@ -431,12 +488,7 @@ class Engine:
             "model": served.name,
             "time": round(time.time(), 3),
         }
-        line = json.dumps(row, ensure_ascii=False) + "\n"
-        with self._log_lock:
-            path = Path(self.config.escalation_log)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(line)
+        self._append(Path(self.config.escalation_log), json.dumps(row, ensure_ascii=False) + "\n")
 
     async def _compare(self, shadow: Served, texts: list[str], live: list[str]) -> None:
         shadow.inflight += 1

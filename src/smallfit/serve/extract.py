@@ -60,8 +60,9 @@ async def extract_texts(engine: Engine, texts: list[str]) -> tuple[Served, list[
     finally:
         served.inflight -= 1
     elapsed = engine.answered(started)
-    metrics.texts.labels(tier=served.name).inc(len(texts))
-    return served, list(answers), elapsed
+    answers = list(answers)
+    engine.fields_answered(served, texts, answers, elapsed)
+    return served, answers, elapsed
 
 
 def render(answer: Any, schema: Any, tier: str) -> dict[str, Any]:
