@@ -189,7 +189,7 @@ class Engine:
             )
             if old is not None:
                 self.metrics.swaps.inc()
-                self._spawn(self._retire(old))
+                self.spawn(self._retire(old))
             return new
 
     async def set_shadow(self, path: str | Path | None) -> Served | None:
@@ -197,7 +197,7 @@ class Engine:
             new = None if path is None else await self._load(path, None)
             old, self.shadow = self.shadow, new
             if old is not None:
-                self._spawn(self._retire(old))
+                self.spawn(self._retire(old))
             return new
 
     async def _retire(self, served: Served) -> None:
@@ -212,7 +212,7 @@ class Engine:
             if served is not None:
                 await _shut(served)
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -271,7 +271,7 @@ class Engine:
             served.inflight -= 1
         shadow = self.shadow
         if shadow is not None:
-            self._spawn(self._compare(shadow, texts, [a.label for a in answers]))
+            self.spawn(self._compare(shadow, texts, [a.label for a in answers]))
         return served, answers
 
     async def _route(
@@ -369,62 +369,8 @@ class Engine:
         self._log_traffic(answers, served)
         return answers
 
-    def fields_answered(
-        self, served: Served, texts: list[str], answers: list[Any], seconds: float
-    ) -> None:
-        """An extractor's answers to one request, counted as a cascade's are: texts per tier,
-        escalations (a field cascade's second tier), the traffic log, and the shadow's
-        agreement (every field equal)."""
-        first = served.name
-        tiers = getattr(served.model, "tiers", None)
-        if tiers:
-            first = tiers[0].name
-        rows = []
-        for a in answers:
-            tier = a.tier or served.name
-            index = 0 if tier in (first, served.name) else 1
-            self.metrics.texts.labels(tier=tier).inc()
-            if index:
-                self.metrics.escalations.labels(tier=first).inc()
-            self.metrics.answered(index)
-            rows.append((tier, index, a.confidence))
-        if self.config.traffic_log is not None:
-            now, each_ms = round(time.time(), 3), 1000 * seconds / max(len(answers), 1)
-            lines = "".join(
-                json.dumps(
-                    {
-                        "time": now,
-                        "model": served.name,
-                        "tier": tier,
-                        "tier_index": index,
-                        "tiers": len(tiers) if tiers else 1,
-                        "confidence": round(float(confidence), 6),
-                        "latency_ms": round(each_ms, 3),
-                        "fallback": False,
-                        "abstained": False,
-                    }
-                )
-                + "\n"
-                for tier, index, confidence in rows
-            )
-            self._append(Path(self.config.traffic_log), lines)
-        shadow = self.shadow
-        if shadow is not None and shadow.task == "extract":
-            self._spawn(self._compare_fields(shadow, texts, [a.values for a in answers]))
-
-    async def _compare_fields(self, shadow: Served, texts: list[str], live: list[Any]) -> None:
-        shadow.inflight += 1
-        try:
-            answers: Any = await shadow.batchers[0].submit(texts)  # the extractor's list
-        except Exception:
-            self.metrics.errors.labels(kind="shadow").inc()
-            return
-        finally:
-            shadow.inflight -= 1
-        agreed = sum(a.values == b for a, b in zip(answers, live, strict=True))
-        self.metrics.shadow(len(texts), agreed)
-
-    def _append(self, path: Path, lines: str) -> None:
+    def append_line(self, path: Path, lines: str) -> None:
+        """Append ``lines`` to a log file (one writer at a time)."""
         with self._log_lock:
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a", encoding="utf-8") as f:
@@ -452,7 +398,7 @@ class Engine:
             + "\n"
             for a in answers
         )
-        self._append(Path(self.config.traffic_log), lines)
+        self.append_line(Path(self.config.traffic_log), lines)
 
     def _answer(
         self,
@@ -488,7 +434,9 @@ class Engine:
             "model": served.name,
             "time": round(time.time(), 3),
         }
-        self._append(Path(self.config.escalation_log), json.dumps(row, ensure_ascii=False) + "\n")
+        self.append_line(
+            Path(self.config.escalation_log), json.dumps(row, ensure_ascii=False) + "\n"
+        )
 
     async def _compare(self, shadow: Served, texts: list[str], live: list[str]) -> None:
         shadow.inflight += 1

@@ -8,7 +8,9 @@ each field's confidence and the document's. A classifier served here answers 409
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -61,7 +63,7 @@ async def extract_texts(engine: Engine, texts: list[str]) -> tuple[Served, list[
         served.inflight -= 1
     elapsed = engine.answered(started)
     answers = list(answers)
-    engine.fields_answered(served, texts, answers, elapsed)
+    fields_answered(engine, served, texts, answers, elapsed)
     return served, answers, elapsed
 
 
@@ -108,3 +110,62 @@ def add_extract_routes(app: FastAPI, engine: Engine, *, body: Any, refused: Any)
 
 class _Detail(BaseModel):
     detail: str
+
+
+def fields_answered(
+    engine: Engine, served: Served, texts: list[str], answers: list[Any], seconds: float
+) -> None:
+    """An extractor's answers to one request, counted as a cascade's are: texts per tier,
+    escalations (a field cascade's second tier), the traffic log, and the shadow's
+    agreement (every field equal)."""
+    first = served.name
+    tiers = getattr(served.model, "tiers", None)
+    if tiers:
+        first = tiers[0].name
+    rows = []
+    for a in answers:
+        tier = a.tier or served.name
+        index = 0 if tier in (first, served.name) else 1
+        engine.metrics.texts.labels(tier=tier).inc()
+        if index:
+            engine.metrics.escalations.labels(tier=first).inc()
+        engine.metrics.answered(index)
+        rows.append((tier, index, a.confidence))
+    if engine.config.traffic_log is not None:
+        now, each_ms = round(time.time(), 3), 1000 * seconds / max(len(answers), 1)
+        lines = "".join(
+            json.dumps(
+                {
+                    "time": now,
+                    "model": served.name,
+                    "tier": tier,
+                    "tier_index": index,
+                    "tiers": len(tiers) if tiers else 1,
+                    "confidence": round(float(confidence), 6),
+                    "latency_ms": round(each_ms, 3),
+                    "fallback": False,
+                    "abstained": False,
+                }
+            )
+            + "\n"
+            for tier, index, confidence in rows
+        )
+        engine.append_line(Path(engine.config.traffic_log), lines)
+    shadow = engine.shadow
+    if shadow is not None and shadow.task == "extract":
+        engine.spawn(_compare_fields(engine, shadow, texts, [a.values for a in answers]))
+
+
+async def _compare_fields(
+    engine: Engine, shadow: Served, texts: list[str], live: list[Any]
+) -> None:
+    shadow.inflight += 1
+    try:
+        answers: Any = await shadow.batchers[0].submit(texts)  # the extractor's list
+    except Exception:
+        engine.metrics.errors.labels(kind="shadow").inc()
+        return
+    finally:
+        shadow.inflight -= 1
+    agreed = sum(a.values == b for a, b in zip(answers, live, strict=True))
+    engine.metrics.shadow(len(texts), agreed)
