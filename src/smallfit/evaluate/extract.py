@@ -152,14 +152,13 @@ def evaluate_extractor(
     if invalid is not None:
         quality["fields"]["invalid"] = dict(invalid)
     info = model.info.to_dict()
-    speed = model.measured_speed()
     cost: dict[str, Any] | None
     if known is not None:
         speed, cost = known
         model.close()
-    elif speed is not None:
+    elif (own := model.measured_speed()) is not None:
         # behind an API: the latencies of the real requests in the ledger, and token prices
-        cost = model.measured_cost()
+        speed, cost = own, model.measured_cost()
         model.close()
     else:
         del model  # the speed probe loads its own copy

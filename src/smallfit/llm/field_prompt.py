@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema, Values
 from smallfit.hashing import hash_json
-from smallfit.llm.prompt import check_template, template_slots
+from smallfit.llm.prompt import check_template, schema_format, template_slots, worked_chat
 
 if TYPE_CHECKING:
     import numpy as np
@@ -153,12 +153,8 @@ class FieldPrompt:
 
     def messages(self, text: str) -> list[dict[str, Any]]:
         """The context, each worked example as a user turn and its answer, then the text."""
-        out: list[dict[str, Any]] = [dict(m) for m in self.context]
-        for example, values in self.examples:
-            out.append({"role": "user", "content": self.user_message(example)})
-            out.append({"role": "assistant", "content": self.render_answer(values)})
-        out.append({"role": "user", "content": self.user_message(text)})
-        return out
+        worked = [(self.user_message(e), self.render_answer(v)) for e, v in self.examples]
+        return worked_chat(self.context, worked, self.user_message(text))
 
     def response_format(self, style: str = "json_schema") -> dict[str, Any] | None:
         """The fields' JSON schema in the ``style`` the server takes (see
@@ -167,16 +163,8 @@ class FieldPrompt:
             return self.response_format_given
         if self.answer != "json-schema" or style == "text":
             return None
-        if style == "json_object":
-            return {"type": "json_object", "schema": answer_schema(self.schema, strict=False)}
-        return {
-            "type": "json_schema",
-            "json_schema": {
-                "name": "fields",
-                "strict": True,
-                "schema": answer_schema(self.schema, strict=True),
-            },
-        }
+        strict = style != "json_object"  # a grammar of optional fields keeps answers short
+        return schema_format(style, "fields", answer_schema(self.schema, strict=strict))
 
     def interpret(self, replies: list[Reply]) -> tuple[str | None, str, np.ndarray | None]:
         """The values as compact JSON and ``ok``, or None and why (``not-json``,

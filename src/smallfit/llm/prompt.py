@@ -86,6 +86,27 @@ class AskPrompt(Protocol):
         ...
 
 
+def worked_chat(
+    context: Sequence[dict[str, Any]], examples: Sequence[tuple[str, str]], question: str
+) -> list[dict[str, Any]]:
+    """The chat: the ``context`` messages verbatim, each worked example as a user turn and its
+    answer, then the ``question``."""
+    out: list[dict[str, Any]] = [dict(m) for m in context]
+    for asked, answered in examples:
+        out.append({"role": "user", "content": asked})
+        out.append({"role": "assistant", "content": answered})
+    out.append({"role": "user", "content": question})
+    return out
+
+
+def schema_format(style: str, name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` as a response format in ``style``: ``json_object`` with a ``schema``
+    (llama-cpp-python), else OpenAI's strict ``json_schema``."""
+    if style == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
+
+
 def check_labels(labels: Sequence[str]) -> None:
     """An LLM classifier needs at least two distinct, non-empty labels."""
     if len(set(labels)) < 2:
@@ -145,12 +166,8 @@ class Prompt:
     def messages(self, text: str) -> list[dict[str, Any]]:
         """The chat: the context, each few-shot example as a user turn and its answer, then
         the text."""
-        out: list[dict[str, Any]] = [dict(m) for m in self.context]
-        for example, label in self.examples:
-            out.append({"role": "user", "content": self.user_message(example)})
-            out.append({"role": "assistant", "content": self.render_answer(label)})
-        out.append({"role": "user", "content": self.user_message(text)})
-        return out
+        worked = [(self.user_message(e), self.render_answer(y)) for e, y in self.examples]
+        return worked_chat(self.context, worked, self.user_message(text))
 
     def render_answer(self, label: str) -> str:
         if self.answer_key is not None:
@@ -200,12 +217,7 @@ class Prompt:
             "required": ["label"],
             "additionalProperties": False,
         }
-        if style == "json_object":
-            return {"type": "json_object", "schema": schema}
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "classification", "strict": True, "schema": schema},
-        }
+        return schema_format(style, "classification", schema)
 
     @property
     def fingerprint(self) -> str:

@@ -35,9 +35,6 @@ def _docs_key(docs: list[FieldDoc | None]) -> str:
     return hash_json([one(d) for d in docs])
 
 
-__all__ = ["ExtractTask", "targets"]
-
-
 def _invalid(teacher: Any) -> dict[str, int]:
     """Why an LLM teacher's answers could not be read, by reason (none for other teachers)."""
     return dict(getattr(teacher, "invalid", {}))
@@ -121,8 +118,7 @@ class ExtractTask(Task):
         cache = run.run.label_answers(key)
         rows = read_jsonl(cache)
         # an API teacher's own store is its cache: asked again, it re-sends only what failed
-        remote = teacher.remote
-        if remote or rows is None or len(rows) != len(data.train) + len(data.dev):
+        if teacher.remote or rows is None or len(rows) != len(data.train) + len(data.dev):
             texts = [*data.train.texts, *data.dev.texts]
             rows = answer_rows(teacher.label_texts(texts, progress=run.progress))
             write_jsonl(cache, rows)
@@ -150,7 +146,6 @@ class ExtractTask(Task):
                 dev=data.dev.subset([i - n for i in keep if i >= n]),
             )
             n = len(data.train)
-            docs = [d for d in docs if d is not None]
         kept: list[FieldDoc] = [d for d in docs if d is not None]
         absent = sum(sum(map(len, d.values.values())) - len(d.spans or ()) for d in kept)
         if absent:
