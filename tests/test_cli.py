@@ -97,7 +97,7 @@ def test_demo_writes_a_valid_config(tmp_path: Path, snips_slice: Path) -> None:
 
     config = load_fit_config(tmp_path / "r" / "config.yaml")
     assert config.data.train == (snips_slice / "train.jsonl").resolve()
-    assert [s.name for s in config.students] == ["minilm-l6", "linear"]
+    assert [s.name for s in config.students] == ["minilm-l6", "linear", "static"]
 
 
 def test_demo_on_a_folder_without_data_fails_cleanly(tmp_path: Path) -> None:

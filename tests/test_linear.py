@@ -13,7 +13,8 @@ import smallfit.models
 from smallfit.config import LinearStudent
 from smallfit.distill import linear_args
 from smallfit.errors import SmallfitError
-from smallfit.models.linear import LinearClassifier, _expand_targets
+from smallfit.models.linear import LinearClassifier
+from smallfit.models.logistic import expand_targets
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.is_dir():
@@ -171,11 +172,11 @@ def test_soft_labels_with_unseen_classes(banking: dict) -> None:
 
 def test_expand_targets_weights_are_the_kept_probabilities() -> None:
     targets = np.array([[0.7, 0.295, 0.005], [0.2, 0.3, 0.5]])
-    rows, classes, weight = _expand_targets(targets, soft=True, min_prob=0.01)
+    rows, classes, weight = expand_targets(targets, soft=True, min_prob=0.01)
     assert rows.tolist() == [0, 0, 1, 1, 1]
     assert classes.tolist() == [0, 1, 0, 1, 2]
     np.testing.assert_allclose(weight, [0.7 / 0.995, 0.295 / 0.995, 0.2, 0.3, 0.5])
-    rows, classes, weight = _expand_targets(targets, soft=False, min_prob=0.01)
+    rows, classes, weight = expand_targets(targets, soft=False, min_prob=0.01)
     assert classes.tolist() == [0, 2] and weight.tolist() == [1.0, 1.0]
 
 

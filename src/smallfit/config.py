@@ -20,6 +20,7 @@ from smallfit.distill.config import (
     GeneratorStudent,
     LinearStudent,
     LoraSettings,
+    StaticStudent,
     StudentBase,
     StudentConfig,
     TaggerStudent,
@@ -76,6 +77,7 @@ __all__ = [
     "Schedule",
     "SelectConfig",
     "ServeConfig",
+    "StaticStudent",
     "Strict",
     "StudentBase",
     "StudentConfig",
@@ -115,7 +117,8 @@ class FitConfig(Strict):
     teacher: TeacherConfig = FinetuneTeacher()
     """The teacher: `source: finetune | model | gold`."""
     students: list[StudentConfig] = Field(default_factory=lambda: _default_students())
-    """The students, each `kind: transformer | linear | decoder`."""
+    """The students, each `kind: transformer | linear | static | decoder` (an extract task's:
+    `tagger | generator`)."""
     compress: CompressConfig | None = None
     """Compressed variants of the transformer students (layer dropping, pruning, ONNX, int8);
     null for none."""

@@ -12,6 +12,7 @@ from smallfit.data.config import DataConfig
 from smallfit.distill.config import (
     GeneratorStudent,
     LinearStudent,
+    StaticStudent,
     TaggerStudent,
     TransformerStudent,
 )
@@ -121,6 +122,9 @@ def demo_stages(*, quick: bool = False) -> dict[str, Any]:
                 ),
             ),
             LinearStudent(),
+            # token vectors from the zoo MiniLM-L6, a head on the teacher's probabilities: the
+            # cascade's cheap first tier (Banking77: 90.5%, 0.06 ms, answers 82% of test first)
+            StaticStudent(),
         ],
         # The distilled MiniLM as ONNX int8, and cut to 3 layers (healed) as ONNX int8.
         compress=CompressConfig(

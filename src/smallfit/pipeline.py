@@ -276,6 +276,7 @@ class _Run:
         metric: str,
     ) -> Routed | None:
         """Calibrate (or reuse) the cascade: its result and summary; None without one."""
+        from smallfit.route.front import front_options
         from smallfit.route.stage import Routed, tier_names
 
         config = self.config.route
@@ -290,6 +291,7 @@ class _Run:
             {
                 "route": config.model_dump(mode="json"),
                 "tiers": [self.keys.get(n, n) for n in names],
+                "front": [self.keys.get(n, n) for n in front_options(config, candidates, names)],
                 "eval": self.config.evaluate.model_dump(mode="json"),
                 "data": self.data_key,
                 "out_of_scope": hash_texts(self.dataset.out_of_scope),

@@ -1,4 +1,5 @@
-"""The students' configs: a transformer, a linear model or a LoRA decoder (``kind`` selects)."""
+"""The students' configs: a transformer, a linear or static model, a LoRA decoder, or an extract
+task's tagger or generator (``kind`` selects)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,33 @@ class LinearStudent(StudentBase):
     """Vocabulary cap per n-gram family."""
     C: float = Field(10.0, gt=0)
     """Inverse regularisation strength of the logistic regression."""
+    soft_labels: bool = Field(True, description="fit the teacher's probabilities, not argmax")
+    min_prob: float = Field(0.01, ge=0, lt=1, description="ignore teacher probs below this")
+    use_gold: bool = False
+    """Train on gold labels too (default: teacher only)."""
+    seed: int = 0
+    """Seed of the solver."""
+
+
+class StaticStudent(StudentBase):
+    """A static-embedding model (model2vec-style): each vocabulary token's vector distilled once
+    from an encoder, a text the normalised sum of its tokens' vectors, and a softmax head fitted
+    on the teacher's probabilities. It serves without torch, in tens of microseconds a text."""
+
+    kind: Literal["static"] = "static"
+    """Selects this student type."""
+    name: str = "static"
+    """Candidate name (model directory under `models/`)."""
+    base: str = "minilm-l6"
+    """The encoder the token vectors come from: a zoo alias, a local Hugging Face directory (a
+    distilled transformer student's model directory is one) or a hub id."""
+    dims: int | None = Field(256, gt=0)
+    """Principal components kept of the token vectors; null keeps the encoder's width."""
+    sif: float | None = Field(1e-4, gt=0)
+    """Frequent tokens are scaled by sif / (sif + p), p a Zipf estimate of the token's
+    frequency from its vocabulary rank; null: no scaling."""
+    C: float = Field(100.0, gt=0)
+    """Inverse regularisation strength of the head (a logistic regression)."""
     soft_labels: bool = Field(True, description="fit the teacher's probabilities, not argmax")
     min_prob: float = Field(0.01, ge=0, lt=1, description="ignore teacher probs below this")
     use_gold: bool = False
@@ -199,6 +227,11 @@ class GeneratorStudent(StudentBase):
 
 
 StudentConfig = Annotated[
-    TransformerStudent | LinearStudent | DecoderStudent | TaggerStudent | GeneratorStudent,
+    TransformerStudent
+    | LinearStudent
+    | StaticStudent
+    | DecoderStudent
+    | TaggerStudent
+    | GeneratorStudent,
     Field(discriminator="kind"),
 ]

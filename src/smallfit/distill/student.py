@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from smallfit.data import Dataset
-from smallfit.distill.config import DecoderStudent, LinearStudent, TransformerStudent
+from smallfit.distill.config import (
+    DecoderStudent,
+    LinearStudent,
+    StaticStudent,
+    TransformerStudent,
+)
 from smallfit.models.base import BaseClassifier
 from smallfit.registry import Registry
 from smallfit.run.layout import work_of
@@ -179,6 +184,42 @@ def _linear(
         (model.predict_proba(dataset.dev.texts).argmax(1) == dev_probs.argmax(1)).mean()
     )
     model.lineage["training"] = {"dev_agreement": dev_agree}
+    return model
+
+
+@STUDENTS.register(StaticStudent)
+def _static(
+    config: StaticStudent,
+    dataset: Dataset,
+    *,
+    targets: np.ndarray,
+    dev_probs: np.ndarray,
+    out_dir: Path,
+    lineage: dict[str, Any],
+    progress: bool,
+) -> BaseClassifier:
+    from smallfit import zoo
+    from smallfit.distill.static import fit_static
+    from smallfit.train import fit_temperature
+
+    model = fit_static(
+        dataset.train.texts,
+        targets,
+        labels=dataset.labels,
+        source=zoo.resolve(config.base),
+        **config.model_dump(exclude={"kind", "name", "use_gold", "base"}),
+        name=config.name,
+        lineage={"base": config.base, **lineage},
+        progress=progress,
+    )
+    logits = model.outputs(dataset.dev.texts, need=frozenset({"logits"})).logits
+    assert logits is not None  # asked for
+    model.temperature = fit_temperature(logits, dev_probs)
+    dev_agree = float((logits.argmax(1) == dev_probs.argmax(1)).mean())
+    model.lineage["training"] = {
+        "dev_agreement": dev_agree,
+        "temperature": round(model.temperature, 4),
+    }
     return model
 
 

@@ -250,6 +250,7 @@ C = TypeVar("C", bound=type[BaseClassifier])
 _BUILTIN_BACKENDS = {
     "transformer": "smallfit.models.transformer:TransformerClassifier",
     "linear": "smallfit.models.linear:LinearClassifier",
+    "static": "smallfit.models.static:StaticClassifier",
     "hf-sequence": "smallfit.models.hf_sequence:HFSequenceClassifier",
     "onnx": "smallfit.models.onnx:OnnxClassifier",
     "decoder": "smallfit.models.decoder:DecoderClassifier",

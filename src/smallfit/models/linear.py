@@ -1,9 +1,7 @@
 """The tiny tier: TF-IDF over word and char n-grams, then multinomial logistic regression.
 
 Trains in seconds on thousands of texts; batch-1 prediction takes well under a millisecond.
-Soft targets (teacher probabilities) are fitted exactly with the sample-weight trick: each text
-appears once per class it gives at least ``min_prob``, weighted by that probability, so the
-weighted log-loss equals the cross-entropy against the teacher.
+Soft targets (teacher probabilities) are fitted exactly (:mod:`smallfit.models.logistic`).
 
 On disk (no pickle anywhere): ``linear.json`` holds each feature block's vectorizer parameters
 and vocabulary, ``linear.safetensors`` the idf vectors, the coefficient matrix, the intercepts and
@@ -14,8 +12,6 @@ which labels the regression saw. Inference recomputes the features from those wi
 from __future__ import annotations
 
 import json
-import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +20,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from smallfit.errors import SmallfitError
-from smallfit.hashing import hash_texts
 from smallfit.models.base import BaseClassifier, Signals, normalise_rows, register_backend
+from smallfit.models.logistic import UNSEEN_LOGIT, fit_logistic
 
 __all__ = ["LinearClassifier"]
-
-log = logging.getLogger(__name__)
 
 FEATURES_FILE = "linear.json"
 WEIGHTS_FILE = "linear.safetensors"
@@ -42,10 +34,6 @@ _FORMAT = 1
 # char n-grams seen in a single text are mostly noise and a third of the columns; prune them
 # once there is enough data for document frequency to mean something.
 _CHAR_MIN_DF_FROM = 500
-_TOL = 1e-3  # lbfgs gradient tolerance: 1e-4 doubles the fit time for +0.1 pt on banking77
-_MAX_ITER = 1000
-UNSEEN_LOGIT = -1e4
-"""The logit of a label the regression never saw: no probability, no part of a log-sum-exp."""
 
 
 @dataclass
@@ -108,21 +96,6 @@ def _fit_block(
     for term, index in vocab.items():
         terms[index] = term
     return _Block(name=name, params=params, terms=terms, idf=np.asarray(tfidf.idf_, np.float64))
-
-
-def _expand_targets(
-    targets: np.ndarray, *, soft: bool, min_prob: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row index, class index, sample weight) for the regression."""
-    if not soft:
-        rows = np.arange(len(targets))
-        return rows, targets.argmax(axis=1), np.ones(len(targets))
-    keep = targets >= min_prob
-    keep[np.arange(len(targets)), targets.argmax(axis=1)] = True  # every row keeps its top class
-    kept = np.where(keep, targets, 0.0)
-    kept /= kept.sum(axis=1, keepdims=True)
-    rows, classes = np.nonzero(keep)
-    return rows, classes, kept[rows, classes]
 
 
 @register_backend("linear")
@@ -223,44 +196,31 @@ class LinearClassifier(BaseClassifier):
             )
         features = sp.hstack([block.transform(texts) for block in blocks], format="csr")
 
-        rows, y, weight = _expand_targets(targets, soft=soft_labels, min_prob=min_prob)
-        if len(np.unique(y)) < 2:
-            raise SmallfitError(
-                "linear model: the targets name a single class; need at least two to fit"
-            )
-        regression = LogisticRegression(
+        regression = fit_logistic(
+            features,
+            targets,
             C=C,
-            solver="lbfgs",
-            tol=_TOL,
-            max_iter=_MAX_ITER,
-            random_state=seed,
+            soft_labels=soft_labels,
+            min_prob=min_prob,
+            seed=seed,
+            what="linear model",
         )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            regression.fit(features[rows], y, sample_weight=weight)
-        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        if not converged:
-            log.warning("linear model: lbfgs stopped at %d iterations unconverged", _MAX_ITER)
 
         mine: dict[str, Any] = {
             "base": "tfidf-logreg",
             "word_ngrams": list(word_ngrams),
             "char_ngrams": list(char_ngrams) if char_ngrams else None,
-            "C": C,
-            "soft_labels": soft_labels,
-            "min_prob": min_prob if soft_labels else None,
+            **regression.lineage(
+                C=C, soft_labels=soft_labels, min_prob=min_prob, seed=seed, texts=texts
+            ),
             "features": int(features.shape[1]),
-            "iterations": int(np.max(regression.n_iter_)),
-            "converged": converged,
-            "seed": seed,
-            "trained_on": {"texts": len(texts), "sha256": hash_texts(texts)},
         }
         return cls(
             labels=labels,
             blocks=blocks,
-            coef=regression.coef_,
-            intercept=regression.intercept_,
-            classes=regression.classes_,
+            coef=regression.coef,
+            intercept=regression.intercept,
+            classes=regression.classes,
             name=name,
             lineage={**mine, **(lineage or {})},
         )

@@ -51,7 +51,11 @@ class RouteConfig(Strict):
 
     tiers: list[str] | None = None
     """Candidate names of the run, cheapest first (or model directories); default: the selected
-    candidate, then the teacher. A name that is neither fails when the config is loaded."""
+    candidate, then the teacher, with a cheaper tier in front where one earns its place: each
+    local candidate at least 5x faster (batch-1 p50) than the selected one, with an ECE on dev
+    of at most 0.05, is calibrated in front on dev; the one that meets the target without
+    sending more to the teacher and cuts the local latency most (by at least 10%) is kept (not
+    with `abstain`). A name that is neither fails when the config is loaded."""
     confidence: Literal["max_prob", "margin", "entropy"] = "max_prob"
     """How sure a tier is: top probability, top-1 minus top-2, or 1 - normalised entropy."""
     target: str = "accuracy >= teacher - 0.5pt"

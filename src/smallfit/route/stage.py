@@ -15,15 +15,12 @@ import numpy as np
 from smallfit.config import load_fit_config
 from smallfit.data import Dataset
 from smallfit.errors import SmallfitError
-from smallfit.evaluate.candidate import measured, predict_in_batches
+from smallfit.evaluate.candidate import measured
 from smallfit.evaluate.config import EvalConfig
-from smallfit.hashing import hash_dir, hash_json, hash_texts
 from smallfit.models.base import (
-    BaseClassifier,
     Signals,
     align_probs,
     load,
-    write_npy,
 )
 from smallfit.route.abstain import Scored, SignalCache, score_tier
 from smallfit.route.calibration import (
@@ -35,8 +32,10 @@ from smallfit.route.calibration import (
 )
 from smallfit.route.cascade import Abstain, Cascade, Tier
 from smallfit.route.config import RouteConfig
+from smallfit.route.front import choose_front, front_options
 from smallfit.route.oos import at_loss, by_label
-from smallfit.run.layout import CASCADE, TEACHER, RunDir
+from smallfit.route.tier_probs import TierProbs, front_outputs, tier_dir, tier_facts
+from smallfit.run.layout import CASCADE, TEACHER
 from smallfit.run.records import CandidateResult, CascadeSummary, Recommendation, resolve_metric
 from smallfit.run.store import Run
 from smallfit.teach.teacher import fit_dataset
@@ -138,56 +137,6 @@ def best_local(candidates: list[CandidateResult], metric: str) -> str | None:
     return min(timed, key=lambda c: c.speed.p50_ms() or 0.0).name if timed else best.name
 
 
-def _tier_dir(run_dir: Path, name: str) -> Path:
-    inside = RunDir(run_dir).model(name)
-    if inside.is_dir():
-        return inside
-    if Path(name).is_dir():
-        return Path(name)
-    raise SmallfitError(
-        f"route tier {name!r} is neither a model of the run ({inside}) nor a model directory"
-    )
-
-
-class _Probs:
-    """Each tier's probabilities on a list of texts (columns in the cascade's label order),
-    cached under ``run_dir/route`` by the model's content and the texts."""
-
-    def __init__(self, run_dir: Path, labels: list[str], progress: bool) -> None:
-        self.run = RunDir(run_dir)
-        self.labels = labels
-        self.progress = progress
-        self._model_keys: dict[Path, str] = {}
-
-    def get(
-        self, model: BaseClassifier, model_dir: Path, texts: list[str], what: str
-    ) -> np.ndarray:
-        if model_dir not in self._model_keys:  # hash each model's files once
-            self._model_keys[model_dir] = hash_dir(model_dir)
-        key = hash_json({"model": self._model_keys[model_dir], "texts": hash_texts(texts)})
-        file = self.run.route_probs(model_dir, what, key)
-        if file.is_file():
-            return np.load(file, allow_pickle=False)
-        probs = predict_in_batches(model, texts, progress=self.progress, what=what)
-        probs = align_probs(probs, model.labels, self.labels).astype(np.float32)
-        write_npy(file, probs)
-        return probs
-
-
-def _tier_facts(
-    result: CandidateResult | None, evaluate: EvalConfig
-) -> tuple[float | None, float | None]:
-    """(cost per 1M queries, batch-1 p50 at 1 thread) from a candidate's saved result."""
-    from smallfit.evaluate.candidate import per_1m_at
-
-    if result is None:
-        return None, None
-    cost = None if result.cost is None else result.cost.per_1m_queries_usd
-    if cost is None:  # measured before costs were recorded
-        cost = per_1m_at(evaluate.machine_hour_usd, result.speed.throughput_per_s)
-    return cost, result.speed.p50_ms(1)
-
-
 def build_cascade(
     run_dir: Path,
     config: RouteConfig,
@@ -210,14 +159,14 @@ def build_cascade(
     run = Run(run_dir)
     layout = run.dir
     names = tier_names(config, candidates, chosen, metric=metric)
-    dirs = [_tier_dir(run_dir, n) for n in names]
+    dirs = [tier_dir(run_dir, n) for n in names]
     models = [load(d) for d in dirs]
     labels = list(models[0].labels)
     for model in models:
         align_probs(np.zeros((0, len(model.labels))), model.labels, labels)  # same label set
     by_name = {c.name: c for c in candidates}
-    facts = {name: _tier_facts(by_name.get(name), evaluate) for name in names}
-    probs = _Probs(run_dir, labels, progress)
+    facts = {name: tier_facts(by_name.get(name), evaluate) for name in names}
+    probs = TierProbs(run_dir, labels, progress)
     data = dataset
     index = {label: i for i, label in enumerate(labels)}
     dev_gold = np.array([index.get(y, -1) for y in data.dev.labels])
@@ -253,6 +202,22 @@ def build_cascade(
         + (" (accuracy: agreement with the teacher)" if against == "teacher" else "")
     )
     dev = outputs("dev", data.dev.texts)
+    options = front_options(config, candidates, names)
+    if options:
+        front = choose_front(
+            dev,
+            dev_gold,
+            front_outputs(options, run_dir, by_name, probs, data.dev.texts, evaluate),
+            config,
+            log,
+        )
+        if front is not None:
+            names.insert(0, front)
+            dirs.insert(0, tier_dir(run_dir, front))
+            models.insert(0, load(dirs[0]))
+            facts[front] = tier_facts(by_name[front], evaluate)
+            log(f"[route] tiers {' -> '.join(names)}: {front} goes in front")
+            dev = outputs("dev", data.dev.texts)
     test = outputs("test", data.test.texts)
     oos_probs = [  # only an abstaining cascade is asked about out-of-scope texts
         probs.get(m, d, data.out_of_scope, "oos") if config.abstain is not None else None
