@@ -32,12 +32,15 @@ def test_only_much_faster_local_candidates_are_tried_fastest_first() -> None:
         _candidate("unmeasured", None),
     ]
     names = ["int8", "teacher"]
-    assert front_options(RouteConfig(), candidates, names) == ["static", "linear"]
+    assert front_options(RouteConfig(), candidates, names=names) == ["static", "linear"]
     # configured tiers, or an abstaining cascade, are left as they are
-    assert front_options(RouteConfig(tiers=["int8", "teacher"]), candidates, names) == []
+    assert front_options(RouteConfig(tiers=["int8", "teacher"]), candidates, names=names) == []
     abstaining = RouteConfig(abstain=AbstainConfig(label="oos"))
-    assert front_options(abstaining, candidates, names) == []
-    assert front_options(RouteConfig(), candidates, ["unmeasured", "teacher"]) == []
+    assert front_options(abstaining, candidates, names=names) == []
+    assert front_options(RouteConfig(), candidates, names=["unmeasured", "teacher"]) == []
+    # a budget target is met by buying accuracy: a front tier would be kept for speed alone
+    budget = RouteConfig(target="escalation <= 10%")
+    assert front_options(budget, candidates, names=names) == []
 
 
 def _probs(pred: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -78,14 +81,28 @@ def test_a_calibrated_fast_tier_goes_in_front_and_an_overconfident_one_does_not(
     )
     lines: list[str] = []
     front = choose_front(
-        [chosen, teacher], gold, [calibrated, overconfident], RouteConfig(), lines.append
+        [chosen, teacher],
+        gold,
+        options=[calibrated, overconfident],
+        config=RouteConfig(),
+        log=lines.append,
     )
     assert front == "static"
     assert any("linear not put in front: its ECE on dev" in line for line in lines)
     assert any(line.startswith("[route] static in front: local latency on dev") for line in lines)
     # alone, the overconfident tier is still refused; with no options there is nothing to do
-    assert choose_front([chosen, teacher], gold, [overconfident], RouteConfig(), print) is None
-    assert choose_front([chosen, teacher], gold, [], RouteConfig(), print) is None
+    assert (
+        choose_front(
+            [chosen, teacher], gold, options=[overconfident], config=RouteConfig(), log=print
+        )
+        is None
+    )
+    assert (
+        choose_front([chosen, teacher], gold, options=[], config=RouteConfig(), log=print) is None
+    )
     # a front tier that saves too little local time is not worth a third tier
     slow = TierOutputs(name="static", probs=calibrated.probs, p50_ms=1.9)
-    assert choose_front([chosen, teacher], gold, [slow], RouteConfig(), print) is None
+    assert (
+        choose_front([chosen, teacher], gold, options=[slow], config=RouteConfig(), log=print)
+        is None
+    )

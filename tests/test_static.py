@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_linear import DATA, one_hot, read_jsonl, stratified
 
 import smallfit.models
 from smallfit import zoo
@@ -19,7 +20,6 @@ from smallfit.distill.static import fit_static, reduce_vectors
 from smallfit.errors import SmallfitError
 from smallfit.models.linear import LinearClassifier
 from smallfit.models.static import StaticClassifier, _tokenizer
-from tests.test_linear import DATA, one_hot, read_jsonl, stratified
 
 LABELS = ["a", "b", "c"]
 
@@ -136,7 +136,7 @@ def test_distilled_static_model_beats_chance_and_nears_the_linear_tier(tmp_path:
         one_hot(gold, labels),
         labels=labels,
         source=zoo.resolve(config.base),
-        **config.model_dump(exclude={"kind", "name", "use_gold", "base"}),
+        settings=config,
         lineage={"teacher": "gold"},
     )
     assert model.vectors.shape == (30522, 256)

@@ -267,6 +267,18 @@ class _Run:
                 measured.append(self.evaluate(name))
         return measured, missed
 
+    def _front_key(
+        self, config: Any, candidates: list[CandidateResult], names: list[str]
+    ) -> dict[str, Any]:
+        """The candidates a classify cascade tries in front of its default tiers, by key (none:
+        nothing, so a run without any keeps its cascade)."""
+        from smallfit.route.front import front_options
+
+        if self.config.task != "classify":
+            return {}
+        front = front_options(config, candidates, names=names)
+        return {"front": [self.keys.get(n, n) for n in front]} if front else {}
+
     def route(
         self,
         candidates: list[CandidateResult],
@@ -276,7 +288,6 @@ class _Run:
         metric: str,
     ) -> Routed | None:
         """Calibrate (or reuse) the cascade: its result and summary; None without one."""
-        from smallfit.route.front import front_options
         from smallfit.route.stage import Routed, tier_names
 
         config = self.config.route
@@ -291,7 +302,7 @@ class _Run:
             {
                 "route": config.model_dump(mode="json"),
                 "tiers": [self.keys.get(n, n) for n in names],
-                "front": [self.keys.get(n, n) for n in front_options(config, candidates, names)],
+                **self._front_key(config, candidates, names),
                 "eval": self.config.evaluate.model_dump(mode="json"),
                 "data": self.data_key,
                 "out_of_scope": hash_texts(self.dataset.out_of_scope),

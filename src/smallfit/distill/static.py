@@ -14,13 +14,16 @@ sha256: a second run, or a second dims or sif, costs no encoder pass.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from smallfit.distill.config import StaticStudent
 from smallfit.errors import SmallfitError
+from smallfit.hashing import hash_json
 from smallfit.models.logistic import fit_logistic, full_head
 from smallfit.models.static import StaticClassifier
 from smallfit.weights import cache_dir, file_sha256
@@ -30,17 +33,41 @@ __all__ = ["encoder_token_vectors", "fit_static", "reduce_vectors"]
 log = logging.getLogger(__name__)
 
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_FORMAT = 1
+"""The token-vector method's version in the cache key (one token between the specials, the
+mean of every output)."""
 _TOL = 1e-5
 """The head's lbfgs tolerance: its dense, normalised features need a tighter one than TF-IDF
 (Banking77, MiniLM-L6 vectors, gold labels: 1e-3 stops after 45 iterations at 88.5% test
 accuracy, 1e-5 after 218 at 90.5%)."""
 
 
-def _weights_key(source: Path) -> str | None:
-    for name in _WEIGHTS:
-        if (source / name).is_file():
-            return file_sha256(source / name)
-    return None
+def _cache_key(source: Path, head: list[int], tail: list[int], size: int) -> str | None:
+    """The encoder's raw token vectors' identity: its weights, its config, the special tokens
+    around each token and the method (None: no weights file to hash, so no cache)."""
+    weights = next((source / n for n in _WEIGHTS if (source / n).is_file()), None)
+    if weights is None:
+        return None
+    config = source / "config.json"
+    return hash_json(
+        {
+            "format": _FORMAT,
+            "weights": file_sha256(weights),
+            "config": file_sha256(config) if config.is_file() else None,
+            "around": [head, tail],
+            "vocabulary": size,
+        }
+    )
+
+
+def _specials(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer's template puts before and after a text."""
+    bare = tokenizer.encode("a", add_special_tokens=False).ids
+    framed = tokenizer.encode("a", add_special_tokens=True).ids
+    for at in range(len(framed) - len(bare) + 1):
+        if framed[at : at + len(bare)] == bare:
+            return framed[:at], framed[at + len(bare) :]
+    return [], []
 
 
 def encoder_token_vectors(
@@ -61,13 +88,15 @@ def encoder_token_vectors(
     tokenizer.no_padding()  # a saved tokenizer.json may pad every text to its max length
     tokenizer.no_truncation()
     size = tokenizer.get_vocab_size()
-    key = _weights_key(source)
-    cached = cache_dir() / "static" / f"{key}-{size}.npy" if key else None
+    head, tail = _specials(tokenizer)
+    key = _cache_key(source, head, tail, size)
+    cached = cache_dir() / "static" / f"{key}.npy" if key else None
     if cached is not None and cached.is_file():
         return np.load(cached, allow_pickle=False).astype(np.float32), tokenizer
-    specials = tokenizer.encode("", add_special_tokens=True).ids
-    head, tail = specials[:1], specials[1:]
-    encoder = AutoModel.from_pretrained(str(source)).eval()
+    try:
+        encoder = AutoModel.from_pretrained(str(source)).eval()
+    except (OSError, ValueError, RuntimeError) as exc:  # a pruned or foreign checkpoint
+        raise SmallfitError(f"{source}: cannot load the encoder to distil from ({exc})") from exc
     out = np.zeros((size, encoder.config.hidden_size), dtype=np.float32)
     started = time.perf_counter()
     with (
@@ -83,15 +112,16 @@ def encoder_token_vectors(
             out[start : start + len(ids)] = hidden.last_hidden_state.mean(dim=1).float().numpy()
             bar.update(len(ids))
     log.info("static: %d token vectors in %.0f s", size, time.perf_counter() - started)
+    stored = out.astype(np.float16)  # what the cache holds, so a warm cache trains the same
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp.npy")
-            np.save(tmp, out.astype(np.float16), allow_pickle=False)
+            tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.tmp.npy")
+            np.save(tmp, stored, allow_pickle=False)
             tmp.replace(cached)
         except OSError:  # a read-only cache only costs the encoder pass next time
             pass
-    return out, tokenizer
+    return stored.astype(np.float32), tokenizer
 
 
 def reduce_vectors(
@@ -119,19 +149,17 @@ def fit_static(
     *,
     labels: list[str],
     source: Path,
-    dims: int | None,
-    sif: float | None,
-    C: float,
-    soft_labels: bool,
-    min_prob: float,
-    seed: int,
+    settings: StaticStudent,
     name: str = "static",
     lineage: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> StaticClassifier:
     """Token vectors from the encoder at ``source`` (:func:`encoder_token_vectors`, then
-    :func:`reduce_vectors`), and a softmax head of inverse strength ``C`` fitted to
-    ``targets``, an (n, len(labels)) probability matrix over ``texts``."""
+    :func:`reduce_vectors`), and a softmax head fitted to ``targets``, an (n, len(labels))
+    probability matrix over ``texts``; ``settings`` (a ``static`` student config) gives the
+    dims, the SIF weight and the head's regularisation (``source`` replaces its ``base``)."""
+    dims, sif, C = settings.dims, settings.sif, settings.C
+    soft_labels, min_prob, seed = settings.soft_labels, settings.min_prob, settings.seed
     targets = np.asarray(targets, dtype=np.float64)
     if targets.shape != (len(texts), len(labels)):
         raise SmallfitError(

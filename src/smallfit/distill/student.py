@@ -200,6 +200,7 @@ def _static(
 ) -> BaseClassifier:
     from smallfit import zoo
     from smallfit.distill.static import fit_static
+    from smallfit.models.logistic import UNSEEN_LOGIT
     from smallfit.train import fit_temperature
 
     model = fit_static(
@@ -207,14 +208,19 @@ def _static(
         targets,
         labels=dataset.labels,
         source=zoo.resolve(config.base),
-        **config.model_dump(exclude={"kind", "name", "use_gold", "base"}),
+        settings=config,
         name=config.name,
         lineage={"base": config.base, **lineage},
         progress=progress,
     )
     logits = model.outputs(dataset.dev.texts, need=frozenset({"logits"})).logits
     assert logits is not None  # asked for
-    model.temperature = fit_temperature(logits, dev_probs)
+    # over the labels the head saw: an unseen one's fixed logit would drive the fit
+    seen = model.intercept > UNSEEN_LOGIT / 2
+    targets_seen = dev_probs[:, seen] / np.clip(
+        dev_probs[:, seen].sum(1, keepdims=True), 1e-12, None
+    )
+    model.temperature = fit_temperature(logits[:, seen], targets_seen)
     dev_agree = float((logits.argmax(1) == dev_probs.argmax(1)).mean())
     model.lineage["training"] = {
         "dev_agreement": dev_agree,

@@ -55,7 +55,7 @@ class LogisticFit:
             "iterations": self.iterations,
             "converged": self.converged,
             "seed": seed,
-            "trained_on": {"texts": len(texts), "sha256": hash_texts(texts)},
+            "fitted_on": {"texts": len(texts), "sha256": hash_texts(texts)},
         }
 
 

@@ -62,6 +62,8 @@ class StaticClassifier(BaseClassifier):
         self.name = name
         self.lineage = dict(lineage or {})
         self.tokenizer = tokenizer
+        tokenizer.no_padding()  # a text is its own tokens, however long
+        tokenizer.no_truncation()
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.coef = np.ascontiguousarray(coef, dtype=np.float32)
         self.intercept = np.ascontiguousarray(intercept, dtype=np.float32)
@@ -72,7 +74,10 @@ class StaticClassifier(BaseClassifier):
                 f"x {self.vectors.shape[1]} dims"
             )
         if self.intercept.shape != (len(self.labels),):
-            raise SmallfitError("static model: one intercept per label expected")
+            raise SmallfitError(
+                f"static model: {self.intercept.shape} intercepts, one per label "
+                f"({len(self.labels)}) expected"
+            )
         if tokenizer.get_vocab_size() > len(self.vectors):
             raise SmallfitError(
                 f"static model: the tokenizer has {tokenizer.get_vocab_size()} tokens, the table "
@@ -120,9 +125,6 @@ class StaticClassifier(BaseClassifier):
 
     def outputs(self, texts: Sequence[str], *, need: frozenset[str] = frozenset()) -> Signals:
         self._check_signals(need)
-        if len(texts) == 0:
-            empty = np.zeros((0, len(self.labels)), dtype=np.float32)
-            return Signals(probs=empty, logits=empty if "logits" in need else None)
         embeddings = self.embed(texts)
         return self._from_logits(
             self._logits(embeddings),
@@ -167,13 +169,16 @@ class StaticClassifier(BaseClassifier):
             vectors, coef, intercept = tensors["vectors"], tensors["coef"], tensors["intercept"]
         except KeyError as exc:
             raise SmallfitError(f"{path / WEIGHTS_FILE}: lacks the tensor {exc}") from exc
-        return cls(
-            labels=list(manifest["labels"]),
-            tokenizer=_tokenizer(path / TOKENIZER_FILE),
-            vectors=vectors,
-            coef=coef,
-            intercept=intercept,
-            name=manifest.get("name", "static"),
-            lineage=manifest.get("lineage", {}),
-            temperature=float(manifest.get("temperature", 1.0)),
-        )
+        try:
+            return cls(
+                labels=list(manifest["labels"]),
+                tokenizer=_tokenizer(path / TOKENIZER_FILE),
+                vectors=vectors,
+                coef=coef,
+                intercept=intercept,
+                name=manifest.get("name", "static"),
+                lineage=manifest.get("lineage", {}),
+                temperature=float(manifest.get("temperature", 1.0)),
+            )
+        except SmallfitError as exc:
+            raise SmallfitError(f"{path / WEIGHTS_FILE}: {exc}") from exc

@@ -29,9 +29,10 @@ class AbstainConfig(Strict):
     temperature), `knn` (cosine similarity to the 10th nearest training embedding),
     `mahalanobis` (distance to the nearest class mean of the training embeddings, shared
     covariance) or `relative_mahalanobis` (the same, less the distance to all of them). `energy`
-    needs a tier that gives logits (transformer, ONNX, linear); the last three need embeddings
-    (transformer; ONNX as the `onnx` step now exports it). The route stage measures every score
-    the tier gives on the out-of-scope test texts (`data.out_of_scope`, `data.hold_out_labels`);
+    needs a tier that gives logits (transformer, ONNX, linear, static); the last three need
+    embeddings (transformer, static; ONNX as the `onnx` step now exports it). The route stage
+    measures every score the tier gives on the out-of-scope test texts (`data.out_of_scope`,
+    `data.hold_out_labels`);
     `cascade.json` and the report say how each did."""
 
     @field_validator("score")

@@ -3,11 +3,13 @@
 The default cascade is the selected candidate, then the teacher. A run often holds a much
 faster candidate (the static or linear tier) that is right, and sure, on most texts: put in
 front, it answers those and passes the rest on, and the cascade's local compute falls.
-Each candidate at least :data:`SPEEDUP` times faster than the selected one is tried in front,
+Each candidate at least :data:`SPEEDUP` times faster than the cascade's first default tier (the
+selected candidate; the best local one when the teacher was selected) is tried in front,
 calibrated on dev for the same target. Of those that meet it on dev without sending more texts
 to the last tier, the one with the lowest local latency (each local tier's p50 weighted by the
 share of texts it runs on) is kept, if that saves at least :data:`GAIN` of it. Test plays no
-part in the choice.
+part in the choice. Only for a classify task's cascade with an accuracy target and no
+abstention.
 
 Local latency, not the whole cascade's: the last tier's share is what the target sets, and on a
 thousand dev texts a few more or fewer escalations outweigh any local difference (Banking77:
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from smallfit.route.calibration import Calibration, TierOutputs, calibrate
-from smallfit.route.config import RouteConfig
+from smallfit.route.config import RouteConfig, parse_target
 from smallfit.run.layout import CASCADE, TEACHER
 from smallfit.run.records import CandidateResult
 
@@ -38,12 +40,14 @@ GAIN = 0.10
 
 
 def front_options(
-    config: RouteConfig, candidates: Sequence[CandidateResult], names: Sequence[str]
+    config: RouteConfig, candidates: Sequence[CandidateResult], *, names: Sequence[str]
 ) -> list[str]:
     """The candidates worth trying in front of the default tiers ``names``, fastest first:
     local, measured, and at least :data:`SPEEDUP` times faster than ``names[0]``. None when the
-    tiers are configured or the cascade abstains (its abstaining tier is set by index)."""
-    if config.tiers or config.abstain is not None:
+    tiers are configured, the cascade abstains (its abstaining tier is set by index) or its
+    target is not an accuracy (an escalation or cost target is met by buying accuracy, so a
+    front tier would be kept for its speed while dev accuracy fell)."""
+    if config.tiers or config.abstain is not None or parse_target(config.target).kind != "accuracy":
         return []
     by_name = {c.name: c for c in candidates}
     first = by_name.get(names[0])
@@ -63,6 +67,7 @@ def front_options(
 def choose_front(
     dev: list[TierOutputs],
     dev_gold: np.ndarray,
+    *,
     options: list[TierOutputs],
     config: RouteConfig,
     log: Callable[[str], None],

@@ -202,15 +202,17 @@ def build_cascade(
         + (" (accuracy: agreement with the teacher)" if against == "teacher" else "")
     )
     dev = outputs("dev", data.dev.texts)
-    options = front_options(config, candidates, names)
+    options = front_options(config, candidates, names=names)
     if options:
-        front = choose_front(
-            dev,
-            dev_gold,
-            front_outputs(options, run_dir, by_name, probs, data.dev.texts, evaluate),
-            config,
-            log,
+        tried = front_outputs(
+            options,
+            run_dir=run_dir,
+            results=by_name,
+            probs=probs,
+            texts=data.dev.texts,
+            evaluate=evaluate,
         )
+        front = choose_front(dev, dev_gold, options=tried, config=config, log=log)
         if front is not None:
             names.insert(0, front)
             dirs.insert(0, tier_dir(run_dir, front))

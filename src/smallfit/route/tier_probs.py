@@ -71,8 +71,9 @@ def tier_facts(
 
 def front_outputs(
     options: list[str],
+    *,
     run_dir: Path,
-    by_name: dict[str, CandidateResult],
+    results: dict[str, CandidateResult],
     probs: TierProbs,
     texts: list[str],
     evaluate: EvalConfig,
@@ -83,7 +84,7 @@ def front_outputs(
         model_dir = tier_dir(run_dir, name)
         model = load(model_dir)
         try:
-            cost, p50 = tier_facts(by_name[name], evaluate)
+            cost, p50 = tier_facts(results[name], evaluate)
             p = probs.get(model, model_dir, texts, "dev")
         finally:
             model.close()

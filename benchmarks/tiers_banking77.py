@@ -1,0 +1,126 @@
+"""Issue 17's tier targets on Banking77: the chosen student, the 3-layer tier and the static tier
+against the mpnet-base teacher (PyTorch fp32), latency measured interleaved in one process.
+
+    .venv/bin/python benchmarks/tiers_banking77.py [--data ../shared/data/banking77]
+        [--run-dir runs/banking77] [--queries 300]
+
+Runs (or reuses) the demo's fit, then times every tier and the teacher taking turns query by
+query at 1 thread on the same test texts (drift hits all alike), and writes
+``benchmarks/results/tiers_banking77.json``: accuracy as a share of the teacher's, the p50 ratio
+with a paired bootstrap 95% interval, the size ratio, each against its target, the default
+cascade's tiers and shares, and the environment. Prints one JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from _report import save_and_report
+
+from smallfit.demo import demo_config
+from smallfit.pipeline import fit
+
+HERE = Path(__file__).resolve().parent
+TIERS = {  # tier -> (candidate name, accuracy share of the teacher's, p50 ratio, size ratio)
+    "chosen": (None, 0.99, 50.0, 50.0),
+    "three_layer": ("minilm-l6-l3-int8", 0.97, 100.0, None),
+    "static": ("static", 0.95, 500.0, None),
+    "linear": ("linear", None, None, None),
+}
+
+
+def _ratio_interval(teacher: np.ndarray, tier: np.ndarray, seed: int = 0) -> list[float]:
+    """Paired bootstrap 95% interval of p50(teacher) / p50(tier) over the timed queries."""
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(2000):
+        rows = rng.integers(0, len(teacher), len(teacher))
+        ratios.append(np.median(teacher[rows]) / np.median(tier[rows]))
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=HERE.parents[1] / "shared/data/banking77")
+    parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+
+    from smallfit.data import load_dataset
+    from smallfit.evaluate import interleaved_latency, limit_threads
+    from smallfit.models import load
+
+    config = demo_config(args.data, run_dir=args.run_dir)
+    result = fit(config, progress=sys.stderr.isatty(), log=lambda m: print(m, file=sys.stderr))
+    by_name = {c["name"]: c for c in result.results.dump()["candidates"]}
+    names = {tier: spec[0] or result.chosen for tier, spec in TIERS.items()}
+    missing = [n for n in names.values() if n not in by_name]
+    if missing:
+        print(f"the run has no candidate {missing}", file=sys.stderr)
+        return 2
+    teacher = by_name["teacher"]
+    models = {"teacher": load(teacher["model_dir"])}
+    models |= {name: load(by_name[name]["model_dir"]) for name in set(names.values())}
+    texts = load_dataset(config.data).test.texts
+    with limit_threads(1, *models.values()):
+        timed = interleaved_latency(models, texts, queries=args.queries, warmup=30, samples=True)
+    samples = {name: np.asarray(stats.pop("samples_ms")) for name, stats in timed.items()}
+
+    t_acc = teacher["quality"]["accuracy"]
+    figures: dict[str, float | list[float] | str] = {"teacher_accuracy": t_acc}
+    checks = {}
+    for tier, (_, acc_min, speed_min, size_min) in TIERS.items():
+        name = names[tier]
+        c = by_name[name]
+        share = c["quality"]["accuracy"] / t_acc
+        ratio = timed["teacher"]["p50_ms"] / timed[name]["p50_ms"]
+        size = teacher["bytes_on_disk"] / c["bytes_on_disk"]
+        figures |= {
+            f"{tier}_name": name,
+            f"{tier}_accuracy": c["quality"]["accuracy"],
+            f"{tier}_accuracy_vs_teacher": share,
+            f"{tier}_p50_ms_interleaved": timed[name]["p50_ms"],
+            f"{tier}_p50_speedup_interleaved": ratio,
+            f"{tier}_p50_speedup_ci95": _ratio_interval(samples["teacher"], samples[name]),
+            f"{tier}_size_ratio": size,
+        }
+        if acc_min is not None:
+            checks[f"{tier}_accuracy_vs_teacher"] = share >= acc_min
+        if speed_min is not None:
+            checks[f"{tier}_p50_speedup_interleaved"] = ratio >= speed_min
+        if size_min is not None:
+            checks[f"{tier}_size_ratio"] = size >= size_min
+    cascade = json.loads((result.run_dir / "cascade.json").read_text("utf-8"))
+    save_and_report(
+        {
+            "benchmark": "tiers_banking77",
+            "command": " ".join(["python", "benchmarks/tiers_banking77.py", *sys.argv[1:]]),
+            "run_dir": str(result.run_dir),
+            "test_examples": teacher["quality"]["n"],
+            "timed_queries": args.queries,
+            "targets": {
+                tier: {"accuracy_vs_teacher": a, "p50_speedup": s, "size_ratio": z}
+                for tier, (_, a, s, z) in TIERS.items()
+                if tier != "linear"
+            },
+            "figures": figures,
+            "passed": checks,
+            "interleaved_latency_ms_1_thread": timed,
+            "cascade": {
+                "tiers": cascade["tiers"],
+                "test_answered_by": cascade["test"]["answered_by"],
+                "test_accuracy": cascade["test"]["accuracy"],
+                "met_on_test": cascade["met_on_test"],
+            },
+            "environment": result.results.environment,
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
