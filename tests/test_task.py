@@ -155,7 +155,7 @@ def test_the_task_command_writes_the_demos_stages(tmp_path: Path) -> None:
     assert "6 distinct texts (6 answered by the upstream)" in result.output
     assert f"smallfit fit --config {out / 'fit.yaml'}" in result.output
     config = load_fit_config(out / "fit.yaml")
-    assert [s.name for s in config.students] == ["minilm-l6", "linear"]
+    assert [s.name for s in config.students] == ["minilm-l6", "linear", "static"]
     assert config.compress is not None and config.teacher.source == "llm"
     missing = CliRunner().invoke(main, ["task", str(tmp_path / "nope.sqlite")])
     assert missing.exit_code == 2 and "no such capture file" in missing.output
