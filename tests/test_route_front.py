@@ -32,14 +32,18 @@ def test_only_much_faster_local_candidates_are_tried_fastest_first() -> None:
         _candidate("unmeasured", None),
     ]
     names = ["int8", "teacher"]
-    assert front_options(RouteConfig(), candidates, names=names) == ["static", "linear"]
+    assert front_options(RouteConfig(front=True), candidates, names=names) == ["static", "linear"]
+    assert front_options(RouteConfig(), candidates, names=names) == []  # off by default
     # configured tiers, or an abstaining cascade, are left as they are
-    assert front_options(RouteConfig(tiers=["int8", "teacher"]), candidates, names=names) == []
-    abstaining = RouteConfig(abstain=AbstainConfig(label="oos"))
+    assert (
+        front_options(RouteConfig(front=True, tiers=["int8", "teacher"]), candidates, names=names)
+        == []
+    )
+    abstaining = RouteConfig(front=True, abstain=AbstainConfig(label="oos"))
     assert front_options(abstaining, candidates, names=names) == []
-    assert front_options(RouteConfig(), candidates, names=["unmeasured", "teacher"]) == []
+    assert front_options(RouteConfig(front=True), candidates, names=["unmeasured", "teacher"]) == []
     # a budget target is met by buying accuracy: a front tier would be kept for speed alone
-    budget = RouteConfig(target="escalation <= 10%")
+    budget = RouteConfig(front=True, target="escalation <= 10%")
     assert front_options(budget, candidates, names=names) == []
 
 
@@ -84,7 +88,7 @@ def test_a_calibrated_fast_tier_goes_in_front_and_an_overconfident_one_does_not(
         [chosen, teacher],
         gold,
         options=[calibrated, overconfident],
-        config=RouteConfig(),
+        config=RouteConfig(front=True),
         log=lines.append,
     )
     assert front == "static"
@@ -93,16 +97,23 @@ def test_a_calibrated_fast_tier_goes_in_front_and_an_overconfident_one_does_not(
     # alone, the overconfident tier is still refused; with no options there is nothing to do
     assert (
         choose_front(
-            [chosen, teacher], gold, options=[overconfident], config=RouteConfig(), log=print
+            [chosen, teacher],
+            gold,
+            options=[overconfident],
+            config=RouteConfig(front=True),
+            log=print,
         )
         is None
     )
     assert (
-        choose_front([chosen, teacher], gold, options=[], config=RouteConfig(), log=print) is None
+        choose_front([chosen, teacher], gold, options=[], config=RouteConfig(front=True), log=print)
+        is None
     )
     # a front tier that saves too little local time is not worth a third tier
     slow = TierOutputs(name="static", probs=calibrated.probs, p50_ms=1.9)
     assert (
-        choose_front([chosen, teacher], gold, options=[slow], config=RouteConfig(), log=print)
+        choose_front(
+            [chosen, teacher], gold, options=[slow], config=RouteConfig(front=True), log=print
+        )
         is None
     )

@@ -350,6 +350,11 @@ def label(
     type=click.Choice(["max_prob", "margin", "entropy"]),
     help="How sure a tier is [max_prob].",
 )
+@click.option(
+    "--front/--no-front",
+    default=None,
+    help="Try a much cheaper candidate in front of the default tiers (route.front).",
+)
 @click.option("--abstain-label", help="Abstain with this label (e.g. oos) when very unsure.")
 @click.option(
     "--in-scope-loss",
@@ -363,6 +368,7 @@ def route(
     target: str | None,
     tiers: str | None,
     confidence: str | None,
+    front: bool | None,
     abstain_label: str | None,
     in_scope_loss: float | None,
     abstain_score: str | None,
@@ -384,7 +390,7 @@ def route(
 
     base = load_fit_config(RunDir(run_dir).config_file).route or RouteConfig()
     update: dict[str, Any] = base.model_dump()
-    for key, value in (("target", target), ("confidence", confidence)):
+    for key, value in (("target", target), ("confidence", confidence), ("front", front)):
         if value is not None:
             update[key] = value
     if tiers is not None:

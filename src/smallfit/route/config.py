@@ -52,11 +52,17 @@ class RouteConfig(Strict):
 
     tiers: list[str] | None = None
     """Candidate names of the run, cheapest first (or model directories); default: the selected
-    candidate, then the teacher, with a cheaper tier in front where one earns its place: each
-    local candidate at least 5x faster (batch-1 p50) than the selected one, with an ECE on dev
-    of at most 0.05, is calibrated in front on dev; the one that meets the target without
-    sending more to the teacher and cuts the local latency most (by at least 10%) is kept (not
-    with `abstain`). A name that is neither fails when the config is loaded."""
+    candidate, then the teacher (with `front`, a cheaper tier may go before them). A name that
+    is neither fails when the config is loaded."""
+    front: bool = False
+    """Try a much cheaper tier in front of the default tiers: each local candidate at least 5x
+    faster (batch-1 p50) than the first, with an ECE on dev of at most 0.05, is calibrated in
+    front on dev; the one that meets the target without sending more to the teacher and cuts
+    the local latency most (by at least 10%) is kept. Classify tasks with an accuracy target,
+    no `tiers` and no `abstain` only. Off by default: on Banking77 the static tier in front
+    answered 83% of the texts first and sent 30% fewer to the teacher, but left the cascade at
+    the edge of its target (dev exactly at it, test 0.1 pt under it on one run, 0.01 pt over
+    on another), where the two-tier cascade had 0.5 pt to spare on test."""
     confidence: Literal["max_prob", "margin", "entropy"] = "max_prob"
     """How sure a tier is: top probability, top-1 minus top-2, or 1 - normalised entropy."""
     target: str = "accuracy >= teacher - 0.5pt"

@@ -1,4 +1,4 @@
-"""A cheaper first tier for the default cascade.
+"""A cheaper first tier for the default cascade (``route.front``, off by default).
 
 The default cascade is the selected candidate, then the teacher. A run often holds a much
 faster candidate (the static or linear tier) that is right, and sure, on most texts: put in
@@ -43,11 +43,14 @@ def front_options(
     config: RouteConfig, candidates: Sequence[CandidateResult], *, names: Sequence[str]
 ) -> list[str]:
     """The candidates worth trying in front of the default tiers ``names``, fastest first:
-    local, measured, and at least :data:`SPEEDUP` times faster than ``names[0]``. None when the
-    tiers are configured, the cascade abstains (its abstaining tier is set by index) or its
-    target is not an accuracy (an escalation or cost target is met by buying accuracy, so a
-    front tier would be kept for its speed while dev accuracy fell)."""
-    if config.tiers or config.abstain is not None or parse_target(config.target).kind != "accuracy":
+    local, measured, and at least :data:`SPEEDUP` times faster than ``names[0]``. None unless
+    ``route.front`` is on; none when the tiers are configured, the cascade abstains (its
+    abstaining tier is set by index) or its target is not an accuracy (an escalation or cost
+    target is met by buying accuracy, so a front tier would be kept for its speed while dev
+    accuracy fell)."""
+    if not config.front or config.tiers or config.abstain is not None:
+        return []
+    if parse_target(config.target).kind != "accuracy":
         return []
     by_name = {c.name: c for c in candidates}
     first = by_name.get(names[0])
