@@ -91,7 +91,7 @@ def test_a_calibrated_fast_tier_goes_in_front_and_an_overconfident_one_does_not(
         config=RouteConfig(front=True),
         log=lines.append,
     )
-    assert front == "static"
+    assert front is calibrated
     assert any("linear not put in front: its ECE on dev" in line for line in lines)
     assert any(line.startswith("[route] static in front: local latency on dev") for line in lines)
     # alone, the overconfident tier is still refused; with no options there is nothing to do

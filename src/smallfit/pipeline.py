@@ -267,18 +267,6 @@ class _Run:
                 measured.append(self.evaluate(name))
         return measured, missed
 
-    def _front_key(
-        self, config: Any, candidates: list[CandidateResult], names: list[str]
-    ) -> dict[str, Any]:
-        """The candidates a classify cascade tries in front of its default tiers, by key (none:
-        nothing, so a run without any keeps its cascade)."""
-        from smallfit.route.front import front_options
-
-        if self.config.task != "classify":
-            return {}
-        front = front_options(config, candidates, names=names)
-        return {"front": [self.keys.get(n, n) for n in front]} if front else {}
-
     def route(
         self,
         candidates: list[CandidateResult],
@@ -298,11 +286,13 @@ class _Run:
         except SmallfitError as exc:
             self.log(f"[route] no cascade: {exc}")
             return None
+        extra = self.task.cascade_inputs(config, candidates, names)
         key = hash_json(
             {
                 "route": config.model_dump(mode="json"),
                 "tiers": [self.keys.get(n, n) for n in names],
-                **self._front_key(config, candidates, names),
+                # other candidates the cascade may use (none: the key stays as it was)
+                **({"front": [self.keys.get(n, n) for n in extra]} if extra else {}),
                 "eval": self.config.evaluate.model_dump(mode="json"),
                 "data": self.data_key,
                 "out_of_scope": hash_texts(self.dataset.out_of_scope),

@@ -36,8 +36,6 @@ def _tokenizer(path: Path) -> Any:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises its own exception type on a bad file
         raise SmallfitError(f"{path}: not a readable tokenizer.json ({exc})") from exc
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
     return tokenizer
 
 

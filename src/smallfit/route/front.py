@@ -74,7 +74,7 @@ def choose_front(
     options: list[TierOutputs],
     config: RouteConfig,
     log: Callable[[str], None],
-) -> str | None:
+) -> TierOutputs | None:
     """The option (a tier's dev outputs) to put in front of the ``dev`` tiers, or None."""
     if not options:
         return None
@@ -103,7 +103,7 @@ def choose_front(
             f"{'met' if tried.met_on_dev else 'NOT met'} on dev"
         )
         if tried.met_on_dev and fewer and local is not None and local < best_local:
-            best, best_local = option.name, local
+            best, best_local = option, local
     return best
 
 

@@ -214,12 +214,12 @@ def build_cascade(
         )
         front = choose_front(dev, dev_gold, options=tried, config=config, log=log)
         if front is not None:
-            names.insert(0, front)
-            dirs.insert(0, tier_dir(run_dir, front))
+            names.insert(0, front.name)
+            dirs.insert(0, tier_dir(run_dir, front.name))
             models.insert(0, load(dirs[0]))
-            facts[front] = tier_facts(by_name[front], evaluate)
-            log(f"[route] tiers {' -> '.join(names)}: {front} goes in front")
-            dev = outputs("dev", data.dev.texts)
+            facts[front.name] = (front.cost_per_1m_usd, front.p50_ms)
+            dev.insert(0, front)  # its dev outputs, as the others' were read
+            log(f"[route] tiers {' -> '.join(names)}: {front.name} goes in front")
     test = outputs("test", data.test.texts)
     oos_probs = [  # only an abstaining cascade is asked about out-of-scope texts
         probs.get(m, d, data.out_of_scope, "oos") if config.abstain is not None else None

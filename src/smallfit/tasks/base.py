@@ -106,6 +106,13 @@ class Task(ABC):
     ) -> Any:
         """Calibrate, save and measure the cascade (``config``: the route's); a Routed."""
 
+    def cascade_inputs(
+        self, config: Any, candidates: list[CandidateResult], names: list[str]
+    ) -> list[str]:
+        """Candidates besides the tiers ``names`` that the cascade may use (they join its stage
+        key); none here."""
+        return []
+
     def heal(self, dataset: Any, labels: Labels) -> Any:
         """What compression steps that remove weights distil against; None: none."""
         return None

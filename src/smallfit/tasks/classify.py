@@ -183,6 +183,14 @@ class ClassifyTask(Task):
             log=run.log,
         )
 
+    def cascade_inputs(
+        self, config: Any, candidates: list[CandidateResult], names: list[str]
+    ) -> list[str]:
+        """The candidates tried in front of the default tiers (``route.front``)."""
+        from smallfit.route.front import front_options
+
+        return front_options(config, candidates, names=names)
+
     def heal(self, dataset: Dataset, labels: Labels) -> Any:
         from smallfit.compress import HealData
 
