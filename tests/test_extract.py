@@ -215,6 +215,15 @@ def test_a_minilm_tagger_learns_snips_fields_and_reloads_the_same(
     onnx = load_extractor(tmp_path / "onnx")
     assert onnx.kind == "tagger-onnx"
     assert [a.values for a in onnx.extract(test.texts)] == [a.values for a in answers]
+    # smallfit predict over a file: the same fields, row for row, with their confidences
+    from smallfit.predict import load_answerer, predict_file
+
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in test.texts), "utf-8")
+    predict_file(load_answerer(tmp_path / "onnx"), source, tmp_path / "fields.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "fields.jsonl").read_text().splitlines()]
+    assert [r["fields"] for r in rows] == [schema.render(a.values) for a in answers]
+    assert all(r["tier"] == onnx.name and 0 <= r["confidence"] <= 1 for r in rows)
     report = quantize_tagger(tmp_path / "onnx", tmp_path / "int8", train.texts)
     assert report["tag_agreement"] > 0.95
     int8 = load_extractor(tmp_path / "int8")

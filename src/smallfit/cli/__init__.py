@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 
+from smallfit.cli.batch import predict
+from smallfit.cli.common import progress_wanted
 from smallfit.cli.traffic import capture, serve, task
 from smallfit.compress.steps import cli_help
 
@@ -54,10 +55,6 @@ def main(ctx: click.Context, debug: bool) -> None:
         os.environ["SMALLFIT_DEBUG"] = "1"
 
 
-def _progress(quiet: bool) -> bool:
-    return (not quiet and sys.stderr.isatty()) or os.environ.get("SMALLFIT_PROGRESS") == "1"
-
-
 def _print_fit(result: Any) -> None:
     click.echo("")
     click.echo(result.table)
@@ -84,7 +81,7 @@ def fit(config_path: Path, quiet: bool) -> None:
     from smallfit.pipeline import fit as run_fit
 
     config = load_fit_config(config_path)
-    _print_fit(run_fit(config, progress=_progress(quiet), log=_log))
+    _print_fit(run_fit(config, progress=progress_wanted(quiet), log=_log))
 
 
 @main.command()
@@ -115,7 +112,7 @@ def demo(
     click.echo(f"config written to {config_file}")
     if write_config_only:
         return
-    _print_fit(run_fit(config, progress=_progress(quiet), log=_log))
+    _print_fit(run_fit(config, progress=progress_wanted(quiet), log=_log))
 
 
 @main.command()
@@ -167,7 +164,7 @@ def teacher(
     )
     _log(config.train.schedule(len(dataset.train)).describe())
     with library_output(beside(out), what="teacher"):
-        model = build_teacher(config, dataset, out_dir=out, progress=_progress(quiet))
+        model = build_teacher(config, dataset, out_dir=out, progress=progress_wanted(quiet))
     assert model is not None
     accuracy = sum(
         p == g for p, g in zip(model.predict(dataset.test.texts), dataset.test.labels, strict=True)
@@ -236,7 +233,7 @@ def compress(
             check_texts=texts[:512],
             heal=heal,
             pool_texts=texts,
-            progress=_progress(quiet),
+            progress=progress_wanted(quiet),
         )
     info = model.info
     click.echo(f"saved {out}: {info.backend}, {info.bytes_on_disk / 1e6:.1f} MB")
@@ -329,7 +326,7 @@ def label(
         limit=limit,
         cache=cache,
         out=out,
-        progress=_progress(quiet),
+        progress=progress_wanted(quiet),
     )
     for line in result.lines:
         click.echo(line)
@@ -409,7 +406,7 @@ def route(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source="route options")) from exc
     with library_output(RunDir(run_dir).log_file, what="route"):
-        summary = route_run(run_dir, config, progress=_progress(quiet), log=_log)
+        summary = route_run(run_dir, config, progress=progress_wanted(quiet), log=_log)
     click.echo(
         f"cascade: {' -> '.join(summary.tiers)}, thresholds "
         + ", ".join(f"{t:.4f}" for t in summary.thresholds)
@@ -466,3 +463,4 @@ def _log(message: str) -> None:
 main.add_command(serve)
 main.add_command(capture)
 main.add_command(task)
+main.add_command(predict)

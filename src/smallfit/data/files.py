@@ -10,6 +10,7 @@ import codecs
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def read_split(
         raise DataError("no such file", file=file)
     if file.is_dir():
         raise DataError("is a directory; expected a .jsonl, .csv or .parquet file", file=file)
-    kind = _resolve_format(file, format)
+    kind = resolve_format(file, format)
     fields = (text_field, label_field) if label_field is not None else (text_field,)
     read = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[kind]
     rows = read(file, _Fields(fields, optional_labels))
@@ -87,7 +88,7 @@ def read_split(
     return Split(texts=texts, labels=labels, source=str(file), lines=lines)
 
 
-def _resolve_format(file: Path, format: str) -> str:
+def resolve_format(file: Path, format: str) -> str:
     if format != "auto":
         if format not in FORMATS.values():
             raise DataError(
@@ -145,30 +146,35 @@ def _read_jsonl(file: Path, fields: _Fields) -> list[Row]:
     for number, raw in enumerate(_read_text(file).split("\n"), start=1):
         if not raw.strip():
             continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            hint = ""
-            if not rows and raw.lstrip().startswith("["):
-                hint = "; expected JSON Lines (one object a line), not a JSON array"
-            raise DataError(
-                f"invalid JSON ({exc.msg} at column {exc.colno}){hint}", file=file, line=number
-            ) from exc
-        if not isinstance(record, dict):
-            raise DataError(
-                f"expected a JSON object, found {_type_name(record)}", file=file, line=number
-            )
-        for name in fields.required():
-            if name not in record:
-                raise DataError(
-                    f"missing field {name!r}; the record has {_field_list(record)}",
-                    file=file,
-                    line=number,
-                    field=name,
-                )
+        record = json_record(raw, file=file, line=number, required=fields.required())
         label = record.get(fields.names[1]) if len(fields.names) > 1 else None
         rows.append(_example(record[fields.names[0]], label, file, number, fields))
     return rows
+
+
+def json_record(raw: str, *, file: Path, line: int, required: Sequence[str]) -> dict[str, Any]:
+    """One line of a JSON Lines file as its object, holding every ``required`` field; else a
+    :class:`DataError` naming the file, line and field."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        hint = ""
+        if raw.lstrip().startswith("["):
+            hint = "; expected JSON Lines (one object a line), not a JSON array"
+        raise DataError(
+            f"invalid JSON ({exc.msg} at column {exc.colno}){hint}", file=file, line=line
+        ) from exc
+    if not isinstance(record, dict):
+        raise DataError(f"expected a JSON object, found {type_name(record)}", file=file, line=line)
+    for name in required:
+        if name not in record:
+            raise DataError(
+                f"missing field {name!r}; the record has {field_list(record)}",
+                file=file,
+                line=line,
+                field=name,
+            )
+    return record
 
 
 def _read_csv(file: Path, fields: _Fields) -> list[Row]:
@@ -188,7 +194,7 @@ def _read_csv(file: Path, fields: _Fields) -> list[Row]:
                     if name not in header:
                         raise DataError(
                             f"missing column {name!r} in the header row; "
-                            f"the header has {_field_list(header)}",
+                            f"the header has {field_list(header)}",
                             file=file,
                             line=number,
                             field=name,
@@ -220,7 +226,7 @@ def _read_parquet(file: Path, fields: _Fields) -> list[Row]:
         for name in fields.required():
             if name not in names:
                 raise DataError(
-                    f"missing column {name!r}; the file has {_field_list(names)}",
+                    f"missing column {name!r}; the file has {field_list(names)}",
                     file=file,
                     field=name,
                 )
@@ -253,10 +259,7 @@ def _example(
     def fail(message: str, name: str) -> DataError:
         return DataError(prefix + message, file=file, line=line, field=name)
 
-    if not isinstance(text, str):
-        raise fail(f"text must be a string, found {_type_name(text)}", names[0])
-    if not text.strip():
-        raise fail("empty text" if not text else "text is only whitespace", names[0])
+    text = check_text(text, file=file, line=line, field=names[0], unit=unit)
     if len(names) == 1:
         return line, text, NO_GOLD
     if fields.optional_label and (label is None or (isinstance(label, str) and not label.strip())):
@@ -268,13 +271,26 @@ def _example(
     elif label is None:
         raise fail("label is null; every example needs a label", names[1])
     elif not isinstance(label, str):
-        raise fail(f"label must be a string or an integer, found {_type_name(label)}", names[1])
+        raise fail(f"label must be a string or an integer, found {type_name(label)}", names[1])
     if not label.strip():
         raise fail("empty label; every example needs a label", names[1])
     return line, text, label
 
 
-def _type_name(value: Any) -> str:
+def check_text(text: Any, *, file: Path, line: int, field: str, unit: str = "") -> str:
+    """``text`` when it is a string with something besides whitespace; else a
+    :class:`DataError` naming the file, the line (``unit`` "row": a Parquet row) and the field."""
+    if isinstance(text, str) and text.strip():
+        return text
+    if not isinstance(text, str):
+        message = f"text must be a string, found {type_name(text)}"
+    else:
+        message = "empty text" if not text else "text is only whitespace"
+    prefix = f"{unit} {line}: " if unit else ""
+    raise DataError(prefix + message, file=file, line=line, field=field)
+
+
+def type_name(value: Any) -> str:
     names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a float"}
     names |= {str: "a string", list: "a list", dict: "an object"}
     name = names.get(type(value), f"a {type(value).__name__}")
@@ -282,7 +298,7 @@ def _type_name(value: Any) -> str:
     return name if len(shown) > 40 or value is None else f"{name} ({shown})"
 
 
-def _field_list(names: Any) -> str:
+def field_list(names: Any) -> str:
     names = list(names)
     if not names:
         return "no fields"

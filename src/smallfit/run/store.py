@@ -333,3 +333,25 @@ class Run:
         if not self.dir.cascade_file.is_file():
             return None
         return read_record(self.dir.cascade_file, CascadeSummary, what="cascade summary")
+
+
+class NoModel(SmallfitError):
+    """A path that holds no model to serve or predict with."""
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model directory as is; a run directory -> its cascade, else its selected model (what
+    ``smallfit serve`` and ``smallfit predict`` answer with)."""
+    where = Path(path)
+    if (where / MANIFEST).is_file():
+        return where
+    run = Run(where)
+    try:
+        served = run.served_model_dir()
+    except SmallfitError as exc:  # a results file that does not read
+        raise NoModel(str(exc)) from None
+    if served is not None:
+        return served
+    if run.dir.results_file.is_file():
+        raise NoModel(f"{where}: the run selected no model and has no cascade to serve")
+    raise NoModel(f"{where}: neither a model directory ({MANIFEST}) nor a run directory")

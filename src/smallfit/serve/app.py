@@ -21,8 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from smallfit import __version__
 from smallfit.errors import SmallfitError
-from smallfit.models.base import MANIFEST, read_manifest
-from smallfit.run.store import Run
+from smallfit.models.base import read_manifest
+from smallfit.run.store import NoModel, resolve_model_path
 from smallfit.serve.chat import CHAT_PATH, add_chat_routes, validation_error
 from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, RequestFailed
@@ -397,24 +397,3 @@ _ADMIN: dict[int | str, dict[str, Any]] = {
     401: _error("missing or wrong bearer token"),
     403: _error("admin routes are disabled: the token's environment variable is not set"),
 }
-
-
-class NoModel(SmallfitError):
-    """A path that holds no model to serve."""
-
-
-def resolve_model_path(path: str | Path) -> Path:
-    """A model directory as is; a run directory -> its cascade, else its selected model."""
-    where = Path(path)
-    if (where / MANIFEST).is_file():
-        return where
-    run = Run(where)
-    try:
-        served = run.served_model_dir()
-    except SmallfitError as exc:  # a results file that does not read
-        raise NoModel(str(exc)) from None
-    if served is not None:
-        return served
-    if run.dir.results_file.is_file():
-        raise NoModel(f"{where}: the run selected no model and has no cascade to serve")
-    raise NoModel(f"{where}: neither a model directory ({MANIFEST}) nor a run directory")
