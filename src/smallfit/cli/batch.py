@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -29,6 +30,15 @@ from smallfit.cli.common import progress_wanted
 )
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Rows per batch.")
 @click.option("--top-k", type=int, default=3, show_default=True, help="Probabilities per row.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: Ray actors, one model copy each.",
+)
+@click.option("--workers", type=int, help="Ray actors [one per CPU of the cluster].")
+@click.option("--ray-address", help="A running Ray cluster (e.g. 10.0.0.5:6379) [start one here].")
 @click.option("--overwrite", is_flag=True, help="Start over instead of continuing the output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict(
@@ -40,6 +50,9 @@ def predict(
     id_field: str,
     batch_size: int,
     top_k: int,
+    engine: str,
+    workers: int | None,
+    ray_address: str | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -55,17 +68,30 @@ def predict(
 
     if top_k < 1:
         raise SmallfitError(f"--top-k must be at least 1, not {top_k}")
+    if workers is not None and workers < 1:
+        raise SmallfitError(f"--workers must be at least 1, not {workers}")
+    if engine == "local" and (workers is not None or ray_address is not None):
+        raise SmallfitError("--workers and --ray-address go with --engine ray")
     answerer = load_answerer(model_or_run, top_k=top_k)
-    click.echo(f"predicting with {answerer.path}", err=True)
-    summary = predict_file(
-        answerer,
-        data_file,
-        out,
-        format=fmt,
-        text_field=text_field,
-        id_field=id_field,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        progress=progress_wanted(quiet),
-    )
+    click.echo(f"predicting with {answerer.path} ({engine})", err=True)
+    with contextlib.ExitStack() as stack:
+        spread = None
+        if engine == "ray":
+            from smallfit.predict.ray_engine import ray_engine
+
+            spread = stack.enter_context(
+                ray_engine(answerer.path, top_k=top_k, workers=workers, address=ray_address)
+            )
+        summary = predict_file(
+            answerer,
+            data_file,
+            out,
+            format=fmt,
+            text_field=text_field,
+            id_field=id_field,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=progress_wanted(quiet),
+            engine=spread,
+        )
     click.echo(summary.line())

@@ -10,6 +10,7 @@ row for row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from smallfit.models.base import read_manifest
 from smallfit.models.loading import load_model
 from smallfit.route.cascade import Cascade
 from smallfit.run.store import resolve_model_path
@@ -24,16 +26,23 @@ from smallfit.run.store import resolve_model_path
 
 @dataclass
 class Answerer:
-    """A loaded model (a cascade, a classifier or an extractor) and how many probabilities a
-    classifier's row keeps."""
+    """A saved model (a cascade, a classifier or an extractor), loaded on first use, and how
+    many probabilities a classifier's row keeps."""
 
     path: Path
-    model: Any
     top_k: int = 3
+
+    @functools.cached_property
+    def model(self) -> Any:
+        return load_model(self.path)
+
+    def ready(self) -> None:
+        """Load the model now, so that a model that does not load fails before any output."""
+        _ = self.model
 
     @property
     def task(self) -> str:
-        return str(getattr(self.model, "task", "classify"))
+        return str(read_manifest(self.path).get("task", "classify"))
 
     def answer(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         """One row (without the input's line and id) per text, in order."""
@@ -88,4 +97,5 @@ class Answerer:
 def load_answerer(model_or_run: str | Path, *, top_k: int = 3) -> Answerer:
     """The model in a model directory, or a run's cascade (else its chosen model)."""
     path = resolve_model_path(model_or_run).resolve()
-    return Answerer(path=path, model=load_model(path), top_k=top_k)
+    read_manifest(path)  # a clear error now for a directory that holds no model
+    return Answerer(path=path, top_k=top_k)

@@ -58,6 +58,22 @@ class PredictSummary:
         )
 
 
+Answered = tuple[list[InputRow], list[dict[str, Any]]]
+BatchEngine = Callable[[Iterator[list[InputRow]]], Iterator[Answered]]
+"""Batches of rows in, each batch with its answers out, in order. When the batches end in a
+:class:`DataError`, every batch read before it comes out answered first, then the error."""
+
+
+def local_engine(answerer: Answerer) -> BatchEngine:
+    """Each batch answered in this process, one after another."""
+
+    def run(batches: Iterator[list[InputRow]]) -> Iterator[Answered]:
+        for batch in batches:
+            yield batch, answerer.answer([r.text for r in batch])
+
+    return run
+
+
 def meta_path(output: Path) -> Path:
     return output.with_name(output.name + META_SUFFIX)
 
@@ -140,10 +156,11 @@ def predict_file(
     batch_size: int = 256,
     overwrite: bool = False,
     progress: bool = False,
-    answer: Callable[[list[str]], list[dict[str, Any]]] | None = None,
+    engine: BatchEngine | None = None,
 ) -> PredictSummary:
     """Answer every row of ``source`` into ``output`` (JSON Lines); see the module docstring.
-    ``answer`` replaces ``answerer.answer`` (an engine that spreads the batches out)."""
+    ``engine`` answers the batches (default: :func:`local_engine` over ``answerer``; the Ray
+    engine spreads them over workers)."""
     from tqdm.auto import tqdm
 
     source, output = Path(source), Path(output)
@@ -157,6 +174,8 @@ def predict_file(
         source,
         {"format": kind, "text_field": text_field, "id_field": id_field, "top_k": answerer.top_k},
     )
+    if engine is None:
+        answerer.ready()
     after = resumed = 0
     if output.exists() and not overwrite:
         after, resumed = _resume_point(output, meta)
@@ -164,7 +183,7 @@ def predict_file(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(b"")
     meta_path(output).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    call = answer or answerer.answer
+    answer_batches = engine or local_engine(answerer)
     tiers: Counter[str] = Counter()
     written = 0
     started = time.monotonic()
@@ -174,8 +193,7 @@ def predict_file(
         open(output, "ab") as out,
         tqdm(total=total, initial=resumed, unit="row", desc="predict", disable=not progress) as bar,
     ):
-        for batch in _batches(rows, batch_size, after):
-            answers = call([r.text for r in batch])
+        for batch, answers in answer_batches(_batches(rows, batch_size, after)):
             lines = []
             for row, got in zip(batch, answers, strict=True):
                 tiers[got["tier"]] += 1
