@@ -137,3 +137,22 @@ def test_onnx_graphs_give_the_embeddings_their_head_reads(int8_dir, trained_dir,
     reference = torch_model.embed(texts[:40])
     cosine = (out.embeddings * reference).sum(1) / np.linalg.norm(out.embeddings, axis=1)
     assert cosine.min() > 0.95  # int8 weights, the same embedding
+
+
+def test_length_groups_bound_the_padding_and_keep_every_row_once() -> None:
+    from smallfit.models.onnx import PADDING_FREE, PADDING_SLACK, length_groups
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 64, size=500)
+    groups = length_groups(lengths, 32)
+    rows = np.concatenate(groups)
+    assert sorted(rows.tolist()) == list(range(500))
+    assert all(1 <= len(g) <= 32 for g in groups)
+    for g in groups:
+        padded, real = len(g) * lengths[g].max(), lengths[g].sum()
+        assert len(g) == 1 or padded <= real * (1 + PADDING_SLACK) + PADDING_FREE
+    # one length: full groups; a mixed micro-batch of 8 splits where padding would cost most
+    assert [len(g) for g in length_groups(np.full(70, 12), 32)] == [32, 32, 6]
+    batch = np.array([9, 40, 10, 11, 38, 12, 9, 41])
+    grouped = [sorted(batch[g].tolist()) for g in length_groups(batch, 32)]
+    assert grouped == [[9, 9, 10, 11, 12], [38, 40, 41]]

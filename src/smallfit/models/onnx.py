@@ -59,6 +59,33 @@ def ort_session(graph: Path, threads: int) -> Any:
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
+PADDING_SLACK = 0.25
+"""A group of texts may hold this share of padding tokens (beyond :data:`PADDING_FREE`)."""
+PADDING_FREE = 4
+"""Padding tokens a group may always hold: a session call costs about what a few tokens do."""
+
+
+def length_groups(lengths: np.ndarray, max_size: int) -> list[np.ndarray]:
+    """Row indices grouped for batched inference: sorted by token length, each group at most
+    ``max_size`` rows, and a group grows only while its padded size (rows x longest) stays within
+    ``1 + PADDING_SLACK`` of its real tokens plus ``PADDING_FREE``."""
+    order = np.argsort(lengths, kind="stable")
+    groups: list[np.ndarray] = []
+    start, real = 0, 0
+    for end, row in enumerate(order):
+        n = int(lengths[row])
+        padded = (end - start + 1) * n
+        if end > start and (
+            end - start >= max_size or padded > (real + n) * (1 + PADDING_SLACK) + PADDING_FREE
+        ):
+            groups.append(order[start:end])
+            start, real = end, 0
+        real += n
+    if len(order):
+        groups.append(order[start:])
+    return groups
+
+
 @register_backend("onnx")
 class OnnxClassifier(BaseClassifier):
     """ONNX Runtime session + fast tokenizer + label names."""
@@ -111,15 +138,17 @@ class OnnxClassifier(BaseClassifier):
         return self.parameters
 
     def _forward(self, texts: Sequence[str], names: list[str]) -> list[np.ndarray]:
-        """The graph outputs ``names`` for ``texts`` (length-sorted batches, input order)."""
+        """The graph outputs ``names`` for ``texts`` (input order), run in groups of similar
+        token length (:func:`length_groups`), so that a mixed batch pays little for padding."""
         session = self._session()
         out: list[np.ndarray | None] = [None] * len(names)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            encoded = self.tokenizer.encode_batch([texts[i] for i in idx])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        encoded = self.tokenizer.encode_batch(list(texts)) if texts else []
+        all_ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        all_mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        lengths = all_mask.sum(axis=1) if len(texts) else np.zeros(0, np.int64)
+        for idx in length_groups(lengths, self.batch_size):
+            width = int(lengths[idx].max())
+            ids, mask = all_ids[idx, :width], all_mask[idx, :width]
             got = session.run(names, {"input_ids": ids, "attention_mask": mask})
             for j, value in enumerate(got):
                 if out[j] is None:

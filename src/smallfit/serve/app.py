@@ -28,6 +28,7 @@ from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, RequestFailed
 from smallfit.serve.errors import openai_error
 from smallfit.serve.extract import EXTRACT_PATH, add_extract_routes
+from smallfit.serve.fast import FastClassify
 from smallfit.serve.metrics import Metrics
 from smallfit.serve.tei import PREDICT_PATH, add_tei_routes
 from smallfit.serve.text import served_text
@@ -353,6 +354,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
             return JSONResponse({"detail": f"shadow not set: {exc}"}, 400)
         return {"status": "shadowing" if new else "no shadow", "model": new.name if new else None}
 
+    app.add_middleware(FastClassify, engine=engine, config=config)  # inside the body limit
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     return app
 
