@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -23,3 +25,13 @@ def save_and_report(record: dict[str, Any]) -> Path:
     summary = {k: record[k] for k in ("benchmark", "figures", "passed")}
     print(json.dumps(summary))
     return dest
+
+
+def p50_ratio_interval(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[float]:
+    """Paired bootstrap 95% interval of p50(a) / p50(b) over timings taken side by side."""
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(2000):
+        rows = rng.integers(0, len(a), len(a))
+        ratios.append(np.median(a[rows]) / np.median(b[rows]))
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]

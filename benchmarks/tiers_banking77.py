@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _report import save_and_report
+from _report import p50_ratio_interval, save_and_report
 
 from smallfit.demo import demo_config
 from smallfit.pipeline import fit
@@ -31,16 +31,6 @@ TIERS = {  # tier -> (candidate name, accuracy share of the teacher's, p50 ratio
     "static": ("static", 0.95, 500.0, None),
     "linear": ("linear", None, None, None),
 }
-
-
-def _ratio_interval(teacher: np.ndarray, tier: np.ndarray, seed: int = 0) -> list[float]:
-    """Paired bootstrap 95% interval of p50(teacher) / p50(tier) over the timed queries."""
-    rng = np.random.default_rng(seed)
-    ratios = []
-    for _ in range(2000):
-        rows = rng.integers(0, len(teacher), len(teacher))
-        ratios.append(np.median(teacher[rows]) / np.median(tier[rows]))
-    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
 def main() -> int:
@@ -85,7 +75,7 @@ def main() -> int:
             f"{tier}_accuracy_vs_teacher": share,
             f"{tier}_p50_ms_interleaved": timed[name]["p50_ms"],
             f"{tier}_p50_speedup_interleaved": ratio,
-            f"{tier}_p50_speedup_ci95": _ratio_interval(samples["teacher"], samples[name]),
+            f"{tier}_p50_speedup_ci95": p50_ratio_interval(samples["teacher"], samples[name]),
             f"{tier}_size_ratio": size,
         }
         if acc_min is not None:

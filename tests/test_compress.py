@@ -156,3 +156,40 @@ def test_length_groups_bound_the_padding_and_keep_every_row_once() -> None:
     batch = np.array([9, 40, 10, 11, 38, 12, 9, 41])
     grouped = [sorted(batch[g].tolist()) for g in length_groups(batch, 32)]
     assert grouped == [[9, 9, 10, 11, 12], [38, 40, 41]]
+
+
+@pytest.mark.slow
+def test_a_fused_export_runs_the_fused_kernels_and_agrees(
+    snips_minilm: Path, snips_texts: list[str], tmp_path: Path
+) -> None:
+    import onnx
+
+    fused = compress(
+        snips_minilm,
+        [OnnxExport(fuse=True), OrtDynamicInt8()],
+        out_dir=tmp_path / "fused",
+        check_texts=snips_texts,
+    )
+    export = fused.lineage["compression"][0]["metrics"]
+    assert export["fused_operators"]["Attention"] == 6  # every layer's
+    assert export["fused_operators"]["EmbedLayerNormalization"] == 1
+    assert export["max_abs_logit_diff"] <= 1e-3 and export["max_abs_embedding_diff"] <= 1e-3
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "fused" / "model.onnx")).graph.node}
+    assert {"QAttention", "QEmbedLayerNormalization"} <= ops  # the fused kernels, quantized
+    plain = compress(
+        snips_minilm, [OnnxExport(), OrtDynamicInt8()], out_dir=tmp_path / "plain",
+        check_texts=snips_texts,
+    )  # fmt: skip
+    agree = fused.predict_proba(snips_texts).argmax(1) == plain.predict_proba(snips_texts).argmax(1)
+    assert agree.mean() >= 0.97
+
+
+def test_fusing_refuses_an_encoder_it_has_no_fusions_for(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from smallfit.compress.onnx_fusion import export_fused
+
+    mpnet = SimpleNamespace(config=SimpleNamespace(model_type="mpnet"))
+    with pytest.raises(SmallfitError, match=r"BERT-family encoders .* this one is a mpnet"):
+        export_fused(mpnet, None, None, tmp_path / "m.onnx", opset=18, outputs=["logits"])
+    assert parse_step("onnx:fuse=true") == OnnxExport(fuse=True)

@@ -62,7 +62,20 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
     graph = _logits_graph(model.module)
     out.mkdir(parents=True)
     sample = model.tokenize(texts[:4] if len(texts) > 1 else texts * 2)
-    export_graph(graph, sample, out / ONNX_FILE, opset=step.opset, outputs=GRAPH_OUTPUTS)
+    fusion: dict[str, Any] = {}
+    if step.fuse:
+        from smallfit.compress.onnx_fusion import export_fused
+
+        fusion = export_fused(
+            model.module.encoder,
+            graph,
+            sample,
+            out / ONNX_FILE,
+            opset=step.opset,
+            outputs=GRAPH_OUTPUTS,
+        )
+    else:
+        export_graph(graph, sample, out / ONNX_FILE, opset=step.opset, outputs=GRAPH_OUTPUTS)
     copy_tokenizer(model_dir, out)
     exported = OnnxClassifier(
         out,
@@ -97,4 +110,5 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
         "max_abs_embedding_diff": embed_diff,
         "argmax_agreement": agreement,
         "check_texts": len(check),
+        **fusion,
     }

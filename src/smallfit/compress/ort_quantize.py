@@ -61,6 +61,7 @@ def quantizable_dynamic(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
 def _int8_dynamic(
     step: OrtDynamicInt8, model_dir: Path, out: Path, ctx: StepContext
 ) -> dict[str, Any]:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if read_manifest(model_dir)["kind"] == "tagger-onnx":
@@ -76,6 +77,8 @@ def _int8_dynamic(
             per_channel=step.per_channel,
             nodes_to_quantize=only,
             nodes_to_exclude=exclude,
+            # a fused graph's contrib ops (Attention, ...) defeat shape inference: float it is
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
     granularity = "per-channel" if step.per_channel else "per-tensor"

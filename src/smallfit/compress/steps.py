@@ -36,6 +36,12 @@ class OnnxExport(_Step):
     """Largest allowed |logit difference| to PyTorch on the check texts; above it the step fails."""
     opset: int = Field(18, ge=17)
     """ONNX opset version."""
+    fuse: bool = False
+    """BERT-family encoders (MiniLM): export with eager attention through the TorchScript
+    exporter, whose graph ONNX Runtime's transformer optimizer fuses (Attention,
+    SkipLayerNormalization, EmbedLayerNormalization, BiasGelu), then check it like the plain
+    export. Measured on the Banking77 3-layer student, int8, batch 1, 1 thread: 1.15 ms fused
+    against 1.33 ms from the dynamo export (the dynamo graph's attention is not recognised)."""
 
 
 class OrtDynamicInt8(_Step):

@@ -39,9 +39,7 @@ class _Worker:
 
     def __init__(self, path: str, top_k: int, threads: int) -> None:
         self.answerer = load_answerer(path, top_k=top_k)
-        set_threads = getattr(self.answerer.model, "set_num_threads", None)
-        if set_threads is not None:
-            set_threads(threads)
+        self.answerer.model.set_num_threads(threads)  # classifiers and extractors have it
 
     def answer(self, texts: list[str]) -> list[dict[str, Any]]:
         return self.answerer.answer(texts)

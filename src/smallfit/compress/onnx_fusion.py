@@ -1,0 +1,72 @@
+"""``onnx:fuse=true``: a graph ONNX Runtime's fused transformer kernels run.
+
+The dynamo exporter's attention (scaled dot-product attention, decomposed) is a pattern ONNX
+Runtime's transformer optimizer does not recognise: on it the optimizer fuses only GELU and
+LayerNorm. The TorchScript exporter, with the encoder's attention switched to its eager
+implementation, gives the classic pattern, which the optimizer turns into ``Attention``,
+``SkipLayerNormalization``, ``EmbedLayerNormalization`` and ``BiasGelu`` kernels. The caller
+checks the result against PyTorch, as it checks every export.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from smallfit.compress.base import quiet
+from smallfit.errors import SmallfitError
+
+FUSABLE = {"bert": "bert"}
+"""Encoder model type -> the optimizer's model type (BERT's fusions: MiniLM is a BERT)."""
+
+
+def export_fused(
+    encoder: Any, graph: Any, sample: Any, dest: Path, *, opset: int, outputs: list[str]
+) -> dict[str, Any]:
+    """``graph`` (input_ids, attention_mask -> ``outputs``), whose encoder is ``encoder``,
+    exported and fused into ``dest``; the fused operators' counts."""
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = encoder.config
+    kind = FUSABLE.get(config.model_type)
+    if kind is None:
+        raise SmallfitError(
+            f"onnx:fuse=true applies to BERT-family encoders (MiniLM); this one is a "
+            f"{config.model_type}: export it without fuse"
+        )
+    encoder.set_attn_implementation("eager")
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    axes |= {name: {0: "batch"} for name in outputs}
+    with tempfile.TemporaryDirectory(prefix="smallfit-fuse-") as tmp:
+        raw = Path(tmp) / "unfused.onnx"
+        with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx"):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph,
+                (sample["input_ids"], sample["attention_mask"]),
+                str(raw),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input_ids", "attention_mask"],
+                output_names=outputs,
+                dynamic_axes=axes,
+            )
+        with warnings.catch_warnings(), quiet("onnxruntime", "root"):
+            warnings.simplefilter("ignore")
+            fused = optimize_model(
+                str(raw),
+                model_type=kind,
+                num_heads=config.num_attention_heads,
+                hidden_size=config.hidden_size,
+            )
+        counts = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
+        if counts.get("Attention", 0) < config.num_hidden_layers:
+            raise SmallfitError(
+                f"ONNX Runtime's optimizer fused attention in {counts.get('Attention', 0)} of "
+                f"{config.num_hidden_layers} layers (pruned heads?); export without fuse"
+            )
+        fused.save_model_to_file(str(dest))
+    return {"fused_operators": counts}
