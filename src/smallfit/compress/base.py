@@ -140,25 +140,36 @@ def quiet(*loggers: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-def export_graph(module: Any, sample: Any, dest: Path, *, opset: int, outputs: list[str]) -> None:
+def export_graph(
+    module: Any, sample: Any, dest: Path, *, opset: int, outputs: list[str], dynamo: bool = True
+) -> None:
     """``module`` (input_ids, attention_mask -> ``outputs``) written to ``dest`` by the dynamo
-    exporter, batch and sequence dynamic, traced on ``sample`` (a tokenized batch). The
-    exporter's own warnings and log lines (deprecations, optional torchvision ops) are not
-    actionable for a user; what matters is checked by the caller: parity with PyTorch."""
+    exporter (``dynamo=False``: the TorchScript one, whose graphs ONNX Runtime's optimizer can
+    fuse), batch and sequence dynamic, traced on ``sample`` (a tokenized batch). The exporter's
+    own warnings and log lines (deprecations, optional torchvision ops) are not actionable for a
+    user; what matters is checked by the caller: parity with PyTorch."""
     import torch
 
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    inputs = ["input_ids", "attention_mask"]
+    if dynamo:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+        dynamic: dict[str, Any] = {
+            "dynamic_shapes": {name: {0: batch, 1: seq} for name in inputs},
+            "external_data": False,
+        }
+    else:
+        axes = {name: {0: "batch", 1: "seq"} for name in inputs}
+        dynamic = {"dynamic_axes": axes | {name: {0: "batch"} for name in outputs}}
     with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx", "onnxscript"):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             (sample["input_ids"], sample["attention_mask"]),
             str(dest),
-            dynamo=True,
+            dynamo=dynamo,
             opset_version=opset,
-            input_names=["input_ids", "attention_mask"],
+            input_names=inputs,
             output_names=outputs,
-            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            external_data=False,
             verbose=False,
+            **dynamic,
         )

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from smallfit.compress.base import quiet
+from smallfit.compress.base import export_graph, quiet
 from smallfit.errors import SmallfitError
 
 FUSABLE = {"bert": "bert"}
@@ -27,7 +27,6 @@ def export_fused(
 ) -> dict[str, Any]:
     """``graph`` (input_ids, attention_mask -> ``outputs``), whose encoder is ``encoder``,
     exported and fused into ``dest``; the fused operators' counts."""
-    import torch
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = encoder.config
@@ -38,22 +37,9 @@ def export_fused(
             f"{config.model_type}: export it without fuse"
         )
     encoder.set_attn_implementation("eager")
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
-    axes |= {name: {0: "batch"} for name in outputs}
     with tempfile.TemporaryDirectory(prefix="smallfit-fuse-") as tmp:
         raw = Path(tmp) / "unfused.onnx"
-        with torch.inference_mode(), warnings.catch_warnings(), quiet("torch.onnx"):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                graph,
-                (sample["input_ids"], sample["attention_mask"]),
-                str(raw),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["input_ids", "attention_mask"],
-                output_names=outputs,
-                dynamic_axes=axes,
-            )
+        export_graph(graph, sample, raw, opset=opset, outputs=outputs, dynamo=False)
         with warnings.catch_warnings(), quiet("onnxruntime", "root"):
             warnings.simplefilter("ignore")
             fused = optimize_model(

@@ -10,7 +10,7 @@ import codecs
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,8 +178,30 @@ def json_record(raw: str, *, file: Path, line: int, required: Sequence[str]) -> 
 
 
 def _read_csv(file: Path, fields: _Fields) -> list[Row]:
-    reader = csv.reader(io.StringIO(_read_text(file), newline=""))
+    text = io.StringIO(_read_text(file), newline="")
+    records = csv_records(
+        text, file=file, names=fields.names, required=fields.required(), empty="no examples"
+    )
     rows: list[Row] = []
+    for number, (value, *label) in records:
+        rows.append(_example(value, label[0] if label else None, file, number, fields))
+    return rows
+
+
+def csv_records(
+    lines: Iterable[str],
+    *,
+    file: Path,
+    names: Sequence[str],
+    required: Sequence[str],
+    empty: str,
+) -> Iterator[tuple[int, list[str | None]]]:
+    """Each data row of a CSV file's ``lines``: its first physical line (the header is line 1)
+    and its values in the columns ``names`` (None where the header lacks one). Blank lines are
+    skipped. A ``required`` column missing from the header, a row of another width, malformed
+    CSV or text that is not UTF-8 is a :class:`DataError` naming the file and line; so is a
+    file with no header row (``empty`` says what else it lacks)."""
+    reader = csv.reader(lines)
     header: list[str] | None = None
     columns: list[int] = []
     end = 0  # last physical line consumed so far
@@ -190,7 +212,7 @@ def _read_csv(file: Path, fields: _Fields) -> list[Row]:
                 continue  # a blank line
             if header is None:
                 header = record
-                for name in fields.required():
+                for name in required:
                     if name not in header:
                         raise DataError(
                             f"missing column {name!r} in the header row; "
@@ -199,7 +221,7 @@ def _read_csv(file: Path, fields: _Fields) -> list[Row]:
                             line=number,
                             field=name,
                         )
-                columns = [header.index(n) if n in header else -1 for n in fields.names]
+                columns = [header.index(n) if n in header else -1 for n in names]
                 continue
             if len(record) != len(header):
                 raise DataError(
@@ -207,13 +229,13 @@ def _read_csv(file: Path, fields: _Fields) -> list[Row]:
                     file=file,
                     line=number,
                 )
-            label = record[columns[1]] if len(columns) > 1 and columns[1] >= 0 else None
-            rows.append(_example(record[columns[0]], label, file, number, fields))
+            yield number, [record[c] if c >= 0 else None for c in columns]
     except csv.Error as exc:
         raise DataError(f"malformed CSV ({exc})", file=file, line=reader.line_num) from exc
+    except UnicodeDecodeError as exc:
+        raise DataError("not valid UTF-8; save the file as UTF-8", file=file, line=end + 1) from exc
     if header is None:
-        raise DataError("empty file: no header row and no examples", file=file)
-    return rows
+        raise DataError(f"empty file: no header row and {empty}", file=file)
 
 
 def _read_parquet(file: Path, fields: _Fields) -> list[Row]:

@@ -9,13 +9,19 @@ field, raised when the reader reaches it: every row before it has been yielded.
 from __future__ import annotations
 
 import codecs
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smallfit.data.files import check_text, field_list, json_record, resolve_format, type_name
+from smallfit.data.files import (
+    check_text,
+    csv_records,
+    field_list,
+    json_record,
+    resolve_format,
+    type_name,
+)
 from smallfit.errors import DataError
 
 PARQUET_BATCH = 1024
@@ -108,44 +114,12 @@ def _jsonl(file: Path, text_field: str, id_field: str) -> Iterator[InputRow]:
 
 def _csv(file: Path, text_field: str, id_field: str) -> Iterator[InputRow]:
     with open(file, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        header: list[str] | None = None
-        text_at = id_at = -1
-        end = 0
-        try:
-            for record in reader:
-                number, end = end + 1, reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue
-                if header is None:
-                    header = record
-                    if text_field not in header:
-                        raise DataError(
-                            f"missing column {text_field!r} in the header row; the header "
-                            f"has {field_list(header)}",
-                            file=file,
-                            line=number,
-                            field=text_field,
-                        )
-                    text_at = header.index(text_field)
-                    id_at = header.index(id_field) if id_field in header else -1
-                    continue
-                if len(record) != len(header):
-                    raise DataError(
-                        f"malformed row: {len(record)} column(s), the header has {len(header)}",
-                        file=file,
-                        line=number,
-                    )
-                text = check_text(record[text_at], file=file, line=number, field=text_field)
-                yield InputRow(number, record[id_at] if id_at >= 0 else None, text)
-        except csv.Error as exc:
-            raise DataError(f"malformed CSV ({exc})", file=file, line=reader.line_num) from exc
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                "not valid UTF-8; save the file as UTF-8", file=file, line=end + 1
-            ) from exc
-    if header is None:
-        raise DataError("empty file: no header row", file=file)
+        records = csv_records(
+            handle, file=file, names=(text_field, id_field), required=(text_field,), empty="no rows"
+        )
+        for number, (value, ident) in records:
+            text = check_text(value, file=file, line=number, field=text_field)
+            yield InputRow(number, ident, text)
 
 
 def _parquet(file: Path, text_field: str, id_field: str) -> Iterator[InputRow]:

@@ -54,6 +54,17 @@ class Extraction:
     """Whether the model's answer parsed as the schema's JSON (a generative extractor's can
     fail to; it then has no fields)."""
 
+    def as_json(self, schema: FieldSchema, tier: str) -> dict[str, Any]:
+        """The answer as ``/v1/extract`` and ``smallfit predict`` give it: the fields as the
+        schema renders them, each field's confidence and the document's (6 places), and the
+        tier that answered."""
+        return {
+            "fields": schema.render(self.values),
+            "field_confidence": {k: round(v, 6) for k, v in self.field_confidence.items()},
+            "confidence": round(self.confidence, 6),
+            "tier": tier,
+        }
+
 
 def token_targets(
     offsets: Sequence[tuple[int, int]], spans: Sequence[Span], tags: list[str]

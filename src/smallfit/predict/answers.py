@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from smallfit.models.base import read_manifest
 from smallfit.models.loading import load_model
 from smallfit.route.cascade import Cascade
@@ -40,8 +38,9 @@ class Answerer:
         """Load the model now, so that a model that does not load fails before any output."""
         _ = self.model
 
-    @property
+    @functools.cached_property
     def task(self) -> str:
+        """``classify``, or ``extract`` for a field extractor (read once, not per batch)."""
         return str(read_manifest(self.path).get("task", "classify"))
 
     def answer(self, texts: Sequence[str]) -> list[dict[str, Any]]:
@@ -52,44 +51,22 @@ class Answerer:
 
     def _labels(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         cascade = Cascade.of(self.model, path=self.path)
-        decisions = cascade.decide(list(texts))
-        labels = cascade.labels
-        k = min(self.top_k, len(labels))
-        rows = []
-        for i, reached in enumerate(decisions.reached.tolist()):
-            confidence = round(float(decisions.confidence[i]), 6)
-            if decisions.abstained[i]:
-                label = cascade.abstain.label  # type: ignore[union-attr]
-                probs = {label: 1.0}
-                tier = cascade.tiers[reached].model.name
-            else:
-                p = decisions.probs[i]
-                top = np.argsort(-p, kind="stable")[:k]
-                label = labels[int(top[0])]
-                probs = {labels[int(j)]: round(float(p[j]), 6) for j in top}
-                tier = cascade.tiers[int(decisions.tier[i])].model.name
-            rows.append(
-                {
-                    "label": label,
-                    "confidence": confidence,
-                    "probs": probs,
-                    "tier": tier,
-                    "abstained": bool(decisions.abstained[i]),
-                    "fallback": bool(decisions.fallback[i]),
-                }
-            )
-        return rows
-
-    def _fields(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        schema = self.model.schema
         return [
             {
-                "fields": schema.render(a.values),
-                "field_confidence": {k: round(v, 6) for k, v in a.field_confidence.items()},
-                "confidence": round(a.confidence, 6),
-                "tier": a.tier or self.model.name,
-                "valid": a.valid,
+                "label": a.label,
+                "confidence": a.confidence,
+                "probs": a.probs,
+                "tier": cascade.tiers[a.tier].model.name,
+                "abstained": a.abstained,
+                "fallback": a.fallback,
             }
+            for a in cascade.answers(cascade.decide(list(texts)), self.top_k)
+        ]
+
+    def _fields(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        schema, name = self.model.schema, self.model.name
+        return [
+            {**a.as_json(schema, a.tier or name), "valid": a.valid}
             for a in self.model.extract(list(texts))
         ]
 

@@ -188,7 +188,7 @@ def predict_file(
     written = 0
     started = time.monotonic()
     rows = stream_rows(source, format=kind, text_field=text_field, id_field=id_field)
-    total = count_rows(source, kind)
+    total = count_rows(source, kind) if progress else None  # a pass over the file: bar only
     with (
         open(output, "ab") as out,
         tqdm(total=total, initial=resumed, unit="row", desc="predict", disable=not progress) as bar,

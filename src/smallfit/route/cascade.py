@@ -89,6 +89,20 @@ class Decisions:
     reached: np.ndarray
 
 
+@dataclass(frozen=True)
+class RowAnswer:
+    """One text's answer from a cascade's decisions, as the server and ``predict`` give it."""
+
+    label: str
+    probs: dict[str, float]
+    """The ``top_k`` most probable labels (rounded to 6 places); the abstain label alone, at 1."""
+    confidence: float
+    tier: int
+    """The tier that answered; for an abstention, the last tier the text reached."""
+    abstained: bool
+    fallback: bool
+
+
 @register_backend("cascade")
 class Cascade(BaseClassifier):
     """Tiers ordered cheapest first, routed by confidence; see :meth:`step`."""
@@ -245,6 +259,26 @@ class Cascade(BaseClassifier):
             self.walk(len(texts)),
             lambda index, rows: self._call(index, [texts[i] for i in rows]),
         )
+
+    def answers(self, decisions: Decisions, top_k: int) -> list[RowAnswer]:
+        """Each row of ``decisions`` as its answer: label, top-``top_k`` probabilities,
+        confidence and tier."""
+        k = min(top_k, len(self.labels))
+        out = []
+        for row, reached in enumerate(decisions.reached.tolist()):
+            confidence = round(float(decisions.confidence[row]), 6)
+            if decisions.abstained[row]:
+                label = self.abstain.label  # type: ignore[union-attr]
+                out.append(RowAnswer(label, {label: 1.0}, confidence, reached, True, False))
+                continue
+            p = decisions.probs[row]
+            top = np.argsort(-p, kind="stable")[:k]
+            probs = {self.labels[int(i)]: round(float(p[i]), 6) for i in top}
+            label, tier = self.labels[int(top[0])], int(decisions.tier[row])
+            out.append(
+                RowAnswer(label, probs, confidence, tier, False, bool(decisions.fallback[row]))
+            )
+        return out
 
     def decide_from(self, probs: Sequence[Raw]) -> Decisions:
         """The cascade's decisions from each tier's saved outputs (one per tier, a row per

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import hmac
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,15 +28,11 @@ from smallfit.serve.config import ServeConfig
 from smallfit.serve.engine import Engine, RequestFailed
 from smallfit.serve.errors import openai_error
 from smallfit.serve.extract import EXTRACT_PATH, add_extract_routes
-from smallfit.serve.fast import FastClassify
+from smallfit.serve.fast import CLASSIFY_PATH, ASGIApp, FastClassify, Scope, classify_payload
 from smallfit.serve.metrics import Metrics
 from smallfit.serve.tei import PREDICT_PATH, add_tei_routes
 from smallfit.serve.text import served_text
 from smallfit.serve.upstream import UpstreamClient, pass_through
-
-Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
-
 
 AdminCredentials = Annotated[
     HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))
@@ -240,7 +236,7 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
                 return passed
             metrics.requests.labels(status="400").inc()
             return validation_error(list(exc.errors()))
-        if request.url.path in ("/v1/classify", PREDICT_PATH, EXTRACT_PATH):
+        if request.url.path in (CLASSIFY_PATH, PREDICT_PATH, EXTRACT_PATH):
             metrics.requests.labels(status="422").inc()
         problems = [_problem(e, config) for e in exc.errors()]
         return JSONResponse({"detail": problems}, status_code=422)
@@ -254,18 +250,11 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         except RequestFailed as exc:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
         # built by hand, not re-validated against the response model (documentation only)
-        return JSONResponse(
-            {
-                "model": served.name,
-                "version": served.version,
-                "results": [a.to_dict() for a in answers],
-                "latency_ms": round(elapsed * 1000, 3),
-            }
-        )
+        return JSONResponse(classify_payload(served, answers, elapsed))
 
     classify.__annotations__["request"] = classify_body  # the per-server limits' schema
     app.post(
-        "/v1/classify",
+        CLASSIFY_PATH,
         response_model=ClassifyResponse,
         responses={**_REFUSED, 500: _error("the model failed on this request"), 503: _UNAVAILABLE},
     )(classify)

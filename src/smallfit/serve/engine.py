@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from smallfit.errors import SmallfitError
 from smallfit.evaluate.speed import cpu_threads_all
 from smallfit.models.base import MANIFEST, BaseClassifier, read_manifest
@@ -328,31 +326,20 @@ class Engine:
         """Each text's answer from the decisions; metrics and the escalation log."""
         cascade = served.cascade
         answers = []
-        for row, reached in enumerate(decisions.reached.tolist()):
-            latency = finished[reached]  # the last tier the text was sent to was done then
-            if decisions.abstained[row]:
-                label = cascade.abstain.label  # type: ignore[union-attr]
-                answer = Answer(
-                    label=label,
-                    probs={label: 1.0},
-                    confidence=float(decisions.confidence[row]),
-                    tier=cascade.tiers[reached].model.name,
-                    tier_index=reached,
-                    abstained=True,
-                    latency_ms=latency,
-                )
-            else:
-                at = int(decisions.tier[row])
-                answer = self._answer(
-                    cascade,
-                    decisions.probs[row],
-                    decisions.confidence[row],
-                    at,
-                    latency,
-                    fallback=bool(decisions.fallback[row]),
-                )
-                if at > 0 and not answer.fallback:
-                    self._log_escalation(texts[row], answer, served)
+        rows = cascade.answers(decisions, self.config.top_k)
+        for row, (got, reached) in enumerate(zip(rows, decisions.reached.tolist(), strict=True)):
+            answer = Answer(
+                label=got.label,
+                probs=got.probs,
+                confidence=got.confidence,
+                tier=cascade.tiers[got.tier].model.name,
+                tier_index=got.tier,
+                abstained=got.abstained,
+                fallback=got.fallback,
+                latency_ms=finished[reached],  # the last tier the text was sent to was done then
+            )
+            if got.tier > 0 and not (got.fallback or got.abstained):
+                self._log_escalation(texts[row], answer, served)
             answers.append(answer)
         for index, tier in enumerate(cascade.tiers[:-1]):
             passed = int((decisions.reached > index).sum())
@@ -399,28 +386,6 @@ class Engine:
             for a in answers
         )
         self.append_line(Path(self.config.traffic_log), lines)
-
-    def _answer(
-        self,
-        cascade: Cascade,
-        probs: np.ndarray,
-        confidence: float,
-        index: int,
-        latency_ms: float,
-        *,
-        fallback: bool = False,
-    ) -> Answer:
-        k = min(self.config.top_k, len(cascade.labels))
-        top = np.argsort(-probs, kind="stable")[:k]
-        return Answer(
-            label=cascade.labels[int(top[0])],
-            probs={cascade.labels[int(i)]: round(float(probs[i]), 6) for i in top},
-            confidence=round(float(confidence), 6),
-            tier=cascade.tiers[index].model.name,
-            tier_index=index,
-            fallback=fallback,
-            latency_ms=latency_ms,
-        )
 
     def _log_escalation(self, text: str, answer: Answer, served: Served) -> None:
         """Append the escalated query with the answering tier's label (a training row)."""

@@ -69,13 +69,8 @@ async def extract_texts(engine: Engine, texts: list[str]) -> tuple[Served, list[
 
 def render(answer: Any, schema: Any, tier: str) -> dict[str, Any]:
     """One ``Extraction`` as the route's JSON."""
-    return {
-        "fields": schema.render(answer.values),
-        "spans": [{"start": s.start, "end": s.end, "field": s.field} for s in answer.spans],
-        "field_confidence": {k: round(v, 6) for k, v in answer.field_confidence.items()},
-        "confidence": round(answer.confidence, 6),
-        "tier": tier,
-    }
+    spans = [{"start": s.start, "end": s.end, "field": s.field} for s in answer.spans]
+    return {**answer.as_json(schema, tier), "spans": spans}
 
 
 def add_extract_routes(app: FastAPI, engine: Engine, *, body: Any, refused: Any) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from smallfit.serve.config import ServeConfig
-from smallfit.serve.engine import Engine, RequestFailed
+from smallfit.serve.engine import Answer, Engine, RequestFailed, Served
 from smallfit.serve.text import NOT_BLANK
 
 Scope = dict[str, Any]
@@ -101,12 +101,17 @@ class FastClassify:
             served, answers, elapsed = await self.engine.answer(texts)
         except RequestFailed as exc:
             return exc.status, {"detail": str(exc)}
-        return 200, {
-            "model": served.name,
-            "version": served.version,
-            "results": [a.to_dict() for a in answers],
-            "latency_ms": round(elapsed * 1000, 3),
-        }
+        return 200, classify_payload(served, answers, elapsed)
+
+
+def classify_payload(served: Served, answers: list[Answer], elapsed: float) -> dict[str, Any]:
+    """The body of a ``/v1/classify`` answer, whichever path answered it."""
+    return {
+        "model": served.name,
+        "version": served.version,
+        "results": [a.to_dict() for a in answers],
+        "latency_ms": round(elapsed * 1000, 3),
+    }
 
 
 def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[dict[str, Any]]]:
