@@ -95,6 +95,18 @@ def llama_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[str]:
+    """Ray on this machine (2 CPUs), started and stopped by the test module; the address
+    another process joins it at."""
+    ray = pytest.importorskip("ray")  # .ci/run installs it (the dev extra): never skipped there
+    context = ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
+    yield str(context.address_info["gcs_address"])
+    ray.shutdown()
+
+
 @pytest.fixture
 def llm_env(monkeypatch: pytest.MonkeyPatch) -> str:
     """The API key in the environment, as OPENAI_API_KEY; returns the variable's name."""

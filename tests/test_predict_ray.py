@@ -21,14 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """Ray on this machine (2 CPUs), started and stopped by the test module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def source(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines = (snips_slice / "test.jsonl").read_text("utf-8").splitlines()
     out = tmp_path_factory.mktemp("ray-in") / "in.jsonl"
@@ -38,7 +30,7 @@ def source(snips_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_ray_writes_the_local_paths_file_row_for_row(
-    local_ray: None, snips_linear: Path, source: Path, tmp_path: Path
+    local_ray: str, snips_linear: Path, source: Path, tmp_path: Path
 ) -> None:
     from smallfit.predict.ray_engine import ray_engine
 
@@ -53,7 +45,7 @@ def test_ray_writes_the_local_paths_file_row_for_row(
 
 
 def test_a_worker_killed_mid_job_loses_and_repeats_no_row(
-    local_ray: None, snips_linear: Path, source: Path, tmp_path: Path
+    local_ray: str, snips_linear: Path, source: Path, tmp_path: Path
 ) -> None:
     from smallfit.predict.ray_engine import ray_engine
 
@@ -82,7 +74,7 @@ def test_a_worker_killed_mid_job_loses_and_repeats_no_row(
 
 
 def test_a_bad_row_through_ray_keeps_every_row_before_it(
-    local_ray: None, snips_linear: Path, source: Path, tmp_path: Path
+    local_ray: str, snips_linear: Path, source: Path, tmp_path: Path
 ) -> None:
     from smallfit.predict.ray_engine import ray_engine
 

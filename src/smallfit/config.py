@@ -26,6 +26,7 @@ from smallfit.distill.config import (
     TaggerStudent,
     TransformerStudent,
 )
+from smallfit.engine.config import EngineConfig
 from smallfit.errors import ConfigError
 from smallfit.evaluate.config import EvalConfig
 from smallfit.llm.prompt import DEFAULT_INSTRUCTION
@@ -132,6 +133,9 @@ class FitConfig(Strict):
     teacher); a route section with a gold teacher must name its `tiers`."""
     report: ReportConfig = ReportConfig()
     """Prices and volumes of the report's cost section."""
+    engine: EngineConfig = EngineConfig()
+    """Where an LLM teacher's labelling runs: `kind: local` (this process) or `kind: ray`
+    (its requests spread over Ray workers; see `smallfit label --engine ray`)."""
 
     @field_validator("students")
     @classmethod

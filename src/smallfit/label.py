@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from smallfit.config import format_validation_error, read_yaml_mapping
 from smallfit.data import read_split
+from smallfit.engine.config import EngineConfig
 from smallfit.errors import ConfigError, SmallfitError
 from smallfit.llm.labeller import PRICES_FROM_CACHE, PRICES_UNKNOWN, LabelReport
 from smallfit.llm.prompt import draw_examples
@@ -106,8 +107,10 @@ def label_file(
     cache: Path | None = None,
     out: Path,
     progress: bool = True,
+    engine: EngineConfig | None = None,
 ) -> LabelResult:
-    """Label ``data_file`` into ``out`` (JSONL); see the module docstring."""
+    """Label ``data_file`` into ``out`` (JSONL); see the module docstring. ``engine``:
+    where the requests run (``kind: ray`` spreads them over Ray workers)."""
     from smallfit.teach import llm_classifier
 
     config = teacher_config(teacher_file, overrides or {})
@@ -127,8 +130,10 @@ def label_file(
     model = llm_classifier(
         config, labels, examples=examples, name="llm", cache=cache or out.with_suffix(".sqlite")
     )
+    if engine is not None:
+        model.use_engine(engine)
     try:
-        answers, report = model.labeller.label(texts, progress=progress)
+        answers, report = model.labelled(texts, progress=progress, spread=True)
         cost = model.cost_per_1m_queries()
         prices, prices_source = model.labeller.prices, model.labeller.prices_source
     finally:

@@ -151,13 +151,15 @@ class _Run:
         key = hash_json({"teacher": teacher, "data": self.data_key})
         self.keys[TEACHER] = key
         if self.stages.fresh(TEACHER, key, out):
-            return self.task.load_model(out)
-        started = time.monotonic()
-        self._log_schedule(TEACHER, self.config.teacher)
-        shutil.rmtree(out, ignore_errors=True)
-        self.stages.claim_work_dir(out, key)
-        model = self.task.build_teacher(self.config, self.dataset, out, self.progress)
-        self.stages.finish(TEACHER, key, started)
+            model = self.task.load_model(out)
+        else:
+            started = time.monotonic()
+            self._log_schedule(TEACHER, self.config.teacher)
+            shutil.rmtree(out, ignore_errors=True)
+            self.stages.claim_work_dir(out, key)
+            model = self.task.build_teacher(self.config, self.dataset, out, self.progress)
+            self.stages.finish(TEACHER, key, started)
+        model.use_engine(self.config.engine)  # where its bulk labelling runs
         return model
 
     def _log_schedule(self, name: str, config: TeacherBase | StudentBase) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from smallfit.cli.batch import predict
-from smallfit.cli.common import progress_wanted
+from smallfit.cli.common import engine_config, engine_options, progress_wanted
 from smallfit.cli.traffic import capture, serve, task
 from smallfit.compress.steps import cli_help
 
@@ -295,6 +295,10 @@ EXIT_BUDGET = 3
     help="SQLite answer cache and ledger [OUT with .sqlite]; a rerun sends nothing twice.",
 )
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Labels (JSONL).")
+@engine_options(
+    "the requests spread over Ray workers, the cache and ledger kept here",
+    "Ray workers, each with --concurrency requests in flight [one per machine].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def label(
     data_file: Path,
@@ -305,6 +309,9 @@ def label(
     limit: int | None,
     cache: Path | None,
     out: Path,
+    engine: str,
+    workers: int | None,
+    ray_address: str | None,
     quiet: bool,
     **overrides: Any,
 ) -> None:
@@ -313,9 +320,11 @@ def label(
     Resumable (every answer is cached as it arrives), concurrent, retried on 429/5xx/timeouts,
     within a money and token budget, with a per-request ledger. The server, key and model are
     checked before the first paid call. Exit code 3: stopped by the budget (what was done is
-    written)."""
+    written). With --engine ray the requests run on Ray workers; an unreachable cluster is
+    refused before any paid request."""
     from smallfit.label import label_file
 
+    spread = engine_config(engine, workers, ray_address)
     result = label_file(
         data_file,
         teacher_file=teacher_file,
@@ -327,6 +336,7 @@ def label(
         cache=cache,
         out=out,
         progress=progress_wanted(quiet),
+        engine=spread,
     )
     for line in result.lines:
         click.echo(line)

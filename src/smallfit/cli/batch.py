@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from smallfit.cli.common import progress_wanted
+from smallfit.cli.common import engine_config, engine_options, progress_wanted
 
 
 @click.command()
@@ -30,15 +30,7 @@ from smallfit.cli.common import progress_wanted
 )
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Rows per batch.")
 @click.option("--top-k", type=int, default=3, show_default=True, help="Probabilities per row.")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="local: this process; ray: Ray actors, one model copy each.",
-)
-@click.option("--workers", type=int, help="Ray actors [one per CPU of the cluster].")
-@click.option("--ray-address", help="A running Ray cluster (e.g. 10.0.0.5:6379) [start one here].")
+@engine_options("Ray actors, one model copy each", "Ray actors [one per CPU of the cluster].")
 @click.option("--overwrite", is_flag=True, help="Start over instead of continuing the output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict(
@@ -68,10 +60,7 @@ def predict(
 
     if top_k < 1:
         raise SmallfitError(f"--top-k must be at least 1, not {top_k}")
-    if workers is not None and workers < 1:
-        raise SmallfitError(f"--workers must be at least 1, not {workers}")
-    if engine == "local" and (workers is not None or ray_address is not None):
-        raise SmallfitError("--workers and --ray-address go with --engine ray")
+    engine_config(engine, workers, ray_address)  # checked before the model loads
     answerer = load_answerer(model_or_run, top_k=top_k)
     click.echo(f"predicting with {answerer.path} ({engine})", err=True)
     with contextlib.ExitStack() as stack:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -113,8 +113,21 @@ class Answer:
     status: str
 
 
+class Asking(Protocol):
+    """Where a labeller's requests run when not in its own threads (Ray workers): each
+    :meth:`submit` runs :meth:`Labeller.ask` for one text somewhere, the ledger rows of its
+    attempts written to this labeller's store before each is sent."""
+
+    workers: int
+
+    def submit(self, key: str, text: str) -> Future[StoredAnswer | None]: ...
+
+
 class Labeller:
-    """Answers texts with one LLM endpoint and prompt, through one store."""
+    """Answers texts with one LLM endpoint and prompt, through one store.
+
+    ``asking`` (None: this process's threads) spreads the requests over workers; the
+    scheduling (cache, dedup, budget) and the answer store stay here, in one place."""
 
     def __init__(
         self,
@@ -133,6 +146,7 @@ class Labeller:
         self.budget = budget
         self.concurrency = concurrency
         self._client: Any = None
+        self.asking: Asking | None = None
         self._checked = False
         self._lock = threading.Lock()
         self._style_fact = f"response_format:{endpoint.base_url}:{endpoint.model}"
@@ -192,7 +206,7 @@ class Labeller:
 
     # ------------------------------------------------------------------ one text
 
-    def _ask(self, key: str, text: str) -> StoredAnswer | None:
+    def ask(self, key: str, text: str) -> StoredAnswer | None:
         """Every request one text needs; None when they failed after retries."""
         prompt = self.prompt
         rng = random.Random(f"{prompt.seed}:{key}")
@@ -247,6 +261,11 @@ class Labeller:
             cost=self.prices.cost,
             rng=rng,
         )
+
+    def _learn_style(self) -> None:
+        known = self.store.fact(self._style_fact)
+        if known in FORMAT_STYLES:
+            self.format_style, self.style_known = known, True
 
     def _interpret(self, replies: list[Reply]) -> StoredAnswer:
         label, status, probs = self.prompt.interpret(replies)
@@ -309,22 +328,25 @@ class Labeller:
         if todo:
             self.check()
         fatal: FatalAPIError | None = None
+        asking = self.asking
+        capacity = self.concurrency * (asking.workers if asking else 1)
         with (
-            ThreadPoolExecutor(self.concurrency, thread_name_prefix="llm") as pool,
+            ThreadPoolExecutor(1 if asking else self.concurrency, thread_name_prefix="llm") as pool,
             tqdm(total=len(todo), desc=desc, unit="text", disable=not progress) as bar,
         ):
             pending: dict[Future[StoredAnswer | None], str] = {}
+            submit = asking.submit if asking else (lambda k, t: pool.submit(self.ask, k, t))
             queue = list(reversed(todo))
             while queue or pending:
                 # until the server has taken a response format, one request at a time
-                room = self.concurrency if self.style_known else 1
+                room = capacity if self.style_known else 1
                 while queue and len(pending) < room and fatal is None:
                     stop = self._room(len(pending), self._mean_request())
                     if stop:
                         report.stopped = stop
                         break
                     key = queue.pop()
-                    pending[pool.submit(self._ask, key, first[key])] = key
+                    pending[submit(key, first[key])] = key
                 if report.stopped or fatal is not None:
                     report.not_sent = len(queue)
                     queue = []
@@ -353,6 +375,8 @@ class Labeller:
                         report.answered += 1
                         report.unparseable += answer.label is None
                     bar.update(1)
+                if not self.style_known:  # a worker may have found it (it is in the store)
+                    self._learn_style()
                 if progress:
                     bar.set_postfix_str(f"${self.store.totals()['cost_usd']:.4f}")
         report.seconds = round(time.monotonic() - started, 2)

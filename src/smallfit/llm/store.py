@@ -93,7 +93,10 @@ class StoredAnswer:
 class Store:
     """The SQLite answer cache and request ledger (thread-safe; one connection, one lock)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, recover: bool = True) -> None:
+        """Open (or create) the store at ``path``. ``recover`` marks the attempts a dead
+        process left ``sent`` as interrupted: off for a second connection opened while this
+        process's own requests may be in flight (the Ray engine's ledger)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -106,7 +109,7 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise SmallfitError(f"{self.path}: not a usable answer cache ({exc})") from exc
         self.lock = threading.Lock()
-        self.interrupted = self._mark_interrupted()
+        self.interrupted = self._mark_interrupted() if recover else 0
 
     def close(self) -> None:
         self.db.close()
@@ -171,6 +174,13 @@ class Store:
                 raise
 
     def _estimate_unseen(self, key: str) -> None:
+        # an attempt of this key still ``sent`` now its answer is in was cut off: a worker
+        # killed mid-request (this process asks each key in one thread, attempt after attempt)
+        self.db.execute(
+            "UPDATE requests SET status='interrupted', error='worker stopped mid-request' "
+            "WHERE key=? AND status='sent'",
+            (key,),
+        )
         row = self.db.execute(
             "SELECT prompt_tokens, completion_tokens, cost_usd FROM requests "
             "WHERE key=? AND status='ok' ORDER BY id DESC LIMIT 1",

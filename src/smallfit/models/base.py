@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from smallfit.engine.config import EngineConfig
 from smallfit.errors import SmallfitError
 
 MANIFEST = "smallfit.json"
@@ -128,6 +129,11 @@ class BaseClassifier(ABC):
     def set_num_threads(self, threads: int) -> None:
         """Size a compute pool the model keeps of its own (ONNX Runtime's); nothing here:
         torch and BLAS pools are sized by :func:`smallfit.evaluate.speed.limit_threads`."""
+        return None  # a neutral default, not an abstract method
+
+    def use_engine(self, engine: EngineConfig) -> None:
+        """Where the model's bulk labelling runs (an API model's requests can spread over
+        Ray); nothing here: a local model labels in this process."""
         return None  # a neutral default, not an abstract method
 
     def measured_speed(self) -> dict[str, Any] | None:

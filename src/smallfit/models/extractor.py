@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smallfit.engine.config import EngineConfig
 from smallfit.errors import SmallfitError
 from smallfit.fields import FieldSchema
 from smallfit.models.base import MANIFEST_FORMAT, ModelInfo, model_info, read_manifest
@@ -58,6 +59,11 @@ class BaseExtractor(ABC):
 
     @abstractmethod
     def set_num_threads(self, threads: int) -> None: ...
+
+    def use_engine(self, engine: EngineConfig) -> None:
+        """Where the model's bulk labelling runs; nothing here (an API model's requests can
+        spread over Ray)."""
+        return None  # a neutral default, not an abstract method
 
     def answer(self, texts: Sequence[str]) -> list[Extraction]:
         return self.extract(texts)

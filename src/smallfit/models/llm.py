@@ -33,8 +33,7 @@ class LLMClassifier(ApiModel, BaseClassifier):
         self.unanswered_texts: set[str] = set()
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        answers, report = self.labeller.label(list(texts), progress=False)
-        self.last_report = report
+        answers, report = self.labelled(texts, progress=False)
         if report.stopped:
             raise self.stopped_error(report, self.name)
         out = np.full((len(texts), len(self.labels)), 1.0 / len(self.labels), dtype=np.float32)
@@ -52,8 +51,8 @@ class LLMClassifier(ApiModel, BaseClassifier):
     def label_texts(self, texts: list[str], *, progress: bool) -> np.ndarray | None:
         """Through the labeller (cached per text, resumable, budgeted): NaN rows for texts
         with no answer; a budget stop raises, every answer so far kept."""
-        answers, report = self.labeller.label(
-            texts, progress=progress, desc="teacher (LLM) labelling"
+        answers, report = self.labelled(
+            texts, progress=progress, desc="teacher (LLM) labelling", spread=True
         )
         if report.stopped:
             raise self.stopped_error(report, "teacher labelling")

@@ -12,18 +12,20 @@ twice. The store is ``cache`` in the manifest (relative to the model directory),
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from smallfit.engine.config import EngineConfig
 from smallfit.errors import SmallfitError
 from smallfit.llm.client import Endpoint
 from smallfit.llm.labeller import (
     PRICES_FROM_CACHE,
     PRICES_UNKNOWN,
+    Answer,
     Budget,
     Labeller,
     LabelReport,
@@ -71,6 +73,7 @@ class ApiModel:
         self.last_report: LabelReport | None = None
         self._labeller: Labeller | None = None
         self._home: Path | None = None
+        self.engine: EngineConfig | None = None
 
     @property
     def store_path(self) -> Path:
@@ -92,6 +95,27 @@ class ApiModel:
                 concurrency=self.concurrency,
             )
         return self._labeller
+
+    def use_engine(self, engine: EngineConfig) -> None:
+        """Label over ``engine`` (``engine: ray`` spreads the requests over Ray workers)."""
+        self.engine = engine
+
+    def labelled(
+        self,
+        texts: Sequence[str],
+        *,
+        progress: bool,
+        desc: str = "LLM labelling",
+        spread: bool = False,
+    ) -> tuple[list[Answer | None], LabelReport]:
+        """The labeller's answers for ``texts``: over the engine when ``spread`` (bulk
+        labelling), in this process otherwise (a cascade tier's few texts)."""
+        from smallfit.llm.ray_askers import engine_asking
+
+        with engine_asking(self.labeller, self.engine if spread else None) as labeller:
+            answers, report = labeller.label(list(texts), progress=progress, desc=desc)
+        self.last_report = report
+        return answers, report
 
     def close(self) -> None:
         """Close the HTTP connections and the answer store (reopened on next use)."""

@@ -45,20 +45,25 @@ class LLMExtractor(ApiModel, BaseExtractor):
         ``failed`` (no answer after retries)."""
 
     def extract(
-        self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        progress: bool = False,
+        spread: bool = False,
     ) -> list[Extraction]:
-        """Each text's fields; a budget stop raises (every answer so far is kept)."""
-        answers, report = self.labeller.label(
-            list(texts), progress=progress, desc=f"{self.name} (LLM) extracting"
+        """Each text's fields; a budget stop raises (every answer so far is kept).
+        ``spread``: over the engine set by :meth:`use_engine` (teacher labelling)."""
+        answers, report = self.labelled(
+            texts, progress=progress, desc=f"{self.name} (LLM) extracting", spread=spread
         )
-        self.last_report = report
         if report.stopped:
             raise self.stopped_error(report, f"{self.name}: extracting")
         return [self._extraction(text, a) for text, a in zip(texts, answers, strict=True)]
 
     def label_texts(self, texts: Sequence[str], *, progress: bool) -> list[Extraction]:
         """Through the labeller, which has its own progress bar and cache."""
-        return self.extract(texts, progress=progress)
+        return self.extract(texts, progress=progress, spread=True)
 
     def _extraction(self, text: str, answer: Answer | None) -> Extraction:
         if answer is None or answer.label is None:

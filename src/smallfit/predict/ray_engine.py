@@ -22,16 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from smallfit.data.stream import InputRow
+from smallfit.engine.cluster import cluster_cpus, start_ray
 from smallfit.errors import DataError, SmallfitError
 from smallfit.predict.answers import load_answerer
 from smallfit.predict.file import Answered, BatchEngine
 
 IN_FLIGHT_PER_WORKER = 2
 ACTOR_RESTARTS = 2
-
-
-class RayUnavailable(SmallfitError):
-    """Ray is not installed, or the cluster given cannot be reached."""
 
 
 class _Worker:
@@ -48,53 +45,6 @@ class _Worker:
         return os.getpid()
 
 
-def start_ray(address: str | None, *, num_cpus: int | None = None) -> tuple[Any, bool]:
-    """Connect to the Ray cluster at ``address``, or start one on this machine (``None``),
-    unless this process is already connected; the ``ray`` module, and whether this call started
-    it. A missing package or an unreachable cluster is a :class:`RayUnavailable` in one line."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise RayUnavailable(
-            "the ray engine needs Ray: pip install 'smallfit[ray]' (or ray==2.60.0)"
-        ) from exc
-    if ray.is_initialized():
-        return ray, False
-    options: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "configure_logging": False,
-    }
-    if address is None:
-        options["num_cpus"] = num_cpus
-    else:
-        _probe(address)
-    try:
-        ray.init(address=address, **options)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    return ray, True
-
-
-PROBE_TIMEOUT_S = 5.0
-
-
-def _probe(address: str) -> None:
-    """Fail fast on a cluster address nothing listens at: Ray itself keeps retrying for
-    minutes. ``auto`` and addresses without a port are left to Ray."""
-    import socket
-
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        raise RayUnavailable(
-            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}"
-        ) from None
-
-
 @contextlib.contextmanager
 def ray_engine(
     model_path: str | Path,
@@ -109,7 +59,7 @@ def ray_engine(
     ray, started_here = start_ray(address, num_cpus=workers)
     actors: list[Any] = []
     try:
-        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
+        count = workers or max(1, cluster_cpus(ray) // threads_per_worker)
         actor = ray.remote(
             num_cpus=threads_per_worker,
             max_restarts=ACTOR_RESTARTS,
