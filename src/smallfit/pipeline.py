@@ -33,6 +33,13 @@ from smallfit.run.records import (
 from smallfit.run.store import Run
 from smallfit.tasks import Labels, Task, task_of
 from smallfit.teach.config import TeacherBase
+from smallfit.train.distributed import (
+    is_main,
+    main_first,
+    share_from_main,
+    wait_for_everyone,
+    world_size,
+)
 
 if TYPE_CHECKING:
     from smallfit.route.stage import Routed
@@ -150,16 +157,51 @@ class _Run:
         teacher = self.config.teacher.identity(self.config.task)
         key = hash_json({"teacher": teacher, "data": self.data_key})
         self.keys[TEACHER] = key
-        if self.stages.fresh(TEACHER, key, out):
+        fresh = self.stages.fresh(TEACHER, key, out)
+        wait_for_everyone()  # every process has looked before the first one writes
+        if fresh:
             model = self.task.load_model(out)
-        else:
-            started = time.monotonic()
-            self._log_schedule(TEACHER, self.config.teacher)
+        elif self.config.teacher.distributed or world_size() == 1:
+            model = self._build(TEACHER, self.config.teacher, key, out, self._teacher_build)
+        else:  # the first process builds it, the others load what it saved
+            with main_first():
+                if is_main():
+                    model = self._build(
+                        TEACHER, self.config.teacher, key, out, self._teacher_build, alone=True
+                    )
+            if not is_main():
+                model = self.task.load_model(out)
+        model.use_engine(self.config.engine)  # where its bulk labelling runs
+        return model
+
+    def _teacher_build(self, out: Path) -> Any:
+        return self.task.build_teacher(self.config, self.dataset, out, self.progress)
+
+    def _build(
+        self,
+        name: str,
+        config: TeacherBase | StudentBase,
+        key: str,
+        out: Path,
+        build: Callable[[Path], Any],
+        *,
+        alone: bool = False,
+    ) -> Any:
+        """Build a stage's model into ``out`` and record the stage. Under a distributed launch,
+        the first process clears and records, and every process trains together (``alone``:
+        the first process only, the others not waiting here)."""
+        started = time.monotonic()
+        if is_main():
+            self._log_schedule(name, config)
             shutil.rmtree(out, ignore_errors=True)
             self.stages.claim_work_dir(out, key)
-            model = self.task.build_teacher(self.config, self.dataset, out, self.progress)
-            self.stages.finish(TEACHER, key, started)
-        model.use_engine(self.config.engine)  # where its bulk labelling runs
+        if not alone:
+            wait_for_everyone()
+        model = build(out)
+        if is_main():
+            self.stages.finish(name, key, started)
+        if not alone:
+            wait_for_everyone()
         return model
 
     def _log_schedule(self, name: str, config: TeacherBase | StudentBase) -> None:
@@ -173,19 +215,22 @@ class _Run:
         return self.task.label(self, teacher)
 
     def students(self, labels: Labels) -> None:
-        """Distil (or reuse) every student."""
+        """Distil (or reuse) every student. Under a distributed launch, every process trains
+        the students whose training spreads (Trainer's), the first one alone the others."""
         for student in self.config.students:
             out = self.run.model(student.name)
             key = hash_json({"student": student.model_dump(mode="json"), "labels": labels.key})
             self.keys[student.name] = key
-            if self.stages.fresh(stage("student", student.name), key, out):
+            name = stage("student", student.name)
+            fresh = self.stages.fresh(name, key, out)
+            wait_for_everyone()  # every process has looked before the first one writes
+            if fresh or not (student.distributed or is_main()):
                 continue
-            started = time.monotonic()
-            self._log_schedule(stage("student", student.name), student)
-            shutil.rmtree(out, ignore_errors=True)
-            self.stages.claim_work_dir(out, key)
-            self.task.distill(student, self.dataset, labels, out, self.progress)
-            self.stages.finish(stage("student", student.name), key, started)
+
+            def train(out: Path, student: StudentBase = student) -> None:
+                self.task.distill(student, self.dataset, labels, out, self.progress)
+
+            self._build(name, student, key, out, train, alone=not student.distributed)
 
     def evaluate(self, name: str) -> CandidateResult:
         """Measure (or reuse) one candidate; the teacher must come first, so the others can be
@@ -315,6 +360,51 @@ class _Run:
         return routed
 
 
+def _through_students(
+    config: FitConfig, *, progress: bool, log: Callable[[str], None]
+) -> tuple[Run, _Run, Any, Labels]:
+    """The chain up to the trained students: data, teacher, labels, students. Under a
+    distributed launch the first process writes the records and the data's summary, the others
+    log nothing, and the labels are the first process's (the others find them cached)."""
+    if not is_main():
+        log = _silent
+    store = Run(config.run_dir)
+    task = task_of(config)
+    dataset = task.load_data(config)
+    data_key = task.data_key(dataset)
+    with main_first():
+        if is_main():
+            store.start(dump_fit_config(config))
+            log(task.write_data(store, dataset, data_key, config))
+    run = _Run(config, dataset, _Stages(store.root, log), progress, log, data_key, task)
+    teacher = run.teacher()
+    # the first process labels (and may leave out texts the teacher gave no answer for); the
+    # others take its labels and its dataset
+    labels = run.labels(teacher) if is_main() else None
+    labels, run.dataset = share_from_main((labels, run.dataset))
+    if labels is None:  # the first process always has them
+        raise SmallfitError("no labels came from the first process")
+    run.students(labels)
+    return store, run, teacher, labels
+
+
+def _silent(message: str) -> None:
+    """The log of a process that is not the first of a distributed launch."""
+
+
+@routed(lambda config, **_: RunDir(config.run_dir).log_file)  # library output: the run's log
+def distill(
+    config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
+) -> list[str]:
+    """The chain up to the trained students and no further, on one process or on every
+    process of an ``accelerate launch`` (the students Trainer trains spread over them); a
+    ``fit`` of the same config then reuses all of it. The stages this call ran."""
+    _, run, teacher, _ = _through_students(config, progress=progress, log=log)
+    if teacher is not None:
+        teacher.close()
+    return run.stages.ran
+
+
 @routed(lambda config, **_: RunDir(config.run_dir).log_file)  # library output: the run's log
 def fit(
     config: FitConfig, *, progress: bool = True, log: Callable[[str], None] = print
@@ -324,18 +414,13 @@ def fit(
     from smallfit.route.stage import clears, recommend
     from smallfit.select import format_table, select, selection_json
 
+    if world_size() > 1:
+        raise SmallfitError(
+            "fit runs on one process: under accelerate launch (or torchrun), run `smallfit "
+            "distill`, which trains the students on every process, then `smallfit fit` alone"
+        )
     started = time.monotonic()
-    store = Run(config.run_dir)
-    store.start(dump_fit_config(config))
-    task = task_of(config)
-    dataset = task.load_data(config)
-    data_key = task.data_key(dataset)
-    log(task.write_data(store, dataset, data_key, config))
-    run = _Run(config, dataset, _Stages(store.root, log), progress, log, data_key, task)
-
-    teacher = run.teacher()
-    labels = run.labels(teacher)
-    run.students(labels)
+    store, run, teacher, labels = _through_students(config, progress=progress, log=log)
     if teacher is not None:
         teacher.close()  # an API teacher's connections
     del teacher  # free its memory before the measurements

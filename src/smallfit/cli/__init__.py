@@ -13,6 +13,7 @@ import click
 from smallfit.cli.batch import predict
 from smallfit.cli.common import engine_config, engine_options, progress_wanted
 from smallfit.cli.traffic import capture, serve, task
+from smallfit.cli.training import distill
 from smallfit.compress.steps import cli_help
 
 EXIT_USER_ERROR = 2
@@ -474,3 +475,4 @@ main.add_command(serve)
 main.add_command(capture)
 main.add_command(task)
 main.add_command(predict)
+main.add_command(distill)

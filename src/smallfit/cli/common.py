@@ -20,15 +20,18 @@ def progress_wanted(quiet: bool) -> bool:
     return (not quiet and sys.stderr.isatty()) or os.environ.get("SMALLFIT_PROGRESS") == "1"
 
 
-def engine_options(help_ray: str, help_workers: str) -> Callable[[F], F]:
-    """``--engine local|ray``, ``--workers`` and ``--ray-address``, as the commands that spread
-    their work over Ray take them (``help_ray``: what ``ray`` does for this command)."""
+def engine_options(
+    help_ray: str, help_workers: str, *, workers_flag: str = "--workers"
+) -> Callable[[F], F]:
+    """``--engine local|ray``, ``--workers`` (or ``workers_flag``) and ``--ray-address``, as
+    the commands that spread their work over Ray take them (``help_ray``: what ``ray`` does for
+    this command)."""
 
     def decorate(command: F) -> F:
         command = click.option(
             "--ray-address", help="A running Ray cluster (e.g. 10.0.0.5:6379) [start one here]."
         )(command)
-        command = click.option("--workers", type=int, help=help_workers)(command)
+        command = click.option(workers_flag, "workers", type=int, help=help_workers)(command)
         return click.option(
             "--engine",
             type=click.Choice(["local", "ray"]),
@@ -48,5 +51,5 @@ def engine_config(engine: str, workers: int | None, ray_address: str | None) -> 
     if workers is not None and workers < 1:
         raise SmallfitError(f"--workers must be at least 1, not {workers}")
     if engine == "local" and (workers is not None or ray_address is not None):
-        raise SmallfitError("--workers and --ray-address go with --engine ray")
+        raise SmallfitError("--workers, --replicas and --ray-address go with --engine ray")
     return EngineConfig.model_validate({"kind": engine, "workers": workers, "address": ray_address})

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from smallfit.cli.common import engine_config, engine_options
+
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
@@ -31,14 +33,30 @@ def _log(message: str) -> None:
 )
 @click.option("--shadow", type=click.Path(path_type=Path), help="A model to shadow the live one.")
 @click.option("--watch", is_flag=True, default=None, help="Reload when the model changes.")
-def serve(path: Path, config_path: Path | None, **options: Any) -> None:
+@engine_options(
+    "replicas of this server behind Ray Serve's HTTP proxy (a swap reaches them all; /metrics "
+    "sums them)",
+    "Ray Serve replicas [one per CPU of the cluster].",
+    workers_flag="--replicas",
+)
+def serve(
+    path: Path,
+    config_path: Path | None,
+    engine: str,
+    workers: int | None,
+    ray_address: str | None,
+    **options: Any,
+) -> None:
     """Serve a model over HTTP: PATH is a model directory, or a run directory (its cascade,
     else its selected model).
 
     POST /v1/classify; OpenAI's POST /v1/chat/completions and GET /v1/models (drop-in: the text
     is cut with the task's template when the run came from smallfit task, else it is the last
     user message); TEI's POST /predict; GET /healthz /readyz /metrics; POST /admin/swap and
-    /admin/shadow (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs."""
+    /admin/shadow (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs.
+
+    With --engine ray: --replicas copies of the same app behind Ray Serve's proxy on the same
+    host and port."""
     from pydantic import ValidationError
 
     from smallfit.config import format_validation_error, read_yaml_mapping
@@ -54,9 +72,15 @@ def serve(path: Path, config_path: Path | None, **options: Any) -> None:
     except ValidationError as exc:
         source = str(config_path or "options")
         raise ConfigError(format_validation_error(exc, source=source)) from exc
+    spread = engine_config(engine, workers, ray_address)
     model = resolve_model_path(path)
-    _log(f"serving {model} on http://{config.host}:{config.port} (docs: /docs)")
-    run(model, config)
+    _log(f"serving {model} on http://{config.host}:{config.port} (docs: /docs) ({engine})")
+    if spread.kind == "ray":
+        from smallfit.serve.ray_serve import serve_on_ray
+
+        serve_on_ray(model, config, spread)
+    else:
+        run(model, config)
 
 
 @click.command()

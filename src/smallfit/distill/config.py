@@ -29,6 +29,9 @@ class StudentBase(Strict):
     """Whether compression steps apply to it (a PyTorch transformer)."""
     task: ClassVar[str] = "classify"
     """The task type it learns (`classify` or `extract`)."""
+    distributed: ClassVar[bool] = False
+    """Whether its training spreads over the processes of an `accelerate launch`
+    (transformers' Trainer); the others train on the first process alone."""
 
     def schedule(self, examples: int) -> Schedule | None:
         """How long its training is planned to be on ``examples`` texts; None: no schedule."""
@@ -39,6 +42,7 @@ class TransformerStudent(StudentBase):
     """A zoo transformer distilled from the teacher's probabilities."""
 
     compressible: ClassVar[bool] = True
+    distributed: ClassVar[bool] = True
 
     kind: Literal["transformer"] = "transformer"
     """Selects this student type."""
@@ -128,6 +132,8 @@ class LoraSettings(Strict):
 class DecoderStudent(StudentBase):
     """A causal LM (LLaMA-class) as a sequence classifier, fine-tuned with LoRA on the teacher's
     probabilities; saved as adapter + head, loaded onto the base named by `base`."""
+
+    distributed: ClassVar[bool] = True
 
     kind: Literal["decoder"] = "decoder"
     """Selects this student type."""

@@ -24,6 +24,7 @@ from smallfit.models.base import BaseClassifier
 from smallfit.registry import Registry
 from smallfit.run.layout import work_of
 from smallfit.teach import one_hot
+from smallfit.train.distributed import is_main, wait_for_everyone
 
 STUDENTS: Registry[Callable[..., Any]] = Registry("student")
 
@@ -57,7 +58,8 @@ def distill_student(
         lineage=lineage,
         progress=progress,
     )
-    model.save(out_dir)
+    if is_main():  # launched on several processes, the first one writes
+        model.save(out_dir)
     return model
 
 
@@ -155,7 +157,9 @@ def _train(
         "config": config.train.model_dump(),
         "kd": config.kd.model_dump(),
     }
-    shutil.rmtree(work, ignore_errors=True)
+    wait_for_everyone()  # every process is done with the checkpoints
+    if is_main():
+        shutil.rmtree(work, ignore_errors=True)
     return model
 
 

@@ -25,7 +25,7 @@ def import_ray() -> Any:
         import ray
     except ImportError as exc:
         raise RayUnavailable(
-            "the ray engine needs Ray: pip install 'smallfit[ray]' (or ray==2.60.0)"
+            "the ray engine needs Ray: pip install 'smallfit[ray]' (or 'ray[serve]==2.60.0')"
         ) from exc
     return ray
 

@@ -9,7 +9,7 @@ import hmac
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -37,6 +37,20 @@ from smallfit.serve.upstream import UpstreamClient, pass_through
 AdminCredentials = Annotated[
     HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))
 ]
+
+
+class Peers(Protocol):
+    """The other replicas of one service (``serve --engine ray``): a swap on one reaches them
+    all, and ``/metrics`` on any of them reports the whole service."""
+
+    def start(self, engine: Engine, metrics: Metrics) -> None:
+        """Begin following the service's model and sharing this replica's metrics."""
+
+    async def swapped(self, path: Path) -> None:
+        """This replica swapped ``path`` in: the others follow."""
+
+    async def exposition(self, own: bytes) -> bytes:
+        """The service's metrics, this replica's (``own``) among them."""
 
 
 class Problem(BaseModel):
@@ -176,9 +190,11 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(model_path: str | Path, config: ServeConfig | None = None) -> FastAPI:
+def create_app(
+    model_path: str | Path, config: ServeConfig | None = None, *, peers: Peers | None = None
+) -> FastAPI:
     """The app serving the model in ``model_path`` (a model directory, or a run directory: its
-    cascade if it has one, else its selected model)."""
+    cascade if it has one, else its selected model); ``peers``: the service's other replicas."""
     config = config or ServeConfig()
     path = resolve_model_path(model_path)
     metrics = Metrics(window=config.escalation_window)
@@ -188,6 +204,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start(path)
+        if peers is not None:
+            peers.start(engine, metrics)
         watcher = None
         if config.watch:
             watcher = asyncio.get_running_loop().create_task(
@@ -293,9 +311,10 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
     )
     async def prometheus() -> PlainTextResponse:
         """Prometheus text exposition format (not JSON)."""
-        return PlainTextResponse(
-            metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        text = metrics.render()
+        if peers is not None:
+            text = await peers.exposition(text)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post(
         "/admin/swap",
@@ -319,6 +338,8 @@ def create_app(model_path: str | Path, config: ServeConfig | None = None) -> Fas
         except (SmallfitError, OSError) as exc:
             metrics.errors.labels(kind="swap").inc()
             return JSONResponse({"detail": f"swap failed, live model unchanged: {exc}"}, 400)
+        if peers is not None:
+            await peers.swapped(new.path)
         return {"status": "swapped", "model": new.name, "version": new.version}
 
     @app.post(

@@ -137,3 +137,44 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def merge_expositions(replicas: dict[str, bytes]) -> bytes:
+    """One Prometheus exposition from several replicas' (``replicas``: id -> text): counters
+    and histograms summed (the service's totals), gauges kept one series per replica with a
+    ``replica`` label (a rate or the live model is a replica's state, not a sum), and
+    ``smallfit_replicas`` counting the replicas reporting."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.utils import floatToGoString
+
+    helps: dict[str, tuple[str, str]] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for replica, text in sorted(replicas.items()):
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            helps.setdefault(family.name, (family.type, family.documentation))
+            series = sums.setdefault(family.name, {})
+            for sample in family.samples:
+                labels = dict(sample.labels)
+                if family.type == "gauge":
+                    labels["replica"] = replica
+                key = (sample.name, tuple(sorted(labels.items())))
+                series[key] = series.get(key, 0.0) + sample.value
+    lines = [
+        "# HELP smallfit_replicas Replicas whose metrics are in this exposition",
+        "# TYPE smallfit_replicas gauge",
+        f"smallfit_replicas {floatToGoString(len(replicas))}",
+    ]
+    for name, (kind, documentation) in helps.items():
+        shown = f"{name}_total" if kind == "counter" else name  # as prometheus_client writes it
+        lines += [f"# HELP {shown} {_escape(documentation)}", f"# TYPE {shown} {kind}"]
+        for (series_name, pairs), value in sums[name].items():
+            if pairs:
+                inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+                lines.append(f"{series_name}{{{inner}}} {floatToGoString(value)}")
+            else:
+                lines.append(f"{series_name} {floatToGoString(value)}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

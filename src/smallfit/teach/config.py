@@ -24,6 +24,9 @@ class TeacherBase(Strict):
     needs_gold: ClassVar[bool] = False
     """Whether it needs a gold label on every row (it trains on them, or it is them); otherwise
     it labels the rows without one."""
+    distributed: ClassVar[bool] = False
+    """Whether building it trains on every process of an `accelerate launch` (transformers'
+    Trainer); otherwise the first process builds it and the others load it."""
 
     def schedule(self, examples: int) -> Schedule | None:
         """How long its training is planned to be on ``examples`` texts; None: not trained."""
@@ -43,6 +46,7 @@ class FinetuneTeacher(TeacherBase):
     """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
 
     needs_gold: ClassVar[bool] = True
+    distributed: ClassVar[bool] = True
 
     source: Literal["finetune"] = "finetune"
     """Selects this teacher type."""

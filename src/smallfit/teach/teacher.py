@@ -33,6 +33,7 @@ from smallfit.registry import Registry
 from smallfit.run.layout import TEACHER, RunDir, work_of
 from smallfit.teach.config import FinetuneTeacher, GoldTeacher, LLMTeacher, ModelTeacher
 from smallfit.train.config import KDConfig
+from smallfit.train.distributed import is_main, wait_for_everyone
 
 TEACHERS: Registry[Callable[..., Any]] = Registry("teacher")
 
@@ -104,8 +105,10 @@ def _finetune(
         progress=progress,
     )
     model.lineage["training"] = {**summary, "config": config.train.model_dump()}
-    model.save(out_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    wait_for_everyone()  # every process of a distributed launch is done with the checkpoints
+    if is_main():
+        model.save(out_dir)
+        shutil.rmtree(work, ignore_errors=True)
     return model
 
 

@@ -41,6 +41,7 @@ from transformers import (
 from smallfit.models.transformer import TorchClassifier
 from smallfit.schema import parse_duration
 from smallfit.train.config import KDConfig, TrainConfig
+from smallfit.train.distributed import world_size
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,9 @@ def train_classifier(
     eval_steps = max(1, schedule.steps_per_epoch // train.evals_per_epoch)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
-        use_cpu=True,
+        # CPU unless launched on several processes with GPUs (accelerate launch); the model
+        # comes back to the CPU after training either way
+        use_cpu=not (world_size() > 1 and torch.cuda.is_available()),
         bf16=train.bf16,
         num_train_epochs=schedule.epochs,
         per_device_train_batch_size=train.batch_size,
@@ -309,6 +312,7 @@ def train_classifier(
     # or the trained model would keep predicting in bf16 (and its temperature be fitted on bf16
     # logits) while the same model loaded from disk predicts in fp32.
     trainer.accelerator.unwrap_model(model.module, keep_fp32_wrapper=False)
+    model.module.to("cpu")
     model.module.eval()
     model.temperature = fit_temperature(model.logits(dev_texts), dev_targets)
     state = trainer.state
@@ -325,5 +329,6 @@ def train_classifier(
         seconds=round(time.monotonic() - started, 1),
         stopped_by=stopped,
         temperature=round(model.temperature, 4),
+        processes=trainer.accelerator.num_processes,
     )
     return summary
