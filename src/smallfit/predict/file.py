@@ -49,12 +49,14 @@ class PredictSummary:
         return round(self.written / self.seconds, 1) if self.seconds > 0 else None
 
     def line(self) -> str:
-        rate = f" ({self.rows_per_s} rows/s)" if self.rows_per_s else ""
+        rate = f" ({self.rows_per_s} rows/s)" if self.rows_per_s and self.written > 1 else ""
         resumed = f"; {self.resumed} already there from an earlier run" if self.resumed else ""
         tiers = ", ".join(f"{t} {n}" for t, n in self.tiers.items())
         by = f"; answered by {tiers}" if tiers else ""
+        rows = "row" if self.written == 1 else "rows"
         return (
-            f"wrote {self.written} rows to {self.output} in {self.seconds:.1f}s{rate}{resumed}{by}"
+            f"wrote {self.written} {rows} to {self.output} in {self.seconds:.1f}s"
+            f"{rate}{resumed}{by}"
         )
 
 
