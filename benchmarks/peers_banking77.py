@@ -270,7 +270,7 @@ def ort_default_peer(student_dir: Path, tmp: Path, check: list[str], seconds: fl
 
     started = time.monotonic()
     out = tmp / "onnx-fp32"
-    compress(student_dir, [OnnxExport()], out_dir=out, check_texts=check)
+    compress(student_dir, [OnnxExport(fuse=False)], out_dir=out, check_texts=check)
     exported = time.monotonic() - started
     tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
     state: dict[str, Any] = {}

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smallfit.compress import OnnxExport, OrtDynamicInt8, compress, parse_step
+from smallfit.compress import (
+    OnnxExport,
+    OrtDynamicInt8,
+    OrtInt4Weight,
+    OrtStaticInt8,
+    compress,
+    parse_step,
+)
 from smallfit.config import LinearStudent
 from smallfit.distill import linear_args
 from smallfit.errors import SmallfitError
@@ -177,7 +184,7 @@ def test_a_fused_export_runs_the_fused_kernels_and_agrees(
     ops = {n.op_type for n in onnx.load(str(tmp_path / "fused" / "model.onnx")).graph.node}
     assert {"QAttention", "QEmbedLayerNormalization"} <= ops  # the fused kernels, quantized
     plain = compress(
-        snips_minilm, [OnnxExport(), OrtDynamicInt8()], out_dir=tmp_path / "plain",
+        snips_minilm, [OnnxExport(fuse=False), OrtDynamicInt8()], out_dir=tmp_path / "plain",
         check_texts=snips_texts,
     )  # fmt: skip
     agree = fused.predict_proba(snips_texts).argmax(1) == plain.predict_proba(snips_texts).argmax(1)
@@ -193,3 +200,47 @@ def test_fusing_refuses_an_encoder_it_has_no_fusions_for(tmp_path: Path) -> None
     with pytest.raises(SmallfitError, match=r"BERT-family encoders .* this one is a mpnet"):
         export_fused(mpnet, None, None, tmp_path / "m.onnx", opset=18, outputs=["logits"])
     assert parse_step("onnx:fuse=true") == OnnxExport(fuse=True)
+
+
+@pytest.mark.slow
+def test_auto_fusion_falls_back_to_the_plain_export_where_it_does_not_apply(
+    snips_minilm: Path, snips_texts: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``onnx`` fuses by default (``fuse: auto``); an encoder it has no fusions for (here: no
+    model type listed) gets the plain export, with the reason in the step's metrics, while
+    ``fuse=true`` refuses it."""
+    import onnx
+
+    from smallfit.compress import onnx_fusion
+
+    monkeypatch.setattr(onnx_fusion, "FUSABLE", {})
+    model = compress(
+        snips_minilm, [OnnxExport()], out_dir=tmp_path / "auto", check_texts=snips_texts
+    )
+    export = model.lineage["compression"][0]["metrics"]
+    assert export["fused"] is False and "BERT-family" in export["not_fused_because"]
+    assert export["max_abs_logit_diff"] <= 1e-3
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "auto" / "model.onnx")).graph.node}
+    assert "Attention" not in ops and "MatMul" in ops
+    with pytest.raises(SmallfitError, match="BERT-family"):
+        compress(
+            snips_minilm, [OnnxExport(fuse=True)], out_dir=tmp_path / "on", check_texts=snips_texts
+        )
+
+
+@pytest.mark.slow
+def test_4bit_after_an_auto_export_is_plain_and_a_fused_graph_is_refused(
+    snips_minilm: Path, snips_texts: list[str], tmp_path: Path
+) -> None:
+    """In one chain, ``onnx`` ahead of ``int4-weight`` is not fused (its kernels take MatMul
+    nodes); a fused graph saved on its own is refused by it, with the way out."""
+    int4 = compress(
+        snips_minilm, [OnnxExport(), OrtInt4Weight()], out_dir=tmp_path / "i4",
+        check_texts=snips_texts,
+    )  # fmt: skip
+    assert int4.lineage["compression"][0]["fuse"] is False
+    fused = tmp_path / "fused"
+    compress(snips_minilm, [OnnxExport(fuse=True)], out_dir=fused, check_texts=snips_texts)
+    for step in (OrtInt4Weight(), OrtStaticInt8()):
+        with pytest.raises(SmallfitError, match="onnx:fuse=false"):
+            compress(fused, [step], out_dir=tmp_path / step.method, check_texts=snips_texts)

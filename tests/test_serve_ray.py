@@ -100,6 +100,7 @@ def test_a_swap_rolls_over_every_replica_with_no_failed_request(
                     errors.append(repr(exc))
 
     with httpx.Client(base_url=service, timeout=120) as admin:
+        time.sleep(1.5)  # every replica has pushed the counts of the requests before this test
         before = samples(admin.get("/metrics").text, "smallfit_requests_total")
         counted_before = sum(v for labels, v in before if labels.get("status") == "200")
         workers = [threading.Thread(target=hammer, args=(s,)) for s in range(4)]

@@ -161,7 +161,7 @@ class _Run:
         wait_for_everyone()  # every process has looked before the first one writes
         if fresh:
             model = self.task.load_model(out)
-        elif self.config.teacher.distributed or world_size() == 1:
+        elif self.config.teacher.distributed(self.config.task) or world_size() == 1:
             model = self._build(TEACHER, self.config.teacher, key, out, self._teacher_build)
         else:  # the first process builds it, the others load what it saved
             with main_first():

@@ -114,6 +114,7 @@ def compress(
     if not check_texts:
         raise SmallfitError("compression needs some of your texts to check each step against")
     check_steps(manifest_with_architecture(model_dir), steps)
+    steps = [step.before(steps[i + 1 :]) for i, step in enumerate(steps)]
 
     out = Path(out_dir)
     lineage_steps: list[dict[str, Any]] = []

@@ -27,8 +27,6 @@ def export_fused(
 ) -> dict[str, Any]:
     """``graph`` (input_ids, attention_mask -> ``outputs``), whose encoder is ``encoder``,
     exported and fused into ``dest``; the fused operators' counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
     config = encoder.config
     kind = FUSABLE.get(config.model_type)
     if kind is None:
@@ -36,7 +34,27 @@ def export_fused(
             f"onnx:fuse=true applies to BERT-family encoders (MiniLM); this one is a "
             f"{config.model_type}: export it without fuse"
         )
+    loaded = config._attn_implementation
     encoder.set_attn_implementation("eager")
+    try:
+        return _fuse(encoder, graph, sample, dest, opset=opset, outputs=outputs, kind=kind)
+    finally:
+        encoder.set_attn_implementation(loaded)  # a plain export after a refusal gets it back
+
+
+def _fuse(
+    encoder: Any,
+    graph: Any,
+    sample: Any,
+    dest: Path,
+    *,
+    opset: int,
+    outputs: list[str],
+    kind: str,
+) -> dict[str, Any]:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = encoder.config
     with tempfile.TemporaryDirectory(prefix="smallfit-fuse-") as tmp:
         raw = Path(tmp) / "unfused.onnx"
         export_graph(graph, sample, raw, opset=opset, outputs=outputs, dynamo=False)
@@ -55,4 +73,19 @@ def export_fused(
                 f"{config.num_hidden_layers} layers (pruned heads?); export without fuse"
             )
         fused.save_model_to_file(str(dest))
+    _loads(dest)
     return {"fused_operators": counts}
+
+
+def _loads(graph: Path) -> None:
+    """A fused graph ONNX Runtime will not load (its Attention kernel wants every layer's
+    heads the same size: a model with pruned heads has fewer in some layers) is refused."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        raise SmallfitError(
+            f"the fused graph does not load in ONNX Runtime ({str(exc).splitlines()[0][:200]}); "
+            "export without fuse"
+        ) from None

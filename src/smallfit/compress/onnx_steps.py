@@ -48,7 +48,6 @@ def _logits_graph(module: Any) -> Any:
 
 @register_step(OnnxExport, precondition=_onnx_can_apply)
 def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
-    import torch
 
     from smallfit.models.transformer import TransformerClassifier
 
@@ -59,11 +58,30 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
         return export_tagger(model_dir, out, texts, opset=step.opset, tolerance=step.tolerance)
 
     model = load_as(model_dir, TransformerClassifier)
-    graph = _logits_graph(model.module)
     out.mkdir(parents=True)
+    copy_tokenizer(model_dir, out)
+    if step.fuse:
+        try:
+            return _write_checked(model, step, out, texts, fuse=True)
+        except SmallfitError as exc:
+            if step.fuse is True:
+                raise
+            not_fused = {"fused": False, "not_fused_because": str(exc)}
+            return {**_write_checked(model, step, out, texts, fuse=False), **not_fused}
+    return _write_checked(model, step, out, texts, fuse=False)
+
+
+def _write_checked(
+    model: Any, step: OnnxExport, out: Path, texts: list[str], *, fuse: bool
+) -> dict[str, Any]:
+    """Export ``model`` into ``out`` (fused or plain), save it, and check it against PyTorch
+    on padded batches; the check's figures (and the fused operators)."""
+    import torch
+
+    graph = _logits_graph(model.module)
     sample = model.tokenize(texts[:4] if len(texts) > 1 else texts * 2)
     fusion: dict[str, Any] = {}
-    if step.fuse:
+    if fuse:
         from smallfit.compress.onnx_fusion import export_fused
 
         fusion = export_fused(
@@ -76,7 +94,6 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
         )
     else:
         export_graph(graph, sample, out / ONNX_FILE, opset=step.opset, outputs=GRAPH_OUTPUTS)
-    copy_tokenizer(model_dir, out)
     exported = OnnxClassifier(
         out,
         labels=model.labels,
@@ -100,9 +117,10 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
     embed_diff = float(np.abs(embedded - model.embed(check)).max())
     worst = max(diff, embed_diff)
     if not worst <= step.tolerance:
+        kind = "fused " if fuse else ""
         raise SmallfitError(
-            f"ONNX export differs from PyTorch by {worst:.3g} in logits or embeddings on padded "
-            f"batches (tolerance {step.tolerance:g}); the export is wrong, not saved"
+            f"the {kind}ONNX export differs from PyTorch by {worst:.3g} in logits or embeddings "
+            f"on padded batches (tolerance {step.tolerance:g}); the export is wrong, not saved"
         )
     agreement = float((got.argmax(1) == reference.argmax(1)).mean())
     return {

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from smallfit.compress.base import StepContext, quiet, register_step
-from smallfit.compress.ort_quantize import copy_beside_graph, quantizable
+from smallfit.compress.ort_quantize import copy_beside_graph, quantizable, refuse_fused
 from smallfit.compress.steps import OrtInt4Weight
 from smallfit.errors import SmallfitError
 from smallfit.models.base import load_as
@@ -22,6 +22,7 @@ def _int4(step: OrtInt4Weight, model_dir: Path, out: Path, ctx: StepContext) -> 
         MatMulNBitsQuantizer,
     )
 
+    refuse_fused(step, model_dir / ONNX_FILE)
     source = load_as(model_dir, OnnxClassifier)
     copy_beside_graph(model_dir, out)
     ops = ("MatMul", "Gather") if step.embeddings else ("MatMul",)

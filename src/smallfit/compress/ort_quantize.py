@@ -50,6 +50,23 @@ def quantizable(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "quantization": step.method}
 
 
+FUSED_OPS = frozenset({"Attention", "EmbedLayerNormalization"})
+
+
+def refuse_fused(step: Any, onnx_file: Path) -> None:
+    """A method that quantizes MatMul nodes would leave a fused graph's attention in float (a
+    bigger model for nothing): refused, naming the way out."""
+    import onnx
+
+    found = {n.op_type for n in onnx.load(str(onnx_file), load_external_data=False).graph.node}
+    if found & FUSED_OPS:
+        raise SmallfitError(
+            f"{step.method} quantizes MatMul nodes, and this ONNX graph is fused "
+            f"({', '.join(sorted(found & FUSED_OPS))}): its attention would stay in float. "
+            "Export it with onnx:fuse=false (or put both steps in one compress call, which does)"
+        )
+
+
 def quantizable_dynamic(step: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """:func:`quantizable`, and an ONNX tagger too (dynamic int8 is the one method it takes)."""
     if manifest["kind"] == "tagger-onnx":
@@ -100,6 +117,7 @@ def _int8_static(
     texts = (rest if len(rest) >= step.calibration_texts else ctx.check_texts)[
         : step.calibration_texts
     ]
+    refuse_fused(step, model_dir / ONNX_FILE)
     reader = _Calibration(load_as(model_dir, OnnxClassifier).tokenizer, texts)
     matmuls, gathers = weight_nodes(model_dir / ONNX_FILE)
     # Calibrate once: every later quantization (per-node sensitivity, exclusions) reads the

@@ -82,6 +82,7 @@ class LabelReport:
     spent: dict[str, Any] = field(default_factory=dict)  # the whole ledger, reruns included
     run_spent: dict[str, Any] = field(default_factory=dict)  # this call's requests only
     logprobs_missing: int = 0
+    worker_failures: int = 0  # texts whose Ray worker died past its restarts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +98,8 @@ class LabelReport:
         ]
         if self.not_sent:
             parts.append(f"{self.not_sent} not sent")
+        if self.worker_failures:
+            parts.append(f"{self.worker_failures} lost with a Ray worker (rerun to ask again)")
         line = f"{self.unique} texts: " + ", ".join(parts)
         line += f"; ledger total ${cost:.4f}, {tokens:,} tokens"
         if self.stopped:
@@ -360,6 +363,14 @@ class Labeller:
                     except FatalAPIError as exc:
                         fatal = fatal or exc
                         report.failed += 1
+                        continue
+                    except Exception:
+                        if asking is None:
+                            raise
+                        # a worker that died past its restarts: this text goes unanswered (a
+                        # rerun asks it again) and the other workers' answers are still stored
+                        report.failed += 1
+                        report.worker_failures += 1
                         continue
                     if answer is None:
                         report.failed += 1

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any, cast
 
-from smallfit.engine.cluster import ray_session
+from smallfit.engine.cluster import RayUnavailable, ray_session
 from smallfit.engine.config import EngineConfig
 from smallfit.errors import SmallfitError
 from smallfit.llm.labeller import Labeller
@@ -40,14 +40,23 @@ from smallfit.llm.store import Store, StoredAnswer
 
 WORKER_RESTARTS = 2
 LEDGER_THREADS = 32
+LEDGER_FACT = "ray-ledger-token"
 
 
 class _Ledger:
     """The ledger side of the driver's store, for the workers (a Ray actor on the driver's
     machine)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, token: str) -> None:
         self.store = Store(path, recover=False)
+        if self.store.fact(LEDGER_FACT) != token:  # not the file the driver has open
+            raise SmallfitError(
+                f"the Ray ledger actor opened another answer store than this process's ({path}); "
+                "run the driver on a node of the cluster"
+            )
+
+    def ready(self) -> bool:
+        return True
 
     def begin(self, key: str, model: str, attempt: int) -> int:
         return self.store.begin(key, model=model, attempt=attempt)
@@ -134,19 +143,31 @@ def ray_asking(labeller: Labeller, engine: EngineConfig) -> Iterator[Labeller]:
     """``labeller`` with its requests spread over Ray workers for the length of a ``with``
     (Ray started here, or the cluster at ``engine.address`` joined, first: an unreachable one
     is refused before any request)."""
+    if engine.address is not None and engine.address.startswith("ray://"):
+        raise RayUnavailable(
+            "LLM labelling keeps its answer store on the driver's machine, and a Ray Client "
+            "(ray://) driver runs on the cluster: run smallfit on a node of the cluster, with "
+            "--ray-address HOST:PORT"
+        )
     with ray_session(engine.address) as ray:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = ray.get_runtime_context().get_node_id()
         ledger_name = f"smallfit-ledger-{uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        labeller.store.remember(LEDGER_FACT, token)
         ledger = (
             ray.remote(num_cpus=0, max_concurrency=LEDGER_THREADS)(_Ledger)
             .options(
                 name=ledger_name,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
             )
-            .remote(str(labeller.store.path))
+            .remote(str(labeller.store.path.resolve()), token)
         )
+        try:
+            ray.get(ledger.ready.remote())
+        except ray.exceptions.RayActorError as exc:
+            raise SmallfitError(f"the Ray ledger actor did not start: {exc}") from None
         count = engine.workers or sum(1 for node in ray.nodes() if node.get("Alive"))
         key_env = labeller.endpoint.api_key_env
         env = {key_env: os.environ[key_env]} if key_env in os.environ else {}

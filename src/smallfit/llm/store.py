@@ -269,7 +269,7 @@ class Store:
         with self.lock:
             self.db.execute(
                 "UPDATE requests SET finished=?, status=?, http_status=?, prompt_tokens=?, "
-                "completion_tokens=?, cost_usd=?, latency_ms=?, error=? WHERE id=?",
+                "completion_tokens=?, cost_usd=?, latency_ms=?, error=?, estimated=0 WHERE id=?",
                 (
                     time.time(),
                     status,

@@ -25,7 +25,7 @@ from smallfit.models.base import read_manifest
 from smallfit.run.store import NoModel, resolve_model_path
 from smallfit.serve.chat import CHAT_PATH, add_chat_routes, validation_error
 from smallfit.serve.config import ServeConfig
-from smallfit.serve.engine import Engine, RequestFailed
+from smallfit.serve.engine import Engine, RequestFailed, Served
 from smallfit.serve.errors import openai_error
 from smallfit.serve.extract import EXTRACT_PATH, add_extract_routes
 from smallfit.serve.fast import CLASSIFY_PATH, ASGIApp, FastClassify, Scope, classify_payload
@@ -46,11 +46,16 @@ class Peers(Protocol):
     def start(self, engine: Engine, metrics: Metrics) -> None:
         """Begin following the service's model and sharing this replica's metrics."""
 
-    async def swapped(self, path: Path) -> None:
-        """This replica swapped ``path`` in: the others follow."""
+    async def swap(self, engine: Engine, path: Path) -> Served:
+        """Swap ``path`` in here, then have the other replicas follow (:class:`NotShared`
+        when they cannot be told)."""
 
     async def exposition(self, own: bytes) -> bytes:
         """The service's metrics, this replica's (``own``) among them."""
+
+
+class NotShared(SmallfitError):
+    """A swap that took on this replica but could not reach the service's others."""
 
 
 class Problem(BaseModel):
@@ -334,12 +339,13 @@ def create_app(
             metrics.errors.labels(kind="swap").inc()
             return JSONResponse({"detail": f"swap refused, live model unchanged: {exc}"}, 404)
         try:
-            new = await engine.swap(where)
+            new = await (engine.swap(where) if peers is None else peers.swap(engine, where))
+        except NotShared as exc:
+            metrics.errors.labels(kind="swap").inc()
+            return JSONResponse({"detail": str(exc)}, 503)
         except (SmallfitError, OSError) as exc:
             metrics.errors.labels(kind="swap").inc()
             return JSONResponse({"detail": f"swap failed, live model unchanged: {exc}"}, 400)
-        if peers is not None:
-            await peers.swapped(new.path)
         return {"status": "swapped", "model": new.name, "version": new.version}
 
     @app.post(

@@ -139,20 +139,28 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def merge_expositions(replicas: dict[str, bytes]) -> bytes:
+def merge_expositions(
+    replicas: dict[str, bytes], *, retired: dict[str, bytes] | None = None
+) -> bytes:
     """One Prometheus exposition from several replicas' (``replicas``: id -> text): counters
     and histograms summed (the service's totals), gauges kept one series per replica with a
     ``replica`` label (a rate or the live model is a replica's state, not a sum), and
-    ``smallfit_replicas`` counting the replicas reporting."""
+    ``smallfit_replicas`` counting the replicas reporting. ``retired``: the last texts of
+    replicas gone, whose counters and histograms stay in the totals (so they never go down)
+    and whose gauges leave."""
     from prometheus_client.parser import text_string_to_metric_families
     from prometheus_client.utils import floatToGoString
 
     helps: dict[str, tuple[str, str]] = {}
     sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for replica, text in sorted(replicas.items()):
+    sources = [(r, t, False) for r, t in sorted(replicas.items())]
+    sources += [(r, t, True) for r, t in sorted((retired or {}).items())]
+    for replica, text, gone in sources:
         for family in text_string_to_metric_families(text.decode("utf-8")):
             helps.setdefault(family.name, (family.type, family.documentation))
             series = sums.setdefault(family.name, {})
+            if gone and family.type == "gauge":
+                continue
             for sample in family.samples:
                 labels = dict(sample.labels)
                 if family.type == "gauge":

@@ -32,8 +32,9 @@ from typing import Any, cast
 from smallfit.engine.cluster import cluster_cpus, ray_session
 from smallfit.engine.config import EngineConfig
 from smallfit.run.store import resolve_model_path
+from smallfit.serve.app import NotShared
 from smallfit.serve.config import ServeConfig
-from smallfit.serve.engine import Engine
+from smallfit.serve.engine import Engine, Served
 from smallfit.serve.metrics import Metrics, merge_expositions
 
 SYNC_INTERVAL_S = 0.5
@@ -42,36 +43,47 @@ APP_NAME = "smallfit"
 
 
 class _Hub:
-    """The service's shared state (a Ray actor): the model every replica serves, and each
-    replica's latest metrics."""
+    """The service's shared state (a Ray actor): the model every replica serves (its path, its
+    manifest version and a sequence number), and each replica's latest metrics. A replica silent
+    for :data:`STALE_S` leaves the gauges, but its counters stay in the totals, which therefore
+    never go down."""
 
     def __init__(self, path: str) -> None:
-        self.path, self.version = path, 0
+        self.path, self.model_version, self.sequence = path, "", 0
         self.texts: dict[str, tuple[float, bytes]] = {}
+        self.retired: dict[str, bytes] = {}
 
-    def desired(self) -> tuple[str, int]:
-        return self.path, self.version
+    def desired(self) -> tuple[str, str, int]:
+        return self.path, self.model_version, self.sequence
 
-    def publish(self, path: str) -> int:
-        self.path, self.version = path, self.version + 1
-        return self.version
+    def publish(self, path: str, model_version: str) -> int:
+        self.path, self.model_version = path, model_version
+        self.sequence += 1
+        return self.sequence
 
     def push(self, replica: str, text: bytes) -> None:
         self.texts[replica] = (time.monotonic(), text)
 
     def merged(self) -> bytes:
         now = time.monotonic()
-        live = {r: text for r, (at, text) in self.texts.items() if now - at <= STALE_S}
-        return merge_expositions(live)
+        for replica, (at, text) in list(self.texts.items()):
+            if now - at > STALE_S:
+                self.retired[replica] = text
+                del self.texts[replica]
+        live = {r: text for r, (_, text) in self.texts.items()}
+        return merge_expositions(live, retired=self.retired)
 
 
 class RayPeers:
-    """:class:`~smallfit.serve.app.Peers` through the hub."""
+    """:class:`~smallfit.serve.app.Peers` through the hub. One lock orders this replica's own
+    swaps (``/admin/swap``) and those it follows, so the last model published is the one it
+    serves."""
 
-    def __init__(self, hub: Any, replica: str, version: int) -> None:
+    def __init__(self, hub: Any, replica: str, sequence: int) -> None:
         self.hub = hub
         self.replica = replica
-        self.version = version
+        self.sequence = sequence
+        self._lock = asyncio.Lock()
 
     def start(self, engine: Engine, metrics: Metrics) -> None:
         engine.spawn(self._follow(engine, metrics))
@@ -79,23 +91,36 @@ class RayPeers:
     async def _follow(self, engine: Engine, metrics: Metrics) -> None:
         while True:
             try:
-                path, version = await self.hub.desired.remote()
-                if version > self.version:
-                    self.version = version  # once: a model that fails here is not retried
-                    live = engine.live
-                    if live is None or live.path != Path(path):
-                        await engine.swap(path)
+                async with self._lock:
+                    path, model_version, sequence = await self.hub.desired.remote()
+                    if sequence > self.sequence:
+                        self.sequence = sequence  # once: a model that fails here is not retried
+                        live = engine.live
+                        if live is None or live.version != model_version:
+                            await engine.swap(path)
                 await self.hub.push.remote(self.replica, metrics.render())
             except Exception:  # the hub gone, or a model that did not load here
                 metrics.errors.labels(kind="replica_sync").inc()
             await asyncio.sleep(SYNC_INTERVAL_S)
 
-    async def swapped(self, path: Path) -> None:
-        self.version = await self.hub.publish.remote(str(path))
+    async def swap(self, engine: Engine, path: Path) -> Served:
+        async with self._lock:
+            new = await engine.swap(path)
+            try:
+                self.sequence = await self.hub.publish.remote(str(new.path), new.version)
+            except Exception as exc:
+                raise NotShared(
+                    f"swapped on this replica, but the service's hub is unreachable, so the "
+                    f"other replicas keep their model ({exc})"
+                ) from None
+            return new
 
     async def exposition(self, own: bytes) -> bytes:
-        await self.hub.push.remote(self.replica, own)
-        merged: bytes = await self.hub.merged.remote()
+        try:
+            await self.hub.push.remote(self.replica, own)
+            merged: bytes = await self.hub.merged.remote()
+        except Exception:  # the hub gone: this replica's own, and say so
+            return b"# the service's hub is unreachable: this replica's metrics only\n" + own
         return merged
 
 
@@ -107,10 +132,10 @@ class _Replica:
         import ray
 
         hub = ray.get_actor(hub_name)
-        path, version = cast("tuple[str, int]", ray.get(hub.desired.remote()))
+        path, _, sequence = cast("tuple[str, str, int]", ray.get(hub.desired.remote()))
         self.path: str = path
         self.config: ServeConfig = ServeConfig.model_validate(config)
-        self.peers: RayPeers = RayPeers(hub, f"{socket.gethostname()}:{os.getpid()}", version)
+        self.peers: RayPeers = RayPeers(hub, f"{socket.gethostname()}:{os.getpid()}", sequence)
 
     def __serve_build_asgi_app__(self) -> Any:
         from smallfit.serve.app import create_app

@@ -24,13 +24,16 @@ class TeacherBase(Strict):
     needs_gold: ClassVar[bool] = False
     """Whether it needs a gold label on every row (it trains on them, or it is them); otherwise
     it labels the rows without one."""
-    distributed: ClassVar[bool] = False
-    """Whether building it trains on every process of an `accelerate launch` (transformers'
-    Trainer); otherwise the first process builds it and the others load it."""
 
     def schedule(self, examples: int) -> Schedule | None:
         """How long its training is planned to be on ``examples`` texts; None: not trained."""
         return None
+
+    def distributed(self, task: str) -> bool:
+        """Whether building it for a ``task`` trains on every process of an `accelerate
+        launch` (transformers' Trainer); otherwise the first process builds it and the others
+        load it."""
+        return False
 
     def identity(self, task: str = "classify") -> dict[str, Any]:
         """What identifies this teacher of a ``task`` for stage reuse (a rerun rebuilds when it
@@ -46,7 +49,6 @@ class FinetuneTeacher(TeacherBase):
     """Fine-tune a zoo base on the gold labels: the stand-in for the big model you run today."""
 
     needs_gold: ClassVar[bool] = True
-    distributed: ClassVar[bool] = True
 
     source: Literal["finetune"] = "finetune"
     """Selects this teacher type."""
@@ -63,6 +65,9 @@ class FinetuneTeacher(TeacherBase):
 
     def schedule(self, examples: int) -> Schedule | None:
         return self.train.schedule(examples)
+
+    def distributed(self, task: str) -> bool:
+        return task == "classify"  # the Trainer; an extract task's tagger has its own loop
 
 
 class ModelTeacher(TeacherBase):

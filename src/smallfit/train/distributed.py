@@ -25,13 +25,20 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+WAIT_HOURS = 24
+"""How long a process waits for the others: the first one alone may label with an LLM, or
+train a student the others do not share, for hours (PyTorch's default is 30 minutes)."""
+
+
 def _state() -> Any:
-    """accelerate's process state, as the Trainer will make it (it is one per process, made
-    once): on the CPU (gloo) unless there are GPUs."""
+    """accelerate's process state, as the Trainer will find it (one per process, made once,
+    here first): on the CPU (gloo) unless there are GPUs."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=WAIT_HOURS))
 
 
 def wait_for_everyone() -> None:

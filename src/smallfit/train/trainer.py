@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from transformers import (
 from smallfit.models.transformer import TorchClassifier
 from smallfit.schema import parse_duration
 from smallfit.train.config import KDConfig, TrainConfig
-from smallfit.train.distributed import world_size
+from smallfit.train.distributed import share_from_main, world_size
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,10 @@ class _TimeBudget(TrainerCallback):
         self.hit = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if time.monotonic() - self.start > self.seconds:
+        spent = time.monotonic() - self.start > self.seconds
+        if world_size() > 1:  # every process stops at the same step: the first one's clock
+            spent = share_from_main(spent)
+        if spent:
             self.hit = True
             control.should_training_stop = True
             control.should_evaluate = True
@@ -252,7 +256,9 @@ def train_classifier(
 
     schedule = train.schedule(len(train_texts))
     summary["schedule"] = schedule.describe()
-    eval_steps = max(1, schedule.steps_per_epoch // train.evals_per_epoch)
+    # launched on N processes, each step takes a batch on every one: an epoch is N times shorter
+    steps_per_epoch = math.ceil(schedule.steps_per_epoch / world_size())
+    eval_steps = max(1, steps_per_epoch // train.evals_per_epoch)
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         # CPU unless launched on several processes with GPUs (accelerate launch); the model
