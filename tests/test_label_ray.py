@@ -127,6 +127,7 @@ def test_a_killed_worker_loses_repeats_and_reasks_nothing(
     assert resent == []
     # the ledger (measured + estimated) accounts for what the server did, within 1%
     server = proxy.upstream_usage()
+    print(f"ledger {ledger} server {server} statuses {statuses}")  # shown with -s
     for got, want in zip(
         ledger, (server["prompt_tokens"], server["completion_tokens"]), strict=True
     ):
