@@ -35,7 +35,6 @@ from smallfit.tasks import Labels, Task, task_of
 from smallfit.teach.config import TeacherBase
 from smallfit.train.distributed import (
     is_main,
-    main_first,
     share_from_main,
     wait_for_everyone,
     world_size,
@@ -164,11 +163,11 @@ class _Run:
         elif self.config.teacher.distributed(self.config.task) or world_size() == 1:
             model = self._build(TEACHER, self.config.teacher, key, out, self._teacher_build)
         else:  # the first process builds it, the others load what it saved
-            with main_first():
-                if is_main():
-                    model = self._build(
-                        TEACHER, self.config.teacher, key, out, self._teacher_build, alone=True
-                    )
+            if is_main():
+                model = self._build(
+                    TEACHER, self.config.teacher, key, out, self._teacher_build, alone=True
+                )
+            wait_for_everyone()
             if not is_main():
                 model = self.task.load_model(out)
         model.use_engine(self.config.engine)  # where its bulk labelling runs
@@ -365,17 +364,17 @@ def _through_students(
 ) -> tuple[Run, _Run, Any, Labels]:
     """The chain up to the trained students: data, teacher, labels, students. Under a
     distributed launch the first process writes the records and the data's summary, the others
-    log nothing, and the labels are the first process's (the others find them cached)."""
+    log nothing, and the labels are the first process's (sent to the others)."""
     if not is_main():
         log = _silent
     store = Run(config.run_dir)
     task = task_of(config)
     dataset = task.load_data(config)
     data_key = task.data_key(dataset)
-    with main_first():
-        if is_main():
-            store.start(dump_fit_config(config))
-            log(task.write_data(store, dataset, data_key, config))
+    if is_main():
+        store.start(dump_fit_config(config))
+        log(task.write_data(store, dataset, data_key, config))
+    wait_for_everyone()
     run = _Run(config, dataset, _Stages(store.root, log), progress, log, data_key, task)
     teacher = run.teacher()
     # the first process labels (and may leave out texts the teacher gave no answer for); the

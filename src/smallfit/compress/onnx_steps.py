@@ -48,7 +48,6 @@ def _logits_graph(module: Any) -> Any:
 
 @register_step(OnnxExport, precondition=_onnx_can_apply)
 def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> dict[str, Any]:
-
     from smallfit.models.transformer import TransformerClassifier
 
     texts = ctx.check_texts

@@ -51,8 +51,8 @@ class OnnxExport(_Step):
     where that applies, else the plain dynamo export (the step's metrics say which and why).
     `false`: the plain export. Measured on Banking77, int8, batch 1, 1 thread: 1.14x faster
     (6 layers) and 1.12x (3 layers), accuracy within 0.2 points. `auto` does not fuse ahead of
-    `int4-weight`, whose 4-bit kernels take MatMul nodes (fused attention would keep its weights
-    in float)."""
+    `int4-weight` or `int8-static`, which quantize MatMul nodes (fused attention would keep its
+    weights in float)."""
 
     def before(self, later: list[Any]) -> Any:
         if self.fuse == "auto" and not all(step.keeps_fusion for step in later):

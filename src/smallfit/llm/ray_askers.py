@@ -109,16 +109,12 @@ class _Asker:
     def ask(self, key: str, text: str) -> StoredAnswer | None:
         return self.labeller.ask(key, text)
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 class RayAsking:
     """:class:`~smallfit.llm.labeller.Asking` over Ray workers: each text goes to the worker
     with the fewest in flight."""
 
-    def __init__(self, ray: Any, askers: list[Any]) -> None:
-        self.ray = ray
+    def __init__(self, askers: list[Any]) -> None:
         self.askers = askers
         self.workers = len(askers)
         self._in_flight = [0] * len(askers)
@@ -186,14 +182,9 @@ def ray_asking(labeller: Labeller, engine: EngineConfig) -> Iterator[Labeller]:
             "concurrency": labeller.concurrency,
         }
         askers = [worker.remote(settings, ledger_name) for _ in range(max(1, count))]
-        labeller.asking = RayAsking(ray, askers)
-        try:
+        labeller.asking = RayAsking(askers)
+        try:  # a worker that dies past its restarts costs its texts (Labeller.label counts them)
             yield labeller
-        except ray.exceptions.RayActorError as exc:
-            raise SmallfitError(
-                f"a Ray labelling worker died {WORKER_RESTARTS + 1} times on one text; every "
-                f"answer so far is cached, rerun to continue ({exc})"
-            ) from None
         finally:
             labeller.asking = None
             for actor in [*askers, ledger]:

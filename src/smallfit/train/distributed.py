@@ -7,9 +7,7 @@ directories, and the others wait for it where they read what it wrote."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -45,17 +43,6 @@ def wait_for_everyone() -> None:
     """A barrier across the launched processes (nothing when there is one)."""
     if world_size() > 1:
         _state().wait_for_everyone()
-
-
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
-    """The main process runs the block first (computing and writing what is missing); the
-    others run it once it is done, and find it done."""
-    if not is_main():
-        wait_for_everyone()
-    yield
-    if is_main():
-        wait_for_everyone()
 
 
 def share_from_main(value: T) -> T:

@@ -110,10 +110,8 @@ class _TimeBudget(TrainerCallback):
         self.hit = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        spent = time.monotonic() - self.start > self.seconds
-        if world_size() > 1:  # every process stops at the same step: the first one's clock
-            spent = share_from_main(spent)
-        if spent:
+        # launched on several processes, all stop at the same step: the first one's clock
+        if share_from_main(time.monotonic() - self.start > self.seconds):
             self.hit = True
             control.should_training_stop = True
             control.should_evaluate = True
