@@ -87,12 +87,12 @@ def wrk(url: str, *, connections: int, seconds: int, script: Path, bodies: Path)
 class Server:
     """``smallfit serve MODEL`` as a subprocess on a free port."""
 
-    def __init__(self, model: Path, *, threads: int, log: Path) -> None:
+    def __init__(self, model: Path, *, threads: int, log: Path, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable, "-m", "smallfit.cli", "serve", str(model), "--port", str(self.port),
-            "--threads", str(threads),
+            "--threads", str(threads), "--workers", str(workers),
         ]  # fmt: skip
         env = {**os.environ, "SMALLFIT_ADMIN_TOKEN": TOKEN}
         self.log = log.open("w")

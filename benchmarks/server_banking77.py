@@ -31,6 +31,7 @@ from smallfit.config import load_fit_config
 from smallfit.data import load_dataset
 from smallfit.evaluate import environment
 from smallfit.models import load
+from smallfit.models.base import MANIFEST
 
 TARGET_RPS, TARGET_P99_MS = 1000.0, 20.0
 
@@ -51,7 +52,8 @@ def main() -> int:
     parser.add_argument("--student", default="minilm-l6-l3-int8")
     parser.add_argument("--connections", default="1,2,4,8,16")
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1, help="server compute threads")
+    parser.add_argument("--threads", type=int, default=1, help="compute threads per worker")
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
     parser.add_argument("--name", default="server_banking77", help="result file name")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -69,7 +71,13 @@ def main() -> int:
     student = load(model)
     offline = [student.predict([t])[0] for t in texts[:300]]
 
-    server = Server(model, threads=args.threads, log=work / "serve-bench.log")
+    # the swaps alternate between a copy of the model (its manifest touched: another version,
+    # so that every worker really swaps) and the model itself
+    twin = work / f"{args.student}-swap-twin"
+    shutil.rmtree(twin, ignore_errors=True)
+    shutil.copytree(model, twin)
+    (twin / MANIFEST).touch()
+    server = Server(model, threads=args.threads, log=work / "serve-bench.log", workers=args.workers)
     url = server.url + "/v1/classify"
     load_rows: list[dict[str, Any]] = []
     try:
@@ -85,23 +93,27 @@ def main() -> int:
         swaps: list[dict[str, Any]] = []
 
         def swapper() -> None:
-            for _ in range(2):
+            for target in (twin, model):
                 time.sleep(args.seconds / 3)
                 began = time.monotonic()
-                reply = server.post("/admin/swap", {"path": str(model)})
+                reply = server.post("/admin/swap", {"path": str(target)})
                 swaps.append({**reply, "seconds": round(time.monotonic() - began, 2)})
 
+        time.sleep(1.0)  # every worker has written its counts
         before = metric_value(server.metrics(), 'smallfit_requests_total{status="200"}')
+        swaps_before = metric_value(server.metrics(), "smallfit_model_swaps_total")
         thread = threading.Thread(target=swapper)
         thread.start()
         swap_run = wrk(url, connections=swap_c, seconds=args.seconds, script=script, bodies=bodies)
         thread.join()
+        time.sleep(1.0)
         metrics = server.metrics()
         answered = metric_value(metrics, 'smallfit_requests_total{status="200"}') - before
+        swapped = metric_value(metrics, "smallfit_model_swaps_total") - swaps_before
         served = [_classify(server.url, t) for t in texts[:300]]
     finally:
         server.stop()
-    swap_run |= {"swaps": swaps, "server_counted_200": answered}
+    swap_run |= {"swaps": swaps, "server_counted_200": answered, "worker_swaps": swapped}
     print(f"hot swaps at c={swap_c}: {swap_run['requests_per_s']:.0f} req/s, p99 "
           f"{swap_run['p99_ms']:.2f} ms, failed {swap_run['failed']}")  # fmt: skip
     same = sum(a == b for a, b in zip(served, offline, strict=True))
@@ -126,6 +138,11 @@ def main() -> int:
                 ),
                 "0 failed requests across 2 hot swaps under load": swap_run["failed"] == 0
                 and len(swaps) == 2,
+                "every worker swapped twice": swapped == 2 * args.workers,
+                # wrk stops with up to one request per connection unread, which the server counted
+                "the server counted every request wrk completed": 0
+                <= answered - swap_run["requests"]
+                <= swap_c,
                 "served answers equal the model's offline": same == len(served),
             },
             "load": load_rows,
@@ -133,7 +150,7 @@ def main() -> int:
             "model": str(model),
             "load_generator": "wrk 4.1 (1 thread, closed loop), single-text POST /v1/classify "
             f"rotating through the {len(texts)} Banking77 test texts, on the same machine",
-            "server": f"smallfit serve, {args.threads} compute thread(s)",
+            "server": f"smallfit serve, {args.workers} worker(s) x {args.threads} thread(s)",
             "environment": environment(),
         }
     )

@@ -5,21 +5,20 @@ server does, a hot swap on one replica reaches both under load with no failed re
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from smallfit.engine.config import EngineConfig
 from smallfit.serve.app import create_app
 from smallfit.serve.config import ServeConfig
 from smallfit.testing.http import serving
 from smallfit.testing.llama_server import free_port
+from smallfit.testing.load import ClassifyLoad
+from smallfit.testing.load import metric_samples as samples
 
 pytest.importorskip("ray.serve")  # .ci/run installs it (the dev extra): never skipped there
 
@@ -31,15 +30,6 @@ TOKEN = "admin-token-for-ray-tests"
 def answers(body: dict[str, Any]) -> list[tuple[str, dict[str, float], str]]:
     """What a /v1/classify body says about each text (not its timings)."""
     return [(r["label"], r["probs"], r["tier"]) for r in body["results"]]
-
-
-def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (dict(s.labels), s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -85,46 +75,26 @@ def test_replicas_answer_as_the_single_process_server(
 def test_a_swap_rolls_over_every_replica_with_no_failed_request(
     service: str, snips_minilm: Path, snips_linear: Path, snips_texts: list[str]
 ) -> None:
-    stop = threading.Event()
-    statuses: list[int] = []
-    errors: list[str] = []
-
-    def hammer(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        with httpx.Client(base_url=service, timeout=60) as client:
-            while not stop.is_set():
-                batch = [snips_texts[i] for i in rng.integers(0, len(snips_texts), 1 + seed % 3)]
-                try:
-                    statuses.append(client.post("/v1/classify", json={"texts": batch}).status_code)
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-
     with httpx.Client(base_url=service, timeout=120) as admin:
         time.sleep(1.5)  # every replica has pushed the counts of the requests before this test
         before = samples(admin.get("/metrics").text, "smallfit_requests_total")
         counted_before = sum(v for labels, v in before if labels.get("status") == "200")
-        workers = [threading.Thread(target=hammer, args=(s,)) for s in range(4)]
-        for w in workers:
-            w.start()
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        for target, name in ((snips_minilm, "s"), (snips_linear, "linear")):
-            sent = len(statuses)
-            swapped = admin.post("/admin/swap", json={"path": str(target)}, headers=headers)
-            assert swapped.status_code == 200, swapped.text
-            deadline = time.monotonic() + 60
-            while True:  # every replica reports the new model in the service's metrics
-                info = samples(admin.get("/metrics").text, "smallfit_model_info")
-                if len(info) == 2 and all(labels["name"] == name for labels, _ in info):
-                    break
-                assert time.monotonic() < deadline, info
-                time.sleep(0.2)
-            while len(statuses) < sent + 30:  # traffic on the new model too
-                stop.wait(0.02)
-        stop.set()
-        for w in workers:
-            w.join()
+        with ClassifyLoad(service, snips_texts) as load:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            for target, name in ((snips_minilm, "s"), (snips_linear, "linear")):
+                swapped = admin.post("/admin/swap", json={"path": str(target)}, headers=headers)
+                assert swapped.status_code == 200, swapped.text
+                deadline = time.monotonic() + 60
+                while True:  # every replica reports the new model in the service's metrics
+                    info = samples(admin.get("/metrics").text, "smallfit_model_info")
+                    if len(info) == 2 and all(labels["name"] == name for labels, _ in info):
+                        break
+                    assert time.monotonic() < deadline, info
+                    time.sleep(0.2)
+                load.wait_for(30)  # traffic on the new model too
         time.sleep(1.5)  # every replica has pushed its latest counts
         metrics = admin.get("/metrics").text
+    statuses, errors = load.statuses, load.errors
     assert not errors and statuses and set(statuses) == {200}, (errors, set(statuses))
     assert samples(metrics, "smallfit_replicas") == [({}, 2.0)]
     counted = sum(

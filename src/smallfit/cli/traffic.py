@@ -26,7 +26,13 @@ def _log(message: str) -> None:
     type=float,
     help="Micro-batch wait after its first text [0: batch what queued meanwhile].",
 )
-@click.option("--threads", type=int, help="Compute threads [cores - 1].")
+@click.option(
+    "--workers",
+    "processes",
+    type=int,
+    help="Server processes on the port (a swap reaches them all; /metrics sums them) [1].",
+)
+@click.option("--threads", type=int, help="Compute threads per worker [cores - 1; cores/workers].")
 @click.option("--escalation-log", type=click.Path(path_type=Path), help="JSONL of escalations.")
 @click.option(
     "--traffic-log", type=click.Path(path_type=Path), help="JSONL of every answer's tier/latency."
@@ -45,6 +51,7 @@ def serve(
     engine: str,
     workers: int | None,
     ray_address: str | None,
+    processes: int | None,
     **options: Any,
 ) -> None:
     """Serve a model over HTTP: PATH is a model directory, or a run directory (its cascade,
@@ -55,8 +62,9 @@ def serve(
     user message); TEI's POST /predict; GET /healthz /readyz /metrics; POST /admin/swap and
     /admin/shadow (bearer token from SMALLFIT_ADMIN_TOKEN); OpenAPI docs at /docs.
 
-    With --engine ray: --replicas copies of the same app behind Ray Serve's proxy on the same
-    host and port."""
+    With --workers N: N processes accept on the port, each with its share of the cores (on one
+    machine, the way past one core's requests a second). With --engine ray: --replicas copies
+    of the same app behind Ray Serve's proxy on the same host and port."""
     from pydantic import ValidationError
 
     from smallfit.config import format_validation_error, read_yaml_mapping
@@ -67,14 +75,21 @@ def serve(
 
     raw = read_yaml_mapping(config_path) if config_path else {}
     raw.update({k: v for k, v in options.items() if v is not None})
+    if processes is not None:
+        raw["workers"] = processes
     try:
         config = ServeConfig.model_validate(raw)
     except ValidationError as exc:
         source = str(config_path or "options")
         raise ConfigError(format_validation_error(exc, source=source)) from exc
     spread = engine_config(engine, workers, ray_address)
+    if spread.kind == "ray" and config.workers > 1:
+        raise ConfigError("--workers is for one machine; with --engine ray, give --replicas")
     model = resolve_model_path(path)
-    _log(f"serving {model} on http://{config.host}:{config.port} (docs: /docs) ({engine})")
+    _log(
+        f"serving {model} on http://{config.host}:{config.port} (docs: /docs) ({engine}"
+        + (f", {config.workers} workers)" if config.workers > 1 else ")")
+    )
     if spread.kind == "ray":
         from smallfit.serve.ray_serve import serve_on_ray
 

@@ -1,21 +1,24 @@
-"""Serving over HTTP: ``create_app`` (FastAPI) and ``serve`` (uvicorn)."""
+"""Serving over HTTP: ``create_app`` (FastAPI) and ``serve`` (uvicorn; one process, or
+``workers`` processes on one port)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from smallfit.serve.config import ServeConfig
 
-
-def serve(model_path: str | Path, config: ServeConfig | None = None) -> None:
-    """Serve ``model_path`` (a model or run directory) until interrupted."""
+if TYPE_CHECKING:
     import uvicorn
 
-    from smallfit.serve.app import create_app
+
+def uvicorn_config(app: Any, config: ServeConfig | None = None) -> uvicorn.Config:
+    """uvicorn's settings for the app: quiet (no access log), graceful shutdown in 5 s;
+    ``config``'s host and port (a worker given a socket needs neither)."""
+    import uvicorn
 
     config = config or ServeConfig()
-    app = create_app(model_path, config)
-    uvicorn.run(
+    return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
@@ -27,4 +30,20 @@ def serve(model_path: str | Path, config: ServeConfig | None = None) -> None:
     )
 
 
-__all__ = ["ServeConfig", "serve"]
+def serve(model_path: str | Path, config: ServeConfig | None = None) -> None:
+    """Serve ``model_path`` (a model or run directory) until interrupted."""
+    config = config or ServeConfig()
+    if config.workers > 1:
+        from smallfit.serve.supervisor import serve_workers
+
+        serve_workers(model_path, config)
+        return
+    import uvicorn
+
+    from smallfit.serve.app import create_app
+
+    app = create_app(model_path, config)
+    uvicorn.Server(uvicorn_config(app, config)).run()
+
+
+__all__ = ["ServeConfig", "serve", "uvicorn_config"]

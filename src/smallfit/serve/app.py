@@ -356,10 +356,17 @@ def create_app(
             **_ADMIN,
             400: _error("the model could not be loaded; no change"),
             404: _error("no model at that path; no change"),
+            409: _error("several workers or replicas: give the shadow when the server starts"),
         },
     )
     async def shadow(request: ShadowRequest) -> Any:
         """Run a candidate beside the live model on live traffic; agreement in /metrics."""
+        if peers is not None:  # this request reaches one of them
+            message = (
+                "shadow not set: this server runs several workers or replicas and this request "
+                "reaches one of them; give the shadow when the server starts (--shadow)"
+            )
+            return JSONResponse({"detail": message}, 409)
         try:
             where = None if request.path is None else resolve_model_path(request.path)
         except NoModel as exc:

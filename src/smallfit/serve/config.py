@@ -15,6 +15,10 @@ class ServeConfig(Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, gt=0)
+    """Server processes accepting on the port (`--workers`): each answers requests on its own
+    cores, a swap reaches them all and `/metrics` adds them up. One process is bound by one
+    core's speed; two on two cores answered about twice the requests a second."""
     max_batch: int = Field(32, gt=0)
     """Texts per micro-batch for a local tier."""
     max_wait_ms: float = Field(0.0, ge=0)
@@ -31,7 +35,8 @@ class ServeConfig(Strict):
     top_k: int = Field(3, gt=0)
     """Probabilities returned per text."""
     threads: int | None = Field(None, gt=0)
-    """Compute threads for local models; default: all usable cores but one (at least one)."""
+    """Compute threads for local models (per worker); default: all usable cores but one (at
+    least one), or with several workers the cores divided between them."""
     admin_token_env: str = "SMALLFIT_ADMIN_TOKEN"
     """The environment variable holding the bearer token of the admin routes (unset: admin
     routes answer 403)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -357,11 +358,17 @@ class Engine:
         return answers
 
     def append_line(self, path: Path, lines: str) -> None:
-        """Append ``lines`` to a log file (one writer at a time)."""
+        """Append ``lines`` to a log file (one writer at a time here; in one write call, so the
+        lines of several worker processes never interleave)."""
+        data = lines.encode("utf-8")
         with self._log_lock:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(lines)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+            finally:
+                os.close(fd)
 
     def _log_traffic(self, answers: list[Answer], served: Served) -> None:
         """Append one line per answered text to the traffic log: tier, confidence, latency."""
