@@ -1,6 +1,7 @@
 """Issue 17's vocabulary trimming and graph fusion on any demo run: the run's 6-layer student
-(and its 3-layer copy in the run's compression cache) built four ways, then scored and timed
-beside the run's teacher in one process.
+(and its 3-layer copy in the run's compression cache) built three ways, then scored and timed
+beside the run's teacher and its static tier (``models/static``, where the run has one) in one
+process.
 
     .venv/bin/python benchmarks/trim_fuse.py --run-dir runs/banking77 [--queries 500]
 
@@ -13,8 +14,10 @@ The chains, each from the same trained student:
 For each model: test accuracy (with a 95% bootstrap interval, and as a share of the teacher's),
 accuracy apart on the test texts holding a token the trimmed vocabulary dropped and on the
 others, size on disk (and how many times smaller than the teacher), and batch-1 p50 at 1 thread,
-all models taking turns query by query (the ratios to the teacher with paired bootstrap
-intervals). Writes ``benchmarks/results/trim_fuse_<dataset>.json``.
+all models taking turns query by query, then again in turns of ``--block`` queries, each
+opened by an untimed one ("warm": a small model timed with its weights in cache, as a server
+running it alone has them); the ratios to the teacher with paired bootstrap
+intervals. Writes ``benchmarks/results/trim_fuse_<dataset>.json``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, default=Path("runs/banking77"))
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument(
+        "--block", type=int, default=20, help="queries per turn in the warm (block) timing"
+    )
     args = parser.parse_args()
     run = args.run_dir
     data = load_dataset(load_fit_config(run / "config.yaml").data)
@@ -71,6 +77,8 @@ def main() -> int:
     gold = np.asarray([data.labels.index(y) for y in data.test.labels])
     teacher = load(run / "models" / "teacher")
     models: dict[str, BaseClassifier] = {"teacher": teacher}
+    if (run / "models" / "static").is_dir():
+        models["static"] = load(run / "models" / "static")
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for layers, source in students(run).items():
@@ -114,8 +122,12 @@ def main() -> int:
             timed = interleaved_latency(
                 models, data.test.texts, queries=args.queries, warmup=30, samples=True
             )
+            warm = interleaved_latency(
+                models, data.test.texts, queries=args.queries, samples=True, block=args.block
+            )
     assert teacher_right is not None
     samples = {k: np.asarray(v.pop("samples_ms")) for k, v in timed.items()}
+    warm_samples = {k: np.asarray(v.pop("samples_ms")) for k, v in warm.items()}
     base = rows["teacher"]
     for name, row in rows.items():
         row["p50_ms_1_thread"] = float(np.median(samples[name]))
@@ -123,10 +135,18 @@ def main() -> int:
         row["times_smaller"] = base["bytes_on_disk"] / row["bytes_on_disk"]
         row["times_faster"] = float(np.median(samples["teacher"]) / np.median(samples[name]))
         row["times_faster_ci95"] = p50_ratio_interval(samples["teacher"], samples[name])
+        row["warm_p50_ms_1_thread"] = float(np.median(warm_samples[name]))
+        row["warm_times_faster"] = float(
+            np.median(warm_samples["teacher"]) / np.median(warm_samples[name])
+        )
+        row["warm_times_faster_ci95"] = p50_ratio_interval(
+            warm_samples["teacher"], warm_samples[name]
+        )
         print(
             f"{name:22s} {row['accuracy']:.2%} ({row['accuracy_of_teacher']:.1%} of teacher)  "
             f"{row['bytes_on_disk'] / 1e6:6.1f} MB ({row['times_smaller']:.1f}x smaller)  "
-            f"p50 {row['p50_ms_1_thread']:.2f} ms ({row['times_faster']:.1f}x faster)"
+            f"p50 {row['p50_ms_1_thread']:.2f} ms ({row['times_faster']:.1f}x faster), "
+            f"warm {row['warm_p50_ms_1_thread']:.2f} ms ({row['warm_times_faster']:.1f}x)"
         )
     passed = {}
     for layers in students(run):
@@ -155,6 +175,7 @@ def main() -> int:
             "passed": passed,
             "models": rows,
             "interleaved_latency_ms_1_thread": timed,
+            "interleaved_in_blocks_latency_ms_1_thread": {"block": args.block, **warm},
             "run": str(run),
             "environment": environment(),
         }

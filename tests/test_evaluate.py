@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -286,6 +287,36 @@ def test_interleaved_latency_times_each_model_every_turn(linear_dir: Path) -> No
     for stats in out.values():
         assert stats["n"] == 15
         assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
+
+
+def test_interleaved_latency_in_blocks_opens_each_turn_with_an_untimed_query(
+    linear_dir: Path,
+) -> None:
+    from smallfit.evaluate import interleaved_latency
+    from smallfit.models import load
+
+    asked: list[tuple[str, str]] = []
+
+    def counted(name: str) -> Any:
+        model = load(linear_dir)
+        answer = model.answer
+
+        def answering(texts: list[str]) -> Any:
+            asked.append((name, texts[0]))
+            return answer(texts)
+
+        model.answer = answering  # type: ignore[method-assign]
+        return model
+
+    texts = [t for t, _ in TRAIN][:6]
+    out = interleaved_latency(
+        {"a": counted("a"), "b": counted("b")}, texts, queries=10, block=4, samples=True
+    )
+    assert [out[m]["n"] for m in "ab"] == [10, 10]
+    # turns of 4, 4 and 2 queries, each opened by its first text once more, untimed
+    turn = [texts[0], *texts[:4]]
+    assert asked[:10] == [("a", t) for t in turn] + [("b", t) for t in turn]
+    assert len(asked) == 2 * (10 + 3)
 
 
 def test_a_probe_past_its_time_budget_stops_at_its_minimum(linear_dir: Path) -> None:

@@ -8,6 +8,7 @@ ledger agrees with the server's usage; a rerun asks the server nothing."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -236,6 +237,61 @@ def test_fit_with_an_llm_teacher_counts_broken_answers_and_reruns_free(
         again = fit(config, progress=False, log=lambda _: None)
         assert again.stages_run == []
         assert len([r for r in proxy.log if r.path.endswith("/chat/completions")]) == sent
+
+
+# ------------------------------------------------------------------------------------------
+# smallfit label --fields: extraction from the command line
+
+
+@pytest.mark.server
+def test_label_extracts_fields_from_the_command_line(
+    llama_url: str, tmp_path: Path, llm_env: str
+) -> None:
+    from test_cli import run_cli
+
+    from smallfit.evaluate.fields import norm
+    from smallfit.testing.fault_proxy import FaultProxy
+
+    rows = _playlist_rows(10, "test")
+    fields = sorted({f for r in rows for f in r["fields"]})
+    for row in rows[1::2]:  # half without gold
+        del row["fields"], row["spans"]
+    data = _write(tmp_path / "requests.jsonl", rows)
+    out = tmp_path / "fields.jsonl"
+    command = [
+        "label", "--data", str(data), "--fields", ",".join(fields), "--model", "smollm2",
+        "--price-input", "0.15", "--price-output", "0.6", "--concurrency", "2", "-q",
+        "-o", str(out),
+    ]  # fmt: skip
+    with FaultProxy(llama_url, rate=0.3, faults=("not-json", "off-schema"), seed=5) as proxy:
+        done = run_cli(*command, "--base-url", proxy.url)
+        assert done.returncode == 0, done.stderr
+        asked = [r for r in proxy.log if r.path.endswith("/chat/completions")]
+        written = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+        assert [r["line"] for r in written] == list(range(1, 11))
+        assert [r["text"] for r in written] == [r["text"] for r in rows]
+        for got in written:
+            fault = next(r.fault for r in asked if r.text and got["text"] in r.text)
+            if fault in ("not-json", "off-schema"):  # counted by its reason, never guessed
+                assert got["status"] == fault and got["fields"] is None
+                continue
+            assert got["status"] == "ok" and set(got["fields"]) <= set(fields)
+            for start, end, name in got["spans"]:  # placed as fit places them (loosely)
+                value = got["fields"][name]
+                given = value if isinstance(value, list) else [value]
+                assert norm(got["text"][start:end]) in [norm(v) for v in given]
+        assert {r["status"] for r in written} - {"ok"}, "the seed must break at least one answer"
+        assert sum("gold" in r for r in written) == 5
+        assert "against gold on 5 rows: micro F1" in done.stdout
+        again = run_cli(*command, "--base-url", proxy.url)  # the cache answers: nothing sent
+        assert again.returncode == 0 and out.read_text("utf-8").count("\n") == 10
+        assert len([r for r in proxy.log if r.path.endswith("/chat/completions")]) == len(asked)
+    # a gold field not declared: the file and line named, before any request
+    narrow = run_cli(*command[:4], fields[0], *command[5:], "--base-url", "http://127.0.0.1:9/v1")
+    assert narrow.returncode == 2
+    assert re.search(
+        r"requests\.jsonl:\d+ field 'fields\.\w+': .* not in the schema", narrow.stderr
+    ), narrow.stderr
 
 
 # ------------------------------------------------------------------------------------------

@@ -34,6 +34,20 @@ def total(text: str, name: str, **match: str) -> float:
     return sum(v for labels, v in samples(text, name) if labels.items() >= match.items())
 
 
+def settled(url: str, name: str, **match: str) -> float:
+    """``total`` once every worker has written its latest counts (two reads a sync apart
+    agree)."""
+    deadline = time.monotonic() + 30
+    last = total(httpx.get(f"{url}/metrics", timeout=10).text, name, **match)
+    while True:
+        time.sleep(0.6)
+        now = total(httpx.get(f"{url}/metrics", timeout=10).text, name, **match)
+        if now == last:
+            return now
+        assert time.monotonic() < deadline, "the metrics did not settle"
+        last = now
+
+
 def answers(body: dict[str, Any]) -> list[tuple[str, dict[str, float], str]]:
     return [(r["label"], r["probs"], r["tier"]) for r in body["results"]]
 
@@ -81,8 +95,7 @@ def test_workers_answer_as_one_process_does_and_share_the_connections(
 ) -> None:
     url, _ = server
     texts = snips_texts[:24]
-    time.sleep(0.6)  # the counts of earlier requests (the readiness polls) are written
-    before = total(httpx.get(f"{url}/metrics").text, "smallfit_requests_total", status="200")
+    before = settled(url, "smallfit_requests_total", status="200")
     with serving(create_app(snips_linear)) as single, httpx.Client(base_url=single) as one:
         clients = [httpx.Client(base_url=url, timeout=60) for _ in range(4)]  # 4 connections
         try:
@@ -94,9 +107,8 @@ def test_workers_answer_as_one_process_does_and_share_the_connections(
         finally:
             for client in clients:
                 client.close()
-    time.sleep(0.6)
+    assert settled(url, "smallfit_requests_total", status="200") - before == 8
     text = httpx.get(f"{url}/metrics").text
-    assert total(text, "smallfit_requests_total", status="200") - before == 8
     assert samples(text, "smallfit_replicas") == [({}, 2.0)]
     # a shadow set through one worker would shadow a share of the traffic: refused, by name
     refused = httpx.post(
@@ -114,7 +126,7 @@ def test_a_swap_reaches_both_workers_under_load_with_no_failed_request(
     snips_texts: list[str],
 ) -> None:
     url, _ = server
-    swaps_before = total(httpx.get(f"{url}/metrics").text, "smallfit_model_swaps_total")
+    swaps_before = settled(url, "smallfit_model_swaps_total")
     with ClassifyLoad(url, snips_texts) as load, httpx.Client(base_url=url, timeout=120) as admin:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         for target, name in ((snips_minilm, "s"), (snips_linear, "linear")):
@@ -126,8 +138,7 @@ def test_a_swap_reaches_both_workers_under_load_with_no_failed_request(
                 time.sleep(0.2)
             load.wait_for(20)  # requests answered after the swap, too
     assert load.errors == [] and set(load.statuses) == {200}, (load.errors[:3], load.statuses)
-    time.sleep(0.6)
-    swaps = total(httpx.get(f"{url}/metrics").text, "smallfit_model_swaps_total") - swaps_before
+    swaps = settled(url, "smallfit_model_swaps_total") - swaps_before
     assert swaps == 4  # two swaps, each on both workers
 
 
@@ -135,8 +146,7 @@ def test_a_killed_worker_is_replaced_and_its_counts_kept(
     server: tuple[str, subprocess.Popen[bytes]], snips_texts: list[str]
 ) -> None:
     url, _ = server
-    time.sleep(0.6)
-    before = total(httpx.get(f"{url}/metrics").text, "smallfit_requests_total", status="200")
+    before = settled(url, "smallfit_requests_total", status="200")
     victim = sorted(workers_reporting(url, 2))[0]
     os.kill(int(victim.rsplit("-", 1)[1]), signal.SIGKILL)
     answered = 0
@@ -151,8 +161,7 @@ def test_a_killed_worker_is_replaced_and_its_counts_kept(
         if victim not in reporting and answered >= 10:
             break
         assert time.monotonic() < deadline, reporting
-    time.sleep(0.6)
-    after = total(httpx.get(f"{url}/metrics").text, "smallfit_requests_total", status="200")
+    after = settled(url, "smallfit_requests_total", status="200")
     assert after - before >= answered  # the dead worker's counts stay in the totals
 
 
@@ -182,3 +191,36 @@ def test_ctrl_c_stops_every_worker(snips_linear: Path, tmp_path: Path) -> None:
             os.kill(pid, 0)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/readyz")
+
+
+def test_a_worker_that_cannot_restart_is_retried_while_the_other_serves(
+    snips_linear: Path, snips_texts: list[str], tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(snips_linear, model)
+    port, log = free_port(), tmp_path / "serve.log"
+    proc = start(model, port, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        victim = sorted(workers_reporting(url, 2))[1]
+        weights = next(model.glob("*.safetensors"))
+        good = weights.read_bytes()
+        weights.write_bytes(b"not safetensors")  # a restart cannot load the model now
+        os.kill(int(victim.rsplit("-", 1)[1]), signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while "starting another in 2 s" not in log.read_text():  # its successor failed too
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        for _ in range(6):  # the other worker answers meanwhile
+            reply = httpx.post(f"{url}/v1/classify", json={"texts": snips_texts[:1]}, timeout=30)
+            assert reply.status_code == 200
+        weights.write_bytes(good)
+        deadline = time.monotonic() + 120
+        while victim in (reporting := workers_reporting(url, 2)):  # the next try serves
+            assert time.monotonic() < deadline, reporting
+            time.sleep(0.2)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)

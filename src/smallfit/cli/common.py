@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+EXIT_BUDGET = 3
+"""Exit code of a run the budget stopped (what was done is written)."""
+
+
 def progress_wanted(quiet: bool) -> bool:
     """Progress bars: on a terminal unless ``--quiet``, or wherever SMALLFIT_PROGRESS=1."""
     return (not quiet and sys.stderr.isatty()) or os.environ.get("SMALLFIT_PROGRESS") == "1"

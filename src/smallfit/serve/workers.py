@@ -129,6 +129,7 @@ class FilePeers:
         self.shared.push(self.worker, metrics.render())
         self.shared.mark_ready(self.index)
         engine.spawn(self._follow(engine, metrics))
+        engine.spawn(self._report(metrics))
 
     async def _follow(self, engine: Engine, metrics: Metrics) -> None:
         while True:
@@ -141,10 +142,19 @@ class FilePeers:
                         live = engine.live
                         if live is None or live.version != published.version:
                             await engine.swap(published.path)
-                self.shared.push(self.worker, metrics.render())
             except Exception:  # a model that did not load here, or the directory gone
                 metrics.errors.labels(kind="replica_sync").inc()
                 _log.exception("worker %s could not follow the server's model", self.worker)
+
+    async def _report(self, metrics: Metrics) -> None:
+        """This worker's metrics for the others, apart from the swaps (a model that loads
+        for longer than :data:`STALE_S` must not make the worker look gone)."""
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL_S)
+            try:
+                self.shared.push(self.worker, metrics.render())
+            except OSError:
+                metrics.errors.labels(kind="replica_sync").inc()
 
     async def swap(self, engine: Engine, path: Path) -> Served:
         async with self._lock:
@@ -160,6 +170,7 @@ class FilePeers:
 
     async def exposition(self, own: bytes) -> bytes:
         try:
+            self.shared.push(self.worker, own)  # first: a scrape elsewhere never sees less
             return self.shared.merged(self.worker, own)
         except OSError:  # the directory gone: this worker's own, and say so
             return b"# the other workers' metrics are unreadable: this worker's only\n" + own

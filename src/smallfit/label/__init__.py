@@ -130,14 +130,7 @@ def label_file(
     model = llm_classifier(
         config, labels, examples=examples, name="llm", cache=cache or out.with_suffix(".sqlite")
     )
-    if engine is not None:
-        model.use_engine(engine)
-    try:
-        answers, report = model.labelled(texts, progress=progress, spread=True)
-        cost = model.cost_per_1m_queries()
-        prices, prices_source = model.labeller.prices, model.labeller.prices_source
-    finally:
-        model.close()
+    answers, report, cost, (prices, prices_source) = ask_all(model, texts, engine, progress)
     status_of = {"ok-no-logprobs": "ok"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -165,6 +158,32 @@ def label_file(
                     agree += row["label"] == gold[i]
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(out)
+    lines = summary_lines(out, report, cost, prices, prices_source)
+    if gold is not None and answered:
+        lines.append(f"agreement with gold: {agree / answered:.1%} of {answered} answered")
+    return finished(out, report, lines, cost)
+
+
+def ask_all(
+    model: Any, texts: list[str], engine: EngineConfig | None, progress: bool
+) -> tuple[list[Any], LabelReport, dict[str, Any], tuple[Any, str]]:
+    """Every text asked of ``model`` (an LLM model; over ``engine`` when given), then closed:
+    the answers, the report, the cost per 1M texts, and the prices with where they came from."""
+    if engine is not None:
+        model.use_engine(engine)
+    try:
+        answers, report = model.labelled(texts, progress=progress, spread=True)
+        cost = model.cost_per_1m_queries()
+        return answers, report, cost, (model.labeller.prices, model.labeller.prices_source)
+    finally:
+        model.close()
+
+
+def summary_lines(
+    out: Path, report: LabelReport, cost: dict[str, Any], prices: Any, prices_source: str
+) -> list[str]:
+    """What a labelling run says when it ends: where the answers went, the report, the rate,
+    the cost per text and what this run spent."""
     lines = [f"labels written to {out}", report.summary()]
     if report.answered:
         lines.append(f"new answers: {report.rows_per_s} texts/s over {report.seconds:.1f}s")
@@ -185,8 +204,11 @@ def label_file(
             f"${spent['estimated']['cost_usd']:.4f} estimated (attempts the server did but whose "
             f"usage never arrived); {spent['usage_unknown_requests']} with usage unknown"
         )
-    if gold is not None and answered:
-        lines.append(f"agreement with gold: {agree / answered:.1%} of {answered} answered")
+    return lines
+
+
+def finished(out: Path, report: LabelReport, lines: list[str], cost: dict[str, Any]) -> LabelResult:
+    """The result of a labelling run, with the budget's stop said last."""
     budget_stop = bool(report.stopped and report.stopped.startswith("budget"))
     if budget_stop:
         lines.append(
