@@ -214,6 +214,13 @@ def _doc(
     return FieldDoc(values, spans_of(spans, text, values, file=file, line=line))
 
 
+def with_gold_lists(declared: FieldSchema, docs: Iterable[FieldDoc | None]) -> FieldSchema:
+    """``declared`` in its order, a field the gold ``docs`` hold two values of made a list (a
+    list of names states no types)."""
+    lists = {n for d in docs if d is not None for n, v in d.values.items() if len(v) > 1}
+    return FieldSchema.of(declared.names, lists & set(declared.names))
+
+
 def schema_of(splits: Iterable[FieldSplit]) -> FieldSchema:
     """The fields the gold of ``splits`` uses, in order of first appearance; a field that
     ever holds two values is a list."""
@@ -295,10 +302,8 @@ def load_field_dataset(config: Any, *, gold_required: bool) -> FieldDataset:
         )
     if declared is None:
         schema = schema_of([train, dev, test])  # the fields used, and which hold lists
-    else:  # the declared order; a declared field is a list where the data holds two values
-        used = [d for s in (train, dev, test) for d in s.docs if d is not None]
-        lists = {n for d in used for n, v in d.values.items() if len(v) > 1}
-        schema = FieldSchema.of(declared.names, lists & set(declared.names))
+    else:
+        schema = with_gold_lists(declared, (d for s in (train, dev, test) for d in s.docs))
     from smallfit.data.dataset import normalise_text
 
     seen = {normalise_text(t) for t in (*train.texts, *dev.texts)}

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smallfit.data.fields import FieldDoc, read_field_split
+from smallfit.data.fields import read_field_split, with_gold_lists
 from smallfit.engine.config import EngineConfig
 from smallfit.errors import ConfigError, SmallfitError
 from smallfit.fields import FieldSchema, align
@@ -71,7 +71,8 @@ def extract_file(
     )
     texts = split.texts[:limit] if limit else split.texts
     docs = split.docs[: len(texts)]
-    schema = _with_gold_lists(schema, docs)
+    if not schema.lists:  # a JSON schema's own types stand
+        schema = with_gold_lists(schema, docs)
     examples = draw_field_examples(texts, docs, config.few_shot, seed=config.seed)
     if config.few_shot and not examples:
         raise SmallfitError("few-shot examples need rows with gold fields (--fields-field)")
@@ -121,12 +122,3 @@ def extract_file(
             f"right in {quality.doc_exact:.1%} (an unreadable answer counts as empty)"
         )
     return finished(out, report, lines, cost)
-
-
-def _with_gold_lists(schema: FieldSchema, docs: list[FieldDoc | None]) -> FieldSchema:
-    """``schema``, with a field the gold holds two values of made a list (a field list names
-    no types; a JSON schema's own types stand)."""
-    if schema.lists:
-        return schema
-    lists = {n for d in docs if d is not None for n, v in d.values.items() if len(v) > 1}
-    return FieldSchema.of(schema.names, lists) if lists else schema

@@ -91,7 +91,7 @@ class _Worker:
         self.started = time.monotonic()
         self.restart_at: float | None = None
         """Once it died: when its successor starts."""
-        (shared.ready_dir / str(index)).unlink(missing_ok=True)
+        shared.unready(index)
         here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         here.setblocking(False)
         self.channel = here
@@ -187,7 +187,6 @@ class _Supervisor:
                 + (f" in {delay:.0f} s" if delay else ""),
                 file=sys.stderr,
             )
-            (self.shared.ready_dir / str(i)).unlink(missing_ok=True)
             worker.restart_at = now + delay  # meanwhile the others take the new connections
 
     def _accept(self, serving: list[_Worker]) -> None:
@@ -258,19 +257,6 @@ def serve_workers(model_path: str | Path, config: ServeConfig) -> None:
 # -- a worker --------------------------------------------------------------------------------
 
 
-def _exit_with_parent() -> None:
-    """Stop this worker (SIGTERM: a graceful shutdown) if the supervisor dies without stopping
-    it."""
-    parent = os.getppid()
-
-    def check() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=check, name="smallfit-parent-watch", daemon=True).start()
-
-
 def _handed_server(config: Any, channel: socket.socket) -> Any:
     """A uvicorn server for the connections the supervisor hands over ``channel``, not for a
     socket of its own."""
@@ -298,7 +284,7 @@ def _handed_server(config: Any, channel: socket.socket) -> Any:
                     message, fds, flags, _ = socket.recv_fds(channel, 1, 16)
                 except BlockingIOError:
                     return
-                if not message and not fds:  # the supervisor is gone: stop
+                if not message and not fds:  # the supervisor is gone (even killed): stop
                     loop.remove_reader(channel.fileno())
                     self.should_exit = True
                     return
@@ -338,7 +324,6 @@ def _worker(root: Path, fd: int, index: int, generation: int) -> None:
     from smallfit.serve import uvicorn_config
     from smallfit.serve.app import create_app
 
-    _exit_with_parent()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # keep-alive connections are fds
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -97,6 +97,9 @@ class SharedDir:
     def mark_ready(self, index: int) -> None:
         (self.ready_dir / str(index)).touch()
 
+    def unready(self, index: int) -> None:
+        (self.ready_dir / str(index)).unlink(missing_ok=True)
+
     def ready(self, index: int) -> bool:
         return (self.ready_dir / str(index)).exists()
 
