@@ -412,3 +412,43 @@ def test_cascade_calibration_escalates_exactly_what_a_threshold_can() -> None:
     assert int((conf < threshold).sum()) == 3
     k, met = choose(f1, 1.0, "escalation <= 50%", exact)
     assert k == 1 and met  # 2 would split the tie
+
+
+def test_a_word_takes_the_tag_of_its_first_piece() -> None:
+    from smallfit.models.tagger import decode, words
+
+    tags = ["O", "B-city", "I-city"]
+    text = "to newyork, ok"
+    # "to", "new", "##york" (one word), ",", "ok"
+    offsets = [(0, 0), (0, 2), (3, 6), (6, 10), (10, 11), (12, 14), (0, 0)]
+    assert words(text, offsets) == [(1, 0, 2), (2, 3, 10), (4, 10, 11), (5, 12, 14)]
+    probs = np.array(
+        [
+            [1, 0, 0],
+            [0.9, 0.05, 0.05],
+            [0.2, 0.7, 0.1],  # "new": B-city
+            [0.6, 0.1, 0.3],  # "##york": O, outvoted by its word's first piece
+            [0.95, 0, 0.05],
+            [0.99, 0.01, 0],
+            [1, 0, 0],
+        ]
+    )
+    got = decode(text, offsets, probs, tags)
+    assert got.values == {"city": ["newyork"]} and got.spans == [Span(3, 10, "city")]
+    assert got.field_confidence == {"city": pytest.approx(0.7)}
+    assert got.confidence == pytest.approx(0.7)
+
+
+def test_an_f1_target_is_met_from_where_the_dev_curve_stays_above_it() -> None:
+    from smallfit.route.fields import choose
+
+    f1 = np.array([0.90, 0.93, 0.91, 0.92, 0.935, 0.94, 0.945])  # k = 0..6 escalated
+    k, met = choose(f1, 0.945, "accuracy >= teacher - 2pt")  # 0.925: first met at 1, dips at 2, 3
+    assert (k, met) == (4, True)
+    k, met = choose(f1, 0.945, "accuracy >= teacher - 5pt")  # met everywhere
+    assert (k, met) == (0, True)
+    exact = np.array([True, True, True, False, True, True, True])
+    k, met = choose(f1, 0.945, "accuracy >= teacher - 2pt", exact)
+    assert (k, met) == (4, True)
+    k, met = choose(f1, 0.945, "accuracy >= 0.95")  # never met: the best F1, unmet
+    assert (k, met) == (6, False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -89,3 +90,22 @@ def test_a_small_pool_trains_for_min_steps(tmp_path, snips_slice) -> None:
     )
     assert (summary["steps"], summary["epochs"], summary["stopped_by"]) == (6, 3.0, "epochs")
     assert summary["schedule"].startswith("3 epochs x 2 steps = 6 steps: train.epochs 1 would")
+
+
+def test_token_batches_group_lengths_and_cover_each_text_once_an_epoch() -> None:
+    from smallfit.train.token_loop import MEGABATCH, length_grouped
+
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(3, 40, size=MEGABATCH * 8 * 2 + 5)]
+    batches = length_grouped(lengths, 8, np.random.default_rng(1))
+    assert sorted(int(i) for b in batches for i in b) == list(range(len(lengths)))
+    assert len(batches) == -(-len(lengths) // 8)  # as many steps as plain shuffling gives
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    order = np.random.default_rng(1).permutation(len(lengths))
+    plain = sum(
+        max(lengths[i] for i in order[b : b + 8]) * len(order[b : b + 8])
+        for b in range(0, len(order), 8)
+    )
+    assert padded < 0.8 * plain and padded < 1.1 * sum(lengths)
+    again = length_grouped(lengths, 8, np.random.default_rng(1))
+    assert all((a == b).all() for a, b in zip(batches, again, strict=True))  # seeded

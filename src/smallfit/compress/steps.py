@@ -101,8 +101,11 @@ class HealConfig(_Step):
     """A short distillation against the teacher's probabilities after a step that removes
     weights; ``epochs: 0`` skips it."""
 
-    epochs: float = Field(1.0, ge=0)
-    """Passes over the healing texts (the training pool in ``fit``); 0 = no healing."""
+    epochs: float = Field(3.0, ge=0)
+    """Passes over the healing texts (the training pool in ``fit``); 0 = no healing. Three
+    passes took the demo's 3-layer int8 MiniLM on Banking77 from 97.0% of the teacher's
+    accuracy (one pass) to 98.2% (two: 98.0%), for about a minute more; on Bitext all three
+    stayed within 0.1 pt of the teacher."""
     lr: float = Field(1e-4, gt=0)
     """Learning rate of the encoder (the head gets 20x)."""
     batch_size: int = Field(32, gt=0)

@@ -2,11 +2,13 @@
 classification head over BIO tags of the declared fields, in PyTorch.
 
 Each token of a value's span is tagged (``B-field`` on its first token, ``I-field`` on the rest,
-``O`` elsewhere). Reading an answer: consecutive tokens of one field make a span, widened to
-whole words; its value is the text's own characters, so a tagger never invents a value. Each
-field's confidence is the lowest probability of the tags on its tokens; a document's is the
-lowest over all its tokens (its fields', and the ``O`` of the text between them, so a field
-the tagger nearly found lowers it too).
+``O`` elsewhere). Reading an answer, word by word: a word (a run of letters and digits, or one
+other character) takes the tag of its first token, as token classifiers are usually read, so the
+pieces of one word never disagree; consecutive words of one field make a span, whose value is
+the text's own characters, so a tagger never invents a value. Each field's confidence is the
+lowest probability of the tags on its words' first tokens; a document's is the lowest over all
+its words (its fields', and the ``O`` of the text between them, so a field the tagger nearly
+found lowers it too).
 """
 
 from __future__ import annotations
@@ -96,6 +98,22 @@ def _widen(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def words(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """The words the tokens make, as (first token, start, end): a token continues the word
+    before it when it starts where that one ended, inside a run of letters and digits (a
+    WordPiece ``##`` piece); special tokens (empty offsets) belong to none."""
+    out: list[tuple[int, int, int]] = []
+    for t, (start, end) in enumerate(offsets):
+        if start == end:
+            continue
+        inside = 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum()
+        if out and start == out[-1][2] and inside:
+            out[-1] = (out[-1][0], out[-1][1], end)
+            continue
+        out.append((t, start, end))
+    return out
+
+
 def decode(
     text: str, offsets: Sequence[tuple[int, int]], probs: np.ndarray, tags: list[str]
 ) -> Extraction:
@@ -118,9 +136,7 @@ def decode(
             conf[name] = min(conf.get(name, 1.0), p)
         current = None
 
-    for t, (start, end) in enumerate(offsets):
-        if start == end:
-            continue
+    for t, start, end in words(text, offsets):
         doc = min(doc, float(top[t]))
         tag = tags[int(chosen[t])]
         if tag == "O":
