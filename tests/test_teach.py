@@ -138,3 +138,25 @@ def test_a_teacher_retrained_in_place_is_a_new_teacher(snips_slice, dataset, tmp
     model.save_pretrained(str(hf_dir))
     third = fit(config, **quiet)
     assert "teacher" in third.stages_run and "student:linear" in third.stages_run
+
+
+def test_a_local_base_counts_by_its_contents(tmp_path) -> None:
+    """A fine-tuned teacher's (or a student's) ``base`` that is a local directory keys its
+    stage by the directory's contents: retrained in place, it is a new base. A zoo alias or
+    hub id leaves the key as it was."""
+    from smallfit.config import FinetuneTeacher, TransformerStudent
+    from smallfit.hashing import hash_json, local_base
+
+    base = tmp_path / "encoder"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    teacher = FinetuneTeacher(base=str(base))
+    before = teacher.identity()
+    assert before["base_content"] == local_base(str(base))["base_content"]
+    (base / "config.json").write_text('{"retrained": true}')
+    assert teacher.identity() != before
+    alias = FinetuneTeacher(base="mpnet-base")
+    assert alias.identity() == alias.model_dump(mode="json")
+    student = TransformerStudent(name="s", base="minilm-l6")
+    assert local_base(student.base) == {} and local_base(None) == {}
+    assert hash_json(local_base(str(base))) != hash_json(local_base(str(tmp_path / "absent")))

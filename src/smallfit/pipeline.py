@@ -20,7 +20,7 @@ from smallfit.config import FitConfig, dump_fit_config
 from smallfit.data import Dataset
 from smallfit.distill.config import StudentBase
 from smallfit.errors import SmallfitError
-from smallfit.hashing import hash_json, hash_texts
+from smallfit.hashing import hash_json, hash_texts, local_base
 from smallfit.logs import routed
 from smallfit.models.base import read_manifest, write_json
 from smallfit.models.gguf_extractor import KIND as GGUF_KIND
@@ -218,7 +218,13 @@ class _Run:
         the students whose training spreads (Trainer's), the first one alone the others."""
         for student in self.config.students:
             out = self.run.model(student.name)
-            key = hash_json({"student": student.model_dump(mode="json"), "labels": labels.key})
+            key = hash_json(
+                {
+                    "student": student.model_dump(mode="json"),
+                    "labels": labels.key,
+                    **local_base(getattr(student, "base", None)),
+                }
+            )
             self.keys[student.name] = key
             name = stage("student", student.name)
             fresh = self.stages.fresh(name, key, out)

@@ -69,6 +69,12 @@ class FinetuneTeacher(TeacherBase):
     def distributed(self, task: str) -> bool:
         return task == "classify"  # the Trainer; an extract task's tagger has its own loop
 
+    def identity(self, task: str = "classify") -> dict[str, Any]:
+        """A ``base`` that is a local directory counts by its contents, not just its path."""
+        from smallfit.hashing import local_base
+
+        return {**self.model_dump(mode="json"), **local_base(self.base)}
+
 
 class ModelTeacher(TeacherBase):
     """A model the user already has. A classify task takes a smallfit classifier directory or a
