@@ -51,6 +51,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=Path("runs/snips_slots"))
     parser.add_argument("--latency-texts", type=int, default=300)
+    parser.add_argument(
+        "--name",
+        default="extract_snips",
+        help="results file name (e.g. for a run without the generator, whose decoder check "
+        "then misses)",
+    )
     args = parser.parse_args()
 
     results = json.loads((args.run / "results.json").read_text("utf-8"))
@@ -149,8 +155,8 @@ def main() -> int:
         },
     }
     record = {
-        "benchmark": "extract_snips",
-        "command": f"benchmarks/extract_snips.py --run {args.run}",
+        "benchmark": args.name,
+        "command": f"benchmarks/extract_snips.py --run {args.run} --name {args.name}",
         "environment": environment(),
         "targets": TARGETS,
         "figures": figures,

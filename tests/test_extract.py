@@ -452,3 +452,21 @@ def test_an_f1_target_is_met_from_where_the_dev_curve_stays_above_it() -> None:
     assert (k, met) == (4, True)
     k, met = choose(f1, 0.945, "accuracy >= 0.95")  # never met: the best F1, unmet
     assert (k, met) == (6, False)
+    # above the teacher's own F1, no k stays above: the fewest that reach it
+    k, met = choose(np.array([0.90, 0.93, 0.96, 0.955, 0.94]), 0.94, "accuracy >= 0.95")
+    assert (k, met) == (2, True)
+
+
+def test_words_join_overlapping_pieces_and_keep_ideographs_apart() -> None:
+    from smallfit.models.tagger import words
+
+    # byte-level pieces of "ü" share its offsets: one word
+    assert words("Zürich x", [(0, 2), (1, 2), (2, 6), (7, 8)]) == [(0, 0, 6), (3, 7, 8)]
+    # each CJK ideograph is a word, as BERT's pre-tokenizer makes it
+    assert words("东京天气", [(0, 1), (1, 2), (2, 3), (3, 4)]) == [
+        (0, 0, 1),
+        (1, 1, 2),
+        (2, 2, 3),
+        (3, 3, 4),
+    ]
+    assert words("R&B", [(0, 1), (1, 2), (2, 3)]) == [(0, 0, 1), (1, 1, 2), (2, 2, 3)]

@@ -140,12 +140,13 @@ def test_a_teacher_retrained_in_place_is_a_new_teacher(snips_slice, dataset, tmp
     assert "teacher" in third.stages_run and "student:linear" in third.stages_run
 
 
-def test_a_local_base_counts_by_its_contents(tmp_path) -> None:
+def test_a_local_base_counts_by_its_contents(tmp_path, monkeypatch) -> None:
     """A fine-tuned teacher's (or a student's) ``base`` that is a local directory keys its
     stage by the directory's contents: retrained in place, it is a new base. A zoo alias or
     hub id leaves the key as it was."""
     from smallfit.config import FinetuneTeacher, TransformerStudent
-    from smallfit.hashing import hash_json, local_base
+    from smallfit.hashing import hash_json
+    from smallfit.zoo import local_base
 
     base = tmp_path / "encoder"
     base.mkdir()
@@ -160,3 +161,9 @@ def test_a_local_base_counts_by_its_contents(tmp_path) -> None:
     student = TransformerStudent(name="s", base="minilm-l6")
     assert local_base(student.base) == {} and local_base(None) == {}
     assert hash_json(local_base(str(base))) != hash_json(local_base(str(tmp_path / "absent")))
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"GGUF")
+    assert local_base(weights) == {"base_content": local_base(weights)["base_content"]}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "minilm-l6").mkdir()  # a folder named like an alias: the alias is what loads
+    assert local_base("minilm-l6") == {}

@@ -37,16 +37,6 @@ def hash_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
 _MODEL_CARD = "MODEL_CARD.md"  # smallfit.models.base.MODEL_CARD (not imported: no cycle)
 
 
-def local_base(base: object) -> dict[str, str]:
-    """``{"base_content": hash}`` when ``base`` (a config's ``base``: a zoo alias, a hub id or
-    a local directory) names a local directory, else nothing: a model retrained in place under
-    the same path is a new base, and a stage built on it is rebuilt. Aliases and hub ids leave
-    a key as it was."""
-    if not isinstance(base, str | Path) or not str(base) or not Path(base).is_dir():
-        return {}
-    return {"base_content": hash_dir(base)}
-
-
 def hash_dir(path: str | Path) -> str:
     """sha256 over every file under a directory (relative names and contents), but a model
     card (documentation a report may rewrite)."""

@@ -20,7 +20,7 @@ from smallfit.config import FitConfig, dump_fit_config
 from smallfit.data import Dataset
 from smallfit.distill.config import StudentBase
 from smallfit.errors import SmallfitError
-from smallfit.hashing import hash_json, hash_texts, local_base
+from smallfit.hashing import hash_json, hash_texts
 from smallfit.logs import routed
 from smallfit.models.base import read_manifest, write_json
 from smallfit.models.gguf_extractor import KIND as GGUF_KIND
@@ -39,6 +39,7 @@ from smallfit.train.distributed import (
     wait_for_everyone,
     world_size,
 )
+from smallfit.zoo import local_base
 
 if TYPE_CHECKING:
     from smallfit.route.stage import Routed

@@ -207,6 +207,23 @@ def describe() -> str:
     return "\n".join(lines)
 
 
+def local_base(base: object) -> dict[str, str]:
+    """``{"base_content": hash}`` when ``base`` (a config's ``base``) names a local directory or
+    file rather than a zoo alias or hub id, else nothing: a model retrained in place under the
+    same path is a new base, and a stage built on it is rebuilt. Aliases and hub ids leave a
+    stage's key as it was."""
+    from smallfit.hashing import hash_dir, hash_file
+
+    if not isinstance(base, str | Path) or not str(base) or str(base) in ALIASES:
+        return {}
+    local = Path(base).expanduser()
+    if local.is_dir():
+        return {"base_content": hash_dir(local)}
+    if local.is_file():
+        return {"base_content": hash_file(local)}
+    return {}
+
+
 def resolve(name: str) -> Path:
     """A local Hugging Face model directory for an alias, a local directory or a Hub id."""
     if name in ALIASES:

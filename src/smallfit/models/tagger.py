@@ -98,18 +98,33 @@ def _widen(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def _ideograph(ch: str) -> bool:
+    """A CJK ideograph, which BERT's pre-tokenizer makes a word of its own."""
+    code = ord(ch)
+    return (
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0xF900 <= code <= 0xFAFF
+        or 0x20000 <= code <= 0x2FA1F
+    )
+
+
 def words(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
     """The words the tokens make, as (first token, start, end): a token continues the word
-    before it when it starts where that one ended, inside a run of letters and digits (a
-    WordPiece ``##`` piece); special tokens (empty offsets) belong to none."""
+    before it when it starts where that one ended inside a run of letters and digits (a
+    WordPiece ``##`` piece; a CJK ideograph is a word of its own), or inside it (byte-level
+    pieces of one character share its offsets); special tokens (empty offsets) belong to none."""
     out: list[tuple[int, int, int]] = []
     for t, (start, end) in enumerate(offsets):
         if start == end:
             continue
-        inside = 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum()
-        if out and start == out[-1][2] and inside:
-            out[-1] = (out[-1][0], out[-1][1], end)
-            continue
+        if out:
+            first, begin, stop = out[-1]
+            inside = 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum()
+            joined = inside and not (_ideograph(text[start - 1]) or _ideograph(text[start]))
+            if start < stop or (start == stop and joined):
+                out[-1] = (first, begin, max(stop, end))
+                continue
         out.append((t, start, end))
     return out
 
@@ -130,7 +145,7 @@ def decode(
         if current is not None:
             name, s, e, p = current
             s, e = _widen(text, s, e)
-            if spans and spans[-1].field == name and spans[-1].end >= s:  # one word, split
+            if spans and spans[-1].field == name and spans[-1].end >= s:  # touching: one value
                 s = spans.pop().start
             spans.append(Span(s, e, name))
             conf[name] = min(conf.get(name, 1.0), p)

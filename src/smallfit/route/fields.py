@@ -66,7 +66,8 @@ def choose(
     larger number also reaches it, so a k that reaches it only by a bump of the dev curve (a
     few lucky documents, then the F1 falls below the target again) is passed over: on 1,378
     SNIPS dev documents the first crossing escalated 31 and came out under the target on test.
-    For an escalation target, the best F1 within it. Unmet: the fewest with the best F1."""
+    An absolute target above the teacher's own F1 has no such place: then the fewest that reach
+    it. For an escalation target, the best F1 within it. Unmet: the fewest with the best F1."""
     goal = parse_target(target)
     n = len(f1) - 1
     usable = np.ones(n + 1, dtype=bool) if exact is None else exact
@@ -85,6 +86,9 @@ def choose(
         return int(reachable[0]), True
     if below[-1] != reachable[-1]:
         return int(reachable[reachable > below[-1]][0]), True
+    above = reachable[f1[reachable] >= need - 1e-12]
+    if len(above):
+        return int(above[0]), True
     return int(np.argmax(scored)), False
 
 
@@ -261,7 +265,7 @@ def build_field_cascade(
     )
     summary = CascadeSummary(
         target=config.target,
-        confidence="document (lowest token probability)",
+        confidence="document (lowest word tag probability)",
         tiers=names,
         thresholds=[threshold],
         reference_accuracy={names[0]: _f1(c_first.sum(axis=0)), TEACHER: teacher_f1},

@@ -71,7 +71,7 @@ class FinetuneTeacher(TeacherBase):
 
     def identity(self, task: str = "classify") -> dict[str, Any]:
         """A ``base`` that is a local directory counts by its contents, not just its path."""
-        from smallfit.hashing import local_base
+        from smallfit.zoo import local_base
 
         return {**self.model_dump(mode="json"), **local_base(self.base)}
 
