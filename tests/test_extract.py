@@ -457,6 +457,18 @@ def test_an_f1_target_is_met_from_where_the_dev_curve_stays_above_it() -> None:
     assert (k, met) == (2, True)
 
 
+def test_a_value_inside_a_word_is_learned_on_the_words_first_piece() -> None:
+    from smallfit.fields import FieldSchema
+    from smallfit.models.tagger import bio_tags, token_targets, whole_words
+
+    tags = bio_tags(FieldSchema.of(["city"]))
+    text = "to newyork"
+    offsets = [(0, 0), (0, 2), (3, 6), (6, 10), (0, 0)]
+    inside = [Span(6, 10, "city")]  # "york", found inside "newyork"
+    assert whole_words(text, inside) == [Span(3, 10, "city")]
+    assert token_targets(offsets, whole_words(text, inside), tags)[1:4] == [0, 1, 2]
+
+
 def test_words_join_overlapping_pieces_and_keep_ideographs_apart() -> None:
     from smallfit.models.tagger import words
 
@@ -470,3 +482,7 @@ def test_words_join_overlapping_pieces_and_keep_ideographs_apart() -> None:
         (3, 3, 4),
     ]
     assert words("R&B", [(0, 1), (1, 2), (2, 3)]) == [(0, 0, 1), (1, 1, 2), (2, 2, 3)]
+    from smallfit.models.tagger import whole_words
+
+    assert whole_words("飞往东京", [Span(2, 3, "city")]) == [Span(2, 3, "city")]
+    assert whole_words("to newyork", [Span(6, 8, "city")]) == [Span(3, 10, "city")]

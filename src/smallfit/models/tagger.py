@@ -90,10 +90,23 @@ def token_targets(
     return out
 
 
+def whole_words(text: str, spans: Sequence[Span]) -> list[Span]:
+    """``spans`` widened to the whole words they touch, as answers are read: a value found
+    inside a word (an LLM's, aligned to the text) is learned on the word's first piece, the
+    one the decoding reads."""
+    return [Span(*_widen(text, s.start, s.end), s.field) for s in spans]
+
+
+def _joined(a: str, b: str) -> bool:
+    """Whether characters ``a`` then ``b`` are in one word: letters or digits, neither a CJK
+    ideograph (each of which BERT's pre-tokenizer makes a word of its own)."""
+    return a.isalnum() and b.isalnum() and not (_ideograph(a) or _ideograph(b))
+
+
 def _widen(text: str, start: int, end: int) -> tuple[int, int]:
-    while start > 0 and text[start - 1].isalnum() and text[start].isalnum():
+    while start > 0 and start < len(text) and _joined(text[start - 1], text[start]):
         start -= 1
-    while end < len(text) and text[end].isalnum() and text[end - 1].isalnum():
+    while 0 < end < len(text) and _joined(text[end - 1], text[end]):
         end += 1
     return start, end
 
@@ -120,8 +133,7 @@ def words(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int,
             continue
         if out:
             first, begin, stop = out[-1]
-            inside = 0 < start < len(text) and text[start - 1].isalnum() and text[start].isalnum()
-            joined = inside and not (_ideograph(text[start - 1]) or _ideograph(text[start]))
+            joined = 0 < start < len(text) and _joined(text[start - 1], text[start])
             if start < stop or (start == stop and joined):
                 out[-1] = (first, begin, max(stop, end))
                 continue

@@ -9,7 +9,7 @@ from typing import Any
 
 from smallfit.errors import SmallfitError
 from smallfit.fields import Span
-from smallfit.models.tagger import IGNORE, TokenTagger, token_targets
+from smallfit.models.tagger import IGNORE, TokenTagger, token_targets, whole_words
 from smallfit.train.config import TrainConfig
 from smallfit.train.token_loop import train_on_tokens
 
@@ -45,8 +45,8 @@ def train_tagger(
     if not ids:
         raise SmallfitError(f"{tagger.name}: no texts to train on")
     targets = [
-        token_targets(off, sp, tagger.tags)
-        for off, sp in zip(enc["offset_mapping"], spans, strict=True)
+        token_targets(off, whole_words(text, sp), tagger.tags)
+        for text, off, sp in zip(texts, enc["offset_mapping"], spans, strict=True)
     ]
     module = tagger.module
     _freeze(tagger, train)
