@@ -88,6 +88,31 @@ def test_calibration_replays_the_routing_rule_exactly() -> None:
     assert all(0.0 <= t <= NEVER for p in curve for t in p.thresholds)
 
 
+def test_an_accuracy_target_is_met_with_a_margin_for_the_dev_noise() -> None:
+    """The cheap tier is wrong on 6% of rows, at random confidences: meeting "teacher - 2pt"
+    exactly escalates until 2 points of errors are left; with a margin of standard errors of
+    the paired difference, it escalates more, and the margin it keeps is that many standard
+    errors."""
+    rng = np.random.default_rng(1)
+    n, k = 1000, 3
+    gold = rng.integers(0, k, n)
+    wrong = rng.random(n) < 0.06
+    cheap = np.full((n, k), 0.0)
+    conf = rng.uniform(0.4, 1.0, n)
+    answer = np.where(wrong, (gold + 1) % k, gold)
+    cheap[np.arange(n), answer] = conf
+    cheap[np.arange(n), (answer + 1) % k] = 1 - conf
+    big = np.eye(k)[gold]
+    tiers = [TierOutputs("cheap", cheap), TierOutputs("big", big)]
+    exact = calibrate(tiers, gold, target="accuracy >= teacher - 2pt")
+    assert exact.dev.accuracy == pytest.approx(0.98, abs=1e-3)
+    safe = calibrate(tiers, gold, target="accuracy >= teacher - 2pt", margin_se=1.645)
+    assert safe.met_on_dev and safe.dev.escalation > exact.dev.escalation
+    d = 1 - safe.dev.accuracy  # the share of rows the cascade gets wrong (the teacher: none)
+    se = np.sqrt(d * (1 - d) * n / (n - 1) / n)
+    assert safe.dev.accuracy - 1.645 * se >= 0.98 - 1e-9
+
+
 def _with_out_of_scope(snips_slice: Path, out: Path) -> Path:
     """The SNIPS slice, its test file plus 30 movie-review sentences (SST-2) labelled ``oos``."""
     out.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,23 @@ def _routes(
     return tier, reach
 
 
+def answers(
+    tiers: Sequence[TierOutputs],
+    thresholds: Sequence[float],
+    *,
+    confs: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    abstain: tuple[int, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cascade's answer per row (-2 where abstained), the answering tier per row (-1
+    where abstained) and the reach count per tier."""
+    tier, reach = _routes(confs, thresholds, abstain, [t.in_scope for t in tiers])
+    pred = np.full(len(tier), -2, dtype=np.int64)
+    for i, p in enumerate(preds):
+        pred = np.where(tier == i, p, pred)
+    return pred, tier, reach
+
+
 def evaluate_point(
     tiers: Sequence[TierOutputs],
     gold: np.ndarray,
@@ -133,10 +150,7 @@ def evaluate_point(
     if preds is None:
         preds = [t.probs.argmax(axis=1) for t in tiers]
     n = len(gold)
-    tier, reach = _routes(confs, thresholds, abstain, [t.in_scope for t in tiers])
-    pred = np.full(n, -2, dtype=np.int64)
-    for i, p in enumerate(preds):
-        pred = np.where(tier == i, p, pred)
+    pred, tier, reach = answers(tiers, thresholds, confs=confs, preds=preds, abstain=abstain)
     share = reach / n
     costs = [t.cost_per_1m_usd for t in tiers]
     cost = None
@@ -166,10 +180,11 @@ def _candidates(conf: np.ndarray, quantiles: int | None) -> np.ndarray:
     return np.unique(np.concatenate([[0.0], np.unique(values), [NEVER]]))
 
 
-def _feasible(point: Point, target: Target, reference: float) -> bool:
+def _feasible(point: Point, target: Target, reference: float, slack: float = 0.0) -> bool:
+    """Whether ``point`` meets ``target``; an accuracy target by ``slack`` to spare."""
     if target.kind == "accuracy":
         floor = reference + target.value if target.relative_to_teacher else target.value
-        return point.accuracy >= floor - 1e-12
+        return point.accuracy - slack >= floor - 1e-12
     if target.kind == "escalation":
         return point.escalation <= target.value + 1e-12
     return point.cost_per_1m_usd is not None and point.cost_per_1m_usd <= target.value + 1e-12
@@ -207,11 +222,17 @@ def calibrate(
     test: Sequence[TierOutputs] | None = None,
     test_gold: np.ndarray | None = None,
     abstain: tuple[int, float] | None = None,
+    margin_se: float = 0.0,
 ) -> Calibration:
     """Choose the thresholds on dev that meet ``target`` (see :func:`parse_target`) and keep
     the most queries on the cheap tiers (accuracy targets) or buy the most accuracy (escalation
     and cost targets); then replay them on test. When no point meets the target on dev, the
-    closest is chosen and ``met_on_dev`` is False."""
+    closest is chosen and ``met_on_dev`` is False.
+
+    ``margin_se``: an accuracy target must be met on dev by that many standard errors of the
+    dev estimate to spare: of the cascade's accuracy minus the teacher's, text by text (a
+    relative target), or of its accuracy (an absolute one). A point that meets the target
+    exactly on a small dev split often misses it on test."""
     goal = parse_target(target)
     if len(dev) < 1:
         raise SmallfitError("calibration needs at least one tier")
@@ -237,7 +258,17 @@ def calibrate(
         )
         for c in combos
     ]
-    feasible = [p for p in points if _feasible(p, goal, reference)]
+    slack = [0.0] * len(points)
+    if goal.kind == "accuracy" and margin_se > 0:
+        ref_right = (
+            answers(dev, everything_on, confs=confs, preds=preds, abstain=abstain)[0] == gold
+        )
+        for j, combo in enumerate(combos):
+            right = answers(dev, combo, confs=confs, preds=preds, abstain=abstain)[0] == gold
+            diff = right.astype(float) - (ref_right if goal.relative_to_teacher else 0.0)
+            if len(diff) > 1:
+                slack[j] = margin_se * float(diff.std(ddof=1)) / np.sqrt(len(diff))
+    feasible = [p for p, s in zip(points, slack, strict=True) if _feasible(p, goal, reference, s)]
     if feasible:
         chosen, met = max(feasible, key=lambda p: _rank(p, goal)), True
     else:

@@ -124,4 +124,6 @@ def _local_ms(tiers: list[TierOutputs], calibration: Calibration) -> float | Non
 
 
 def _dev_only(tiers: list[TierOutputs], gold: np.ndarray, config: RouteConfig) -> Calibration:
-    return calibrate(tiers, gold, target=config.target, confidence=config.confidence)
+    return calibrate(
+        tiers, gold, target=config.target, confidence=config.confidence, margin_se=config.margin_se
+    )

@@ -260,6 +260,7 @@ def build_cascade(
         test=test,
         test_gold=test_gold,
         abstain=abstain,
+        margin_se=config.margin_se,
     )
     oos = None
     if abstain is not None and scored is not None and data.out_of_scope:
