@@ -149,9 +149,20 @@ def evaluate_point(
         confs = [confidence_scores(t.probs, confidence) for t in tiers]
     if preds is None:
         preds = [t.probs.argmax(axis=1) for t in tiers]
-    n = len(gold)
-    pred, tier, reach = answers(tiers, thresholds, confs=confs, preds=preds, abstain=abstain)
-    share = reach / n
+    routed = answers(tiers, thresholds, confs=confs, preds=preds, abstain=abstain)
+    return _point(tiers, gold, thresholds, routed, preds)
+
+
+def _point(
+    tiers: Sequence[TierOutputs],
+    gold: np.ndarray,
+    thresholds: Sequence[float],
+    routed: tuple[np.ndarray, np.ndarray, np.ndarray],
+    preds: Sequence[np.ndarray],
+) -> Point:
+    """The :class:`Point` of a routing :func:`answers` gave."""
+    pred, tier, reach = routed
+    share = reach / len(gold)
     costs = [t.cost_per_1m_usd for t in tiers]
     cost = None
     if all(c is not None or r == 0 for c, r in zip(costs, share, strict=True)):
@@ -252,22 +263,18 @@ def calibrate(
     per_tier = None if len(dev) <= 2 else max(3, int(MAX_POINTS ** (1 / (len(dev) - 1))) - 2)
     grids = [_candidates(c, per_tier) for c in confs[:-1]]
     combos = list(itertools.product(*grids))
-    points = [
-        evaluate_point(
-            dev, gold, c, confidence=confidence, abstain=abstain, confs=confs, preds=preds
-        )
-        for c in combos
-    ]
-    slack = [0.0] * len(points)
-    if goal.kind == "accuracy" and margin_se > 0:
-        ref_right = (
-            answers(dev, everything_on, confs=confs, preds=preds, abstain=abstain)[0] == gold
-        )
-        for j, combo in enumerate(combos):
-            right = answers(dev, combo, confs=confs, preds=preds, abstain=abstain)[0] == gold
-            diff = right.astype(float) - (ref_right if goal.relative_to_teacher else 0.0)
-            if len(diff) > 1:
-                slack[j] = margin_se * float(diff.std(ddof=1)) / np.sqrt(len(diff))
+    margin = goal.kind == "accuracy" and margin_se > 0 and len(gold) > 1
+    ref_right = answers(dev, everything_on, confs=confs, preds=preds, abstain=abstain)[0] == gold
+    points, slack = [], []
+    for combo in combos:  # each threshold combination routed once: its point and its slack
+        routed = answers(dev, combo, confs=confs, preds=preds, abstain=abstain)
+        points.append(_point(dev, gold, combo, routed, preds))
+        if margin:
+            right = (routed[0] == gold).astype(float)
+            diff = right - ref_right if goal.relative_to_teacher else right
+            slack.append(margin_se * float(diff.std(ddof=1)) / np.sqrt(len(diff)))
+        else:
+            slack.append(0.0)
     feasible = [p for p, s in zip(points, slack, strict=True) if _feasible(p, goal, reference, s)]
     if feasible:
         chosen, met = max(feasible, key=lambda p: _rank(p, goal)), True
