@@ -183,6 +183,8 @@ def test_a_fused_export_runs_the_fused_kernels_and_agrees(
     assert export["max_abs_logit_diff"] <= 1e-3 and export["max_abs_embedding_diff"] <= 1e-3
     ops = {n.op_type for n in onnx.load(str(tmp_path / "fused" / "model.onnx")).graph.node}
     assert {"QAttention", "QEmbedLayerNormalization"} <= ops  # the fused kernels, quantized
+    assert export["layer_norms_as_ops"] == 12  # two a layer, as elementwise operators
+    assert "LayerNormalization" not in ops
     plain = compress(
         snips_minilm, [OnnxExport(fuse=False), OrtDynamicInt8()], out_dir=tmp_path / "plain",
         check_texts=snips_texts,

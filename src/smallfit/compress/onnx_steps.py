@@ -54,7 +54,14 @@ def _export(step: OnnxExport, model_dir: Path, out: Path, ctx: StepContext) -> d
     if read_manifest(model_dir)["kind"] == "tagger":
         from smallfit.compress.tagger_steps import export_tagger
 
-        return export_tagger(model_dir, out, texts, opset=step.opset, tolerance=step.tolerance)
+        return export_tagger(
+            model_dir,
+            out,
+            texts,
+            opset=step.opset,
+            tolerance=step.tolerance,
+            layer_norm=step.layer_norm,
+        )
 
     model = load_as(model_dir, TransformerClassifier)
     out.mkdir(parents=True)
@@ -93,6 +100,10 @@ def _write_checked(
         )
     else:
         export_graph(graph, sample, out / ONNX_FILE, opset=step.opset, outputs=GRAPH_OUTPUTS)
+    if step.layer_norm == "ops":
+        from smallfit.compress.onnx_layernorm import decompose_layer_norms
+
+        fusion["layer_norms_as_ops"] = decompose_layer_norms(out / ONNX_FILE)
     exported = OnnxClassifier(
         out,
         labels=model.labels,

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from smallfit.compress.base import copy_tokenizer, export_graph, quiet
+from smallfit.compress.onnx_layernorm import decompose_layer_norms
 from smallfit.errors import SmallfitError
 from smallfit.models.onnx import ONNX_FILE
 from smallfit.models.tagger import TokenTagger
@@ -28,11 +29,17 @@ def _tag_agreement(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[float, flo
 
 
 def export_tagger(
-    src: Path, out: Path, check_texts: Sequence[str], *, opset: int = 18, tolerance: float = 1e-3
+    src: Path,
+    out: Path,
+    check_texts: Sequence[str],
+    *,
+    opset: int = 18,
+    tolerance: float = 1e-3,
+    layer_norm: str = "ops",
 ) -> dict[str, Any]:
     """Export the PyTorch tagger in ``src`` to ``out`` and check it on ``check_texts`` (padded
     batches): a probability further than ``tolerance`` from PyTorch's is an error, nothing
-    kept."""
+    kept. ``layer_norm``: as :attr:`OnnxExport.layer_norm`."""
     import torch
 
     tagger = TokenTagger.load(src)
@@ -49,6 +56,7 @@ def export_tagger(
     sample = tagger.tokenizer(texts[:4] * 2, padding=True, return_tensors="pt")
     out.mkdir(parents=True, exist_ok=True)
     export_graph(Logits().eval(), sample, out / ONNX_FILE, opset=opset, outputs=["logits"])
+    layer_norms = decompose_layer_norms(out / ONNX_FILE) if layer_norm == "ops" else 0
     copy_tokenizer(src, out)
     lineage = {**tagger.lineage, "exported_from": str(src)}
     exported = OnnxTagger(
@@ -69,7 +77,12 @@ def export_tagger(
             f"the ONNX tagger differs from PyTorch by {diff:.3g} in a tag probability on padded "
             f"batches (tolerance {tolerance:g}); the export is wrong, not saved"
         )
-    report = {"max_abs_prob_diff": diff, "tag_agreement": agreement, "check_texts": len(texts)}
+    report = {
+        "max_abs_prob_diff": diff,
+        "tag_agreement": agreement,
+        "check_texts": len(texts),
+        "layer_norms_as_ops": layer_norms,
+    }
     exported.lineage["export"] = report
     exported.save(out)
     return report

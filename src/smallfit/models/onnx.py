@@ -141,6 +141,13 @@ class OnnxClassifier(BaseClassifier):
         """The graph outputs ``names`` for ``texts`` (input order), run in groups of similar
         token length (:func:`length_groups`), so that a mixed batch pays little for padding."""
         session = self._session()
+        if len(texts) == 1:  # a single query: no grouping, no scatter (a server's usual call)
+            one = self.tokenizer.encode(texts[0])
+            feed = {
+                "input_ids": np.array([one.ids], dtype=np.int64),
+                "attention_mask": np.array([one.attention_mask], dtype=np.int64),
+            }
+            return list(session.run(names, feed))
         out: list[np.ndarray | None] = [None] * len(names)
         encoded = self.tokenizer.encode_batch(list(texts)) if texts else []
         all_ids = np.array([e.ids for e in encoded], dtype=np.int64)
