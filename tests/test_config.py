@@ -334,6 +334,9 @@ def test_the_demo_keeps_banking77_and_lengthens_small_pools(tmp_path: Path) -> N
     quick = demo_config(tmp_path, quick=True)  # a few minutes: exactly its epochs
     assert quick.teacher.train.schedule(1800).steps == 57
     assert quick.students[0].train.schedule(1800).steps == 114
+    # the pruned 3-layer tier is the full demo's alone (its second healing takes minutes)
+    assert [c.name for c in config.compress.candidates] == ["l3-p50-int8"]
+    assert quick.compress.candidates == []
 
 
 # The fields a config class cannot do without (every other field has a default).

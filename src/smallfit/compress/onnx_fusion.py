@@ -72,9 +72,49 @@ def _fuse(
                 f"ONNX Runtime's optimizer fused attention in {counts.get('Attention', 0)} of "
                 f"{config.num_hidden_layers} layers (pruned heads?); export without fuse"
             )
+        removed = zero_segments(fused.model)
         fused.save_model_to_file(str(dest))
     _loads(dest)
-    return {"fused_operators": counts}
+    return {"fused_operators": counts, "segment_ops_removed": removed}
+
+
+def zero_segments(model: Any) -> int:
+    """Feed ``EmbedLayerNormalization`` its segment ids (token types) as zeros of the input's
+    shape (two operators) in place of what the exporter traced: the encoder's buffer of zeros,
+    sliced and expanded to the batch in 15 small shape operators, about 15 us of a 600 us
+    query. Only a graph without a ``token_type_ids`` input, whose segments are all 0; nodes
+    nothing reads any more are dropped. How many nodes went."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    kinds = ("EmbedLayerNormalization", "QEmbedLayerNormalization")
+    embed = [n for n in graph.node if n.op_type in kinds]
+    if "token_type_ids" in inputs or "input_ids" not in inputs or len(embed) != 1:
+        return 0
+    if len(embed[0].input) < 2 or not embed[0].input[1]:
+        return 0
+    before = len(graph.node)
+    zero = helper.make_tensor("zero", TensorProto.INT32, [1], [0])
+    shape = helper.make_node("Shape", ["input_ids"], ["smallfit_segments/shape"])
+    segments = helper.make_node(
+        "ConstantOfShape", ["smallfit_segments/shape"], ["smallfit_segments/zeros"], value=zero
+    )
+    embed[0].input[1] = "smallfit_segments/zeros"
+    nodes = [shape, segments, *graph.node]
+    needed = {o.name for o in graph.output}
+    live: list[Any] = []
+    for node in reversed(nodes):  # the graph is topologically sorted: walk it backwards
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed |= set(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(live))
+    used = needed
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return before - (len(graph.node) - 2)
 
 
 def _loads(graph: Path) -> None:
