@@ -142,7 +142,7 @@ class OnnxClassifier(BaseClassifier):
         token length (:func:`length_groups`), so that a mixed batch pays little for padding."""
         session = self._session()
         if len(texts) == 1:  # a single query: no grouping, no scatter (a server's usual call)
-            one = self.tokenizer.encode(texts[0])
+            one = self.tokenizer.encode(next(iter(texts)))
             feed = {
                 "input_ids": np.array([one.ids], dtype=np.int64),
                 "attention_mask": np.array([one.attention_mask], dtype=np.int64),
