@@ -146,6 +146,46 @@ def test_dependency_ranges_are_the_tested_ones() -> None:
     assert re.search(r'"torch>=2\.13,<2\.14"', (REPO / "pyproject.toml").read_text("utf-8"))
 
 
+PROVIDED_BY = {"starlette": "fastapi", "httptools": "uvicorn"}
+"""Packages imported at module level that a declared dependency guarantees: FastAPI is built
+on Starlette, and uvicorn[standard] installs httptools."""
+
+
+def test_module_level_imports_are_declared_dependencies() -> None:
+    """Every third-party package a module imports when it loads is a declared dependency, not
+    a dev extra or another package's dependency: `httpx` came with openai 2 but not openai 3,
+    and `smallfit serve` failed to start on a plain install while every test passed."""
+    import ast
+    import importlib.metadata
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]
+    declared = {norm(Requirement(line).name) for line in project["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    missing = []
+    for path in sorted((REPO / "src" / "smallfit").rglob("*.py")):
+        for node in ast.parse(path.read_text("utf-8")).body:
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names}:
+                if top in sys.stdlib_module_names or top in ("smallfit", "__future__"):
+                    continue
+                owners = {norm(d) for d in distributions.get(top, [])}
+                if not owners & declared and PROVIDED_BY.get(top) not in declared:
+                    missing.append(f"{path.relative_to(REPO)}: {top} ({sorted(owners)})")
+    assert missing == [], "imported when loaded, not a declared dependency:\n" + "\n".join(missing)
+
+
 def test_ci_runs_the_readme_second_command() -> None:
     """A newcomer's test command is the whole CI: .ci/run runs the README's second command and
     nothing else."""
