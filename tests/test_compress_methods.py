@@ -67,3 +67,24 @@ def test_the_config_docs_name_every_method() -> None:
     steps = CompressCandidate.model_fields["steps"].description or ""
     assert all(f"`{q}`" in grid for q in QUANTIZE), grid
     assert all(f"`{m}`" in steps for m in METHODS), steps
+
+
+def test_a_cached_model_is_keyed_by_source_steps_healing_and_revision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from smallfit.compress import core
+
+    steps = [parse_step("drop-layers:keep=3"), parse_step("onnx")]
+    key = core.step_key("source", steps, "labels")
+    assert key == core.step_key(
+        "source", [parse_step("drop-layers:keep=3"), parse_step("onnx")], "labels"
+    )
+    others = {
+        core.step_key("other", steps, "labels"),
+        core.step_key("source", steps[:1], "labels"),
+        core.step_key("source", steps, None),
+    }
+    # a smallfit whose steps make other models from the same config reuses nothing older
+    monkeypatch.setattr(core, "STEPS_REVISION", core.STEPS_REVISION + 1)
+    others.add(core.step_key("source", steps, "labels"))
+    assert key not in others and len(others) == 4

@@ -73,13 +73,21 @@ def check_steps(manifest: dict[str, Any], steps: list[Any]) -> dict[str, Any]:
     return manifest
 
 
+STEPS_REVISION = 2
+"""Raised when a step makes a different model from the same config and source, so that a run
+cached by an older smallfit is compressed again rather than reused (2: a fused export feeds
+all-zero token types from two operators, ``onnx_fusion.zero_segments``)."""
+
+
 def step_key(source_key: str, steps: list[Any], heal_source: str | None) -> str:
-    """The identity of the model made by ``steps`` from the model identified by ``source_key``."""
+    """The identity of the model made by ``steps`` from the model identified by ``source_key``
+    (and this smallfit's :data:`STEPS_REVISION`)."""
     return hash_json(
         {
             "source": source_key,
             "steps": [s.model_dump(mode="json") for s in steps],
             "heal": heal_source,
+            "revision": STEPS_REVISION,
         }
     )
 
