@@ -414,7 +414,12 @@ def main() -> int:
         }
         print(f"[peers] {name}: {json.dumps(rows[name])}", file=sys.stderr)
 
-    tiers = {"pick": result.chosen, "three_layer": "minilm-l6-l3-int8", "static": "static"}
+    tiers = {
+        "pick": result.chosen,
+        "six_layer": "minilm-l6-int8",
+        "three_layer": "minilm-l6-l3-p50-int8",
+        "static": "static",
+    }
     ours = {tier: load(run.model(n)) for tier, n in tiers.items() if n in by_name}
     for tier in ours:
         c = by_name[tiers[tier]]

@@ -31,6 +31,7 @@ TIERS = {  # tier -> (candidate name, accuracy share of the teacher's, p50 ratio
     "chosen": (None, 0.99, 50.0, 50.0),
     "three_layer": ("minilm-l6-l3-p50-int8", 0.97, 100.0, None),  # 3 layers, FFN halved
     "three_layer_unpruned": ("minilm-l6-l3-int8", None, None, None),
+    "six_layer": ("minilm-l6-int8", None, None, None),  # the distilled student, int8
     "static": ("static", 0.95, 500.0, None),
     "linear": ("linear", None, None, None),
 }

@@ -323,19 +323,22 @@ def test_min_steps_defaults_by_what_is_trained() -> None:
     assert TrainConfig().min_steps is None
 
 
-def test_the_demo_keeps_banking77_and_lengthens_small_pools(tmp_path: Path) -> None:
+def test_the_demo_lengthens_small_pools(tmp_path: Path) -> None:
     from smallfit.demo import demo_config
 
     (tmp_path / "train.jsonl").write_text("", encoding="utf-8")
     config = demo_config(tmp_path)
     teacher, student = config.teacher.train, config.students[0].train
-    assert teacher.schedule(9003).steps == 282 and student.schedule(9003).steps == 564
-    assert teacher.schedule(4410).steps == 414 and student.schedule(4410).steps == 690
+    # Banking77's pool: one epoch of the teacher, six of the student (at most 15 minutes)
+    assert teacher.schedule(9003).steps == 282 and student.schedule(9003).steps == 1692
+    assert student.time_budget == "15m" and teacher.time_budget == "45m"
+    assert teacher.schedule(4410).steps == 414 and student.schedule(4410).steps == 828
+    assert student.schedule(1000).steps == 576  # 18 epochs of 32 steps reach min_steps 560
     quick = demo_config(tmp_path, quick=True)  # a few minutes: exactly its epochs
     assert quick.teacher.train.schedule(1800).steps == 57
     assert quick.students[0].train.schedule(1800).steps == 114
-    # the pruned 3-layer tier is the full demo's alone (its second healing takes minutes)
-    assert [c.name for c in config.compress.candidates] == ["l3-p50-int8"]
+    # the pruned 3-layer tiers are the full demo's alone (the second healing takes minutes)
+    assert [c.name for c in config.compress.candidates] == ["l3-p50-int8", "l3-p50-tv-int8"]
     assert quick.compress.candidates == []
 
 

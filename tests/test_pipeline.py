@@ -63,6 +63,8 @@ def test_fit_writes_the_run_directory(first_run) -> None:
         assert not any(
             p.suffix in {".pkl", ".pickle", ".joblib"} for p in (run / "models").rglob("*")
         )
+    # a finished stage leaves no checkpoints behind, nor the key that claimed them
+    assert not list((run / "models").glob("*.work"))
     results = json.loads((run / "results.json").read_text())
     names = [c["name"] for c in results["candidates"]]
     # the cascade (chosen student -> teacher) is calibrated after selection, then measured

@@ -149,6 +149,8 @@ def demo_stages(*, quick: bool = False) -> dict[str, Any]:
                 lr=3e-5,
                 evals_per_epoch=2,
                 freeze_layers=6,
+                # a pool many times Banking77's stops here, as the extract demo's teacher does
+                time_budget=None if quick else "45m",
             ),
         ),
         students=[

@@ -202,6 +202,8 @@ class _Run:
             self.stages.finish(name, key, started)
         if not alone:
             wait_for_everyone()
+        if is_main():  # done: its checkpoints (or only the key claiming them) can go
+            shutil.rmtree(work_of(out), ignore_errors=True)
         return model
 
     def _log_schedule(self, name: str, config: TeacherBase | StudentBase) -> None:
