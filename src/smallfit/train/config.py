@@ -11,9 +11,9 @@ from pydantic import Field, field_validator
 from smallfit.schema import Strict, parse_duration
 
 STUDENT_MIN_STEPS = 560
-"""A transformer student's default ``min_steps``: about what the demo's MiniLM takes on
-Banking77 (2 epochs x 282 steps of 32 texts from the 9,003-text pool = 564), so that run keeps its
-length and a smaller pool trains at least as long."""
+"""A transformer student's default ``min_steps``: two epochs of Banking77 (2 x 282 steps of 32
+texts from the 9,003-text pool = 564), what the demo's MiniLM took before it ran six, so that a
+smaller pool trains at least that long."""
 TEACHER_MIN_STEPS = 280
 """A fine-tuned teacher's default ``min_steps``: about one epoch of Banking77 at batch 32 (282
 steps), which is what the demo's teacher takes."""
@@ -47,8 +47,8 @@ class TrainConfig(Strict):
     min_steps: int | None = Field(None, ge=0)
     """At least this many optimizer steps: on a pool too small for `epochs` to reach it, whole
     passes are added until it does (early stopping on dev and `time_budget` still stop sooner).
-    Unset: 560 for a transformer student, 280 for a fine-tuned teacher (what each takes on
-    Banking77's 9,003 training texts at batch 32, so that run is unchanged), none elsewhere
+    Unset: 560 for a transformer student, 280 for a fine-tuned teacher (two epochs and one of
+    Banking77's 9,003 training texts at batch 32), none elsewhere
     (decoder students, healing); 0: exactly `epochs`."""
     batch_size: int = Field(32, gt=0)
     """Texts per training step."""
