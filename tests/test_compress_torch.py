@@ -165,7 +165,7 @@ def test_trim_vocab_keeps_every_answer_on_its_texts_and_loads_with_standard_tool
 
     source = load(snips_minilm)
     trimmed = compress(
-        snips_minilm, [TrimVocab()], out_dir=tmp_path / "tv", check_texts=snips_texts
+        snips_minilm, [TrimVocab(unseen="spell")], out_dir=tmp_path / "tv", check_texts=snips_texts
     )
     metrics = trimmed.lineage["compression"][0]["metrics"]
     assert 1000 < metrics["vocab"] < 5000 and metrics["vocab_before"] == 30522
@@ -178,6 +178,12 @@ def test_trim_vocab_keeps_every_answer_on_its_texts_and_loads_with_standard_tool
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tv")
     module = AutoModel.from_pretrained(tmp_path / "tv")
     assert module.config.vocab_size == len(tokenizer) == metrics["vocab"]
+    # the position rows past max_length are gone; a text longer than that is cut as before
+    assert (metrics["positions_before"], metrics["positions"]) == (512, source.max_length)
+    assert module.config.max_position_embeddings == source.max_length
+    long = [" ".join(snips_texts[:12])]
+    assert len(tokenizer(long[0])["input_ids"]) > 2 * source.max_length
+    np.testing.assert_allclose(trimmed.predict_proba(long), source.predict_proba(long), atol=1e-5)
     ids = tokenizer("zyzzyva quixotically")["input_ids"]
     assert tokenizer.unk_token_id not in ids and max(ids) < metrics["vocab"]
     assert tokenizer.decode(ids, skip_special_tokens=True) == "zyzzyva quixotically"
@@ -202,3 +208,72 @@ def test_trim_vocab_keeps_every_answer_on_its_texts_and_loads_with_standard_tool
     )
     assert onnx.lineage["compression"][-1]["metrics"]["max_abs_logit_diff"] < 1e-3
     assert untrimmed_tokenizer(tmp_path / "o") == untrimmed
+
+
+def test_trim_vocab_nearest_keeps_every_word_s_pieces_and_maps_dropped_ones_to_kept_rows(
+    snips_minilm: Path, snips_slice: Path, snips_texts: list[str], tmp_path: Path
+) -> None:
+    """With ``unseen: nearest`` a word the texts never used tokenizes into the same pieces as
+    before, each dropped piece taking a kept row of its own kind (word or ``##`` piece); the
+    texts' own answers are unchanged; the embedding table shrinks as with ``spell``; the
+    evaluation still finds the texts holding a dropped piece."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import AutoModel, AutoTokenizer
+
+    from smallfit.compress import TrimVocab
+    from smallfit.compress.vocab_trim import stand_ins
+    from smallfit.data import read_split
+    from smallfit.models.vocab import unpack_kept, unseen_rows, untrimmed_tokenizer
+
+    source = load(snips_minilm)
+    trimmed = compress(
+        snips_minilm,
+        [TrimVocab()],  # unseen: nearest
+        out_dir=tmp_path / "tv",
+        check_texts=snips_texts,
+    )
+    metrics = trimmed.lineage["compression"][0]["metrics"]
+    assert metrics["unseen"] == "nearest" and 300 < metrics["vocab"] < 5000
+    assert metrics["stand_ins"] > 20_000  # every dropped word and piece but [unusedN]
+    assert metrics["argmax_agreement"] == 1.0 and metrics["max_abs_prob_diff_seen"] < 1e-5
+    np.testing.assert_allclose(
+        trimmed.predict_proba(snips_texts), source.predict_proba(snips_texts), atol=1e-5
+    )
+    module = AutoModel.from_pretrained(tmp_path / "tv")
+    assert module.config.vocab_size == metrics["vocab"]
+
+    text = "zyzzyva quixotically photosynthesis"
+    before = Tokenizer.from_file(str(snips_minilm / "tokenizer.json")).encode(text)
+    after = AutoTokenizer.from_pretrained(tmp_path / "tv")(text)
+    assert after.tokens() == before.tokens  # the same pieces, none spelled out
+    assert max(after["input_ids"]) < metrics["vocab"]
+    vocab = json.loads((tmp_path / "tv" / "tokenizer.json").read_text("utf-8"))["model"]["vocab"]
+    old = json.loads((snips_minilm / "tokenizer.json").read_text("utf-8"))["model"]["vocab"]
+    token_of = {i: t for t, i in old.items()}
+    kept_old = np.flatnonzero(unpack_kept(metrics["kept"]))
+    assert len(kept_old) == metrics["vocab"]
+    own = {new: token_of[int(o)] for new, o in enumerate(kept_old)}  # kept in their old order
+    assert all(vocab[t] == new for new, t in own.items())
+    for token in before.tokens[1:-1]:
+        assert own[vocab[token]].startswith("##") == token.startswith("##")
+
+    # the nearest row by cosine, of the right kind, on a toy table
+    table = np.array(
+        [[1, 0], [0, 1], [1, 0.1], [0.1, 1], [1, 1], [1, 0.2], [0.5, 1]], dtype=np.float32
+    )
+    toy = {"a": 0, "##b": 1, "c": 2, "##d": 3, "[unused0]": 4, "ab": 5, "xy": 6}
+    assert stand_ins(table, toy, kept=[0, 1, 6], skip=set()) == {2: 0, 3: 1, 5: 6}
+    assert stand_ins(table, toy, kept=[1, 6], skip=set()) == {0: 6, 2: 6, 3: 1, 5: 6}
+
+    test = read_split(snips_slice / "test.jsonl")
+    untrimmed = untrimmed_tokenizer(tmp_path / "tv")
+    unseen = unseen_rows(untrimmed, tmp_path / "tv", test.texts)
+    spelled = compress(
+        snips_minilm, [TrimVocab(unseen="spell")], out_dir=tmp_path / "s", check_texts=snips_texts
+    )
+    # the same texts' tokens, less the ~1,900 single characters the texts did not use
+    assert spelled.lineage["compression"][0]["metrics"]["vocab"] > metrics["vocab"] + 1500
+    assert 0 < unseen.sum() < len(test)
+    np.testing.assert_array_equal(unseen, unseen_rows(untrimmed, tmp_path / "s", test.texts))

@@ -127,21 +127,34 @@ class HealConfig(_Step):
 
 
 class TrimVocab(_Step):
-    """Keep only the vocabulary your training texts use (plus the special tokens, and every
-    single character by default), shrinking the embedding table; the tokenizer is remapped to
-    match and loads with the standard tooling. A word whose pieces were all dropped is split
-    into kept pieces, down to single characters; the evaluation reports accuracy apart on the
-    test texts with such a word. WordPiece tokenizers (BERT, MiniLM, MPNet)."""
+    """Keep only the vocabulary your training texts use (plus the special tokens), shrinking the
+    embedding table; the tokenizer is remapped to match and loads with the standard tooling. A
+    piece your texts never used stands in as its nearest kept piece (`unseen: nearest`) or is
+    dropped, a word that needs it spelled in kept pieces (`unseen: spell`); the evaluation
+    reports accuracy apart on the test texts with such a piece. WordPiece tokenizers (BERT,
+    MiniLM, MPNet)."""
 
     method: Literal["trim-vocab"] = "trim-vocab"
     short = "tv"
     example = "trim-vocab"
-    keep_chars: bool = True
+    keep_chars: bool | None = None
     """Keep every single-character piece, so an unseen word is spelled out rather than
-    becoming `[UNK]`."""
+    becoming `[UNK]`. `null` (the default): with `unseen: spell`, yes; with `nearest`, no (an
+    unused character is a stand-in like any other piece, and its row is saved)."""
     keep_general: int = Field(0, ge=0)
     """Also keep the first N whole-word tokens of the base vocabulary (BERT's are roughly in
     frequency order): general words your texts did not use."""
+    positions: bool = True
+    """Also drop the position rows past the model's `max_length`, which no input reaches (the
+    tokenizer truncates there): 448 of MiniLM's 512 at the students' default 64."""
+    unseen: Literal["nearest", "spell"] = "nearest"
+    """What a token your texts never used becomes. `nearest` (the default): its string stays in
+    the tokenizer, mapped to the kept token whose embedding is nearest (a word to a word, a `##`
+    piece to a piece, a character to a character), so every word tokenizes as before; the
+    tokenizer file keeps every string (about 0.4 MB for BERT's), and the characters your texts
+    did not use need no rows. `spell`: it is dropped, and a word that needs it is split into
+    kept pieces, down to single characters. On Banking77 (6 layers, FFN -60%, int8) `nearest`
+    scored 93.15% at 8.09 MB, `spell` 92.99% at 8.42 MB."""
 
 
 class DropLayers(_Step):

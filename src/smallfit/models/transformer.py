@@ -191,6 +191,8 @@ class TorchClassifier(BaseClassifier):
         self.autocast_bf16 = False
         self.bytes_on_disk = 0
         self.temperature = temperature
+        self.tokenizer_file: str | None = None
+        """The ``tokenizer.json`` text a loaded model saves back unchanged."""
 
     @property
     def num_parameters(self) -> int:
@@ -364,6 +366,10 @@ class TransformerClassifier(TorchClassifier):
     def save_files(self, path: Path) -> dict[str, Any]:
         self.module.encoder.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
+        if self.tokenizer_file is not None:
+            # as loaded: the library's writer keeps one string an id, and a trimmed
+            # vocabulary's stand-ins share their kept token's id (compress.vocab_trim)
+            (path / "tokenizer.json").write_text(self.tokenizer_file, "utf-8")
         head = {k: v.detach().contiguous() for k, v in self.module.head.state_dict().items()}
         save_file(head, str(path / HEAD_FILE))
         arch = self.architecture()
@@ -385,7 +391,7 @@ class TransformerClassifier(TorchClassifier):
         labels = list(manifest["labels"])
         module = PooledClassifier(encoder, len(labels))
         module.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-        return cls(
+        model = cls(
             module,
             tokenizer,
             labels=labels,
@@ -394,3 +400,6 @@ class TransformerClassifier(TorchClassifier):
             lineage=manifest.get("lineage", {}),
             temperature=float(manifest.get("temperature", 1.0)),
         )
+        file = path / "tokenizer.json"
+        model.tokenizer_file = file.read_text("utf-8") if file.is_file() else None
+        return model
