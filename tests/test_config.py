@@ -338,7 +338,11 @@ def test_the_demo_lengthens_small_pools(tmp_path: Path) -> None:
     assert quick.teacher.train.schedule(1800).steps == 57
     assert quick.students[0].train.schedule(1800).steps == 114
     # the pruned 3-layer tiers are the full demo's alone (the second healing takes minutes)
-    assert [c.name for c in config.compress.candidates] == ["l3-p50-int8", "l3-p50-tv-int8"]
+    assert [c.name for c in config.compress.candidates] == [
+        "l3-p50-int8",
+        "l3-p50-tv-int8",
+        "p60-tv-int8",
+    ]
     assert quick.compress.candidates == []
 
 
