@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from smallfit.errors import SmallfitError
 from smallfit.models.base import SIGNALS, BaseClassifier, Signals, register_backend, softmax
+from smallfit.models.precision import bf16_native
 
 HEAD_FILE = "head.safetensors"
 
@@ -212,9 +213,9 @@ class TorchClassifier(BaseClassifier):
 
     @contextlib.contextmanager
     def bf16(self) -> Iterator[TorchClassifier]:
-        """Run predictions in bfloat16 autocast (AVX512-BF16 or AMX units) inside this block:
-        bulk labelling."""
-        previous, self.autocast_bf16 = self.autocast_bf16, True
+        """Run predictions in bfloat16 autocast inside this block (bulk labelling), where the
+        CPU runs it natively (:func:`~smallfit.models.precision.bf16_native`)."""
+        previous, self.autocast_bf16 = self.autocast_bf16, bf16_native()
         try:
             yield self
         finally:

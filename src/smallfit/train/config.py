@@ -62,7 +62,9 @@ class TrainConfig(Strict):
     max_length: int = Field(64, gt=4)
     """Tokens kept per text."""
     bf16: bool = True
-    """Train in bfloat16 autocast (AVX512-BF16 or AMX units, where the CPU has them)."""
+    """Train in bfloat16 autocast where the CPU runs it natively (AVX-512 through oneDNN,
+    AVX512-BF16, AMX); a CPU without AVX-512 trains in float32, which is then far faster
+    (`smallfit.models.precision`)."""
     freeze_embeddings: bool = True
     """Keep the word-embedding matrix fixed (faster steps, less memory)."""
     freeze_layers: int = Field(0, ge=0)

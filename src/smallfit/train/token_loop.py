@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from smallfit.models.precision import bf16_native
 from smallfit.schema import parse_duration
 from smallfit.train.config import TrainConfig
 
@@ -69,6 +70,7 @@ def train_on_tokens(
     budget = parse_duration(train.time_budget) if train.time_budget else None
     rng = np.random.default_rng(train.seed)
     params = [p for g in groups for p in g["params"]]
+    bf16 = train.bf16 and bf16_native()
     done, losses, stopped = 0, [], "epochs"
     module.train()
     bar = tqdm(total=steps, desc=f"train {name}", disable=not progress, unit="step")
@@ -84,7 +86,7 @@ def train_on_tokens(
                 x[r, :n] = torch.tensor(ids[i])
                 y[r, :n] = torch.tensor(targets[i])
                 mask[r, :n] = 1
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=train.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 value = loss(x, mask, y)
             value.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -39,6 +39,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from smallfit.models.precision import bf16_native
 from smallfit.models.transformer import TorchClassifier
 from smallfit.schema import parse_duration
 from smallfit.train.config import KDConfig, TrainConfig
@@ -257,12 +258,13 @@ def train_classifier(
     # launched on N processes, each step takes a batch on every one: an epoch is N times shorter
     steps_per_epoch = math.ceil(schedule.steps_per_epoch / world_size())
     eval_steps = max(1, steps_per_epoch // train.evals_per_epoch)
+    on_cpu = not (world_size() > 1 and torch.cuda.is_available())
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         # CPU unless launched on several processes with GPUs (accelerate launch); the model
         # comes back to the CPU after training either way
-        use_cpu=not (world_size() > 1 and torch.cuda.is_available()),
-        bf16=train.bf16,
+        use_cpu=on_cpu,
+        bf16=train.bf16 and bf16_native("cpu" if on_cpu else "cuda"),
         num_train_epochs=schedule.epochs,
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=64,
