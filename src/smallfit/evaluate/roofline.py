@@ -311,6 +311,8 @@ def _ort_session(op: str, k: int, n: int, threads: int) -> Any:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from smallfit.models.onnx import session_options
+
     rng = np.random.default_rng(k * 7919 + n)
     weight: np.ndarray
     if op == "MatMulInteger":
@@ -327,9 +329,7 @@ def _ort_session(op: str, k: int, n: int, threads: int) -> Any:
         initializer=[numpy_helper.from_array(weight, "W")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options = session_options(threads)  # the candidates' own kernel choice
     return ort.InferenceSession(
         model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
