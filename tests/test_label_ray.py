@@ -120,18 +120,24 @@ def test_a_killed_worker_loses_repeats_and_reasks_nothing(
         ledger = db.execute(
             "SELECT SUM(prompt_tokens), SUM(completion_tokens) FROM requests"
         ).fetchone()
+        cut_off = db.execute(  # estimated as done: the server may never have seen them
+            "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+            "FROM requests WHERE status='interrupted' AND estimated=1"
+        ).fetchone()
     # the faults happened, and the kill cut requests off mid-flight
     assert {"429", "5xx", "bad-response", "interrupted"} <= set(statuses), statuses
     # no text the first run answered was sent again
     resent = [r.text for r in proxy.log if r.time > ray_started and r.text and r.text in cached]
     assert resent == []
-    # the ledger (measured + estimated) accounts for what the server did, within 1%
+    # the ledger (measured + estimated) accounts for all the server did, within 1%; it may
+    # count more only by the cut-off attempts, charged as done (with llama.cpp built for AVX2
+    # the killed worker's requests had not all reached it: 107 prompt tokens more, 2 attempts)
     server = proxy.upstream_usage()
-    print(f"ledger {ledger} server {server} statuses {statuses}")  # shown with -s
-    for got, want in zip(
-        ledger, (server["prompt_tokens"], server["completion_tokens"]), strict=True
+    print(f"ledger {ledger} server {server} cut off {cut_off} statuses {statuses}")  # -s
+    for got, want, extra in zip(
+        ledger, (server["prompt_tokens"], server["completion_tokens"]), cut_off, strict=True
     ):
-        assert abs(got - want) <= 0.01 * want, (ledger, server, statuses)
+        assert -0.01 * want <= got - want <= 0.01 * want + extra, (ledger, server, cut_off)
 
 
 def test_the_budget_holds_across_workers(llama_url: str, local_ray: str, tmp_path: Path) -> None:

@@ -401,7 +401,10 @@ def test_samples_and_argmax_probabilities(
         assert a.probs.sum() == pytest.approx(1.0, abs=1e-5)
         assert labels[int(np.argmax(a.probs))] == a.label
         if probabilities == "samples":
-            assert np.allclose(a.probs * 3, np.round(a.probs * 3), atol=1e-5)  # votes of 3
+            # votes of the samples that parsed: sampled at temperature 1, llama.cpp built for
+            # AVX2 answered one of 3 outside the labels ([0.5, 0.5]: 2 votes)
+            votes = [n for n in (2, 3) if np.allclose(a.probs * n, np.round(a.probs * n))]
+            assert votes, a.probs
         else:
             assert a.probs.max() == 1.0
 
