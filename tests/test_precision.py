@@ -39,3 +39,21 @@ def test_bulk_prediction_stays_float32_where_bf16_is_not_native(
     with model.bulk():
         assert model.autocast_bf16 is True
     assert model.autocast_bf16 is False  # restored on leaving the block
+
+
+def test_int8_sessions_ask_for_u8u8_only_where_pairs_may_overflow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from smallfit.models import onnx
+
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    vnni = {"avx512_vnni", "avx_vnni"} & set(flags)
+    assert onnx.int8_pairs_may_overflow() is (not vnni)  # an x86 machine, as CI's are
+    for overflow in (True, False):
+        monkeypatch.setattr(onnx, "int8_pairs_may_overflow", lambda o=overflow: o)
+        options = onnx.session_options(1)
+        try:
+            value = options.get_session_config_entry("session.x64quantprecision")
+        except Exception:  # ONNX Runtime raises for a key never set
+            value = None
+        assert (value == "1") is overflow
