@@ -7,8 +7,9 @@ import platform
 import sys
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
 from typing import Any
+
+from smallfit.models.precision import cpuinfo
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 PACKAGES = (
@@ -32,7 +33,7 @@ def environment() -> dict[str, Any]:
     unless torch is already imported; never imports it), ``packages`` (name -> version or None),
     ``timestamp`` (UTC, ISO 8601).
     """
-    model, flags = _cpuinfo()
+    model, flags = cpuinfo()
     torch = sys.modules.get("torch")
     return {
         "python": platform.python_version(),
@@ -46,25 +47,6 @@ def environment() -> dict[str, Any]:
         "packages": {name: _version(name) for name in PACKAGES},
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str | None, set[str]]:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return platform.processor() or None, set()
-    model: str | None = None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model is None:
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-        if model is not None and flags:
-            break
-    return model, flags
 
 
 def _usable_cores() -> int | None:

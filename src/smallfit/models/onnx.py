@@ -7,9 +7,7 @@ ONNX model imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import functools
 import json
-import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 
 from smallfit.errors import SmallfitError
 from smallfit.models.base import MANIFEST, BaseClassifier, Signals, register_backend, softmax
+from smallfit.models.precision import int8_pairs_may_overflow
 
 ONNX_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -67,7 +66,8 @@ def session_options(threads: int) -> Any:
     laptops) ONNX Runtime's default u8 x s8 kernel adds pairs of products into 16 bits, which
     can overflow; an int8 model then answers differently there than on a CPU with VNNI.
     ``session.x64quantprecision`` makes it rewrite the weights to u8 x u8, which does not
-    overflow. It is set only there (:func:`int8_pairs_may_overflow`): on an AMD EPYC with
+    overflow. It is set only there
+    (:func:`~smallfit.models.precision.int8_pairs_may_overflow`): on an AMD EPYC with
     AVX512-VNNI it gave the same logits but a 1.5-2x slower int8 model at batch 1."""
     import onnxruntime as ort
 
@@ -77,20 +77,6 @@ def session_options(threads: int) -> Any:
     if int8_pairs_may_overflow():
         options.add_session_config_entry("session.x64quantprecision", "1")
     return options
-
-
-@functools.cache
-def int8_pairs_may_overflow() -> bool:
-    """True on an x86 CPU whose int8 dot products have no VNNI (neither AVX512-VNNI nor
-    AVX-VNNI), read from ``/proc/cpuinfo`` (elsewhere: False)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return bool(flags) and not {"avx512_vnni", "avx_vnni"} & set(flags)
 
 
 PADDING_SLACK = 0.25
