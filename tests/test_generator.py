@@ -181,3 +181,4 @@ def test_fit_distils_smollm2_to_gguf_and_quantizes_it_with_llama_cpp(tmp_path: P
             assert all(0 < p <= 1 for p in answer.field_confidence.values())
         else:  # the grammar makes every answer parse unless the token limit cut it
             assert len(pieces) == model.max_new_tokens
+    model.close()  # free llama.cpp's context now, not in the interpreter's teardown
