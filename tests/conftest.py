@@ -26,30 +26,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # faulthandler plugin configures, so that plugin re-arms it when the session ends.
 faulthandler.enable()
 
-_EXIT_STATUS: list[int] = []
-"""The session's exit status, once pytest has reported it (see :func:`_end_after_the_report`)."""
+_SESSION: list[pytest.Session] = []
+"""The finished session, whose ``exitstatus`` pytest returns (see :func:`_end_after_the_report`)."""
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Release what the tests left in reference cycles (llama.cpp contexts, ONNX Runtime
     sessions, torch modules) while every library is still whole, with faulthandler armed."""
     gc.collect()
-    _EXIT_STATUS[:] = [int(exitstatus)]
+    _SESSION[:] = [session]
 
 
 @atexit.register
 def _end_after_the_report() -> None:
     """End the test process with pytest's exit status before CPython tears its modules down.
 
-    Registered first, so it runs after every other exit handler (Ray's, llama.cpp's). The
+    Registered when the conftest is imported, so it runs after the exit handlers of the
+    libraries the tests import later (Ray's, llama.cpp's, torch's). The status is read now, as
+    a later ``sessionfinish`` hook may have changed it; after an uncaught exception (a plugin's
+    ``unconfigure`` raising, say) the process exits as Python would, with status 1. The
     module teardown that follows frees native libraries in an order none of them controls:
     on an AMD EPYC Milan, one run died there with SIGSEGV after all 574 tests had passed and
     pytest had printed its summary (CI exit code 139). Everything the tests check, and every
     server or worker they started, is finished by then."""
-    if _EXIT_STATUS:
+    if _SESSION and not hasattr(sys, "last_value"):
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(_EXIT_STATUS[0])
+        os._exit(int(_SESSION[0].exitstatus))
 
 
 def shared_dataset(name: str) -> Path:
