@@ -4,8 +4,11 @@ package's exports all come from the configs (no hand-kept list to drift)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -88,3 +91,32 @@ def test_a_cached_model_is_keyed_by_source_steps_healing_and_revision(
     monkeypatch.setattr(core, "STEPS_REVISION", core.STEPS_REVISION + 1)
     others.add(core.step_key("source", steps, "labels"))
     assert key not in others and len(others) == 4
+
+
+def _trimmed_manifest(folder: Path, untrimmed_from: Path) -> Path:
+    folder.mkdir(parents=True)
+    step = {"method": "trim-vocab", "metrics": {"untrimmed_from": str(untrimmed_from)}}
+    manifest = {"kind": "transformer", "labels": ["a"], "lineage": {"compression": [step]}}
+    (folder / "smallfit.json").write_text(json.dumps(manifest), "utf-8")
+    return folder
+
+
+def test_a_trimmed_model_finds_its_untrimmed_tokenizer_after_the_run_moves(tmp_path: Path) -> None:
+    """The trim step records the source's absolute path; a run copied elsewhere reads its own
+    copy of the source (a sibling by name), and the original once the sibling is gone."""
+    from smallfit.models.vocab import untrimmed_tokenizer
+
+    original = tmp_path / "run" / "models" / "student"
+    original.mkdir(parents=True)
+    (original / "tokenizer.json").write_text("{}", "utf-8")
+    trimmed = _trimmed_manifest(tmp_path / "run" / "models" / "student-tv", original)
+    assert untrimmed_tokenizer(trimmed) == original / "tokenizer.json"
+
+    moved = tmp_path / "moved" / "models"
+    shutil.copytree(tmp_path / "run" / "models", moved)
+    shutil.rmtree(tmp_path / "run")
+    assert untrimmed_tokenizer(moved / "student-tv") == moved / "student" / "tokenizer.json"
+    shutil.rmtree(moved / "student")
+    assert untrimmed_tokenizer(moved / "student-tv") is None
+    elsewhere = _trimmed_manifest(tmp_path / "other" / "tv", moved / "gone")
+    assert untrimmed_tokenizer(elsewhere) is None

@@ -23,12 +23,18 @@ def _cut(model_dir: Path) -> dict[str, Any] | None:
 
 def untrimmed_tokenizer(model_dir: Path) -> Path | None:
     """The tokenizer a trimmed model's vocabulary was cut from: that of the model its
-    ``trim-vocab`` step cut (None: never trimmed, or that model is gone)."""
+    ``trim-vocab`` step cut (None: never trimmed, or that model is gone). The step records
+    that model's absolute path; a sibling of ``model_dir`` by that name comes first (a run keeps
+    its models side by side in ``models/``), so a run directory moved or copied elsewhere reads
+    its own copy, not the original's, which may be gone."""
     source = (_cut(model_dir) or {}).get("untrimmed_from")
     if not source:
         return None
-    path = Path(source) / "tokenizer.json"
-    return path if path.is_file() else None
+    for folder in (Path(model_dir).parent / Path(source).name, Path(source)):
+        path = folder / "tokenizer.json"
+        if path.is_file():
+            return path
+    return None
 
 
 def pack_kept(mask: np.ndarray) -> str:
