@@ -35,3 +35,20 @@ def p50_ratio_interval(a: np.ndarray, b: np.ndarray, seed: int = 0) -> list[floa
         rows = rng.integers(0, len(a), len(a))
         ratios.append(np.median(a[rows]) / np.median(b[rows]))
     return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
+
+
+def smallest_over(by_name: dict[str, dict], share: float) -> str:
+    """What selection picks at ``quality_floor: <share> * teacher`` with no latency ceiling: the
+    smallest student on disk (ties: the lower p50) whose test accuracy reaches the floor; the
+    teacher when none does."""
+    floor = share * by_name["teacher"]["quality"]["accuracy"]
+    over = [
+        c
+        for name, c in by_name.items()
+        if name != "teacher" and c.get("cascade") is None
+        if c["quality"]["accuracy"] >= floor - 1e-12
+    ]
+    if not over:
+        return "teacher"
+    best = min(over, key=lambda c: (c["bytes_on_disk"], c["speed"]["threads"]["1"]["p50_ms"]))
+    return str(best["name"])

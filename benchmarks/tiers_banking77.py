@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _report import p50_ratio_interval, save_and_report
+from _report import p50_ratio_interval, save_and_report, smallest_over
 
 from smallfit.demo import demo_config
 from smallfit.pipeline import fit
@@ -36,23 +36,6 @@ TIERS = {  # tier -> (candidate name, accuracy share of the teacher's, p50 ratio
     "static": ("static", 0.95, 500.0, None),
     "linear": ("linear", None, None, None),
 }
-
-
-def _smallest_over(by_name: dict[str, dict], share: float) -> str:
-    """What selection picks at ``quality_floor: <share> * teacher`` with no latency ceiling: the
-    smallest student on disk (ties: the lower p50) whose test accuracy reaches the floor; the
-    teacher when none does."""
-    floor = share * by_name["teacher"]["quality"]["accuracy"]
-    over = [
-        c
-        for name, c in by_name.items()
-        if name != "teacher" and c.get("cascade") is None
-        if c["quality"]["accuracy"] >= floor - 1e-12
-    ]
-    if not over:
-        return "teacher"
-    best = min(over, key=lambda c: (c["bytes_on_disk"], c["speed"]["threads"]["1"]["p50_ms"]))
-    return str(best["name"])
 
 
 def main() -> int:
@@ -71,7 +54,7 @@ def main() -> int:
     result = fit(config, progress=sys.stderr.isatty(), log=lambda m: print(m, file=sys.stderr))
     by_name = {c["name"]: c for c in result.results.dump()["candidates"]}
     names = {tier: spec[0] or result.chosen for tier, spec in TIERS.items()}
-    names["pick_at_99"] = _smallest_over(by_name, 0.99)
+    names["pick_at_99"] = smallest_over(by_name, 0.99)
     missing = [n for n in names.values() if n not in by_name]
     if missing:
         print(f"the run has no candidate {missing}", file=sys.stderr)

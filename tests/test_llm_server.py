@@ -238,6 +238,10 @@ def test_faults_and_kill_lose_and_duplicate_nothing(llama_url: str, tmp_path: Pa
             "SELECT SUM(prompt_tokens), SUM(completion_tokens) FROM requests"
         ).fetchone()
         keys_after = {k for (k,) in db.execute("SELECT key FROM answers").fetchall()}
+        cut_off = db.execute(  # estimated as done: the server may never have seen them
+            "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+            "FROM requests WHERE status='interrupted' AND estimated=1"
+        ).fetchone()
     assert cached_before <= keys_after
     # the faults really happened, and each kind was retried
     assert {"429", "5xx", "timeout", "bad-response"} <= set(statuses), statuses
@@ -248,12 +252,14 @@ def test_faults_and_kill_lose_and_duplicate_nothing(llama_url: str, tmp_path: Pa
         if r.time > killed_at and r.text and r.text.rsplit("Text: ", 1)[-1] in texts_before
     ]
     assert resent == []
-    # the ledger (measured + estimated) accounts for what the server did, within 1%
+    # the ledger (measured + estimated) accounts for what the server did, within 1%; it may
+    # count more only by the attempts the kill cut off, charged as done (on an Intel Xeon
+    # with AMX two of them had not reached the server: 119 prompt tokens more, 2%)
     server = proxy.upstream_usage()
-    for got, want in zip(
-        ledger, (server["prompt_tokens"], server["completion_tokens"]), strict=True
+    for got, want, extra in zip(
+        ledger, (server["prompt_tokens"], server["completion_tokens"]), cut_off, strict=True
     ):
-        assert abs(got - want) <= 0.01 * want, (ledger, server)
+        assert -0.01 * want <= got - want <= 0.01 * want + extra, (ledger, server, cut_off)
     # Retry-After was honoured: the retry of a 429 came at least 1 s later
     for i, record in enumerate(proxy.log):
         if record.fault == "429":
